@@ -1,1 +1,35 @@
+//! The runtime every service uses, so that a service's `main.rs` stays a few lines
+//! and every service behaves the same way.
+//!
+//! - [`config`]: typed settings from environment variables ([`Env`], [`ServerConfig`]).
+//! - [`telemetry`]: logs (`RUST_LOG`, `LOG_FORMAT`).
+//! - [`server`]: the gRPC server: health, reflection, limits, deadlines, a span per
+//!   call, and graceful shutdown ([`Server`]).
+//! - [`client`]: channels for calling other services.
+//! - [`validation`], [`status`], [`pagination`], [`money`], [`id`]: request rules and
+//!   error statuses that every service shares.
+//! - [`testing`]: in-process test servers.
+#![forbid(unsafe_code)]
 
+pub mod client;
+pub mod config;
+pub mod deadline;
+mod error;
+pub mod health;
+pub mod id;
+pub mod money;
+pub mod pagination;
+pub mod server;
+pub mod shutdown;
+pub mod status;
+pub mod telemetry;
+pub mod testing;
+pub mod validation;
+
+pub use config::{ClientConfig, ConfigError, Env, ServerConfig};
+pub use error::Error;
+pub use health::Health;
+pub use money::Money;
+pub use pagination::PageRequest;
+pub use server::Server;
+pub use validation::{ValidationError, Violations};

@@ -1,0 +1,38 @@
+# Entry points for people and CI (.ci/run is `make test`). `make` alone lists them.
+
+.DEFAULT_GOAL := help
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+
+# The pinned tools of scripts/tools.sh (buf, grpcurl) come first, also for tests.
+export PATH := $(CURDIR)/.tools/venv/bin:$(PATH)
+
+.PHONY: help run test lint fmt tools
+
+help: ## List the targets
+	@awk -F ':.*## ' '/^[a-z-]+:.*## / { printf "  make %-6s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
+
+run: ## Run every service in one process (the stack launcher)
+	cargo run -p stack
+
+test: lint ## Everything CI checks: lint, the test suite, then the acceptance tests
+	@if cargo nextest --version >/dev/null 2>&1; then \
+	  cargo nextest run --workspace; \
+	else \
+	  cargo test --workspace; \
+	fi
+	@if [[ -f scripts/acceptance.sh ]]; then scripts/acceptance.sh; fi
+
+# Cheapest first, so that a mistake fails before clippy compiles everything.
+lint: tools ## Check formatting, shell scripts, protos (buf) and clippy
+	cargo fmt --all -- --check
+	scripts/lint-shell.sh
+	scripts/proto-check.sh
+	cargo clippy --workspace --all-targets -- -D warnings
+
+fmt: tools ## Format the Rust code and the protos
+	cargo fmt --all
+	buf format --write
+
+tools: ## Install the pinned external tools into .tools/ (scripts/tools.sh)
+	scripts/tools.sh

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Installs the project's external tools, pinned, so that every machine runs the same ones:
+#   - Python packages from scripts/requirements.txt (buf, grpcurl) into the git-ignored
+#     venv .tools/venv: run them as .tools/venv/bin/buf, or put that folder on PATH
+#     (the Makefile does);
+#   - Debian packages from DEBIAN_PACKAGES, when missing and we can install them
+#     (root with apt-get); elsewhere it names them for you to install.
+#
+# Idempotent. Once everything is in place a re-run only compares a stamp, well under
+# a second. Set PYTHON to choose the interpreter for the venv (default: python3).
+set -euo pipefail
+
+# Debian packages the scripts need. Names that are also commands (shellcheck,
+# nats-server) count as present when the command is on PATH, however installed.
+DEBIAN_PACKAGES=(
+  shellcheck # scripts/lint-shell.sh
+)
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="$root/.tools/venv"
+requirements="$root/scripts/requirements.txt"
+stamp="$venv/.installed"
+
+log() { printf 'tools: %s\n' "$*"; }
+
+is_installed() {
+  command -v "$1" >/dev/null 2>&1 ||
+    dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'ok installed'
+}
+
+# Installs the given Debian packages that are missing; apt-get runs only if one is.
+install_debian_packages() {
+  local package missing=()
+  for package in "$@"; do
+    is_installed "$package" || missing+=("$package")
+  done
+  ((${#missing[@]})) || return 0
+
+  if [[ $EUID -ne 0 ]] || ! command -v apt-get >/dev/null; then
+    log "WARNING: missing ${missing[*]}; install with your package manager" \
+      "(Debian, as root: apt-get install ${missing[*]})" >&2
+    return 0
+  fi
+  log "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
+# The stamp records what the venv was built from: the pinned list and the venv's own
+# path (pip's launchers hard-code it, so a moved checkout needs a new venv).
+wanted_stamp() {
+  printf '%s\n' "$venv"
+  cat "$requirements"
+}
+
+install_python_tools() {
+  if [[ -x "$venv/bin/python" && -f "$stamp" ]] && [[ "$(wanted_stamp)" == "$(<"$stamp")" ]]; then
+    log "Python tools up to date in .tools/venv"
+    return 0
+  fi
+
+  local python="${PYTHON:-python3}"
+  if ! "$python" -c 'import ensurepip, venv' 2>/dev/null; then
+    install_debian_packages python3-venv # Debian's python3 ships without it
+  fi
+  log "creating .tools/venv with $("$python" --version 2>&1)"
+  rm -rf "$venv"
+  "$python" -m venv "$venv"
+  log "installing Python tools from scripts/requirements.txt"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check --no-input \
+    --requirement "$requirements"
+
+  # Each tool must run (set -e stops here if one does not) before the stamp is written,
+  # so that a failed install is retried next time.
+  local buf_version grpcurl_version
+  buf_version="$("$venv/bin/buf" --version 2>&1)"
+  grpcurl_version="$("$venv/bin/grpcurl" -version 2>&1)"
+  log "installed buf $buf_version, $grpcurl_version"
+  wanted_stamp >"$stamp"
+}
+
+install_debian_packages "${DEBIAN_PACKAGES[@]}"
+install_python_tools

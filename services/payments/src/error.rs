@@ -1,0 +1,50 @@
+//! The one mapping from payment errors to gRPC statuses.
+
+use shared::status::{self, Precondition};
+use shared::ValidationError;
+use tonic::{Code, Status};
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Error {
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    #[error("payment {id:?} not found")]
+    PaymentNotFound { id: String },
+    #[error("card declined: {reason}")]
+    CardDeclined { payment_id: String, reason: String },
+    #[error("request_id {request_id:?} was already used for a different charge")]
+    RequestConflict { request_id: String },
+    #[error("payment {id:?} was declined; there is nothing to refund")]
+    NotCaptured { id: String },
+    #[error("payment storage failed")]
+    Storage(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// The `ErrorInfo.domain` of this service's errors.
+const DOMAIN: &str = "payments.v1";
+
+impl From<Error> for Status {
+    fn from(error: Error) -> Self {
+        match error {
+            Error::Invalid(e) => e.into(),
+            Error::PaymentNotFound { id } => status::not_found("payment", &id),
+            Error::CardDeclined { ref payment_id, .. } => status::with_reason(
+                Code::FailedPrecondition,
+                error.to_string(),
+                "CARD_DECLINED",
+                DOMAIN,
+                [("payment_id", payment_id.as_str())],
+            ),
+            Error::RequestConflict { request_id } => status::key_reused("request_id", &request_id),
+            Error::NotCaptured { ref id } => status::failed_precondition(
+                error.to_string(),
+                &[Precondition {
+                    kind: "PAYMENT_STATUS",
+                    subject: id.clone(),
+                    description: "declined payments cannot be refunded".into(),
+                }],
+            ),
+            Error::Storage(_) => status::internal(&error),
+        }
+    }
+}

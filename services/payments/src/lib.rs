@@ -1,0 +1,30 @@
+//! The payments service: charges cards, refunds, and keeps a record of every payment.
+//!
+//! - `config.rs`: settings from the environment.
+//! - `grpc.rs`: the `payments.v1.PaymentService` handlers (the only tonic code).
+//! - `domain.rs`: payments, the test card network, and the rules requests must follow.
+//! - `store.rs`: the `Store` trait (what a database must do) and its in-memory version.
+//! - `error.rs`: the one mapping from domain errors to gRPC statuses.
+#![forbid(unsafe_code)]
+
+pub mod config;
+mod domain;
+mod error;
+mod grpc;
+mod store;
+
+use std::sync::Arc;
+
+pub use config::Config;
+
+/// The service's name: binary, package, image and Kubernetes name.
+pub const NAME: &str = "payments";
+
+/// Builds the server on the in-memory store and binds it.
+pub async fn build(config: Config) -> Result<shared::Server, shared::Error> {
+    let store = Arc::new(store::MemoryStore::default());
+    shared::Server::builder(NAME, &config.server)
+        .add_service(grpc::service(store, &config.server))
+        .bind()
+        .await
+}

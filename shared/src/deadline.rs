@@ -1,0 +1,110 @@
+//! Bounds every call by the client's deadline and the server's own limit, and answers
+//! DEADLINE_EXCEEDED when it runs out, as the gRPC spec says. (tonic's built-in
+//! `Server::timeout` answers CANCELLED, which clients treat as their own cancellation.)
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tonic::Status;
+use tower::{Layer, Service};
+
+/// Applies [`Deadline`] to a service.
+#[derive(Clone, Copy, Debug)]
+pub struct DeadlineLayer {
+    limit: Duration,
+}
+
+impl DeadlineLayer {
+    /// `limit` caps every call, whatever deadline the client sent.
+    pub fn new(limit: Duration) -> Self {
+        Self { limit }
+    }
+}
+
+impl<S> Layer<S> for DeadlineLayer {
+    type Service = Deadline<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Deadline {
+            inner,
+            limit: self.limit,
+        }
+    }
+}
+
+/// See the module documentation.
+#[derive(Clone, Debug)]
+pub struct Deadline<S> {
+    inner: S,
+    limit: Duration,
+}
+
+impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for Deadline<S>
+where
+    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    S::Future: Send + 'static,
+    ResBody: Default,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+        let timeout = grpc_timeout(request.headers()).map_or(self.limit, |t| t.min(self.limit));
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, response).await {
+                Ok(result) => result,
+                Err(_) => Ok(Status::deadline_exceeded("deadline exceeded").into_http()),
+            }
+        })
+    }
+}
+
+/// The `grpc-timeout` header: at most 8 digits and a unit (H, M, S, m, u, n).
+fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(value: &str) -> Option<Duration> {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("grpc-timeout", value.parse().unwrap());
+        grpc_timeout(&headers)
+    }
+
+    #[test]
+    fn parses_the_grpc_timeout_header() {
+        assert_eq!(parse("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(parse("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(parse("99999999n"), Some(Duration::from_nanos(99_999_999)));
+        assert_eq!(parse("123456789S"), None);
+        assert_eq!(parse("S"), None);
+        assert_eq!(parse("10x"), None);
+        assert_eq!(parse("-1S"), None);
+    }
+}

@@ -1,0 +1,214 @@
+//! The gRPC server every service runs: one builder registers the cross-cutting
+//! services and layers, binds, and serves until shutdown with a bounded drain.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tonic::body::Body;
+use tonic::server::NamedService;
+use tonic::service::{Routes, RoutesBuilder};
+use tonic::transport::server::TcpIncoming;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tower::Service;
+
+use crate::deadline::DeadlineLayer;
+use crate::{Error, Health, ServerConfig};
+
+const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
+const REFLECTION_V1: &str = "grpc.reflection.v1.ServerReflection";
+const REFLECTION_V1ALPHA: &str = "grpc.reflection.v1alpha.ServerReflection";
+
+/// Collects a service's gRPC services before [`ServerBuilder::bind`].
+#[derive(Debug)]
+pub struct ServerBuilder {
+    name: &'static str,
+    config: ServerConfig,
+    routes: RoutesBuilder,
+    services: Vec<&'static str>,
+}
+
+impl ServerBuilder {
+    /// Serves `service` and registers its name with health and reflection.
+    pub fn add_service<S>(mut self, service: S) -> Self
+    where
+        S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+            + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        self.routes.add_service(service);
+        self.services.push(S::NAME);
+        self
+    }
+
+    /// Adds health and reflection, then binds the listening socket, so the caller
+    /// knows the address (port 0 picks a free one) before anything is served.
+    pub async fn bind(mut self) -> Result<Server, Error> {
+        let health = Health::new(self.services.iter().copied());
+        self.routes.add_service(health.service());
+        if self.config.reflection {
+            let v1 = reflection(&self.services).build_v1()?;
+            let v1alpha = reflection(&self.services).build_v1alpha()?;
+            self.routes.add_service(v1).add_service(v1alpha);
+        }
+
+        let addr = self.config.listen_addr;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::Bind { addr, source })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| Error::Bind { addr, source })?;
+        Ok(Server {
+            name: self.name,
+            config: self.config,
+            listener,
+            local_addr,
+            routes: self.routes.routes(),
+            health,
+        })
+    }
+}
+
+/// Reflection in both protocol versions: grpcurl 1.8 speaks only v1alpha, newer tools
+/// (buf curl, grpcurl ≥ 1.9, Postman) prefer v1. Both list exactly the services this
+/// server runs and resolve every file they refer to, well-known types included.
+fn reflection(services: &[&'static str]) -> tonic_reflection::server::Builder<'static> {
+    let names = services
+        .iter()
+        .copied()
+        .chain([HEALTH_SERVICE, REFLECTION_V1, REFLECTION_V1ALPHA]);
+    let builder = tonic_reflection::server::Builder::configure()
+        .include_reflection_service(false)
+        .register_encoded_file_descriptor_set(contracts::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET);
+    names.fold(builder, |builder, name| builder.with_service_name(name))
+}
+
+/// A bound server, ready to [`serve`](Server::serve).
+#[derive(Debug)]
+pub struct Server {
+    name: &'static str,
+    config: ServerConfig,
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    routes: Routes,
+    health: Health,
+}
+
+impl Server {
+    /// Starts building the server of service `name` (e.g. `"inventory"`).
+    pub fn builder(name: &'static str, config: &ServerConfig) -> ServerBuilder {
+        ServerBuilder {
+            name,
+            config: config.clone(),
+            routes: RoutesBuilder::default(),
+            services: Vec::new(),
+        }
+    }
+
+    /// The bound address: the actual port when the configuration asked for port 0.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The health registry, e.g. for a test that watches the shutdown sequence.
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    /// Serves until `shutdown` resolves, then shuts down gracefully:
+    /// 1. health turns NOT_SERVING (load balancers and probes stop sending calls);
+    /// 2. after `SHUTDOWN_DELAY`, the server stops accepting connections, tells
+    ///    clients with HTTP/2 GOAWAY, and ends health `Watch` streams;
+    /// 3. in-flight calls finish, within `SHUTDOWN_GRACE_PERIOD`; whatever is still
+    ///    running then is dropped with a warning.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+        let Server {
+            name,
+            config,
+            listener,
+            local_addr: addr,
+            routes,
+            health,
+        } = self;
+        let incoming = TcpIncoming::from(listener)
+            .with_nodelay(Some(true))
+            .with_keepalive(Some(Duration::from_secs(60)));
+        let (drain_tx, drain_rx) = oneshot::channel::<()>();
+
+        let serving = tonic::transport::Server::builder()
+            // tonic advertises no limit by default: one client could open unbounded
+            // streams on a single connection.
+            .max_concurrent_streams(config.max_concurrent_streams)
+            // h2 disables its limit on locally reset streams by default, so a client
+            // sending malformed requests never gets a GOAWAY.
+            .http2_max_local_error_reset_streams(Some(1024))
+            // Find dead clients (a node gone without a FIN) and free their streams.
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            // One span per call; every log line of the handler carries its fields.
+            .trace_fn(rpc_span)
+            // The client's deadline, capped by ours, answered with DEADLINE_EXCEEDED.
+            .layer(DeadlineLayer::new(config.request_timeout))
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = drain_rx.await;
+            });
+        let mut serving = pin!(serving);
+        let serve_error = |source| Error::Serve { addr, source };
+
+        health.set_all(ServingStatus::Serving);
+        tracing::info!(service = name, %addr, "serving gRPC");
+
+        tokio::select! {
+            result = &mut serving => return result.map_err(serve_error),
+            () = shutdown => {}
+        }
+        tracing::info!(service = name, "shutting down: health is NOT_SERVING");
+        health.set_all(ServingStatus::NotServing);
+        if !config.shutdown_delay.is_zero() {
+            tokio::select! {
+                result = &mut serving => return result.map_err(serve_error),
+                () = tokio::time::sleep(config.shutdown_delay) => {}
+            }
+        }
+
+        tracing::info!(service = name, "draining in-flight calls");
+        health.close();
+        let _ = drain_tx.send(());
+        match tokio::time::timeout(config.shutdown_grace_period, serving).await {
+            Ok(result) => {
+                tracing::info!(service = name, "stopped");
+                result.map_err(serve_error)
+            }
+            Err(_) => {
+                tracing::warn!(
+                    service = name,
+                    grace_period = ?config.shutdown_grace_period,
+                    "drain timed out: calls still running were aborted"
+                );
+                Ok(())
+            }
+        }
+    }
+}
+
+fn rpc_span(request: &http::Request<()>) -> tracing::Span {
+    let path = request.uri().path();
+    let (service, method) = path
+        .strip_prefix('/')
+        .and_then(|p| p.split_once('/'))
+        .unwrap_or((path, ""));
+    tracing::info_span!("rpc", rpc.service = service, rpc.method = method)
+}

@@ -1,0 +1,106 @@
+//! Helpers for tests that run real servers in-process.
+//!
+//! ```ignore
+//! let server = TestServer::start(inventory::build(config).await?);
+//! let mut client = InventoryServiceClient::new(server.channel.clone());
+//! // … calls …
+//! server.stop().await?;
+//! ```
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Once;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::health_client::HealthClient;
+
+use crate::{Env, Error, Server};
+
+/// A server serving on `127.0.0.1:<free port>` in a background task.
+#[derive(Debug)]
+pub struct TestServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// A channel to it, for the generated clients.
+    pub channel: Channel,
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), Error>>,
+}
+
+impl TestServer {
+    /// Serves an already bound `server`. Bound first, spawned second: the address
+    /// accepts connections before this returns, so no test ever sleeps.
+    pub fn start(server: Server) -> Self {
+        init_logs();
+        let addr = server.local_addr();
+        let shutdown = CancellationToken::new();
+        let signal = shutdown.clone().cancelled_owned();
+        let task = tokio::spawn(server.serve(signal));
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .expect("a socket address makes a valid URI")
+            .connect_lazy();
+        Self {
+            addr,
+            channel,
+            shutdown,
+            task,
+        }
+    }
+
+    /// A health client on the server's channel.
+    pub fn health(&self) -> HealthClient<Channel> {
+        HealthClient::new(self.channel.clone())
+    }
+
+    /// Starts the shutdown sequence, as SIGTERM would, without waiting for it.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Waits for the server to stop by itself, after [`TestServer::begin_shutdown`].
+    pub async fn join(self) -> Result<(), Error> {
+        self.task.await.expect("server task panicked")
+    }
+
+    /// Shuts the server down gracefully and waits until it has stopped.
+    pub async fn stop(self) -> Result<(), Error> {
+        self.begin_shutdown();
+        self.join().await
+    }
+}
+
+/// An environment for a test server: `LISTEN_ADDR=127.0.0.1:0` plus `pairs`.
+pub fn env<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Env {
+    std::iter::once(("LISTEN_ADDR", "127.0.0.1:0")).chain(pairs).collect()
+}
+
+/// Polls `condition` every 10 ms until it holds; panics naming `what` after 10 s.
+pub async fn eventually<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !condition().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Test logs are silent unless `TEST_LOG=1` (then filtered by `RUST_LOG`).
+pub fn init_logs() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info".into());
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_test_writer()
+                .try_init();
+        }
+    });
+}
