@@ -104,3 +104,82 @@ pub fn init_logs() {
         }
     });
 }
+
+/// What server reflection told: the services it lists and every file it served.
+#[derive(Debug, Default)]
+pub struct ReflectionReport {
+    /// Sorted by name.
+    pub services: Vec<String>,
+    pub files: std::collections::BTreeSet<String>,
+}
+
+macro_rules! reflection_report {
+    ($name:ident, $pb:path) => {
+        /// Lists the services over this reflection version, then fetches the file of
+        /// each service and of the google.rpc error details, following every import.
+        /// Panics naming whatever does not resolve.
+        pub async fn $name(channel: Channel) -> ReflectionReport {
+            use $pb as pb;
+            use pb::server_reflection_request::MessageRequest;
+            use pb::server_reflection_response::MessageResponse;
+            use prost::Message as _;
+
+            let mut client = pb::server_reflection_client::ServerReflectionClient::new(channel);
+            let mut ask = async |request: MessageRequest| {
+                let message = pb::ServerReflectionRequest {
+                    host: String::new(),
+                    message_request: Some(request.clone()),
+                };
+                let mut responses = client
+                    .server_reflection_info(tokio_stream::iter([message]))
+                    .await
+                    .unwrap_or_else(|e| panic!("reflection call for {request:?}: {e}"))
+                    .into_inner();
+                let response = responses
+                    .message()
+                    .await
+                    .unwrap_or_else(|e| panic!("reflection answer for {request:?}: {e}"))
+                    .and_then(|r| r.message_response)
+                    .unwrap_or_else(|| panic!("no reflection answer for {request:?}"));
+                match response {
+                    MessageResponse::ErrorResponse(e) => panic!("reflection cannot resolve {request:?}: {e:?}"),
+                    other => other,
+                }
+            };
+
+            let mut report = ReflectionReport::default();
+            let MessageResponse::ListServicesResponse(list) = ask(MessageRequest::ListServices(String::new())).await
+            else {
+                panic!("ListServices answered something else");
+            };
+            report.services = list.service.into_iter().map(|s| s.name).collect();
+            report.services.sort();
+
+            let mut pending: Vec<MessageRequest> = report
+                .services
+                .iter()
+                .chain(&["google.rpc.BadRequest".to_owned()])
+                .map(|s| MessageRequest::FileContainingSymbol(s.clone()))
+                .collect();
+            while let Some(request) = pending.pop() {
+                let MessageResponse::FileDescriptorResponse(files) = ask(request).await else {
+                    panic!("a file request answered something else");
+                };
+                for bytes in files.file_descriptor_proto {
+                    let file = prost_types::FileDescriptorProto::decode(bytes.as_slice())
+                        .expect("reflection serves valid descriptors");
+                    report.files.insert(file.name().to_owned());
+                    for dependency in file.dependency {
+                        if !report.files.contains(&dependency) {
+                            pending.push(MessageRequest::FileByFilename(dependency));
+                        }
+                    }
+                }
+            }
+            report
+        }
+    };
+}
+
+reflection_report!(reflection_v1, tonic_reflection::pb::v1);
+reflection_report!(reflection_v1alpha, tonic_reflection::pb::v1alpha);
