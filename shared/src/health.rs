@@ -1,5 +1,10 @@
 //! The gRPC health service (`grpc.health.v1.Health`), driven by the server's life cycle.
 //!
+//! Besides `""` and each service, two names exist for probes: `readiness` (follows `""`:
+//! NOT_SERVING until the server serves and from the first moment of shutdown) and
+//! `liveness` (SERVING for as long as the process serves, drain included, so a
+//! draining pod is not restarted).
+//!
 //! Why not `tonic_health::server::HealthReporter`: it reports the overall service `""`
 //! as SERVING from the start, and its `Watch` streams never end, which keeps
 //! `serve_with_shutdown` waiting for ever. Here every name starts NOT_SERVING, the
@@ -26,16 +31,22 @@ enum State {
     Closed,
 }
 
-/// The health of one server: the overall `""` and each service it serves, by full name.
+/// The probe name that stays SERVING while the server drains.
+pub const LIVENESS: &str = "liveness";
+/// The probe name that turns NOT_SERVING as soon as shutdown begins.
+pub const READINESS: &str = "readiness";
+
+/// The health of one server: the overall `""`, the probe names, and each service it
+/// serves, by full name.
 #[derive(Clone, Debug)]
 pub struct Health {
     statuses: Arc<HashMap<String, watch::Sender<State>>>,
 }
 
 impl Health {
-    /// A registry for `""` and `services`, all NOT_SERVING.
+    /// A registry for `""`, [`LIVENESS`], [`READINESS`] and `services`, all NOT_SERVING.
     pub fn new<'a>(services: impl IntoIterator<Item = &'a str>) -> Self {
-        let names = std::iter::once("").chain(services);
+        let names = ["", LIVENESS, READINESS].into_iter().chain(services);
         let statuses = names
             .map(|name| {
                 let (tx, _) = watch::channel(State::Status(ServingStatus::NotServing));
@@ -47,12 +58,24 @@ impl Health {
         }
     }
 
-    /// Sets every name to `status`, notifying watchers of a change.
-    pub fn set_all(&self, status: ServingStatus) {
-        for tx in self.statuses.values() {
+    /// The server serves: every name turns SERVING.
+    pub fn serving(&self) {
+        self.set(ServingStatus::Serving, |_| true);
+    }
+
+    /// Shutdown began: every name but [`LIVENESS`] turns NOT_SERVING.
+    pub fn draining(&self) {
+        self.set(ServingStatus::NotServing, |name| name != LIVENESS);
+    }
+
+    fn set(&self, status: ServingStatus, applies: impl Fn(&str) -> bool) {
+        for (name, tx) in self.statuses.iter() {
+            if !applies(name) {
+                continue;
+            }
             tx.send_if_modified(|state| {
-                let changed = *state != State::Status(status);
-                if *state != State::Closed {
+                let changed = *state != State::Closed && *state != State::Status(status);
+                if changed {
                     *state = State::Status(status);
                 }
                 changed
@@ -163,10 +186,18 @@ mod tests {
     #[tokio::test]
     async fn everything_starts_not_serving_and_flips_together() {
         let health = Health::new(["a.v1.A"]);
-        assert_eq!(check(&health, "").await.unwrap(), ServingStatus::NotServing as i32);
-        health.set_all(ServingStatus::Serving);
-        assert_eq!(check(&health, "").await.unwrap(), ServingStatus::Serving as i32);
-        assert_eq!(check(&health, "a.v1.A").await.unwrap(), ServingStatus::Serving as i32);
+        for name in ["", LIVENESS, READINESS, "a.v1.A"] {
+            assert_eq!(check(&health, name).await.unwrap(), ServingStatus::NotServing as i32);
+        }
+        health.serving();
+        for name in ["", LIVENESS, READINESS, "a.v1.A"] {
+            assert_eq!(check(&health, name).await.unwrap(), ServingStatus::Serving as i32);
+        }
+        health.draining();
+        for name in ["", READINESS, "a.v1.A"] {
+            assert_eq!(check(&health, name).await.unwrap(), ServingStatus::NotServing as i32);
+        }
+        assert_eq!(check(&health, LIVENESS).await.unwrap(), ServingStatus::Serving as i32);
         let err = check(&health, "b.v1.B").await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::NotFound);
     }
@@ -174,17 +205,17 @@ mod tests {
     #[tokio::test]
     async fn watch_sees_changes_and_ends_on_close() {
         let health = Health::new(["a.v1.A"]);
-        health.set_all(ServingStatus::Serving);
+        health.serving();
         let mut stream = health.watch(request("a.v1.A")).await.unwrap().into_inner();
         let next = |s: Option<Result<HealthCheckResponse, Status>>| s.unwrap().unwrap().status;
         assert_eq!(next(stream.next().await), ServingStatus::Serving as i32);
-        health.set_all(ServingStatus::NotServing);
+        health.draining();
         assert_eq!(next(stream.next().await), ServingStatus::NotServing as i32);
         health.close();
         assert_eq!(next(stream.next().await), ServingStatus::NotServing as i32);
         assert!(stream.next().await.is_none());
-        // Closed stays closed: a late set_all cannot revive it.
-        health.set_all(ServingStatus::Serving);
+        // Closed stays closed: nothing can revive it.
+        health.serving();
         assert_eq!(health.status("a.v1.A"), Some(ServingStatus::NotServing));
     }
 

@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
 use tonic::body::Body;
 use tonic::server::NamedService;
 use tonic::service::{Routes, RoutesBuilder};
 use tonic::transport::server::TcpIncoming;
-use tonic_health::pb::health_check_response::ServingStatus;
 use tower::Service;
 
 use crate::deadline::DeadlineLayer;
@@ -30,9 +30,18 @@ pub struct ServerBuilder {
     config: ServerConfig,
     routes: RoutesBuilder,
     services: Vec<&'static str>,
+    draining: CancellationToken,
 }
 
 impl ServerBuilder {
+    /// A token cancelled when the server starts draining (when health `Watch` streams
+    /// end) or stops. Long-lived response streams end on it: the drain waits for every
+    /// call still open, so a stream that never ends would hold it until the grace period
+    /// runs out. Background tasks of the service (an event consumer) stop on it too.
+    pub fn draining(&self) -> CancellationToken {
+        self.draining.clone()
+    }
+
     /// Serves `service` and registers its name with health and reflection.
     pub fn add_service<S>(mut self, service: S) -> Self
     where
@@ -74,6 +83,7 @@ impl ServerBuilder {
             local_addr,
             routes: self.routes.routes(),
             health,
+            draining: self.draining,
         })
     }
 }
@@ -106,6 +116,7 @@ pub struct Server {
     local_addr: SocketAddr,
     routes: Routes,
     health: Health,
+    draining: CancellationToken,
 }
 
 impl Server {
@@ -116,6 +127,7 @@ impl Server {
             config: config.clone(),
             routes: RoutesBuilder::default(),
             services: Vec::new(),
+            draining: CancellationToken::new(),
         }
     }
 
@@ -132,7 +144,8 @@ impl Server {
     /// Serves until `shutdown` resolves, then shuts down gracefully:
     /// 1. health turns NOT_SERVING (load balancers and probes stop sending calls);
     /// 2. after `SHUTDOWN_DELAY`, the server stops accepting connections, tells
-    ///    clients with HTTP/2 GOAWAY, and ends health `Watch` streams;
+    ///    clients with HTTP/2 GOAWAY, ends health `Watch` streams and cancels
+    ///    [`ServerBuilder::draining`];
     /// 3. in-flight calls finish, within `SHUTDOWN_GRACE_PERIOD`; whatever is still
     ///    running then is dropped with a warning.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
@@ -143,7 +156,10 @@ impl Server {
             local_addr: addr,
             routes,
             health,
+            draining,
         } = self;
+        // However serving ends, what waits for the drain is told.
+        let _drained = draining.clone().drop_guard();
         let incoming = TcpIncoming::from(listener)
             .with_nodelay(Some(true))
             .with_keepalive(Some(Duration::from_secs(60)));
@@ -170,15 +186,15 @@ impl Server {
         let mut serving = pin!(serving);
         let serve_error = |source| Error::Serve { addr, source };
 
-        health.set_all(ServingStatus::Serving);
+        health.serving();
         tracing::info!(service = name, %addr, "serving gRPC");
 
         tokio::select! {
             result = &mut serving => return result.map_err(serve_error),
             () = shutdown => {}
         }
-        tracing::info!(service = name, "shutting down: health is NOT_SERVING");
-        health.set_all(ServingStatus::NotServing);
+        tracing::info!(service = name, "shutting down: readiness is NOT_SERVING");
+        health.draining();
         if !config.shutdown_delay.is_zero() {
             tokio::select! {
                 result = &mut serving => return result.map_err(serve_error),
@@ -188,6 +204,7 @@ impl Server {
 
         tracing::info!(service = name, "draining in-flight calls");
         health.close();
+        draining.cancel();
         let _ = drain_tx.send(());
         match tokio::time::timeout(config.shutdown_grace_period, serving).await {
             Ok(result) => {

@@ -279,7 +279,7 @@ async fn health_status(server: &TestServer, service: &str) -> Result<i32, Status
 #[tokio::test]
 async fn health_reports_the_server_and_the_service() {
     let (server, _client) = spawn().await;
-    for service in ["", "inventory.v1.InventoryService"] {
+    for service in ["", "liveness", "readiness", "inventory.v1.InventoryService"] {
         assert_eq!(health_status(&server, service).await.unwrap(), ServingStatus::Serving as i32, "{service:?}");
     }
     let unknown = health_status(&server, "payments.v1.PaymentService").await.unwrap_err();
@@ -350,6 +350,9 @@ async fn shutdown_turns_health_off_and_lets_in_flight_calls_finish() {
     })
     .await;
     assert_eq!(health_status(&server, "").await.unwrap(), ServingStatus::NotServing as i32);
+    assert_eq!(health_status(&server, "readiness").await.unwrap(), ServingStatus::NotServing as i32);
+    // Liveness holds while draining, so Kubernetes does not restart a stopping pod.
+    assert_eq!(health_status(&server, "liveness").await.unwrap(), ServingStatus::Serving as i32);
 
     deliveries.send(restock("SKU-005", 2)).await.unwrap();
     drop(deliveries);
