@@ -39,7 +39,10 @@ impl Env {
 
     /// The value of `name`, or `None` when unset or empty.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.vars.get(name).map(String::as_str).filter(|v| !v.is_empty())
+        self.vars
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
     }
 
     /// A copy with `name` set to `value`, e.g. to give one service of the stack its port.
@@ -69,7 +72,12 @@ impl Env {
     }
 
     /// Parses `name` with [`FromStr`], or returns `default` when unset.
-    pub fn parse<T: FromStr>(&self, name: &str, default: T, expected: &str) -> Result<T, ConfigError> {
+    pub fn parse<T: FromStr>(
+        &self,
+        name: &str,
+        default: T,
+        expected: &str,
+    ) -> Result<T, ConfigError> {
         self.parse_with(name, default, expected, |v| v.parse().ok())
     }
 
@@ -80,7 +88,12 @@ impl Env {
 
     /// A duration such as `10s`, `500ms` or `2m` (a bare number is seconds).
     pub fn duration(&self, name: &str, default: Duration) -> Result<Duration, ConfigError> {
-        self.parse_with(name, default, "a duration like 10s, 500ms or 2m", parse_duration)
+        self.parse_with(
+            name,
+            default,
+            "a duration like 10s, 500ms or 2m",
+            parse_duration,
+        )
     }
 
     /// `true`/`false` (also `1`/`0`, `yes`/`no`, `on`/`off`).
@@ -107,25 +120,37 @@ impl Env {
 
     /// The address of another service, e.g. `http://inventory:50052`.
     pub fn upstream(&self, name: &str, default: &str) -> Result<Uri, ConfigError> {
-        let default = default.parse().expect("default upstream address is a valid URI");
-        self.parse_with(name, default, "an address like http://inventory:50052", |v| {
-            let uri: Uri = v.parse().ok()?;
-            let scheme_ok = uri.scheme_str() == Some("http");
-            (scheme_ok && uri.host().is_some() && uri.port_u16().is_some()).then_some(uri)
-        })
+        let default = default
+            .parse()
+            .expect("default upstream address is a valid URI");
+        self.parse_with(
+            name,
+            default,
+            "an address like http://inventory:50052",
+            |v| {
+                let uri: Uri = v.parse().ok()?;
+                let scheme_ok = uri.scheme_str() == Some("http");
+                (scheme_ok && uri.host().is_some() && uri.port_u16().is_some()).then_some(uri)
+            },
+        )
     }
 }
 
 impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Env {
     fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
         Self {
-            vars: iter.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
+            vars: iter
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
         }
     }
 }
 
 fn parse_duration(value: &str) -> Option<Duration> {
-    let split = value.find(|c: char| !c.is_ascii_digit()).unwrap_or(value.len());
+    let split = value
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(value.len());
     let (number, unit) = value.split_at(split);
     let n: u64 = number.parse().ok()?;
     match unit {
@@ -164,13 +189,17 @@ impl ServerConfig {
     /// Reads the server settings; `default_port` is the service's local port.
     pub fn from_env(env: &Env, default_port: u16) -> Result<Self, ConfigError> {
         Ok(Self {
-            listen_addr: env.socket_addr("LISTEN_ADDR", SocketAddr::from(([0, 0, 0, 0], default_port)))?,
+            listen_addr: env.socket_addr(
+                "LISTEN_ADDR",
+                SocketAddr::from(([0, 0, 0, 0], default_port)),
+            )?,
             reflection: env.flag("GRPC_REFLECTION", true)?,
             request_timeout: env.duration("GRPC_REQUEST_TIMEOUT", Duration::from_secs(30))?,
             max_concurrent_streams: env.int_in("GRPC_MAX_CONCURRENT_STREAMS", 100, 1, 10_000)?,
             max_message_size: env.int_in("GRPC_MAX_MESSAGE_SIZE", 4 << 20, 1024, 64 << 20)?,
             shutdown_delay: env.duration("SHUTDOWN_DELAY", Duration::ZERO)?,
-            shutdown_grace_period: env.duration("SHUTDOWN_GRACE_PERIOD", Duration::from_secs(10))?,
+            shutdown_grace_period: env
+                .duration("SHUTDOWN_GRACE_PERIOD", Duration::from_secs(10))?,
         })
     }
 }
@@ -238,18 +267,33 @@ mod tests {
         for (var, value, expected) in cases {
             let err = ServerConfig::from_env(&env(&[(var, value)]), 1).unwrap_err();
             let message = err.to_string();
-            assert!(message.contains(var) && message.contains(value), "{message}");
+            assert!(
+                message.contains(var) && message.contains(value),
+                "{message}"
+            );
             assert!(message.contains(expected), "{message}");
         }
     }
 
     #[test]
     fn upstreams_must_be_http_urls_with_host_and_port() {
-        let e = env(&[("A", "http://inventory:50052"), ("B", "inventory:50052"), ("C", "http://x")]);
-        assert_eq!(e.upstream("A", "http://127.0.0.1:1").unwrap().host(), Some("inventory"));
+        let e = env(&[
+            ("A", "http://inventory:50052"),
+            ("B", "inventory:50052"),
+            ("C", "http://x"),
+        ]);
+        assert_eq!(
+            e.upstream("A", "http://127.0.0.1:1").unwrap().host(),
+            Some("inventory")
+        );
         assert!(e.upstream("B", "http://127.0.0.1:1").is_err());
         assert!(e.upstream("C", "http://127.0.0.1:1").is_err());
-        assert_eq!(e.upstream("UNSET", "http://127.0.0.1:1").unwrap().port_u16(), Some(1));
+        assert_eq!(
+            e.upstream("UNSET", "http://127.0.0.1:1")
+                .unwrap()
+                .port_u16(),
+            Some(1)
+        );
     }
 
     #[test]

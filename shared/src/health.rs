@@ -187,17 +187,29 @@ mod tests {
     async fn everything_starts_not_serving_and_flips_together() {
         let health = Health::new(["a.v1.A"]);
         for name in ["", LIVENESS, READINESS, "a.v1.A"] {
-            assert_eq!(check(&health, name).await.unwrap(), ServingStatus::NotServing as i32);
+            assert_eq!(
+                check(&health, name).await.unwrap(),
+                ServingStatus::NotServing as i32
+            );
         }
         health.serving();
         for name in ["", LIVENESS, READINESS, "a.v1.A"] {
-            assert_eq!(check(&health, name).await.unwrap(), ServingStatus::Serving as i32);
+            assert_eq!(
+                check(&health, name).await.unwrap(),
+                ServingStatus::Serving as i32
+            );
         }
         health.draining();
         for name in ["", READINESS, "a.v1.A"] {
-            assert_eq!(check(&health, name).await.unwrap(), ServingStatus::NotServing as i32);
+            assert_eq!(
+                check(&health, name).await.unwrap(),
+                ServingStatus::NotServing as i32
+            );
         }
-        assert_eq!(check(&health, LIVENESS).await.unwrap(), ServingStatus::Serving as i32);
+        assert_eq!(
+            check(&health, LIVENESS).await.unwrap(),
+            ServingStatus::Serving as i32
+        );
         let err = check(&health, "b.v1.B").await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::NotFound);
     }

@@ -6,6 +6,7 @@
 //! - [`server`]: the gRPC server: health, reflection, limits, deadlines, a span per
 //!   call, and graceful shutdown ([`Server`]).
 //! - [`client`]: channels for calling other services.
+//! - [`events`]: publishing and consuming events (an in-process bus for now).
 //! - [`validation`], [`status`], [`pagination`], [`money`], [`id`]: request rules and
 //!   error statuses that every service shares.
 //! - [`testing`]: in-process test servers.
@@ -15,6 +16,7 @@ pub mod client;
 pub mod config;
 pub mod deadline;
 mod error;
+pub mod events;
 pub mod health;
 pub mod id;
 pub mod money;

@@ -26,13 +26,17 @@ impl Money {
 
     /// Validates a request's money field named `field`: a currency of three
     /// upper-case letters and an amount from 1 to [`MAX_MINOR`].
-    pub fn parse(field: &str, money: Option<&pb::Money>, violations: &mut Violations) -> Option<Self> {
+    pub fn parse(
+        field: &str,
+        money: Option<&pb::Money>,
+        violations: &mut Violations,
+    ) -> Option<Self> {
         let Some(money) = money else {
             violations.add(field, "is required");
             return None;
         };
-        let currency_ok =
-            money.currency_code.len() == 3 && money.currency_code.bytes().all(|b| b.is_ascii_uppercase());
+        let currency_ok = money.currency_code.len() == 3
+            && money.currency_code.bytes().all(|b| b.is_ascii_uppercase());
         violations.check(
             currency_ok,
             format!("{field}.currency_code"),
@@ -63,7 +67,13 @@ impl Money {
 
 impl fmt::Display for Money {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}.{:02}", self.currency, self.minor / 100, (self.minor % 100).abs())
+        write!(
+            f,
+            "{} {}.{:02}",
+            self.currency,
+            self.minor / 100,
+            (self.minor % 100).abs()
+        )
     }
 }
 
@@ -97,8 +107,17 @@ mod tests {
     fn validates_currency_and_amount() {
         assert_eq!(parse("USD", 1999), Ok(Money::new("USD", 1999)));
         assert_eq!(parse("usd", 1), Err(vec!["amount.currency_code".into()]));
-        assert_eq!(parse("EURO", 0), Err(vec!["amount.currency_code".into(), "amount.amount_minor".into()]));
-        assert_eq!(parse("USD", MAX_MINOR + 1), Err(vec!["amount.amount_minor".into()]));
+        assert_eq!(
+            parse("EURO", 0),
+            Err(vec![
+                "amount.currency_code".into(),
+                "amount.amount_minor".into()
+            ])
+        );
+        assert_eq!(
+            parse("USD", MAX_MINOR + 1),
+            Err(vec!["amount.amount_minor".into()])
+        );
         let mut v = Violations::new();
         assert_eq!(Money::parse("amount", None, &mut v), None);
         assert_eq!(v.finish().unwrap_err().violations[0].field, "amount");

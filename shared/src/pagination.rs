@@ -2,8 +2,8 @@
 //! than the maximum is capped, negative is an error) and an opaque `page_token` that
 //! resumes after the last item of the previous page.
 
-use crate::validation::Violations;
 use crate::ValidationError;
+use crate::validation::Violations;
 
 /// Items per page when the request says 0.
 pub const DEFAULT_PAGE_SIZE: usize = 50;
@@ -50,7 +50,10 @@ impl PageRequest {
             return (items, String::new());
         }
         items.truncate(self.size);
-        let token = items.last().map(|last| encode_token(key(last))).unwrap_or_default();
+        let token = items
+            .last()
+            .map(|last| encode_token(key(last)))
+            .unwrap_or_default();
         (items, token)
     }
 }
@@ -97,7 +100,10 @@ mod tests {
         let page = PageRequest::new(2, "").unwrap();
         let (items, token) = page.finish(vec!["a", "b", "c"], |s| s);
         assert_eq!(items, ["a", "b"]);
-        assert_eq!(PageRequest::new(2, &token).unwrap().after.as_deref(), Some("b"));
+        assert_eq!(
+            PageRequest::new(2, &token).unwrap().after.as_deref(),
+            Some("b")
+        );
         let (_, last) = page.finish(vec!["a", "b"], |s| s);
         assert_eq!(last, "");
         for bad in ["b", "p1.", "p1.zz", "p1.6", "p1.ff"] {

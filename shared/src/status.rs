@@ -87,7 +87,13 @@ pub fn with_reason<'a>(
     domain: &str,
     metadata: impl IntoIterator<Item = (&'a str, &'a str)>,
 ) -> Status {
-    let metadata: std::collections::HashMap<String, String> =
-        metadata.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
-    Status::with_error_details(code, message, ErrorDetails::with_error_info(reason, domain, metadata))
+    let metadata: std::collections::HashMap<String, String> = metadata
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    Status::with_error_details(
+        code,
+        message,
+        ErrorDetails::with_error_info(reason, domain, metadata),
+    )
 }

@@ -32,19 +32,19 @@ impl Telemetry {
 /// Installs the process-wide subscriber for `service`. Fails on a bad `RUST_LOG` or
 /// `LOG_FORMAT`, or if a subscriber is already installed.
 pub fn init(service: &str, env: &Env) -> Result<Telemetry, ConfigError> {
-    let format = env.parse_with("LOG_FORMAT", LogFormat::Text, "text or json", |v| {
-        match v {
-            "text" => Some(LogFormat::Text),
-            "json" => Some(LogFormat::Json),
-            _ => None,
-        }
+    let format = env.parse_with("LOG_FORMAT", LogFormat::Text, "text or json", |v| match v {
+        "text" => Some(LogFormat::Text),
+        "json" => Some(LogFormat::Json),
+        _ => None,
     })?;
     let directives = env.get("RUST_LOG").unwrap_or("info");
-    let filter = EnvFilter::builder().parse(directives).map_err(|e| ConfigError {
-        var: "RUST_LOG".into(),
-        value: directives.into(),
-        expected: format!("tracing filter directives like info,{service}=debug ({e})"),
-    })?;
+    let filter = EnvFilter::builder()
+        .parse(directives)
+        .map_err(|e| ConfigError {
+            var: "RUST_LOG".into(),
+            value: directives.into(),
+            expected: format!("tracing filter directives like info,{service}=debug ({e})"),
+        })?;
 
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -74,7 +74,9 @@ impl TestServer {
 
 /// An environment for a test server: `LISTEN_ADDR=127.0.0.1:0` plus `pairs`.
 pub fn env<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Env {
-    std::iter::once(("LISTEN_ADDR", "127.0.0.1:0")).chain(pairs).collect()
+    std::iter::once(("LISTEN_ADDR", "127.0.0.1:0"))
+        .chain(pairs)
+        .collect()
 }
 
 /// Polls `condition` every 10 ms until it holds; panics naming `what` after 10 s.
@@ -85,7 +87,10 @@ where
 {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !condition().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -119,10 +124,10 @@ macro_rules! reflection_report {
         /// each service and of the google.rpc error details, following every import.
         /// Panics naming whatever does not resolve.
         pub async fn $name(channel: Channel) -> ReflectionReport {
-            use $pb as pb;
             use pb::server_reflection_request::MessageRequest;
             use pb::server_reflection_response::MessageResponse;
             use prost::Message as _;
+            use $pb as pb;
 
             let mut client = pb::server_reflection_client::ServerReflectionClient::new(channel);
             let mut ask = async |request: MessageRequest| {
@@ -142,13 +147,16 @@ macro_rules! reflection_report {
                     .and_then(|r| r.message_response)
                     .unwrap_or_else(|| panic!("no reflection answer for {request:?}"));
                 match response {
-                    MessageResponse::ErrorResponse(e) => panic!("reflection cannot resolve {request:?}: {e:?}"),
+                    MessageResponse::ErrorResponse(e) => {
+                        panic!("reflection cannot resolve {request:?}: {e:?}")
+                    }
                     other => other,
                 }
             };
 
             let mut report = ReflectionReport::default();
-            let MessageResponse::ListServicesResponse(list) = ask(MessageRequest::ListServices(String::new())).await
+            let MessageResponse::ListServicesResponse(list) =
+                ask(MessageRequest::ListServices(String::new())).await
             else {
                 panic!("ListServices answered something else");
             };

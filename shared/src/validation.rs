@@ -110,9 +110,18 @@ mod tests {
         let fields: Vec<_> = err.violations.iter().map(|v| v.field.as_str()).collect();
         assert_eq!(
             fields,
-            ["sku", "request_id", "order_id", "items[0].quantity", "items[1].quantity"]
+            [
+                "sku",
+                "request_id",
+                "order_id",
+                "items[0].quantity",
+                "items[1].quantity"
+            ]
         );
-        assert!(err.to_string().starts_with("invalid request: sku: is required; "));
+        assert!(
+            err.to_string()
+                .starts_with("invalid request: sku: is required; ")
+        );
     }
 
     #[test]

@@ -2,15 +2,20 @@
 //! others, with the embedded defaults (in-memory stores, in-process event bus).
 //!
 //! `cargo run -p stack` serves on the local ports (the same as running each binary);
-//! [`Stack::bind`] with [`Ports::Ephemeral`] gives tests a private copy on free ports.
+//! [`Stack::bind`] with [`Ports::Ephemeral`] gives tests a private copy on free ports,
+//! and [`testing::TestStack`] serves that copy in the background.
 
 use std::fmt::Write as _;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 
+use shared::events::{InProcessBus, ORDER_EVENTS};
 use shared::{Env, Server};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+
+pub mod testing;
 
 /// Where the services listen.
 #[derive(Clone, Debug)]
@@ -39,45 +44,152 @@ impl Ports {
     }
 }
 
+/// Changes to how the services of the stack reach each other, for tests that put
+/// something in between. The default is the plain wiring of [`Stack::bind`].
+#[derive(Clone, Debug, Default)]
+pub struct Wiring {
+    /// Where orders call inventory, instead of the stack's inventory: e.g. a proxy
+    /// that forwards to [`Stack::addr`]`("inventory")` but delays or fails some calls.
+    pub inventory_for_orders: Option<SocketAddr>,
+}
+
 /// Every service, bound and ready to serve.
 #[derive(Debug)]
 pub struct Stack {
-    servers: Vec<(&'static str, Server)>,
+    /// In the order they were bound: upstreams first.
+    services: Vec<(&'static str, Bound)>,
+}
+
+/// A bound server of one of the two kinds.
+#[derive(Debug)]
+enum Bound {
+    Grpc(Server),
+    Http(gateway::Server),
+}
+
+impl Bound {
+    fn local_addr(&self) -> SocketAddr {
+        match self {
+            Self::Grpc(server) => server.local_addr(),
+            Self::Http(server) => server.local_addr(),
+        }
+    }
+
+    async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), shared::Error> {
+        match self {
+            Self::Grpc(server) => server.serve(shutdown).await,
+            Self::Http(server) => server.serve(shutdown).await,
+        }
+    }
 }
 
 impl Stack {
     /// Builds and binds every service. Each reads its settings from `env`, except
-    /// `LISTEN_ADDR`, which `ports` decides, and the upstream addresses, which point
-    /// at the other services of this stack.
+    /// `LISTEN_ADDR`, which `ports` decides, and the upstream addresses
+    /// (`INVENTORY_ADDR`, …), which point at the services of this stack. Orders publish
+    /// their events on an in-process bus that notifications consume.
     pub async fn bind(env: &Env, ports: &Ports) -> Result<Self, shared::Error> {
-        let service_env = |port| env.clone().with("LISTEN_ADDR", ports.listen_addr(port));
+        Self::bind_with(env, ports, &Wiring::default()).await
+    }
 
-        let inventory =
-            inventory::build(inventory::Config::from_env(&service_env(inventory::config::PORT))?).await?;
-        let payments = payments::build(payments::Config::from_env(&service_env(payments::config::PORT))?).await?;
+    /// [`Stack::bind`] with the changes of `wiring`.
+    pub async fn bind_with(
+        env: &Env,
+        ports: &Ports,
+        wiring: &Wiring,
+    ) -> Result<Self, shared::Error> {
+        let listen = |port| env.clone().with("LISTEN_ADDR", ports.listen_addr(port));
+
+        // Upstreams first: a service's upstream addresses are the bound ones.
+        let config = inventory::Config::from_env(&listen(inventory::config::PORT))?;
+        let inventory = inventory::build(config).await?;
+        let config = payments::Config::from_env(&listen(payments::config::PORT))?;
+        let payments = payments::build(config).await?;
+
+        // The consumer subscribes before orders can publish: the bus keeps no events
+        // for subscribers to come.
+        let bus = InProcessBus::new();
+        let config = notifications::Config::from_env(&listen(notifications::config::PORT))?;
+        let notifications = notifications::build(config, bus.subscribe(ORDER_EVENTS)).await?;
+
+        let inventory_for_orders = wiring
+            .inventory_for_orders
+            .unwrap_or(inventory.local_addr());
+        let orders_env = listen(orders::config::PORT)
+            .with("INVENTORY_ADDR", uri(inventory_for_orders))
+            .with("PAYMENTS_ADDR", uri(payments.local_addr()));
+        let orders = orders::build(orders::Config::from_env(&orders_env)?, Arc::new(bus)).await?;
+
+        let gateway_env = listen(gateway::config::PORT)
+            .with("ORDERS_ADDR", uri(orders.local_addr()))
+            .with("INVENTORY_ADDR", uri(inventory.local_addr()))
+            .with("NOTIFICATIONS_ADDR", uri(notifications.local_addr()));
+        let gateway = gateway::build(gateway::Config::from_env(&gateway_env)?).await?;
 
         Ok(Self {
-            servers: vec![(inventory::NAME, inventory), (payments::NAME, payments)],
+            services: vec![
+                (inventory::NAME, Bound::Grpc(inventory)),
+                (payments::NAME, Bound::Grpc(payments)),
+                (notifications::NAME, Bound::Grpc(notifications)),
+                (orders::NAME, Bound::Grpc(orders)),
+                (gateway::NAME, Bound::Http(gateway)),
+            ],
         })
     }
 
     /// The address of service `name` (e.g. `"inventory"`), if it is part of the stack.
     pub fn addr(&self, name: &str) -> Option<SocketAddr> {
-        self.servers.iter().find(|(n, _)| *n == name).map(|(_, s)| s.local_addr())
+        self.services
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, s)| s.local_addr())
     }
 
-    /// What to print once the stack is up: each endpoint and commands to try.
+    /// The address of the gateway, the stack's HTTP/JSON entry point (every other
+    /// service speaks gRPC).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.addr(gateway::NAME)
+            .expect("the gateway is part of every stack")
+    }
+
+    /// What to print once the stack is up: each endpoint, then commands to try the
+    /// order flow with curl (through the gateway) and grpcurl (on the services).
     pub fn banner(&self) -> String {
         let mut out = String::from("\nThe stack is up:\n");
-        for (name, server) in &self.servers {
-            let _ = writeln!(out, "  {name:<14} grpc://{}", server.local_addr());
+        for (name, service) in &self.services {
+            let scheme = match service {
+                Bound::Grpc(_) => "grpc",
+                Bound::Http(_) => "http",
+            };
+            let _ = writeln!(out, "  {name:<14} {scheme}://{}", service.local_addr());
         }
-        let inventory = self.addr(inventory::NAME).map_or(0, |a| a.port());
+        let http = uri(self.http_addr());
+        let grpc = |name| dial(self.addr(name).expect("every stack runs every service"));
+        let (orders, inventory) = (grpc(orders::NAME), grpc(inventory::NAME));
         let _ = write!(
             out,
-            "\nTry:\n  grpcurl -plaintext localhost:{inventory} list\n  \
-             grpcurl -plaintext -d '{{\"sku\": \"SKU-001\"}}' localhost:{inventory} \
-             inventory.v1.InventoryService/GetProduct\n\nCtrl-C stops everything gracefully.\n"
+            r#"
+Browse the catalog:
+  curl -s {http}/v1/products/SKU-001
+
+Place an order (run it again: same Idempotency-Key, same order, one charge):
+  curl -s -X POST {http}/v1/orders \
+    -H 'Content-Type: application/json' -H 'Idempotency-Key: demo-order-1' \
+    -d '{{"customerId": "cus_demo", "items": [{{"sku": "SKU-001", "quantity": 2}}], "cardToken": "tok_visa"}}'
+
+Read it back (ORDER_ID: the orderId it answered), and the customer's notifications:
+  curl -s {http}/v1/orders/ORDER_ID
+  curl -s {http}/v1/customers/cus_demo/notifications
+
+Watch an order over gRPC: its state, each change, and the end once it is final:
+  grpcurl -plaintext -d '{{"order_id": "ORDER_ID"}}' {orders} orders.v1.OrderService/WatchOrder
+
+Explore any service with reflection:
+  grpcurl -plaintext {inventory} list
+  grpcurl -plaintext -d '{{"sku": "SKU-001"}}' {inventory} inventory.v1.InventoryService/GetProduct
+
+Ctrl-C stops everything gracefully.
+"#
         );
         out
     }
@@ -87,8 +199,8 @@ impl Stack {
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), shared::Error> {
         let token = CancellationToken::new();
         let mut tasks = JoinSet::new();
-        for (_, server) in self.servers {
-            tasks.spawn(server.serve(token.clone().cancelled_owned()));
+        for (_, service) in self.services {
+            tasks.spawn(service.serve(token.clone().cancelled_owned()));
         }
         let mut result = Ok(());
         tokio::select! {
@@ -104,5 +216,42 @@ impl Stack {
             }
         }
         result
+    }
+}
+
+/// An address to connect to `addr`: the loopback address when it listens on all
+/// interfaces (`0.0.0.0` and `::` are not addresses to dial).
+fn dial(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port())
+        }
+        _ => addr,
+    }
+}
+
+/// The upstream URI of a bound service, for `*_ADDR` variables.
+fn uri(addr: SocketAddr) -> String {
+    format!("http://{}", dial(addr))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn services_on_all_interfaces_are_dialled_on_loopback() {
+        assert_eq!(
+            uri("0.0.0.0:50052".parse().unwrap()),
+            "http://127.0.0.1:50052"
+        );
+        assert_eq!(uri("[::]:50052".parse().unwrap()), "http://[::1]:50052");
+        assert_eq!(
+            uri("10.1.2.3:50052".parse().unwrap()),
+            "http://10.1.2.3:50052"
+        );
     }
 }

@@ -73,7 +73,11 @@ impl NewReservation {
 }
 
 /// Validates a list of items; returns them sorted by sku.
-pub(crate) fn validate_items(field: &str, mut items: Vec<Item>, violations: &mut Violations) -> Vec<Item> {
+pub(crate) fn validate_items(
+    field: &str,
+    mut items: Vec<Item>,
+    violations: &mut Violations,
+) -> Vec<Item> {
     if items.is_empty() {
         violations.add(field, "must have at least one item");
     }
@@ -96,7 +100,10 @@ pub(crate) fn validate_items(field: &str, mut items: Vec<Item>, violations: &mut
 pub(crate) fn validate_restock_item(index: usize, item: &Item) -> Result<(), ValidationError> {
     let mut violations = Violations::new();
     if index >= MAX_ITEMS * 100 {
-        violations.add("stream", format!("must have at most {} messages", MAX_ITEMS * 100));
+        violations.add(
+            "stream",
+            format!("must have at most {} messages", MAX_ITEMS * 100),
+        );
     }
     violations.id(format!("[{index}].sku"), &item.sku);
     violations.quantity(format!("[{index}].quantity"), item.quantity);
@@ -157,14 +164,50 @@ pub(crate) fn demo_catalog() -> Vec<Product> {
         update_time: now,
     };
     vec![
-        product("SKU-001", "Espresso beans, 1 kg", "Dark roast, whole beans.", 2400, 100),
-        product("SKU-002", "Pour-over kettle", "Gooseneck, 1 litre.", 4500, 25),
-        product("SKU-003", "Ceramic mug", "350 ml, dishwasher safe.", 1250, 200),
-        product("SKU-004", "Burr grinder", "Conical burrs, 40 settings.", 12900, 10),
+        product(
+            "SKU-001",
+            "Espresso beans, 1 kg",
+            "Dark roast, whole beans.",
+            2400,
+            100,
+        ),
+        product(
+            "SKU-002",
+            "Pour-over kettle",
+            "Gooseneck, 1 litre.",
+            4500,
+            25,
+        ),
+        product(
+            "SKU-003",
+            "Ceramic mug",
+            "350 ml, dishwasher safe.",
+            1250,
+            200,
+        ),
+        product(
+            "SKU-004",
+            "Burr grinder",
+            "Conical burrs, 40 settings.",
+            12900,
+            10,
+        ),
         product("SKU-005", "Paper filters", "Pack of 100.", 699, 500),
-        product("SKU-006", "Milk frother", "Handheld, battery powered.", 3990, 15),
+        product(
+            "SKU-006",
+            "Milk frother",
+            "Handheld, battery powered.",
+            3990,
+            15,
+        ),
         product("SKU-007", "Travel tumbler", "Insulated, 450 ml.", 2200, 40),
-        product("SKU-008", "Limited edition dripper", "Numbered series.", 8900, 3),
+        product(
+            "SKU-008",
+            "Limited edition dripper",
+            "Numbered series.",
+            8900,
+            3,
+        ),
     ]
 }
 
@@ -191,7 +234,12 @@ mod tests {
         let fields: Vec<_> = err.violations.iter().map(|v| v.field.as_str()).collect();
         assert_eq!(
             fields,
-            ["reservation_id", "items[0].quantity", "items[1].sku", "items[2].sku"]
+            [
+                "reservation_id",
+                "items[0].quantity",
+                "items[1].sku",
+                "items[2].sku"
+            ]
         );
         let err = NewReservation::new("r".into(), vec![]).unwrap_err();
         assert_eq!(err.violations[0].field, "items");

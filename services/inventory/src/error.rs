@@ -1,7 +1,7 @@
 //! The one mapping from inventory errors to gRPC statuses.
 
-use shared::status::{self, Precondition};
 use shared::ValidationError;
+use shared::status::{self, Precondition};
 use tonic::Status;
 
 use crate::domain::Shortage;
@@ -48,7 +48,10 @@ impl From<Error> for Status {
                     .map(|s| Precondition {
                         kind: "STOCK",
                         subject: s.sku.clone(),
-                        description: format!("requested {}, available {}", s.requested, s.available),
+                        description: format!(
+                            "requested {}, available {}",
+                            s.requested, s.available
+                        ),
                     })
                     .collect();
                 status::failed_precondition(error.to_string(), &violations)
@@ -56,11 +59,19 @@ impl From<Error> for Status {
             Error::ReservationConflict { id } => status::key_reused("reservation_id", &id),
             Error::ReservationReleased { ref id } => status::failed_precondition(
                 error.to_string(),
-                &[precondition("RESERVATION_STATE", id, "released; it cannot be committed")],
+                &[precondition(
+                    "RESERVATION_STATE",
+                    id,
+                    "released; it cannot be committed",
+                )],
             ),
             Error::ReservationCommitted { ref id } => status::failed_precondition(
                 error.to_string(),
-                &[precondition("RESERVATION_STATE", id, "committed; it cannot be released")],
+                &[precondition(
+                    "RESERVATION_STATE",
+                    id,
+                    "committed; it cannot be released",
+                )],
             ),
             Error::Storage(_) => status::internal(&error),
         }

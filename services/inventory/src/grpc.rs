@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use contracts::inventory::v1::inventory_service_server::{InventoryService, InventoryServiceServer};
+use contracts::inventory::v1::inventory_service_server::{
+    InventoryService, InventoryServiceServer,
+};
 use contracts::inventory::v1::{self as pb};
 use shared::{PageRequest, ServerConfig};
 use tonic::{Request, Response, Status, Streaming};
@@ -11,7 +13,10 @@ use crate::domain::{self, Item, NewReservation, Product, Reservation, Reservatio
 use crate::store::Store;
 
 /// The tonic service over `store`, with the server's message size limits.
-pub(crate) fn service(store: Arc<dyn Store>, config: &ServerConfig) -> InventoryServiceServer<InventoryApi> {
+pub(crate) fn service(
+    store: Arc<dyn Store>,
+    config: &ServerConfig,
+) -> InventoryServiceServer<InventoryApi> {
     InventoryServiceServer::new(InventoryApi { store })
         .max_decoding_message_size(config.max_message_size)
         .max_encoding_message_size(config.max_message_size)
@@ -58,7 +63,8 @@ impl InventoryService for InventoryApi {
     ) -> Result<Response<pb::ReserveStockResponse>, Status> {
         let request = request.into_inner();
         let items = request.items.into_iter().map(item).collect();
-        let reservation = NewReservation::new(request.reservation_id, items).map_err(crate::error::Error::from)?;
+        let reservation = NewReservation::new(request.reservation_id, items)
+            .map_err(crate::error::Error::from)?;
         let reservation = self.store.reserve(reservation).await?;
         Ok(Response::new(pb::ReserveStockResponse {
             reservation: Some(reservation.into()),

@@ -74,11 +74,18 @@ impl MemoryStore {
 
 impl State {
     fn product_mut(&mut self, sku: &str) -> Result<&mut Product, Error> {
-        self.products.get_mut(sku).ok_or_else(|| Error::ProductNotFound { sku: sku.into() })
+        self.products
+            .get_mut(sku)
+            .ok_or_else(|| Error::ProductNotFound { sku: sku.into() })
     }
 
     /// Moves every item's units with `change`, e.g. from reserved to sold.
-    fn move_stock(&mut self, items: &[Item], now: SystemTime, change: impl Fn(&mut crate::domain::Stock, i64)) {
+    fn move_stock(
+        &mut self,
+        items: &[Item],
+        now: SystemTime,
+        change: impl Fn(&mut crate::domain::Stock, i64),
+    ) {
         for item in items {
             if let Some(product) = self.products.get_mut(&item.sku) {
                 change(&mut product.stock, units(item.quantity));
@@ -145,7 +152,9 @@ impl Store for MemoryStore {
             create_time: now,
             update_time: now,
         };
-        state.reservations.insert(reservation.id.clone(), reservation.clone());
+        state
+            .reservations
+            .insert(reservation.id.clone(), reservation.clone());
         Ok(reservation)
     }
 
@@ -185,7 +194,9 @@ impl Store for MemoryStore {
         };
         match reservation.state {
             ReservationState::Released => return Ok(reservation),
-            ReservationState::Committed => return Err(Error::ReservationCommitted { id: id.into() }),
+            ReservationState::Committed => {
+                return Err(Error::ReservationCommitted { id: id.into() });
+            }
             ReservationState::Reserved => {}
         }
         state.move_stock(&reservation.items, now, |stock, n| {
@@ -201,17 +212,25 @@ impl Store for MemoryStore {
             state.product_mut(&item.sku)?;
         }
         let now = SystemTime::now();
-        state.move_stock(items, now, |stock, n| stock.available = stock.available.saturating_add(n));
+        state.move_stock(items, now, |stock, n| {
+            stock.available = stock.available.saturating_add(n)
+        });
         let mut skus: Vec<&str> = items.iter().map(|i| i.sku.as_str()).collect();
         skus.sort_unstable();
         skus.dedup();
-        Ok(skus.into_iter().filter_map(|sku| state.products.get(sku).cloned()).collect())
+        Ok(skus
+            .into_iter()
+            .filter_map(|sku| state.products.get(sku).cloned())
+            .collect())
     }
 }
 
 impl State {
     fn set_state(&mut self, id: &str, to: ReservationState, now: SystemTime) -> Reservation {
-        let reservation = self.reservations.get_mut(id).expect("caller checked it exists");
+        let reservation = self
+            .reservations
+            .get_mut(id)
+            .expect("caller checked it exists");
         reservation.state = to;
         reservation.update_time = now;
         reservation.clone()
@@ -245,10 +264,15 @@ mod tests {
         let store = MemoryStore::new(demo_catalog());
         // SKU-008 has 3 units: asking for 4 fails the whole reservation.
         let err = store
-            .reserve(reservation("r1", vec![item("SKU-001", 1), item("SKU-008", 4)]))
+            .reserve(reservation(
+                "r1",
+                vec![item("SKU-001", 1), item("SKU-008", 4)],
+            ))
             .await
             .unwrap_err();
-        assert!(matches!(&err, Error::InsufficientStock(s) if s[0].sku == "SKU-008" && s[0].available == 3));
+        assert!(
+            matches!(&err, Error::InsufficientStock(s) if s[0].sku == "SKU-008" && s[0].available == 3)
+        );
         assert_eq!(stock(&store, "SKU-001").await.available, 100);
 
         let err = store
@@ -262,36 +286,84 @@ mod tests {
     #[tokio::test]
     async fn reserve_commit_release_move_the_buckets() {
         let store = MemoryStore::new(demo_catalog());
-        store.reserve(reservation("a", vec![item("SKU-002", 5)])).await.unwrap();
-        store.reserve(reservation("b", vec![item("SKU-002", 3)])).await.unwrap();
-        assert_eq!(stock(&store, "SKU-002").await, Stock { available: 17, reserved: 8, sold: 0 });
+        store
+            .reserve(reservation("a", vec![item("SKU-002", 5)]))
+            .await
+            .unwrap();
+        store
+            .reserve(reservation("b", vec![item("SKU-002", 3)]))
+            .await
+            .unwrap();
+        assert_eq!(
+            stock(&store, "SKU-002").await,
+            Stock {
+                available: 17,
+                reserved: 8,
+                sold: 0
+            }
+        );
         store.commit("a").await.unwrap();
         store.release("b").await.unwrap();
-        assert_eq!(stock(&store, "SKU-002").await, Stock { available: 20, reserved: 0, sold: 5 });
+        assert_eq!(
+            stock(&store, "SKU-002").await,
+            Stock {
+                available: 20,
+                reserved: 0,
+                sold: 5
+            }
+        );
     }
 
     #[tokio::test]
     async fn every_step_is_idempotent() {
         let store = MemoryStore::new(demo_catalog());
-        let first = store.reserve(reservation("a", vec![item("SKU-003", 2)])).await.unwrap();
-        let again = store.reserve(reservation("a", vec![item("SKU-003", 2)])).await.unwrap();
+        let first = store
+            .reserve(reservation("a", vec![item("SKU-003", 2)]))
+            .await
+            .unwrap();
+        let again = store
+            .reserve(reservation("a", vec![item("SKU-003", 2)]))
+            .await
+            .unwrap();
         assert_eq!(first, again);
         assert_eq!(stock(&store, "SKU-003").await.reserved, 2);
 
-        let err = store.reserve(reservation("a", vec![item("SKU-003", 3)])).await.unwrap_err();
+        let err = store
+            .reserve(reservation("a", vec![item("SKU-003", 3)]))
+            .await
+            .unwrap_err();
         assert!(matches!(err, Error::ReservationConflict { .. }));
 
         let committed = store.commit("a").await.unwrap();
         assert_eq!(store.commit("a").await.unwrap(), committed);
-        assert_eq!(stock(&store, "SKU-003").await, Stock { available: 198, reserved: 0, sold: 2 });
-        assert!(matches!(store.release("a").await, Err(Error::ReservationCommitted { .. })));
+        assert_eq!(
+            stock(&store, "SKU-003").await,
+            Stock {
+                available: 198,
+                reserved: 0,
+                sold: 2
+            }
+        );
+        assert!(matches!(
+            store.release("a").await,
+            Err(Error::ReservationCommitted { .. })
+        ));
 
-        store.reserve(reservation("b", vec![item("SKU-003", 1)])).await.unwrap();
+        store
+            .reserve(reservation("b", vec![item("SKU-003", 1)]))
+            .await
+            .unwrap();
         let released = store.release("b").await.unwrap();
         assert_eq!(store.release("b").await.unwrap(), released);
         assert_eq!(stock(&store, "SKU-003").await.available, 198);
-        assert!(matches!(store.commit("b").await, Err(Error::ReservationReleased { .. })));
-        assert!(matches!(store.commit("zzz").await, Err(Error::ReservationNotFound { .. })));
+        assert!(matches!(
+            store.commit("b").await,
+            Err(Error::ReservationReleased { .. })
+        ));
+        assert!(matches!(
+            store.commit("zzz").await,
+            Err(Error::ReservationNotFound { .. })
+        ));
     }
 
     #[tokio::test]
@@ -299,7 +371,10 @@ mod tests {
         let store = MemoryStore::new(demo_catalog());
         let tombstone = store.release("late").await.unwrap();
         assert_eq!(tombstone.state, ReservationState::Released);
-        let late = store.reserve(reservation("late", vec![item("SKU-004", 1)])).await.unwrap();
+        let late = store
+            .reserve(reservation("late", vec![item("SKU-004", 1)]))
+            .await
+            .unwrap();
         assert_eq!(late.state, ReservationState::Released);
         assert_eq!(stock(&store, "SKU-004").await.available, 10);
     }
@@ -312,7 +387,9 @@ mod tests {
             .map(|i| {
                 let store = store.clone();
                 tokio::spawn(async move {
-                    store.reserve(reservation(&format!("r{i}"), vec![item("SKU-004", 2)])).await
+                    store
+                        .reserve(reservation(&format!("r{i}"), vec![item("SKU-004", 2)]))
+                        .await
                 })
             })
             .collect();
@@ -325,17 +402,33 @@ mod tests {
             }
         }
         assert_eq!(won, 5);
-        assert_eq!(stock(&store, "SKU-004").await, Stock { available: 0, reserved: 10, sold: 0 });
+        assert_eq!(
+            stock(&store, "SKU-004").await,
+            Stock {
+                available: 0,
+                reserved: 10,
+                sold: 0
+            }
+        );
     }
 
     #[tokio::test]
     async fn restock_is_all_or_nothing() {
         let store = MemoryStore::new(demo_catalog());
-        let err = store.restock(&[item("SKU-005", 5), item("NOPE", 1)]).await.unwrap_err();
+        let err = store
+            .restock(&[item("SKU-005", 5), item("NOPE", 1)])
+            .await
+            .unwrap_err();
         assert!(matches!(err, Error::ProductNotFound { .. }));
         assert_eq!(stock(&store, "SKU-005").await.available, 500);
-        let products = store.restock(&[item("SKU-006", 5), item("SKU-005", 1), item("SKU-006", 2)]).await.unwrap();
-        let levels: Vec<_> = products.iter().map(|p| (p.sku.as_str(), p.stock.available)).collect();
+        let products = store
+            .restock(&[item("SKU-006", 5), item("SKU-005", 1), item("SKU-006", 2)])
+            .await
+            .unwrap();
+        let levels: Vec<_> = products
+            .iter()
+            .map(|p| (p.sku.as_str(), p.stock.available))
+            .collect();
         assert_eq!(levels, [("SKU-005", 501), ("SKU-006", 22)]);
     }
 
@@ -346,7 +439,10 @@ mod tests {
         let first = store.products(&page).await.unwrap();
         let skus: Vec<_> = first.iter().map(|p| p.sku.as_str()).collect();
         assert_eq!(skus, ["SKU-001", "SKU-002", "SKU-003", "SKU-004"]);
-        let next = PageRequest { size: 3, after: Some("SKU-006".into()) };
+        let next = PageRequest {
+            size: 3,
+            after: Some("SKU-006".into()),
+        };
         let rest = store.products(&next).await.unwrap();
         assert_eq!(rest.len(), 2);
     }

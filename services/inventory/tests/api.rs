@@ -44,21 +44,34 @@ fn reserve(id: &str, items: Vec<ReservationItem>) -> ReserveStockRequest {
 
 async fn available(client: &mut Client, sku: &str) -> i64 {
     let request = GetProductRequest { sku: sku.into() };
-    client.get_product(request).await.unwrap().into_inner().product.unwrap().available
+    client
+        .get_product(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .product
+        .unwrap()
+        .available
 }
 
 /// The fields named by an INVALID_ARGUMENT's BadRequest detail.
 fn violated_fields(status: &Status) -> Vec<String> {
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     let details = status.get_details_bad_request().expect("BadRequest detail");
-    details.field_violations.into_iter().map(|v| v.field).collect()
+    details
+        .field_violations
+        .into_iter()
+        .map(|v| v.field)
+        .collect()
 }
 
 #[tokio::test]
 async fn get_product_returns_the_catalog_entry() {
     let (_server, mut client) = spawn().await;
     let product = client
-        .get_product(GetProductRequest { sku: "SKU-001".into() })
+        .get_product(GetProductRequest {
+            sku: "SKU-001".into(),
+        })
         .await
         .unwrap()
         .into_inner()
@@ -72,11 +85,22 @@ async fn get_product_returns_the_catalog_entry() {
 #[tokio::test]
 async fn get_product_errors() {
     let (_server, mut client) = spawn().await;
-    let missing = client.get_product(GetProductRequest { sku: "SKU-404".into() }).await.unwrap_err();
+    let missing = client
+        .get_product(GetProductRequest {
+            sku: "SKU-404".into(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(missing.code(), Code::NotFound);
-    assert_eq!(missing.get_details_resource_info().unwrap().resource_name, "SKU-404");
+    assert_eq!(
+        missing.get_details_resource_info().unwrap().resource_name,
+        "SKU-404"
+    );
 
-    let empty = client.get_product(GetProductRequest { sku: String::new() }).await.unwrap_err();
+    let empty = client
+        .get_product(GetProductRequest { sku: String::new() })
+        .await
+        .unwrap_err();
     assert_eq!(violated_fields(&empty), ["sku"]);
 }
 
@@ -87,7 +111,10 @@ async fn list_products_pages_through_the_catalog() {
     let mut page_token = String::new();
     loop {
         let page = client
-            .list_products(ListProductsRequest { page_size: 3, page_token })
+            .list_products(ListProductsRequest {
+                page_size: 3,
+                page_token,
+            })
             .await
             .unwrap()
             .into_inner();
@@ -101,7 +128,11 @@ async fn list_products_pages_through_the_catalog() {
     let expected: Vec<String> = (1..=8).map(|i| format!("SKU-00{i}")).collect();
     assert_eq!(skus, expected);
 
-    let all = client.list_products(ListProductsRequest::default()).await.unwrap().into_inner();
+    let all = client
+        .list_products(ListProductsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(all.products.len(), 8);
     assert!(all.next_page_token.is_empty());
 }
@@ -109,17 +140,32 @@ async fn list_products_pages_through_the_catalog() {
 #[tokio::test]
 async fn list_products_rejects_bad_paging() {
     let (_server, mut client) = spawn().await;
-    let negative = ListProductsRequest { page_size: -1, page_token: String::new() };
-    assert_eq!(violated_fields(&client.list_products(negative).await.unwrap_err()), ["page_size"]);
-    let forged = ListProductsRequest { page_size: 1, page_token: "forged".into() };
-    assert_eq!(violated_fields(&client.list_products(forged).await.unwrap_err()), ["page_token"]);
+    let negative = ListProductsRequest {
+        page_size: -1,
+        page_token: String::new(),
+    };
+    assert_eq!(
+        violated_fields(&client.list_products(negative).await.unwrap_err()),
+        ["page_size"]
+    );
+    let forged = ListProductsRequest {
+        page_size: 1,
+        page_token: "forged".into(),
+    };
+    assert_eq!(
+        violated_fields(&client.list_products(forged).await.unwrap_err()),
+        ["page_token"]
+    );
 }
 
 #[tokio::test]
 async fn reservation_life_cycle() {
     let (_server, mut client) = spawn().await;
     let reservation = client
-        .reserve_stock(reserve("ord_1", vec![item("SKU-002", 2), item("SKU-001", 1)]))
+        .reserve_stock(reserve(
+            "ord_1",
+            vec![item("SKU-002", 2), item("SKU-001", 1)],
+        ))
         .await
         .unwrap()
         .into_inner()
@@ -130,7 +176,10 @@ async fn reservation_life_cycle() {
 
     // A retry returns the same reservation and reserves nothing more.
     let retry = client
-        .reserve_stock(reserve("ord_1", vec![item("SKU-001", 1), item("SKU-002", 2)]))
+        .reserve_stock(reserve(
+            "ord_1",
+            vec![item("SKU-001", 1), item("SKU-002", 2)],
+        ))
         .await
         .unwrap()
         .into_inner()
@@ -139,15 +188,36 @@ async fn reservation_life_cycle() {
     assert_eq!(retry, reservation);
     assert_eq!(available(&mut client, "SKU-002").await, 23);
 
-    let commit = CommitReservationRequest { reservation_id: "ord_1".into() };
-    let committed = client.commit_reservation(commit.clone()).await.unwrap().into_inner().reservation.unwrap();
+    let commit = CommitReservationRequest {
+        reservation_id: "ord_1".into(),
+    };
+    let committed = client
+        .commit_reservation(commit.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .reservation
+        .unwrap();
     assert_eq!(committed.state(), ReservationState::Committed);
-    client.commit_reservation(commit).await.expect("commit is idempotent");
-    let product = client.get_product(GetProductRequest { sku: "SKU-002".into() }).await.unwrap();
+    client
+        .commit_reservation(commit)
+        .await
+        .expect("commit is idempotent");
+    let product = client
+        .get_product(GetProductRequest {
+            sku: "SKU-002".into(),
+        })
+        .await
+        .unwrap();
     let product = product.into_inner().product.unwrap();
-    assert_eq!((product.available, product.reserved, product.sold), (23, 0, 2));
+    assert_eq!(
+        (product.available, product.reserved, product.sold),
+        (23, 0, 2)
+    );
 
-    let release = ReleaseReservationRequest { reservation_id: "ord_1".into() };
+    let release = ReleaseReservationRequest {
+        reservation_id: "ord_1".into(),
+    };
     let err = client.release_reservation(release).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
 }
@@ -155,22 +225,50 @@ async fn reservation_life_cycle() {
 #[tokio::test]
 async fn release_is_the_compensation() {
     let (_server, mut client) = spawn().await;
-    client.reserve_stock(reserve("ord_2", vec![item("SKU-004", 4)])).await.unwrap();
+    client
+        .reserve_stock(reserve("ord_2", vec![item("SKU-004", 4)]))
+        .await
+        .unwrap();
     assert_eq!(available(&mut client, "SKU-004").await, 6);
-    let release = ReleaseReservationRequest { reservation_id: "ord_2".into() };
-    let released = client.release_reservation(release.clone()).await.unwrap().into_inner();
-    assert_eq!(released.reservation.unwrap().state(), ReservationState::Released);
-    client.release_reservation(release).await.expect("release is idempotent");
+    let release = ReleaseReservationRequest {
+        reservation_id: "ord_2".into(),
+    };
+    let released = client
+        .release_reservation(release.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        released.reservation.unwrap().state(),
+        ReservationState::Released
+    );
+    client
+        .release_reservation(release)
+        .await
+        .expect("release is idempotent");
     assert_eq!(available(&mut client, "SKU-004").await, 10);
 
-    let commit = CommitReservationRequest { reservation_id: "ord_2".into() };
-    assert_eq!(client.commit_reservation(commit).await.unwrap_err().code(), Code::FailedPrecondition);
+    let commit = CommitReservationRequest {
+        reservation_id: "ord_2".into(),
+    };
+    assert_eq!(
+        client.commit_reservation(commit).await.unwrap_err().code(),
+        Code::FailedPrecondition
+    );
 
     // A release that overtakes its reservation makes the late reservation a no-op.
-    let early = ReleaseReservationRequest { reservation_id: "ord_3".into() };
+    let early = ReleaseReservationRequest {
+        reservation_id: "ord_3".into(),
+    };
     client.release_reservation(early).await.unwrap();
-    let late = client.reserve_stock(reserve("ord_3", vec![item("SKU-004", 1)])).await.unwrap();
-    assert_eq!(late.into_inner().reservation.unwrap().state(), ReservationState::Released);
+    let late = client
+        .reserve_stock(reserve("ord_3", vec![item("SKU-004", 1)]))
+        .await
+        .unwrap();
+    assert_eq!(
+        late.into_inner().reservation.unwrap().state(),
+        ReservationState::Released
+    );
     assert_eq!(available(&mut client, "SKU-004").await, 10);
 }
 
@@ -186,9 +284,16 @@ async fn reserve_stock_errors() {
     let violations = short.get_details_precondition_failure().unwrap().violations;
     assert_eq!(violations[0].subject, "SKU-008");
     assert_eq!(violations[0].description, "requested 4, available 3");
-    assert_eq!(available(&mut client, "SKU-001").await, 100, "all or nothing");
+    assert_eq!(
+        available(&mut client, "SKU-001").await,
+        100,
+        "all or nothing"
+    );
 
-    let unknown = client.reserve_stock(reserve("r2", vec![item("SKU-404", 1)])).await.unwrap_err();
+    let unknown = client
+        .reserve_stock(reserve("r2", vec![item("SKU-404", 1)]))
+        .await
+        .unwrap_err();
     assert_eq!(unknown.code(), Code::NotFound);
 
     let invalid = client
@@ -197,21 +302,50 @@ async fn reserve_stock_errors() {
         .unwrap_err();
     assert_eq!(
         violated_fields(&invalid),
-        ["reservation_id", "items[0].quantity", "items[1].quantity", "items[1].sku"]
+        [
+            "reservation_id",
+            "items[0].quantity",
+            "items[1].quantity",
+            "items[1].sku"
+        ]
     );
-    let empty = client.reserve_stock(reserve("r3", vec![])).await.unwrap_err();
+    let empty = client
+        .reserve_stock(reserve("r3", vec![]))
+        .await
+        .unwrap_err();
     assert_eq!(violated_fields(&empty), ["items"]);
 
-    client.reserve_stock(reserve("r4", vec![item("SKU-003", 1)])).await.unwrap();
-    let reused = client.reserve_stock(reserve("r4", vec![item("SKU-003", 2)])).await.unwrap_err();
+    client
+        .reserve_stock(reserve("r4", vec![item("SKU-003", 1)]))
+        .await
+        .unwrap();
+    let reused = client
+        .reserve_stock(reserve("r4", vec![item("SKU-003", 2)]))
+        .await
+        .unwrap_err();
     assert_eq!(reused.code(), Code::AlreadyExists);
 
-    let commit = CommitReservationRequest { reservation_id: "never".into() };
-    assert_eq!(client.commit_reservation(commit).await.unwrap_err().code(), Code::NotFound);
-    let blank = CommitReservationRequest { reservation_id: String::new() };
-    assert_eq!(violated_fields(&client.commit_reservation(blank).await.unwrap_err()), ["reservation_id"]);
-    let blank = ReleaseReservationRequest { reservation_id: " ".into() };
-    assert_eq!(violated_fields(&client.release_reservation(blank).await.unwrap_err()), ["reservation_id"]);
+    let commit = CommitReservationRequest {
+        reservation_id: "never".into(),
+    };
+    assert_eq!(
+        client.commit_reservation(commit).await.unwrap_err().code(),
+        Code::NotFound
+    );
+    let blank = CommitReservationRequest {
+        reservation_id: String::new(),
+    };
+    assert_eq!(
+        violated_fields(&client.commit_reservation(blank).await.unwrap_err()),
+        ["reservation_id"]
+    );
+    let blank = ReleaseReservationRequest {
+        reservation_id: " ".into(),
+    };
+    assert_eq!(
+        violated_fields(&client.release_reservation(blank).await.unwrap_err()),
+        ["reservation_id"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -221,7 +355,11 @@ async fn concurrent_reservations_of_the_last_units_never_oversell() {
     let calls: Vec<_> = (0..30)
         .map(|i| {
             let mut client = client.clone();
-            tokio::spawn(async move { client.reserve_stock(reserve(&format!("last-{i}"), vec![item("SKU-008", 1)])).await })
+            tokio::spawn(async move {
+                client
+                    .reserve_stock(reserve(&format!("last-{i}"), vec![item("SKU-008", 1)]))
+                    .await
+            })
         })
         .collect();
     let mut reserved = 0;
@@ -246,11 +384,23 @@ fn restock(sku: &str, quantity: i32) -> RestockProductsRequest {
 #[tokio::test]
 async fn restock_products_streams_deliveries() {
     let (_server, mut client) = spawn().await;
-    let deliveries = vec![restock("SKU-008", 5), restock("SKU-001", 10), restock("SKU-008", 2)];
-    let summary = client.restock_products(tokio_stream::iter(deliveries)).await.unwrap().into_inner();
+    let deliveries = vec![
+        restock("SKU-008", 5),
+        restock("SKU-001", 10),
+        restock("SKU-008", 2),
+    ];
+    let summary = client
+        .restock_products(tokio_stream::iter(deliveries))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(summary.item_count, 3);
     assert_eq!(summary.units_added, 17);
-    let levels: Vec<_> = summary.products.iter().map(|p| (p.sku.as_str(), p.available)).collect();
+    let levels: Vec<_> = summary
+        .products
+        .iter()
+        .map(|p| (p.sku.as_str(), p.available))
+        .collect();
     assert_eq!(levels, [("SKU-001", 110), ("SKU-008", 10)]);
 }
 
@@ -258,21 +408,32 @@ async fn restock_products_streams_deliveries() {
 async fn restock_products_is_all_or_nothing() {
     let (_server, mut client) = spawn().await;
     let unknown = vec![restock("SKU-001", 10), restock("SKU-404", 1)];
-    let err = client.restock_products(tokio_stream::iter(unknown)).await.unwrap_err();
+    let err = client
+        .restock_products(tokio_stream::iter(unknown))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
     assert_eq!(available(&mut client, "SKU-001").await, 100);
 
     let invalid = vec![restock("SKU-001", 10), restock("SKU-002", 0)];
-    let err = client.restock_products(tokio_stream::iter(invalid)).await.unwrap_err();
+    let err = client
+        .restock_products(tokio_stream::iter(invalid))
+        .await
+        .unwrap_err();
     assert_eq!(violated_fields(&err), ["[1].quantity"]);
     assert_eq!(available(&mut client, "SKU-001").await, 100);
 
-    let err = client.restock_products(tokio_stream::iter(Vec::new())).await.unwrap_err();
+    let err = client
+        .restock_products(tokio_stream::iter(Vec::new()))
+        .await
+        .unwrap_err();
     assert_eq!(violated_fields(&err), ["stream"]);
 }
 
 async fn health_status(server: &TestServer, service: &str) -> Result<i32, Status> {
-    let request = HealthCheckRequest { service: service.into() };
+    let request = HealthCheckRequest {
+        service: service.into(),
+    };
     Ok(server.health().check(request).await?.into_inner().status)
 }
 
@@ -280,9 +441,15 @@ async fn health_status(server: &TestServer, service: &str) -> Result<i32, Status
 async fn health_reports_the_server_and_the_service() {
     let (server, _client) = spawn().await;
     for service in ["", "liveness", "readiness", "inventory.v1.InventoryService"] {
-        assert_eq!(health_status(&server, service).await.unwrap(), ServingStatus::Serving as i32, "{service:?}");
+        assert_eq!(
+            health_status(&server, service).await.unwrap(),
+            ServingStatus::Serving as i32,
+            "{service:?}"
+        );
     }
-    let unknown = health_status(&server, "payments.v1.PaymentService").await.unwrap_err();
+    let unknown = health_status(&server, "payments.v1.PaymentService")
+        .await
+        .unwrap_err();
     assert_eq!(unknown.code(), Code::NotFound);
 }
 
@@ -310,7 +477,11 @@ async fn reflection_v1_and_v1alpha_resolve_everything() {
             "health.proto",
             "google/protobuf/duration.proto",
         ] {
-            assert!(report.files.contains(file), "{file} missing from {:?}", report.files);
+            assert!(
+                report.files.contains(file),
+                "{file} missing from {:?}",
+                report.files
+            );
         }
     }
 }
@@ -328,7 +499,10 @@ async fn reflection_can_be_switched_off() {
         message_request: Some(MessageRequest::ListServices(String::new())),
     };
     let mut reflection = ServerReflectionClient::new(server.channel.clone());
-    let err = reflection.server_reflection_info(tokio_stream::iter([request])).await.unwrap_err();
+    let err = reflection
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented);
 }
 
@@ -339,7 +513,8 @@ async fn shutdown_turns_health_off_and_lets_in_flight_calls_finish() {
     let (server, mut client) = spawn_with(&[("SHUTDOWN_DELAY", "2s")]).await;
     let (deliveries, stream) = mpsc::channel(4);
     deliveries.send(restock("SKU-005", 1)).await.unwrap();
-    let call = tokio::spawn(async move { client.restock_products(ReceiverStream::new(stream)).await });
+    let call =
+        tokio::spawn(async move { client.restock_products(ReceiverStream::new(stream)).await });
 
     server.begin_shutdown();
     // Health checks share the call's connection, so once one answers NOT_SERVING
@@ -349,14 +524,27 @@ async fn shutdown_turns_health_off_and_lets_in_flight_calls_finish() {
         status.ok() == Some(ServingStatus::NotServing as i32)
     })
     .await;
-    assert_eq!(health_status(&server, "").await.unwrap(), ServingStatus::NotServing as i32);
-    assert_eq!(health_status(&server, "readiness").await.unwrap(), ServingStatus::NotServing as i32);
+    assert_eq!(
+        health_status(&server, "").await.unwrap(),
+        ServingStatus::NotServing as i32
+    );
+    assert_eq!(
+        health_status(&server, "readiness").await.unwrap(),
+        ServingStatus::NotServing as i32
+    );
     // Liveness holds while draining, so Kubernetes does not restart a stopping pod.
-    assert_eq!(health_status(&server, "liveness").await.unwrap(), ServingStatus::Serving as i32);
+    assert_eq!(
+        health_status(&server, "liveness").await.unwrap(),
+        ServingStatus::Serving as i32
+    );
 
     deliveries.send(restock("SKU-005", 2)).await.unwrap();
     drop(deliveries);
-    let summary = call.await.unwrap().expect("the in-flight call completes").into_inner();
+    let summary = call
+        .await
+        .unwrap()
+        .expect("the in-flight call completes")
+        .into_inner();
     assert_eq!(summary.units_added, 3);
     server.join().await.expect("clean shutdown");
 }
@@ -366,10 +554,14 @@ async fn a_drain_that_outlives_the_grace_period_is_cut_short() {
     let (server, mut client) = spawn_with(&[("SHUTDOWN_GRACE_PERIOD", "200ms")]).await;
     let (deliveries, stream) = mpsc::channel(4);
     deliveries.send(restock("SKU-005", 1)).await.unwrap();
-    let _call = tokio::spawn(async move { client.restock_products(ReceiverStream::new(stream)).await });
+    let _call =
+        tokio::spawn(async move { client.restock_products(ReceiverStream::new(stream)).await });
     // Make sure the call reached the server before shutting down.
     health_status(&server, "").await.unwrap();
     // The stream never ends, yet the server stops within its grace period.
-    server.stop().await.expect("a timed-out drain is not an error");
+    server
+        .stop()
+        .await
+        .expect("a timed-out drain is not an error");
     drop(deliveries);
 }

@@ -36,37 +36,58 @@ async fn wait(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
 
 #[tokio::test]
 async fn serves_until_sigterm_then_exits_cleanly() {
-    let mut child = start(&[("LISTEN_ADDR", "127.0.0.1:0"), ("LOG_FORMAT", "json")]).spawn().unwrap();
+    let mut child = start(&[("LISTEN_ADDR", "127.0.0.1:0"), ("LOG_FORMAT", "json")])
+        .spawn()
+        .unwrap();
     // The JSON log line announcing the server carries the bound address.
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let addr = loop {
-        let line = lines.next().expect("the binary logs before serving").unwrap();
+        let line = lines
+            .next()
+            .expect("the binary logs before serving")
+            .unwrap();
         if line.contains("serving gRPC") {
             let log: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
             break log["addr"].as_str().unwrap().to_owned();
         }
     };
 
-    let mut client = InventoryServiceClient::connect(format!("http://{addr}")).await.unwrap();
-    let product = client.get_product(GetProductRequest { sku: "SKU-001".into() }).await.unwrap();
+    let mut client = InventoryServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let product = client
+        .get_product(GetProductRequest {
+            sku: "SKU-001".into(),
+        })
+        .await
+        .unwrap();
     assert_eq!(product.into_inner().product.unwrap().sku, "SKU-001");
 
-    let kill = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(kill.success());
     let status = wait(&mut child, Duration::from_secs(5)).await;
     assert!(status.success(), "exit status {status:?}");
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
-    assert!(rest.iter().any(|l| l.contains("received SIGTERM")), "{rest:?}");
+    assert!(
+        rest.iter().any(|l| l.contains("received SIGTERM")),
+        "{rest:?}"
+    );
     assert!(rest.iter().any(|l| l.contains("stopped")), "{rest:?}");
 }
 
 #[test]
 fn a_bad_variable_stops_start_up_with_its_name() {
-    let output = start(&[("GRPC_MAX_CONCURRENT_STREAMS", "lots")]).output().unwrap();
+    let output = start(&[("GRPC_MAX_CONCURRENT_STREAMS", "lots")])
+        .output()
+        .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("GRPC_MAX_CONCURRENT_STREAMS=\"lots\": expected an integer from 1 to 10000"),
+        stderr
+            .contains("GRPC_MAX_CONCURRENT_STREAMS=\"lots\": expected an integer from 1 to 10000"),
         "{stderr}"
     );
 }
@@ -78,5 +99,8 @@ fn a_taken_port_stops_start_up_with_the_address() {
     let output = start(&[("LISTEN_ADDR", &addr)]).output().unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains(&format!("cannot listen on {addr}")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr}")),
+        "{stderr}"
+    );
 }

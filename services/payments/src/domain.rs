@@ -64,7 +64,9 @@ impl Charge {
 
     /// Whether `payment` was made by this same request (an idempotent retry).
     pub(crate) fn made(&self, payment: &Payment) -> bool {
-        payment.order_id == self.order_id && payment.customer_id == self.customer_id && payment.amount == self.amount
+        payment.order_id == self.order_id
+            && payment.customer_id == self.customer_id
+            && payment.amount == self.amount
     }
 
     /// Asks the (test) card network: `Err(reason)` if the card is declined.
@@ -88,7 +90,11 @@ pub(crate) fn validate_payment_id(id: &str) -> Result<(), ValidationError> {
 pub(crate) fn validate_refund(payment_id: &str, reason: &str) -> Result<(), ValidationError> {
     let mut violations = Violations::new();
     violations.id("payment_id", payment_id);
-    violations.check(reason.len() <= MAX_REASON_LEN, "reason", format!("must be at most {MAX_REASON_LEN} bytes"));
+    violations.check(
+        reason.len() <= MAX_REASON_LEN,
+        "reason",
+        format!("must be at most {MAX_REASON_LEN} bytes"),
+    );
     violations.finish()
 }
 

@@ -1,7 +1,7 @@
 //! The one mapping from payment errors to gRPC statuses.
 
-use shared::status::{self, Precondition};
 use shared::ValidationError;
+use shared::status::{self, Precondition};
 use tonic::{Code, Status};
 
 #[derive(Debug, thiserror::Error)]

@@ -11,7 +11,10 @@ use crate::domain::{self, Charge, Payment, PaymentStatus};
 use crate::store::Store;
 
 /// The tonic service over `store`, with the server's message size limits.
-pub(crate) fn service(store: Arc<dyn Store>, config: &ServerConfig) -> PaymentServiceServer<PaymentsApi> {
+pub(crate) fn service(
+    store: Arc<dyn Store>,
+    config: &ServerConfig,
+) -> PaymentServiceServer<PaymentsApi> {
     PaymentServiceServer::new(PaymentsApi { store })
         .max_decoding_message_size(config.max_message_size)
         .max_encoding_message_size(config.max_message_size)
@@ -24,9 +27,18 @@ pub(crate) struct PaymentsApi {
 #[tonic::async_trait]
 impl PaymentService for PaymentsApi {
     #[tracing::instrument(skip_all, fields(request_id = %request.get_ref().request_id, order_id = %request.get_ref().order_id))]
-    async fn charge(&self, request: Request<pb::ChargeRequest>) -> Result<Response<pb::ChargeResponse>, Status> {
+    async fn charge(
+        &self,
+        request: Request<pb::ChargeRequest>,
+    ) -> Result<Response<pb::ChargeResponse>, Status> {
         let r = request.into_inner();
-        let charge = Charge::new(r.request_id, r.order_id, r.customer_id, r.amount.as_ref(), r.card_token)?;
+        let charge = Charge::new(
+            r.request_id,
+            r.order_id,
+            r.customer_id,
+            r.amount.as_ref(),
+            r.card_token,
+        )?;
         let payment = self.store.charge(charge).await?;
         Ok(Response::new(pb::ChargeResponse {
             payment: Some(payment.into()),
@@ -34,7 +46,10 @@ impl PaymentService for PaymentsApi {
     }
 
     #[tracing::instrument(skip_all, fields(payment_id = %request.get_ref().payment_id))]
-    async fn refund(&self, request: Request<pb::RefundRequest>) -> Result<Response<pb::RefundResponse>, Status> {
+    async fn refund(
+        &self,
+        request: Request<pb::RefundRequest>,
+    ) -> Result<Response<pb::RefundResponse>, Status> {
         let r = request.into_inner();
         domain::validate_refund(&r.payment_id, &r.reason)?;
         let payment = self.store.refund(&r.payment_id, &r.reason).await?;

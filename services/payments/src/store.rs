@@ -27,7 +27,11 @@ pub(crate) trait Store: Send + Sync + 'static {
 
     /// Up to `page.size + 1` payments (of `order_id`, if given) in creation order, after
     /// the page key `page.after` (see [`page_key`]).
-    async fn payments(&self, order_id: Option<&str>, page: &PageRequest) -> Result<Vec<(String, Payment)>, Error>;
+    async fn payments(
+        &self,
+        order_id: Option<&str>,
+        page: &PageRequest,
+    ) -> Result<Vec<(String, Payment)>, Error>;
 }
 
 /// The sort key of the `index`-th payment: zero-padded, so keys sort like numbers.
@@ -63,7 +67,9 @@ impl State {
         self.by_id
             .get(payment_id)
             .copied()
-            .ok_or_else(|| Error::PaymentNotFound { id: payment_id.into() })
+            .ok_or_else(|| Error::PaymentNotFound {
+                id: payment_id.into(),
+            })
     }
 }
 
@@ -87,7 +93,9 @@ impl Store for MemoryStore {
             return if charge.made(existing) {
                 outcome(existing.clone())
             } else {
-                Err(Error::RequestConflict { request_id: charge.request_id })
+                Err(Error::RequestConflict {
+                    request_id: charge.request_id,
+                })
             };
         }
         let (status, status_reason) = match charge.authorize() {
@@ -108,7 +116,9 @@ impl Store for MemoryStore {
         };
         let index = state.payments.len();
         state.by_id.insert(payment.id.clone(), index);
-        state.by_request_id.insert(payment.request_id.clone(), index);
+        state
+            .by_request_id
+            .insert(payment.request_id.clone(), index);
         state.payments.push(payment.clone());
         outcome(payment)
     }
@@ -119,7 +129,11 @@ impl Store for MemoryStore {
         let payment = &mut state.payments[index];
         match payment.status {
             PaymentStatus::Refunded => {}
-            PaymentStatus::Declined => return Err(Error::NotCaptured { id: payment_id.into() }),
+            PaymentStatus::Declined => {
+                return Err(Error::NotCaptured {
+                    id: payment_id.into(),
+                });
+            }
             PaymentStatus::Captured => {
                 payment.status = PaymentStatus::Refunded;
                 payment.status_reason = reason.to_owned();
@@ -135,11 +149,17 @@ impl Store for MemoryStore {
         Ok(state.payments[index].clone())
     }
 
-    async fn payments(&self, order_id: Option<&str>, page: &PageRequest) -> Result<Vec<(String, Payment)>, Error> {
+    async fn payments(
+        &self,
+        order_id: Option<&str>,
+        page: &PageRequest,
+    ) -> Result<Vec<(String, Payment)>, Error> {
         let state = self.lock()?;
         let start = match &page.after {
             // A key we did not make matches nothing rather than failing.
-            Some(after) => after.parse::<usize>().map_or(usize::MAX, |i| i.saturating_add(1)),
+            Some(after) => after
+                .parse::<usize>()
+                .map_or(usize::MAX, |i| i.saturating_add(1)),
             None => 0,
         };
         Ok(state
@@ -166,20 +186,36 @@ mod tests {
             currency_code: "USD".into(),
             amount_minor: cents,
         };
-        Charge::new(request_id.into(), order_id.into(), "cus_1".into(), Some(&amount), token.into()).unwrap()
+        Charge::new(
+            request_id.into(),
+            order_id.into(),
+            "cus_1".into(),
+            Some(&amount),
+            token.into(),
+        )
+        .unwrap()
     }
 
     #[tokio::test]
     async fn a_retried_charge_charges_once() {
         let store = MemoryStore::default();
-        let first = store.charge(charge("r1", "o1", 500, "tok_visa")).await.unwrap();
-        let again = store.charge(charge("r1", "o1", 500, "tok_visa")).await.unwrap();
+        let first = store
+            .charge(charge("r1", "o1", 500, "tok_visa"))
+            .await
+            .unwrap();
+        let again = store
+            .charge(charge("r1", "o1", 500, "tok_visa"))
+            .await
+            .unwrap();
         assert_eq!(first, again);
         assert_eq!(first.amount, Money::new("USD", 500));
         let page = PageRequest::new(0, "").unwrap();
         assert_eq!(store.payments(None, &page).await.unwrap().len(), 1);
 
-        let err = store.charge(charge("r1", "o1", 600, "tok_visa")).await.unwrap_err();
+        let err = store
+            .charge(charge("r1", "o1", 600, "tok_visa"))
+            .await
+            .unwrap_err();
         assert!(matches!(err, Error::RequestConflict { .. }));
     }
 
@@ -189,7 +225,12 @@ mod tests {
         let tasks: Vec<_> = (0..20)
             .map(|_| {
                 let store = store.clone();
-                tokio::spawn(async move { store.charge(charge("same", "o1", 100, "tok_visa")).await.unwrap() })
+                tokio::spawn(async move {
+                    store
+                        .charge(charge("same", "o1", 100, "tok_visa"))
+                        .await
+                        .unwrap()
+                })
             })
             .collect();
         let mut ids = Vec::new();
@@ -203,22 +244,44 @@ mod tests {
     #[tokio::test]
     async fn a_declined_card_is_recorded_and_stays_declined() {
         let store = MemoryStore::default();
-        let err = store.charge(charge("r1", "o1", 500, "tok_declined")).await.unwrap_err();
-        let Error::CardDeclined { payment_id, .. } = err else { panic!("{err:?}") };
-        let err = store.charge(charge("r1", "o1", 500, "tok_declined")).await.unwrap_err();
-        assert!(matches!(err, Error::CardDeclined { payment_id: ref again, .. } if *again == payment_id));
-        assert_eq!(store.payment(&payment_id).await.unwrap().status, PaymentStatus::Declined);
-        assert!(matches!(store.refund(&payment_id, "").await, Err(Error::NotCaptured { .. })));
+        let err = store
+            .charge(charge("r1", "o1", 500, "tok_declined"))
+            .await
+            .unwrap_err();
+        let Error::CardDeclined { payment_id, .. } = err else {
+            panic!("{err:?}")
+        };
+        let err = store
+            .charge(charge("r1", "o1", 500, "tok_declined"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::CardDeclined { payment_id: ref again, .. } if *again == payment_id)
+        );
+        assert_eq!(
+            store.payment(&payment_id).await.unwrap().status,
+            PaymentStatus::Declined
+        );
+        assert!(matches!(
+            store.refund(&payment_id, "").await,
+            Err(Error::NotCaptured { .. })
+        ));
     }
 
     #[tokio::test]
     async fn refunds_are_idempotent() {
         let store = MemoryStore::default();
-        let payment = store.charge(charge("r1", "o1", 500, "tok_visa")).await.unwrap();
+        let payment = store
+            .charge(charge("r1", "o1", 500, "tok_visa"))
+            .await
+            .unwrap();
         let refunded = store.refund(&payment.id, "order failed").await.unwrap();
         assert_eq!(refunded.status, PaymentStatus::Refunded);
         assert_eq!(store.refund(&payment.id, "again").await.unwrap(), refunded);
-        assert!(matches!(store.refund("pay_nope", "").await, Err(Error::PaymentNotFound { .. })));
+        assert!(matches!(
+            store.refund("pay_nope", "").await,
+            Err(Error::PaymentNotFound { .. })
+        ));
     }
 
     #[tokio::test]
@@ -226,13 +289,19 @@ mod tests {
         let store = MemoryStore::default();
         for i in 0..5 {
             let order = if i % 2 == 0 { "even" } else { "odd" };
-            store.charge(charge(&format!("r{i}"), order, 100, "tok_visa")).await.unwrap();
+            store
+                .charge(charge(&format!("r{i}"), order, 100, "tok_visa"))
+                .await
+                .unwrap();
         }
         let page = PageRequest::new(2, "").unwrap();
         let even = store.payments(Some("even"), &page).await.unwrap();
         let requests: Vec<_> = even.iter().map(|(_, p)| p.request_id.as_str()).collect();
         assert_eq!(requests, ["r0", "r2", "r4"]);
-        let next = PageRequest { size: 2, after: Some(even[1].0.clone()) };
+        let next = PageRequest {
+            size: 2,
+            after: Some(even[1].0.clone()),
+        };
         let rest = store.payments(Some("even"), &next).await.unwrap();
         assert_eq!(rest.len(), 1);
         assert_eq!(rest[0].1.request_id, "r4");

@@ -1,0 +1,36 @@
+//! The gateway: the HTTP/JSON entry point for clients outside the cluster. Each REST
+//! route calls one service through its generated gRPC client; the routes, JSON shapes
+//! and error mapping are documented in `http.rs`, `dto.rs` and `error.rs`.
+//!
+//! - `config.rs`: settings from the environment.
+//! - `http.rs`: the routes and their handlers (the only axum routing code).
+//! - `dto.rs`: the JSON shapes of requests and responses, and their proto conversions.
+//! - `error.rs`: the one mapping from gRPC statuses to HTTP errors, and the JSON error.
+//! - `upstream.rs`: the clients of orders, inventory and notifications, and readiness.
+//! - `server.rs`: bind, serve, drain.
+//! - `testing.rs`: an HTTP client for tests of the REST API.
+#![forbid(unsafe_code)]
+
+pub mod config;
+mod dto;
+mod error;
+mod http;
+mod server;
+pub mod testing;
+mod upstream;
+
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+pub use server::Server;
+
+/// The service's name: binary, package, image and Kubernetes name.
+pub const NAME: &str = "gateway";
+
+/// Builds the gateway on lazily connected upstream channels and binds it.
+pub async fn build(config: Config) -> Result<Server, shared::Error> {
+    let draining = CancellationToken::new();
+    let upstreams = upstream::Upstreams::new(&config.upstreams, &config.client);
+    let router = http::router(upstreams, draining.clone(), config.max_body_bytes);
+    Server::bind(NAME, &config.server, router, draining).await
+}

@@ -1,0 +1,498 @@
+//! The REST API over real HTTP, in front of the real services, all in-process: the
+//! stack on free ports, whose gateway is the one under test; gateways with other
+//! settings run in front of the same services.
+
+use std::net::SocketAddr;
+
+use gateway::testing::{HttpClient, HttpResponse};
+use http::{Method, StatusCode};
+use serde_json::{Value, json};
+use shared::testing::eventually;
+use stack::Wiring;
+use stack::testing::TestStack;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+async fn start() -> TestStack {
+    TestStack::start(&shared::Env::default(), &Wiring::default()).await
+}
+
+/// A gateway of its own on a free port, configured by `pairs`.
+struct TestGateway {
+    addr: SocketAddr,
+    http: HttpClient,
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), shared::Error>>,
+}
+
+impl TestGateway {
+    async fn start(pairs: &[(&str, &str)]) -> Self {
+        shared::testing::init_logs();
+        let env = shared::testing::env(pairs.iter().copied());
+        let server = gateway::build(gateway::Config::from_env(&env).expect("valid test config"))
+            .await
+            .expect("the gateway binds");
+        let addr = server.local_addr();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(server.serve(shutdown.clone().cancelled_owned()));
+        Self {
+            addr,
+            http: HttpClient::new(addr),
+            shutdown,
+            task,
+        }
+    }
+
+    /// A gateway in front of `stack`'s services, with `pairs` on top.
+    async fn in_front_of(stack: &TestStack, pairs: &[(&str, &str)]) -> Self {
+        let upstreams = [
+            ("ORDERS_ADDR", url(stack.addr("orders"))),
+            ("INVENTORY_ADDR", url(stack.addr("inventory"))),
+            ("NOTIFICATIONS_ADDR", url(stack.addr("notifications"))),
+        ];
+        let mut all: Vec<(&str, &str)> = upstreams.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        all.extend_from_slice(pairs);
+        Self::start(&all).await
+    }
+}
+
+fn url(addr: SocketAddr) -> String {
+    format!("http://{addr}")
+}
+
+/// An address where nothing listens: the port was free a moment ago.
+async fn closed_port() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    url(listener.local_addr().unwrap())
+}
+
+fn order(customer: &str, sku: &str, quantity: i32) -> Value {
+    json!({"customerId": customer, "items": [{"sku": sku, "quantity": quantity}], "cardToken": "tok_visa"})
+}
+
+async fn place(http: &HttpClient, key: &str, body: &Value) -> HttpResponse {
+    http.post_json("/v1/orders", &[("Idempotency-Key", key)], body)
+        .await
+}
+
+/// Asserts a response in the error shape; returns its `error` object.
+fn error(response: &HttpResponse, http: StatusCode, status: &str) -> Value {
+    assert_eq!(response.status, http, "{:?}", response.body);
+    assert_eq!(response.header("content-type"), Some("application/json"));
+    let body = response.json();
+    let error = &body["error"];
+    assert_eq!(error["code"], http.as_u16(), "{body}");
+    assert_eq!(error["status"], status, "{body}");
+    assert!(
+        error["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    error.clone()
+}
+
+/// The `field`s of an error's details.
+fn fields(error: &Value) -> Vec<String> {
+    let details = error["details"].as_array().cloned().unwrap_or_default();
+    details
+        .iter()
+        .filter_map(|d| d["field"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test]
+async fn products_are_listed_page_by_page() {
+    let stack = start().await;
+    let http = stack.http();
+    let mut skus = Vec::new();
+    let mut path = "/v1/products?page_size=3".to_owned();
+    loop {
+        let response = http.get(&path).await;
+        assert_eq!(response.status, StatusCode::OK);
+        let page = response.json();
+        let products = page["products"].as_array().unwrap();
+        assert!(products.len() <= 3);
+        skus.extend(
+            products
+                .iter()
+                .map(|p| p["sku"].as_str().unwrap().to_owned()),
+        );
+        match page["nextPageToken"].as_str() {
+            Some(token) => path = format!("/v1/products?page_size=3&page_token={token}"),
+            None => break,
+        }
+    }
+    let expected: Vec<String> = (1..=8).map(|i| format!("SKU-00{i}")).collect();
+    assert_eq!(skus, expected);
+}
+
+#[tokio::test]
+async fn a_product_reads_like_proto3_json_without_internal_stock_buckets() {
+    let stack = start().await;
+    let response = stack.http().get("/v1/products/SKU-001").await;
+    assert_eq!(response.status, StatusCode::OK);
+    assert_eq!(
+        response.json(),
+        json!({
+            "sku": "SKU-001",
+            "name": "Espresso beans, 1 kg",
+            "description": "Dark roast, whole beans.",
+            "price": {"currencyCode": "USD", "amountMinor": 2400},
+            "available": 100,
+        })
+    );
+}
+
+#[tokio::test]
+async fn a_missing_product_is_404_in_the_error_shape() {
+    let stack = start().await;
+    let response = stack.http().get("/v1/products/SKU-404").await;
+    assert_eq!(response.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        response.json(),
+        json!({"error": {"code": 404, "status": "NOT_FOUND", "message": "product \"SKU-404\" not found"}})
+    );
+}
+
+#[tokio::test]
+async fn bad_page_parameters_are_400_naming_the_parameter() {
+    let stack = start().await;
+    let http = stack.http();
+    for query in ["page_size=ten", "page_size=-1", "page_token=forged"] {
+        let response = http.get(&format!("/v1/products?{query}")).await;
+        let error = error(&response, StatusCode::BAD_REQUEST, "INVALID_ARGUMENT");
+        let parameter = query.split('=').next().unwrap();
+        assert_eq!(fields(&error), [parameter], "{query}");
+    }
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_answer_in_the_error_shape() {
+    let stack = start().await;
+    let http = stack.http();
+    let response = http.get("/v2/products").await;
+    error(&response, StatusCode::NOT_FOUND, "NOT_FOUND");
+
+    let response = http.send(Method::DELETE, "/v1/products", &[], "").await;
+    error(&response, StatusCode::METHOD_NOT_ALLOWED, "UNIMPLEMENTED");
+    assert_eq!(response.header("allow"), Some("GET,HEAD"));
+}
+
+#[tokio::test]
+async fn an_order_is_created_and_read_back() {
+    let stack = start().await;
+    let http = stack.http();
+    let created = place(&http, "gw-create-1", &order("cus_gw_1", "SKU-001", 2)).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
+    let order = created.json();
+    let id = order["orderId"].as_str().unwrap();
+    assert!(id.starts_with("ord_"), "{order}");
+    assert_eq!(
+        created.header("location"),
+        Some(format!("/v1/orders/{id}").as_str())
+    );
+    assert_eq!(order["status"], "CONFIRMED");
+    assert_eq!(order["customerId"], "cus_gw_1");
+    assert_eq!(
+        order["items"],
+        json!([{"sku": "SKU-001", "quantity": 2, "unitPrice": {"currencyCode": "USD", "amountMinor": 2400}}])
+    );
+    assert_eq!(
+        order["total"],
+        json!({"currencyCode": "USD", "amountMinor": 4800})
+    );
+    assert!(
+        order["paymentId"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("pay_")),
+        "{order}"
+    );
+    assert!(order.get("statusReason").is_none(), "{order}");
+    for time in ["createTime", "updateTime"] {
+        let text = order[time].as_str().unwrap();
+        assert!(
+            text.parse::<prost_types::Timestamp>().is_ok(),
+            "{time} is RFC 3339: {text}"
+        );
+    }
+
+    let read = http.get(&format!("/v1/orders/{id}")).await;
+    assert_eq!(read.status, StatusCode::OK);
+    assert_eq!(read.json(), order);
+
+    let missing = http.get("/v1/orders/ord_missing").await;
+    error(&missing, StatusCode::NOT_FOUND, "NOT_FOUND");
+}
+
+#[tokio::test]
+async fn a_declined_card_is_a_created_order_that_was_rejected() {
+    let stack = start().await;
+    let mut body = order("cus_gw_2", "SKU-003", 1);
+    body["cardToken"] = json!("tok_declined");
+    let response = place(&stack.http(), "gw-declined-1", &body).await;
+    assert_eq!(response.status, StatusCode::CREATED);
+    let order = response.json();
+    assert_eq!(order["status"], "REJECTED");
+    assert!(
+        order["statusReason"]
+            .as_str()
+            .is_some_and(|r| !r.is_empty()),
+        "{order}"
+    );
+}
+
+#[tokio::test]
+async fn the_same_key_gets_the_same_order_and_another_body_is_409() {
+    let stack = start().await;
+    let http = stack.http();
+    let first = place(&http, "gw-retry-1", &order("cus_gw_3", "SKU-002", 1)).await;
+    let again = place(&http, "gw-retry-1", &order("cus_gw_3", "SKU-002", 1)).await;
+    assert_eq!(
+        (first.status, again.status),
+        (StatusCode::CREATED, StatusCode::CREATED)
+    );
+    assert_eq!(first.body, again.body);
+
+    let other = place(&http, "gw-retry-1", &order("cus_gw_3", "SKU-002", 2)).await;
+    let error = error(&other, StatusCode::CONFLICT, "ALREADY_EXISTS");
+    assert_eq!(fields(&error), ["Idempotency-Key"]);
+}
+
+#[tokio::test]
+async fn bad_orders_are_4xx_naming_what_to_fix() {
+    let stack = start().await;
+    let http = stack.http();
+    let valid = order("cus_gw_4", "SKU-003", 1).to_string();
+    // Every case is an INVALID_ARGUMENT: its HTTP status, and the fields it names.
+    let expect =
+        async |headers: &[(&str, &str)], body: &str, code: StatusCode, expected: &[&str]| {
+            let response = http
+                .send(Method::POST, "/v1/orders", headers, body.to_owned())
+                .await;
+            let error = error(&response, code, "INVALID_ARGUMENT");
+            assert_eq!(fields(&error), expected, "{headers:?} {body}: {error}");
+        };
+    let json = ("content-type", "application/json");
+    let key = ("Idempotency-Key", "gw-bad-1");
+    let bad = StatusCode::BAD_REQUEST;
+
+    // The Idempotency-Key header: required, once, a printable id of at most 128 characters.
+    let long_key = "k".repeat(129);
+    for keys in [
+        vec![],
+        vec!["has space"],
+        vec![long_key.as_str()],
+        vec!["gw-bad-1", "gw-bad-2"],
+    ] {
+        let headers: Vec<_> = std::iter::once(json)
+            .chain(keys.iter().map(|k| ("Idempotency-Key", *k)))
+            .collect();
+        expect(&headers, &valid, bad, &["Idempotency-Key"]).await;
+    }
+    // A JSON body, declared as such.
+    expect(&[key], &valid, StatusCode::UNSUPPORTED_MEDIA_TYPE, &[]).await;
+    expect(
+        &[key, ("content-type", "text/plain")],
+        &valid,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        &[],
+    )
+    .await;
+    expect(&[json, key], r#"{"customerId": "#, bad, &[]).await;
+    expect(&[json, key], "[]", bad, &[]).await;
+    // Unknown fields and wrong types, named by their path.
+    expect(
+        &[json, key],
+        r#"{"customerId": "c", "coupon": "FREE"}"#,
+        bad,
+        &["coupon"],
+    )
+    .await;
+    let quantity_as_text = r#"{"items": [{"sku": "SKU-001", "quantity": "2"}]}"#;
+    expect(&[json, key], quantity_as_text, bad, &["items[0].quantity"]).await;
+    // The rest reach orders, whose violations are named as in the JSON body.
+    let negative = order("cus_gw_4", "SKU-003", -1).to_string();
+    expect(&[json, key], &negative, bad, &["items[0].quantity"]).await;
+    let anonymous = json!({"items": [{"sku": "SKU-003", "quantity": 1}]}).to_string();
+    expect(&[json, key], &anonymous, bad, &["customerId", "cardToken"]).await;
+    expect(
+        &[json, key],
+        r#"{"customerId": "c", "cardToken": "t"}"#,
+        bad,
+        &["items"],
+    )
+    .await;
+    let unknown_sku = order("cus_gw_4", "SKU-404", 1).to_string();
+    expect(&[json, key], &unknown_sku, bad, &["items[0].sku"]).await;
+
+    // None of it harmed the gateway or the services.
+    let response = place(&http, "gw-bad-ok", &order("cus_gw_4", "SKU-003", 1)).await;
+    assert_eq!(response.status, StatusCode::CREATED);
+    assert_eq!(response.json()["status"], "CONFIRMED");
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_413() {
+    let stack = start().await;
+    let gateway = TestGateway::in_front_of(&stack, &[("GATEWAY_MAX_BODY_BYTES", "1024")]).await;
+    let mut body = order("cus_gw_5", "SKU-001", 1);
+    body["customerId"] = json!("c".repeat(2048));
+    let response = place(&gateway.http, "gw-huge-1", &body).await;
+    let error = error(&response, StatusCode::PAYLOAD_TOO_LARGE, "INVALID_ARGUMENT");
+    assert!(
+        error["message"].as_str().unwrap().contains("1024 bytes"),
+        "{error}"
+    );
+
+    let response = place(&gateway.http, "gw-huge-2", &order("cus_gw_5", "SKU-001", 1)).await;
+    assert_eq!(response.status, StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn notifications_are_listed_per_customer() {
+    let stack = start().await;
+    let http = stack.http();
+    let created = place(&http, "gw-notify-1", &order("cus_gw_6", "SKU-005", 1)).await;
+    let order_id = created.json()["orderId"].as_str().unwrap().to_owned();
+
+    let path = "/v1/customers/cus_gw_6/notifications?page_size=1";
+    let newest = || async { http.get(path).await.json() };
+    eventually("the confirmation notification", || async {
+        newest().await["notifications"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("confirmed"))
+    })
+    .await;
+    let page = newest().await;
+    let notification = &page["notifications"][0];
+    assert_eq!(notification["orderId"], order_id.as_str());
+    assert_eq!(notification["customerId"], "cus_gw_6");
+    assert!(
+        notification["notificationId"]
+            .as_str()
+            .is_some_and(|id| !id.is_empty())
+    );
+    assert!(notification["createTime"].as_str().is_some());
+    // One per page: the "placed" notification is on the next one.
+    let token = page["nextPageToken"].as_str().expect("a second page");
+    let next = http.get(&format!("{path}&page_token={token}")).await.json();
+    assert!(
+        next["notifications"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("placed"),
+        "{next}"
+    );
+
+    let response = http.get("/v1/customers/has%20space/notifications").await;
+    let error = error(&response, StatusCode::BAD_REQUEST, "INVALID_ARGUMENT");
+    assert_eq!(fields(&error), ["customer_id"]);
+}
+
+#[tokio::test]
+async fn readyz_is_200_once_every_upstream_serves() {
+    let stack = start().await;
+    let http = stack.http();
+    eventually("readiness", || async {
+        http.get("/readyz").await.status == StatusCode::OK
+    })
+    .await;
+    assert_eq!(
+        http.get("/readyz").await.json(),
+        json!({"status": "SERVING", "upstreams": {"inventory": "SERVING", "notifications": "SERVING", "orders": "SERVING"}})
+    );
+    let health = http.get("/healthz").await;
+    assert_eq!(
+        (health.status, health.json()),
+        (StatusCode::OK, json!({"status": "SERVING"}))
+    );
+}
+
+#[tokio::test]
+async fn an_upstream_down_makes_readyz_503_naming_it_and_its_calls_503() {
+    let stack = start().await;
+    let orders = closed_port().await;
+    let gateway = TestGateway::in_front_of(&stack, &[("ORDERS_ADDR", &orders)]).await;
+    let readyz = || async {
+        let response = gateway.http.get("/readyz").await;
+        assert_eq!(response.status, StatusCode::SERVICE_UNAVAILABLE);
+        response.json()
+    };
+    eventually("the other upstreams to serve", || async {
+        let readiness = readyz().await;
+        readiness["upstreams"]["inventory"] == "SERVING"
+            && readiness["upstreams"]["notifications"] == "SERVING"
+    })
+    .await;
+    let readiness = readyz().await;
+    assert_eq!(readiness["status"], "NOT_SERVING");
+    assert_eq!(readiness["upstreams"]["orders"], "UNAVAILABLE");
+    // Liveness does not depend on upstreams: restarting the gateway would not help.
+    assert_eq!(gateway.http.get("/healthz").await.status, StatusCode::OK);
+
+    let response = gateway.http.get("/v1/orders/ord_1").await;
+    let error = error(&response, StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE");
+    let message = error["message"].as_str().unwrap();
+    let port = orders.rsplit(':').next().unwrap();
+    assert!(
+        !message.contains(port) && !message.contains("127.0.0.1"),
+        "leaks the address: {message}"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_turns_readyz_off_while_still_serving() {
+    let stack = start().await;
+    // A long delay: the test looks at the gateway during it, then drops it.
+    let gateway = TestGateway::in_front_of(&stack, &[("SHUTDOWN_DELAY", "1h")]).await;
+    let http = &gateway.http;
+    eventually("readiness", || async {
+        http.get("/readyz").await.status == StatusCode::OK
+    })
+    .await;
+    gateway.shutdown.cancel();
+    eventually("readyz to turn 503", || async {
+        http.get("/readyz").await.status == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
+    assert_eq!(
+        http.get("/readyz").await.json(),
+        json!({"status": "NOT_SERVING", "reason": "shutting down"})
+    );
+    assert_eq!(http.get("/healthz").await.status, StatusCode::OK);
+    assert_eq!(
+        http.get("/v1/products/SKU-001").await.status,
+        StatusCode::OK
+    );
+    gateway.task.abort();
+}
+
+#[tokio::test]
+async fn shutdown_waits_for_in_flight_requests() {
+    // An "orders" that accepts connections and never answers: the request stays in
+    // flight until the test hangs up on the gateway's connection.
+    let black_hole = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let orders = url(black_hole.local_addr().unwrap());
+    let gateway = TestGateway::start(&[("ORDERS_ADDR", &orders)]).await;
+    let http = gateway.http.clone();
+    let in_flight = tokio::spawn(async move { http.get("/v1/orders/ord_1").await });
+    let (upstream_connection, _) = black_hole.accept().await.unwrap();
+
+    gateway.shutdown.cancel();
+    eventually("the gateway to stop accepting", || async {
+        TcpStream::connect(gateway.addr).await.is_err()
+    })
+    .await;
+    assert!(
+        !gateway.task.is_finished(),
+        "the drain must wait for the request in flight"
+    );
+
+    // Hanging up (with the request unread: a reset) fails the call, which tonic
+    // reports as UNKNOWN "transport error"; the caller gets the generic 500.
+    drop(upstream_connection);
+    let response = in_flight.await.unwrap();
+    let error = error(&response, StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN");
+    assert_eq!(error["message"], "internal error");
+    gateway.task.await.unwrap().expect("a clean stop");
+}

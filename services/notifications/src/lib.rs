@@ -1,0 +1,45 @@
+//! The notifications service: turns order events into customer notifications, lists
+//! them, and pushes new ones to the customers who are watching.
+//!
+//! - `config.rs`: settings from the environment.
+//! - `grpc.rs`: the `notifications.v1.NotificationService` handlers (the only tonic code).
+//! - `consumer.rs`: the loop that takes order events from the bus.
+//! - `domain.rs`: notifications, and what each order event says to the customer.
+//! - `store.rs`: the `Store` trait (what a database must do) and its in-memory version.
+//! - `error.rs`: the one mapping from domain errors to gRPC statuses.
+#![forbid(unsafe_code)]
+
+pub mod config;
+mod consumer;
+mod domain;
+mod error;
+mod grpc;
+mod store;
+
+use std::sync::Arc;
+
+use shared::events::Subscription;
+
+pub use config::Config;
+
+/// The service's name: binary, package, image and Kubernetes name.
+pub const NAME: &str = "notifications";
+
+/// Builds the server on the in-memory store and binds it, and starts consuming
+/// `events`, a subscription to [`shared::events::ORDER_EVENTS`]. Consuming starts now,
+/// before the server serves, and stops when it drains or stops.
+pub async fn build(config: Config, events: Subscription) -> Result<shared::Server, shared::Error> {
+    let store = Arc::new(store::MemoryStore::default());
+    let server = shared::Server::builder(NAME, &config.server);
+    let draining = server.draining();
+    let server = server
+        .add_service(grpc::service(
+            store.clone(),
+            draining.clone(),
+            &config.server,
+        ))
+        .bind()
+        .await?;
+    tokio::spawn(consumer::run(events, store, draining));
+    Ok(server)
+}

@@ -1,0 +1,252 @@
+//! Where notifications live. [`Store`] is what a database must provide; [`MemoryStore`]
+//! is the embedded default. Each method is one atomic step, so an event delivered twice,
+//! even concurrently, makes one notification.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use shared::PageRequest;
+use tokio::sync::broadcast;
+
+use crate::domain::{Notification, storage_error};
+use crate::error::Error;
+
+/// How many new notifications a `StreamNotifications` call may fall behind before it
+/// is ended (the client lists to catch up, then streams again).
+pub(crate) const FEED_CAPACITY: usize = 1024;
+
+#[async_trait]
+pub(crate) trait Store: Send + Sync + 'static {
+    /// Records `notification`, unless one was made from its event already: then nothing
+    /// changes. Each new one goes to the subscribers.
+    async fn add(&self, notification: Notification) -> Result<Added, Error>;
+
+    /// Up to `page.size + 1` of the customer's notifications, newest first, after the
+    /// page key `page.after` (see [`page_key`]), each with its page key.
+    async fn notifications(
+        &self,
+        customer_id: &str,
+        page: &PageRequest,
+    ) -> Result<Vec<(String, Notification)>, Error>;
+
+    /// Every notification added from now on, of every customer. A receiver that falls
+    /// more than [`FEED_CAPACITY`] behind is told it lagged.
+    fn subscribe(&self) -> broadcast::Receiver<Notification>;
+}
+
+/// What [`Store::add`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Added {
+    New,
+    /// A notification was made from this event before: a redelivery.
+    Duplicate,
+}
+
+/// The sort key of the `index`-th notification: zero-padded, so keys sort like numbers.
+pub(crate) fn page_key(index: usize) -> String {
+    format!("{index:016}")
+}
+
+#[derive(Debug)]
+pub(crate) struct MemoryStore {
+    state: Mutex<State>,
+    feed: broadcast::Sender<Notification>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// In creation order; the position is the page key.
+    notifications: Vec<Notification>,
+    /// The de-duplication: each event id seen, ever.
+    event_ids: HashSet<String>,
+    /// Each customer's notifications, oldest first.
+    by_customer: HashMap<String, Vec<usize>>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self {
+            state: Mutex::default(),
+            feed: broadcast::Sender::new(FEED_CAPACITY),
+        }
+    }
+}
+
+impl MemoryStore {
+    fn lock(&self) -> Result<MutexGuard<'_, State>, Error> {
+        // A panic while holding the lock may have left a half-applied change: refuse
+        // to go on rather than serve it.
+        self.state
+            .lock()
+            .map_err(|e| storage_error(std::io::Error::other(e.to_string())))
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn add(&self, notification: Notification) -> Result<Added, Error> {
+        let mut state = self.lock()?;
+        if !state.event_ids.insert(notification.event_id.clone()) {
+            return Ok(Added::Duplicate);
+        }
+        let index = state.notifications.len();
+        state
+            .by_customer
+            .entry(notification.customer_id.clone())
+            .or_default()
+            .push(index);
+        state.notifications.push(notification.clone());
+        // Sent under the lock, so subscribers see notifications in the store's order.
+        // No subscriber is not an error.
+        let _ = self.feed.send(notification);
+        Ok(Added::New)
+    }
+
+    async fn notifications(
+        &self,
+        customer_id: &str,
+        page: &PageRequest,
+    ) -> Result<Vec<(String, Notification)>, Error> {
+        let state = self.lock()?;
+        let Some(indices) = state.by_customer.get(customer_id) else {
+            return Ok(Vec::new());
+        };
+        // Newest first: the page resumes below the last key of the previous one. A key
+        // we did not make matches nothing rather than failing.
+        let end = match &page.after {
+            None => indices.len(),
+            Some(after) => after
+                .parse()
+                .map_or(0, |after: usize| indices.partition_point(|&i| i < after)),
+        };
+        Ok(indices[..end]
+            .iter()
+            .rev()
+            .take(page.size + 1)
+            .map(|&i| (page_key(i), state.notifications[i].clone()))
+            .collect())
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Notification> {
+        self.feed.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::SystemTime;
+
+    use super::*;
+
+    fn notification(event_id: &str, customer_id: &str) -> Notification {
+        Notification {
+            id: shared::id::new("ntf"),
+            customer_id: customer_id.into(),
+            order_id: "ord_1".into(),
+            event_id: event_id.into(),
+            message: format!("about {event_id}"),
+            create_time: SystemTime::now(),
+        }
+    }
+
+    fn events(page: &[(String, Notification)]) -> Vec<&str> {
+        page.iter().map(|(_, n)| n.event_id.as_str()).collect()
+    }
+
+    #[tokio::test]
+    async fn an_event_makes_one_notification_however_often_it_comes() {
+        let store = MemoryStore::default();
+        let mut feed = store.subscribe();
+        assert_eq!(
+            store.add(notification("e1", "cus-1")).await.unwrap(),
+            Added::New
+        );
+        assert_eq!(
+            store.add(notification("e1", "cus-1")).await.unwrap(),
+            Added::Duplicate
+        );
+        assert_eq!(
+            store.add(notification("e2", "cus-1")).await.unwrap(),
+            Added::New
+        );
+
+        let all = store
+            .notifications("cus-1", &PageRequest::new(0, "").unwrap())
+            .await
+            .unwrap();
+        assert_eq!(events(&all), ["e2", "e1"]);
+        assert_eq!(feed.recv().await.unwrap().event_id, "e1");
+        assert_eq!(
+            feed.recv().await.unwrap().event_id,
+            "e2",
+            "the duplicate was not sent"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_redeliveries_make_one_notification() {
+        let store = Arc::new(MemoryStore::default());
+        let tasks: Vec<_> = (0..20)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move { store.add(notification("same", "cus-1")).await.unwrap() })
+            })
+            .collect();
+        let mut new = 0;
+        for task in tasks {
+            if task.await.unwrap() == Added::New {
+                new += 1;
+            }
+        }
+        assert_eq!(new, 1);
+    }
+
+    #[tokio::test]
+    async fn a_customers_notifications_are_paged_newest_first() {
+        let store = MemoryStore::default();
+        for i in 0..5 {
+            let customer = if i % 2 == 0 { "even" } else { "odd" };
+            store
+                .add(notification(&format!("e{i}"), customer))
+                .await
+                .unwrap();
+        }
+        let first = store
+            .notifications("even", &PageRequest::new(2, "").unwrap())
+            .await
+            .unwrap();
+        assert_eq!(
+            events(&first),
+            ["e4", "e2", "e0"],
+            "one more than the page size"
+        );
+        let next = PageRequest {
+            size: 2,
+            after: Some(first[1].0.clone()),
+        };
+        assert_eq!(
+            events(&store.notifications("even", &next).await.unwrap()),
+            ["e0"]
+        );
+        let garbage = PageRequest {
+            size: 2,
+            after: Some("zz".into()),
+        };
+        assert!(
+            store
+                .notifications("even", &garbage)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            store
+                .notifications("nobody", &next)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+}

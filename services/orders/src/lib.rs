@@ -1,0 +1,58 @@
+//! The orders service: places orders through a saga over inventory and payments, and
+//! answers what became of them.
+//!
+//! - `config.rs`: settings from the environment.
+//! - `grpc.rs`: the `orders.v1.OrderService` handlers and the inventory and payments
+//!   clients (the only tonic code).
+//! - `saga.rs`: the order flow: reserve stock, charge, commit, and what undoes each step.
+//! - `domain.rs`: orders, their states, and the rules requests must follow.
+//! - `events.rs`: the `orders.v1.OrderEvent` published for each state an order reaches.
+//! - `store.rs`: the `Store` trait (what a database must do) and its in-memory version.
+//! - `error.rs`: the one mapping from domain errors to gRPC statuses.
+#![forbid(unsafe_code)]
+
+pub mod config;
+mod domain;
+mod error;
+mod events;
+mod grpc;
+mod saga;
+mod store;
+
+use std::sync::Arc;
+
+use shared::events::EventPublisher;
+
+pub use config::Config;
+
+/// The service's name: binary, package, image and Kubernetes name.
+pub const NAME: &str = "orders";
+
+/// Builds the server on the in-memory store and binds it. Calls to inventory and
+/// payments connect lazily, so it starts before they do. Every order state change is
+/// published to `events` on [`shared::events::ORDER_EVENTS`].
+pub async fn build(
+    config: Config,
+    events: Arc<dyn EventPublisher>,
+) -> Result<shared::Server, shared::Error> {
+    let store = Arc::new(store::MemoryStore::default());
+    let inventory = grpc::InventoryClient::new(config.inventory_addr, &config.client);
+    let payments = grpc::PaymentsClient::new(config.payments_addr, &config.client);
+    let saga = saga::Saga::new(
+        store.clone(),
+        Arc::new(inventory),
+        Arc::new(payments),
+        events,
+    );
+    let server = shared::Server::builder(NAME, &config.server);
+    let draining = server.draining();
+    server
+        .add_service(grpc::service(
+            Arc::new(saga),
+            store,
+            draining,
+            &config.server,
+        ))
+        .bind()
+        .await
+}

@@ -1,0 +1,319 @@
+//! What the cross-service tests share: the running system with a client of each
+//! service, and a proxy that puts faults between orders and inventory.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use contracts::inventory::v1::inventory_service_client::InventoryServiceClient;
+use contracts::inventory::v1::inventory_service_server::{
+    InventoryService, InventoryServiceServer,
+};
+use contracts::inventory::v1::{self as inventory_pb, GetProductRequest};
+use contracts::notifications::v1::notification_service_client::NotificationServiceClient;
+use contracts::notifications::v1::{ListNotificationsRequest, Notification};
+use contracts::orders::v1::order_service_client::OrderServiceClient;
+use contracts::orders::v1::{ListOrdersRequest, Order};
+use contracts::payments::v1::payment_service_client::PaymentServiceClient;
+use contracts::payments::v1::{ListPaymentsRequest, Payment};
+use gateway::testing::HttpClient;
+use http::StatusCode;
+use shared::client::Channel;
+use shared::testing::TestServer;
+use stack::Wiring;
+use stack::testing::TestStack;
+use tokio::sync::watch;
+use tonic::{Request, Response, Status, Streaming};
+
+/// The whole system on free ports, with a client of each service.
+pub(crate) struct System {
+    pub(crate) stack: TestStack,
+    pub(crate) http: HttpClient,
+    pub(crate) inventory: InventoryServiceClient<Channel>,
+    pub(crate) payments: PaymentServiceClient<Channel>,
+    pub(crate) orders: OrderServiceClient<Channel>,
+    pub(crate) notifications: NotificationServiceClient<Channel>,
+}
+
+/// One sku's stock buckets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Stock {
+    pub(crate) available: i64,
+    pub(crate) reserved: i64,
+    pub(crate) sold: i64,
+}
+
+impl System {
+    pub(crate) async fn start() -> Self {
+        Self::start_with(&shared::Env::default(), &Wiring::default()).await
+    }
+
+    pub(crate) async fn start_with(env: &shared::Env, wiring: &Wiring) -> Self {
+        let stack = TestStack::start(env, wiring).await;
+        Self {
+            http: stack.http(),
+            inventory: InventoryServiceClient::new(stack.channel("inventory")),
+            payments: PaymentServiceClient::new(stack.channel("payments")),
+            orders: OrderServiceClient::new(stack.channel("orders")),
+            notifications: NotificationServiceClient::new(stack.channel("notifications")),
+            stack,
+        }
+    }
+
+    /// The system with orders calling inventory through `proxy`, which is then pointed
+    /// at the system's inventory.
+    pub(crate) async fn start_behind(proxy: &InventoryProxy) -> Self {
+        let wiring = Wiring {
+            inventory_for_orders: Some(proxy.addr()),
+        };
+        let system = Self::start_with(&shared::Env::default(), &wiring).await;
+        proxy.forward_to(system.stack.channel("inventory"));
+        system
+    }
+
+    /// Places an order through the gateway; returns the created order.
+    pub(crate) async fn place(
+        &self,
+        idempotency_key: &str,
+        body: &serde_json::Value,
+    ) -> serde_json::Value {
+        let headers = [("Idempotency-Key", idempotency_key)];
+        let response = self.http.post_json("/v1/orders", &headers, body).await;
+        assert_eq!(response.status, StatusCode::CREATED, "{:?}", response.body);
+        response.json()
+    }
+
+    /// Every order of a customer, newest first.
+    pub(crate) async fn orders_of(&self, customer_id: &str) -> Vec<Order> {
+        let mut orders = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let request = ListOrdersRequest {
+                customer_id: customer_id.into(),
+                page_size: 100,
+                page_token,
+            };
+            let page = self
+                .orders
+                .clone()
+                .list_orders(request)
+                .await
+                .unwrap()
+                .into_inner();
+            orders.extend(page.orders);
+            if page.next_page_token.is_empty() {
+                return orders;
+            }
+            page_token = page.next_page_token;
+        }
+    }
+
+    /// A customer's notifications, newest first (the first 100: plenty here).
+    pub(crate) async fn notifications_of(&self, customer_id: &str) -> Vec<Notification> {
+        let request = ListNotificationsRequest {
+            customer_id: customer_id.into(),
+            page_size: 100,
+            page_token: String::new(),
+        };
+        let page = self
+            .notifications
+            .clone()
+            .list_notifications(request)
+            .await
+            .unwrap();
+        page.into_inner().notifications
+    }
+
+    pub(crate) async fn stock(&self, sku: &str) -> Stock {
+        let request = GetProductRequest { sku: sku.into() };
+        let product = self
+            .inventory
+            .clone()
+            .get_product(request)
+            .await
+            .unwrap()
+            .into_inner()
+            .product
+            .unwrap();
+        Stock {
+            available: product.available,
+            reserved: product.reserved,
+            sold: product.sold,
+        }
+    }
+
+    /// Every payment of `order_id` (every payment when empty), oldest first.
+    pub(crate) async fn payments_of(&self, order_id: &str) -> Vec<Payment> {
+        let mut payments = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let request = ListPaymentsRequest {
+                order_id: order_id.into(),
+                page_size: 100,
+                page_token,
+            };
+            let page = self
+                .payments
+                .clone()
+                .list_payments(request)
+                .await
+                .unwrap()
+                .into_inner();
+            payments.extend(page.payments);
+            if page.next_page_token.is_empty() {
+                return payments;
+            }
+            page_token = page.next_page_token;
+        }
+    }
+}
+
+/// Stands between orders and inventory: forwards every call, but can hold the
+/// `ReserveStock` calls (keeping orders PENDING until the test lets them through) and
+/// fail the `CommitReservation` calls (a failure after the charge). Test code only.
+pub(crate) struct InventoryProxy {
+    control: Arc<Control>,
+    server: TestServer,
+}
+
+struct Control {
+    inventory: OnceLock<InventoryServiceClient<Channel>>,
+    fail_commits: AtomicBool,
+    /// Whether `ReserveStock` calls go through.
+    reservations_open: watch::Sender<bool>,
+    /// `ReserveStock` calls waiting to go through.
+    reservations_held: watch::Sender<usize>,
+}
+
+impl InventoryProxy {
+    /// A proxy serving on a free port, forwarding nowhere until [`Self::forward_to`].
+    pub(crate) async fn start() -> Self {
+        let control = Arc::new(Control {
+            inventory: OnceLock::new(),
+            fail_commits: AtomicBool::new(false),
+            reservations_open: watch::Sender::new(true),
+            reservations_held: watch::Sender::new(0),
+        });
+        let config = shared::ServerConfig::from_env(&shared::testing::env([]), 0)
+            .expect("valid test config");
+        let server = shared::Server::builder("inventory-proxy", &config)
+            .add_service(InventoryServiceServer::new(Proxy {
+                control: control.clone(),
+            }))
+            .bind()
+            .await
+            .expect("the proxy binds");
+        Self {
+            control,
+            server: TestServer::start(server),
+        }
+    }
+
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.server.addr
+    }
+
+    pub(crate) fn forward_to(&self, inventory: Channel) {
+        let set = self
+            .control
+            .inventory
+            .set(InventoryServiceClient::new(inventory));
+        set.unwrap_or_else(|_| panic!("the proxy forwards to one inventory"));
+    }
+
+    /// From now on, `CommitReservation` fails with INTERNAL without reaching inventory.
+    pub(crate) fn fail_commits(&self) {
+        self.control.fail_commits.store(true, Ordering::SeqCst);
+    }
+
+    /// From now on, `ReserveStock` calls wait for [`Self::open_reservations`].
+    pub(crate) fn hold_reservations(&self) {
+        self.control.reservations_open.send_replace(false);
+    }
+
+    pub(crate) fn open_reservations(&self) {
+        self.control.reservations_open.send_replace(true);
+    }
+
+    /// Waits until `n` `ReserveStock` calls are being held.
+    pub(crate) async fn reservations_held(&self, n: usize) {
+        let mut held = self.control.reservations_held.subscribe();
+        held.wait_for(|held| *held >= n)
+            .await
+            .expect("the proxy is alive");
+    }
+}
+
+struct Proxy {
+    control: Arc<Control>,
+}
+
+impl Proxy {
+    fn inventory(&self) -> Result<InventoryServiceClient<Channel>, Status> {
+        let inventory = self.control.inventory.get().cloned();
+        inventory.ok_or_else(|| Status::unavailable("the proxy does not forward yet"))
+    }
+}
+
+#[tonic::async_trait]
+impl InventoryService for Proxy {
+    async fn get_product(
+        &self,
+        request: Request<inventory_pb::GetProductRequest>,
+    ) -> Result<Response<inventory_pb::GetProductResponse>, Status> {
+        self.inventory()?.get_product(request.into_inner()).await
+    }
+
+    async fn list_products(
+        &self,
+        request: Request<inventory_pb::ListProductsRequest>,
+    ) -> Result<Response<inventory_pb::ListProductsResponse>, Status> {
+        self.inventory()?.list_products(request.into_inner()).await
+    }
+
+    async fn reserve_stock(
+        &self,
+        request: Request<inventory_pb::ReserveStockRequest>,
+    ) -> Result<Response<inventory_pb::ReserveStockResponse>, Status> {
+        let mut open = self.control.reservations_open.subscribe();
+        if !*open.borrow_and_update() {
+            self.control
+                .reservations_held
+                .send_modify(|held| *held += 1);
+            let opened = open.wait_for(|open| *open).await.map(|_| ());
+            self.control
+                .reservations_held
+                .send_modify(|held| *held -= 1);
+            opened.map_err(|_| Status::unavailable("the proxy is gone"))?;
+        }
+        self.inventory()?.reserve_stock(request.into_inner()).await
+    }
+
+    async fn commit_reservation(
+        &self,
+        request: Request<inventory_pb::CommitReservationRequest>,
+    ) -> Result<Response<inventory_pb::CommitReservationResponse>, Status> {
+        if self.control.fail_commits.load(Ordering::SeqCst) {
+            return Err(Status::internal("injected fault: CommitReservation fails"));
+        }
+        self.inventory()?
+            .commit_reservation(request.into_inner())
+            .await
+    }
+
+    async fn release_reservation(
+        &self,
+        request: Request<inventory_pb::ReleaseReservationRequest>,
+    ) -> Result<Response<inventory_pb::ReleaseReservationResponse>, Status> {
+        self.inventory()?
+            .release_reservation(request.into_inner())
+            .await
+    }
+
+    async fn restock_products(
+        &self,
+        _request: Request<Streaming<inventory_pb::RestockProductsRequest>>,
+    ) -> Result<Response<inventory_pb::RestockProductsResponse>, Status> {
+        Err(Status::unimplemented("orders never restocks"))
+    }
+}
