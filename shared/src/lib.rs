@@ -2,7 +2,9 @@
 //! and every service behaves the same way.
 //!
 //! - [`config`]: typed settings from environment variables ([`Env`], [`ServerConfig`]).
-//! - [`telemetry`]: logs (`RUST_LOG`, `LOG_FORMAT`).
+//! - [`telemetry`]: logs and traces (`RUST_LOG`, `LOG_FORMAT`, `OTEL_*`).
+//! - [`rpc`], [`metrics`], [`admin`]: a span and a metric sample per call, on both
+//!   ends, W3C trace context propagation, and `/metrics` on the admin port.
 //! - [`server`]: the gRPC server: health, reflection, limits, deadlines, a span per
 //!   call, and graceful shutdown ([`Server`]).
 //! - [`client`]: channels for calling other services.
@@ -12,6 +14,7 @@
 //! - [`testing`]: in-process test servers.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod client;
 pub mod config;
 pub mod deadline;
@@ -19,8 +22,10 @@ mod error;
 pub mod events;
 pub mod health;
 pub mod id;
+pub mod metrics;
 pub mod money;
 pub mod pagination;
+pub mod rpc;
 pub mod server;
 pub mod shutdown;
 pub mod status;

@@ -17,7 +17,8 @@ use tonic::transport::server::TcpIncoming;
 use tower::Service;
 
 use crate::deadline::DeadlineLayer;
-use crate::{Error, Health, ServerConfig};
+use crate::rpc::ServerLayer;
+use crate::{Error, Health, ServerConfig, admin};
 
 const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
 const REFLECTION_V1: &str = "grpc.reflection.v1.ServerReflection";
@@ -69,23 +70,28 @@ impl ServerBuilder {
             self.routes.add_service(v1).add_service(v1alpha);
         }
 
-        let addr = self.config.listen_addr;
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| Error::Bind { addr, source })?;
-        let local_addr = listener
-            .local_addr()
-            .map_err(|source| Error::Bind { addr, source })?;
+        let (listener, local_addr) = bind(self.config.listen_addr).await?;
+        let (admin_listener, admin_addr) = bind(self.config.admin_addr).await?;
         Ok(Server {
             name: self.name,
             config: self.config,
             listener,
             local_addr,
+            admin_listener,
+            admin_addr,
             routes: self.routes.routes(),
+            services: self.services,
             health,
             draining: self.draining,
         })
     }
+}
+
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), Error> {
+    let bind_error = |source| Error::Bind { addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
+    let local_addr = listener.local_addr().map_err(bind_error)?;
+    Ok((listener, local_addr))
 }
 
 /// Reflection in both protocol versions: grpcurl 1.8 speaks only v1alpha, newer tools
@@ -114,7 +120,11 @@ pub struct Server {
     config: ServerConfig,
     listener: TcpListener,
     local_addr: SocketAddr,
+    admin_listener: TcpListener,
+    admin_addr: SocketAddr,
     routes: Routes,
+    /// The application services, by full name.
+    services: Vec<&'static str>,
     health: Health,
     draining: CancellationToken,
 }
@@ -136,6 +146,11 @@ impl Server {
         self.local_addr
     }
 
+    /// The bound address of the admin server (`/metrics`).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
     /// The health registry, e.g. for a test that watches the shutdown sequence.
     pub fn health(&self) -> &Health {
         &self.health
@@ -154,10 +169,21 @@ impl Server {
             config,
             listener,
             local_addr: addr,
+            admin_listener,
+            admin_addr,
             routes,
+            services,
             health,
             draining,
         } = self;
+        // The admin server outlives the drain, so the last scrape sees it.
+        let admin_stop = CancellationToken::new();
+        let _stop_admin = admin_stop.clone().drop_guard();
+        tokio::spawn(async move {
+            if let Err(error) = admin::serve(admin_listener, admin_stop.cancelled_owned()).await {
+                tracing::error!(%error, %admin_addr, "admin server failed");
+            }
+        });
         // However serving ends, what waits for the drain is told.
         let _drained = draining.clone().drop_guard();
         let incoming = TcpIncoming::from(listener)
@@ -175,10 +201,14 @@ impl Server {
             // Find dead clients (a node gone without a FIN) and free their streams.
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-            // One span per call; every log line of the handler carries its fields.
-            .trace_fn(rpc_span)
-            // The client's deadline, capped by ours, answered with DEADLINE_EXCEEDED.
-            .layer(DeadlineLayer::new(config.request_timeout))
+            .layer(
+                tower::ServiceBuilder::new()
+                    // One span (continuing the caller's trace) and one metric sample per
+                    // call; every log line of the handler carries the span's fields.
+                    .layer(ServerLayer::new(services.iter().copied()))
+                    // The client's deadline, capped by ours, answered with DEADLINE_EXCEEDED.
+                    .layer(DeadlineLayer::new(config.request_timeout)),
+            )
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = drain_rx.await;
@@ -187,7 +217,7 @@ impl Server {
         let serve_error = |source| Error::Serve { addr, source };
 
         health.serving();
-        tracing::info!(service = name, %addr, "serving gRPC");
+        tracing::info!(service = name, %addr, %admin_addr, "serving gRPC");
 
         tokio::select! {
             result = &mut serving => return result.map_err(serve_error),
@@ -221,13 +251,4 @@ impl Server {
             }
         }
     }
-}
-
-fn rpc_span(request: &http::Request<()>) -> tracing::Span {
-    let path = request.uri().path();
-    let (service, method) = path
-        .strip_prefix('/')
-        .and_then(|p| p.split_once('/'))
-        .unwrap_or((path, ""));
-    tracing::info_span!("rpc", rpc.service = service, rpc.method = method)
 }

@@ -72,11 +72,16 @@ impl TestServer {
     }
 }
 
-/// An environment for a test server: `LISTEN_ADDR=127.0.0.1:0` plus `pairs`.
+/// An environment for a test server: free ports on 127.0.0.1 (`LISTEN_ADDR`,
+/// `ADMIN_LISTEN_ADDR`) plus `pairs`.
 pub fn env<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Env {
-    std::iter::once(("LISTEN_ADDR", "127.0.0.1:0"))
-        .chain(pairs)
-        .collect()
+    [
+        ("LISTEN_ADDR", "127.0.0.1:0"),
+        ("ADMIN_LISTEN_ADDR", "127.0.0.1:0"),
+    ]
+    .into_iter()
+    .chain(pairs)
+    .collect()
 }
 
 /// Polls `condition` every 10 ms until it holds; panics naming `what` after 10 s.

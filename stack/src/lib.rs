@@ -98,29 +98,42 @@ impl Stack {
         ports: &Ports,
         wiring: &Wiring,
     ) -> Result<Self, shared::Error> {
-        let listen = |port| env.clone().with("LISTEN_ADDR", ports.listen_addr(port));
+        let listen = |port, admin_port| {
+            env.clone()
+                .with("LISTEN_ADDR", ports.listen_addr(port))
+                .with("ADMIN_LISTEN_ADDR", ports.listen_addr(admin_port))
+        };
 
         // Upstreams first: a service's upstream addresses are the bound ones.
-        let config = inventory::Config::from_env(&listen(inventory::config::PORT))?;
+        let config = inventory::Config::from_env(&listen(
+            inventory::config::PORT,
+            inventory::config::ADMIN_PORT,
+        ))?;
         let inventory = inventory::build(config).await?;
-        let config = payments::Config::from_env(&listen(payments::config::PORT))?;
+        let config = payments::Config::from_env(&listen(
+            payments::config::PORT,
+            payments::config::ADMIN_PORT,
+        ))?;
         let payments = payments::build(config).await?;
 
         // The consumer subscribes before orders can publish: the bus keeps no events
         // for subscribers to come.
         let bus = InProcessBus::new();
-        let config = notifications::Config::from_env(&listen(notifications::config::PORT))?;
+        let config = notifications::Config::from_env(&listen(
+            notifications::config::PORT,
+            notifications::config::ADMIN_PORT,
+        ))?;
         let notifications = notifications::build(config, bus.subscribe(ORDER_EVENTS)).await?;
 
         let inventory_for_orders = wiring
             .inventory_for_orders
             .unwrap_or(inventory.local_addr());
-        let orders_env = listen(orders::config::PORT)
+        let orders_env = listen(orders::config::PORT, orders::config::ADMIN_PORT)
             .with("INVENTORY_ADDR", uri(inventory_for_orders))
             .with("PAYMENTS_ADDR", uri(payments.local_addr()));
         let orders = orders::build(orders::Config::from_env(&orders_env)?, Arc::new(bus)).await?;
 
-        let gateway_env = listen(gateway::config::PORT)
+        let gateway_env = listen(gateway::config::PORT, gateway::config::ADMIN_PORT)
             .with("ORDERS_ADDR", uri(orders.local_addr()))
             .with("INVENTORY_ADDR", uri(inventory.local_addr()))
             .with("NOTIFICATIONS_ADDR", uri(notifications.local_addr()));

@@ -7,6 +7,6 @@ async fn main() -> Result<(), shared::Error> {
     let stack = stack::Stack::bind(&env, &stack::Ports::local(&env)).await?;
     println!("{}", stack.banner());
     stack.serve(shared::shutdown::signal()).await?;
-    telemetry.shutdown();
+    telemetry.shutdown().await;
     Ok(())
 }

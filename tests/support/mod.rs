@@ -194,7 +194,7 @@ impl InventoryProxy {
             reservations_open: watch::Sender::new(true),
             reservations_held: watch::Sender::new(0),
         });
-        let config = shared::ServerConfig::from_env(&shared::testing::env([]), 0)
+        let config = shared::ServerConfig::from_env(&shared::testing::env([]), 0, 0)
             .expect("valid test config");
         let server = shared::Server::builder("inventory-proxy", &config)
             .add_service(InventoryServiceServer::new(Proxy {

@@ -6,6 +6,9 @@ use shared::{ClientConfig, ConfigError, Env, ServerConfig};
 /// The local HTTP port, and the default of `LISTEN_ADDR`.
 pub const PORT: u16 = 8080;
 
+/// The local admin port (`/metrics`), and the default of `ADMIN_LISTEN_ADDR`.
+pub const ADMIN_PORT: u16 = 9100;
+
 /// Default of `GATEWAY_MAX_BODY_BYTES`: an order of 100 items is about 5 KiB.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 << 10;
 
@@ -36,7 +39,7 @@ pub struct Upstreams {
 impl Config {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         Ok(Self {
-            server: ServerConfig::from_env(env, PORT)?,
+            server: ServerConfig::from_env(env, PORT, ADMIN_PORT)?,
             client: ClientConfig::from_env(env)?,
             upstreams: Upstreams {
                 orders: env.upstream("ORDERS_ADDR", "http://127.0.0.1:50051")?,

@@ -18,7 +18,9 @@ use std::collections::BTreeMap;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::extract::{
+    DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Path, Query, Request, State,
+};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -82,9 +84,36 @@ pub(crate) fn router(
         .with_state(state)
 }
 
+/// A server span per request, after the OpenTelemetry HTTP conventions, continuing
+/// the caller's trace (W3C `traceparent` header); the gRPC calls the handler makes
+/// become its children.
 async fn http_span(request: Request, next: Next) -> Response {
-    let span = tracing::info_span!("http", http.method = %request.method(), http.path = request.uri().path());
-    next.run(request).instrument(span).await
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|path| path.as_str().to_owned());
+    let method = request.method().clone();
+    let name = match &route {
+        Some(route) => format!("{method} {route}"),
+        None => method.to_string(),
+    };
+    let span = tracing::info_span!(
+        "http",
+        otel.name = name,
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = %method,
+        http.route = route.as_deref(),
+        url.path = request.uri().path(),
+        http.response.status_code = tracing::field::Empty,
+    );
+    shared::rpc::continue_trace(&span, request.headers());
+    let response = next.run(request).instrument(span.clone()).await;
+    span.record("http.response.status_code", response.status().as_u16());
+    if response.status().is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
+    response
 }
 
 #[tracing::instrument(skip_all)]

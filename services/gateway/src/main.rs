@@ -7,6 +7,6 @@ async fn main() -> Result<(), shared::Error> {
     let config = gateway::Config::from_env(&env)?;
     let server = gateway::build(config).await?;
     server.serve(shared::shutdown::signal()).await?;
-    telemetry.shutdown();
+    telemetry.shutdown().await;
     Ok(())
 }

@@ -21,6 +21,8 @@ pub struct Server {
     config: ServerConfig,
     listener: TcpListener,
     local_addr: SocketAddr,
+    admin_listener: TcpListener,
+    admin_addr: SocketAddr,
     router: Router,
     draining: CancellationToken,
 }
@@ -34,15 +36,15 @@ impl Server {
         router: Router,
         draining: CancellationToken,
     ) -> Result<Self, shared::Error> {
-        let addr = config.listen_addr;
-        let bind_error = |source| shared::Error::Bind { addr, source };
-        let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
-        let local_addr = listener.local_addr().map_err(bind_error)?;
+        let (listener, local_addr) = bind(config.listen_addr).await?;
+        let (admin_listener, admin_addr) = bind(config.admin_addr).await?;
         Ok(Self {
             name,
             config: config.clone(),
             listener,
             local_addr,
+            admin_listener,
+            admin_addr,
             router,
             draining,
         })
@@ -51,6 +53,11 @@ impl Server {
     /// The bound address: the actual port when the configuration asked for port 0.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The bound address of the admin server (`/metrics`).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
     }
 
     /// Serves until `shutdown` resolves, then shuts down gracefully:
@@ -65,9 +72,21 @@ impl Server {
             config,
             listener,
             local_addr: addr,
+            admin_listener,
+            admin_addr,
             router,
             draining,
         } = self;
+        // The admin server outlives the drain, so the last scrape sees it.
+        let admin_stop = CancellationToken::new();
+        let _stop_admin = admin_stop.clone().drop_guard();
+        tokio::spawn(async move {
+            if let Err(error) =
+                shared::admin::serve(admin_listener, admin_stop.cancelled_owned()).await
+            {
+                tracing::error!(%error, %admin_addr, "admin server failed");
+            }
+        });
         let (drain_tx, drain_rx) = oneshot::channel::<()>();
         // Small JSON answers: send them now rather than wait to fill a TCP segment.
         let listener = listener.tap_io(|tcp| {
@@ -83,7 +102,7 @@ impl Server {
         // an error; should one come anyway, it is the listening socket's.
         let serve_error = |source| shared::Error::Bind { addr, source };
 
-        tracing::info!(service = name, %addr, "serving HTTP");
+        tracing::info!(service = name, %addr, %admin_addr, "serving HTTP");
         tokio::select! {
             // `shutdown` first: polling it is what installs the signal handlers of
             // `shared::shutdown::signal`, and they must be in place before the first
@@ -118,4 +137,11 @@ impl Server {
             }
         }
     }
+}
+
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), shared::Error> {
+    let bind_error = |source| shared::Error::Bind { addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
+    let local_addr = listener.local_addr().map_err(bind_error)?;
+    Ok((listener, local_addr))
 }

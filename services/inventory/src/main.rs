@@ -7,6 +7,6 @@ async fn main() -> Result<(), shared::Error> {
     let config = inventory::Config::from_env(&env)?;
     let server = inventory::build(config).await?;
     server.serve(shared::shutdown::signal()).await?;
-    telemetry.shutdown();
+    telemetry.shutdown().await;
     Ok(())
 }

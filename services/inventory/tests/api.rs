@@ -565,3 +565,27 @@ async fn a_drain_that_outlives_the_grace_period_is_cut_short() {
         .expect("a timed-out drain is not an error");
     drop(deliveries);
 }
+
+#[tokio::test]
+async fn calls_are_counted_in_the_metrics_by_status() {
+    let (_server, mut client) = spawn().await;
+    let count = |code: &str| {
+        let text = shared::metrics::render();
+        let prefix = format!(
+            "rpc_server_call_duration_seconds_count{{rpc_grpc_status_code=\"{code}\",rpc_method=\"GetProduct\",rpc_service=\"inventory.v1.InventoryService\",rpc_system=\"grpc\"}} "
+        );
+        text.lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .map_or(0, |n| n.parse::<u64>().unwrap())
+    };
+    let (ok, not_found) = (count("0"), count("5"));
+    available(&mut client, "SKU-001").await;
+    client
+        .get_product(GetProductRequest {
+            sku: "SKU-404".into(),
+        })
+        .await
+        .unwrap_err();
+    shared::testing::eventually("the calls to be counted", || async { count("0") > ok }).await;
+    assert!(count("5") > not_found);
+}

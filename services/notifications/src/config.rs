@@ -5,6 +5,9 @@ use shared::{ConfigError, Env, ServerConfig};
 /// The local gRPC port, and the default of `LISTEN_ADDR`.
 pub const PORT: u16 = 50054;
 
+/// The local admin port (`/metrics`), and the default of `ADMIN_LISTEN_ADDR`.
+pub const ADMIN_PORT: u16 = 9104;
+
 #[derive(Clone, Debug)]
 pub struct Config {
     pub server: ServerConfig,
@@ -13,7 +16,7 @@ pub struct Config {
 impl Config {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         Ok(Self {
-            server: ServerConfig::from_env(env, PORT)?,
+            server: ServerConfig::from_env(env, PORT, ADMIN_PORT)?,
         })
     }
 }

@@ -14,6 +14,6 @@ async fn main() -> Result<(), shared::Error> {
     let bus = InProcessBus::new();
     let server = notifications::build(config, bus.subscribe(ORDER_EVENTS)).await?;
     server.serve(shared::shutdown::signal()).await?;
-    telemetry.shutdown();
+    telemetry.shutdown().await;
     Ok(())
 }

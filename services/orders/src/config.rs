@@ -6,6 +6,9 @@ use shared::{ClientConfig, ConfigError, Env, ServerConfig};
 /// The local gRPC port, and the default of `LISTEN_ADDR`.
 pub const PORT: u16 = 50051;
 
+/// The local admin port (`/metrics`), and the default of `ADMIN_LISTEN_ADDR`.
+pub const ADMIN_PORT: u16 = 9101;
+
 #[derive(Clone, Debug)]
 pub struct Config {
     pub server: ServerConfig,
@@ -20,7 +23,7 @@ pub struct Config {
 impl Config {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         Ok(Self {
-            server: ServerConfig::from_env(env, PORT)?,
+            server: ServerConfig::from_env(env, PORT, ADMIN_PORT)?,
             client: ClientConfig::from_env(env)?,
             inventory_addr: env.upstream("INVENTORY_ADDR", "http://127.0.0.1:50052")?,
             payments_addr: env.upstream("PAYMENTS_ADDR", "http://127.0.0.1:50053")?,

@@ -14,6 +14,6 @@ async fn main() -> Result<(), shared::Error> {
     let events = Arc::new(shared::events::InProcessBus::new());
     let server = orders::build(config, events).await?;
     server.serve(shared::shutdown::signal()).await?;
-    telemetry.shutdown();
+    telemetry.shutdown().await;
     Ok(())
 }

@@ -648,7 +648,7 @@ async fn watch_order_ends_with_unavailable_when_the_server_shuts_down() {
 /// Serves the inventory API in front of `real`, with `commit` in place of its
 /// `CommitReservation`.
 async fn proxy(real: InventoryServiceClient<Channel>, commit: Commit) -> TestServer {
-    let config = shared::ServerConfig::from_env(&env([]), 0).unwrap();
+    let config = shared::ServerConfig::from_env(&env([]), 0, 0).unwrap();
     let service = InventoryServiceServer::new(InventoryProxy { real, commit });
     TestServer::start(
         shared::Server::builder("inventory-proxy", &config)

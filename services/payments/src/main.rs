@@ -7,6 +7,6 @@ async fn main() -> Result<(), shared::Error> {
     let config = payments::Config::from_env(&env)?;
     let server = payments::build(config).await?;
     server.serve(shared::shutdown::signal()).await?;
-    telemetry.shutdown();
+    telemetry.shutdown().await;
     Ok(())
 }

@@ -1,0 +1,422 @@
+#!/usr/bin/env python3
+"""The manifest contract: rendered manifests checked against the Kubernetes schemas and
+against the binaries they run. Usage: check.py RENDERED.yaml... (scripts/k8s-check.sh)
+
+Schemas: kubernetes-validate, strict (unknown fields fail), for the Kubernetes version
+kind ships by default and for the oldest one the manifests support.
+
+Contract, for each Deployment (one per service, named like services/<name>):
+- names: container, image, ServiceAccount, Service, PodDisruptionBudget,
+  HorizontalPodAutoscaler and NetworkPolicy share the service's name;
+- env: every variable set is one the binary reads, every required one is set
+  (k8s/tests/envvars.py derives both from the Rust source), values are literal;
+- ports: the serving port is named `grpc` for a service with protos, else `http`, and
+  is LISTEN_ADDR's (or the binary's default); every container port is named and is one
+  the binary listens on (a `*LISTEN_ADDR` variable, or its default `*PORT` constant in
+  config.rs), on every interface;
+- probes: startup, readiness and liveness; gRPC probes on a container port, naming a
+  health service the container serves (`""`, `liveness`, `readiness` or a service of
+  proto/<name>/), `readiness` for startup and readiness and `liveness` for liveness;
+  HTTP probes on a container port and a route of the service;
+- upstreams: each `*_ADDR` URL names a Service of the manifests and one of its ports,
+  whose target is the container port of the pods it selects;
+- selectors: Deployment, Service, PodDisruptionBudget and NetworkPolicy selectors match
+  the pods they mean, HPAs scale an existing Deployment;
+- network: every pod is isolated both ways; the policies allow exactly the calls the
+  upstream addresses make, DNS to kube-dns for the pods that have upstreams, and
+  outside traffic to the gateway only — nothing else;
+- shutdown: terminationGracePeriodSeconds > preStop sleep + SHUTDOWN_DELAY +
+  SHUTDOWN_GRACE_PERIOD + MARGIN; the preStop hook is the native `sleep`;
+- security: Pod Security Standards `restricted` fields, no service account token,
+  CPU and memory requests and limits; checkov skip annotations give a reason;
+  overlays' namespaces enforce `restricted`.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import envvars  # noqa: E402
+from manifests import (  # noqa: E402
+    ROOT, Failures, Manifests, container, container_port, env_of, grpc_services, http_routes,
+    image_name, ns, parse_upstream, pod_labels, pod_spec, service_dns_names, where,
+)
+from netpol import Cluster, Endpoint, selector_matches  # noqa: E402
+
+# Kubernetes versions the manifests are validated for: the default node image of kind
+# v0.33.0 (kindest/node:v1.37.0), and the oldest with the native preStop `sleep`
+# action enabled by default (beta in 1.30).
+TARGET_VERSION = "1.37"
+MIN_VERSION = "1.30"
+# Seconds left, after the drain, for the process to exit: at least this, and more than
+# shared::telemetry::FLUSH_TIMEOUT (the bound on flushing spans) where it exists.
+MARGIN = 5
+# The only service reachable from outside the cluster (ARCHITECTURE.md).
+ENTRY = {"gateway"}
+HEALTH_PROBE_NAMES = {"", "liveness", "readiness"}
+SHARED_SRC = ROOT / "shared" / "src"
+
+
+def validate_schemas(m: Manifests, failures: Failures) -> None:
+    import kubernetes_validate
+    from kubernetes_validate import utils
+    from kubernetes_validate.utils import SchemaNotFoundError, ValidationError
+
+    # kubernetes-validate reads and parses the (large) schema files anew for every
+    # object: read each once.
+    if not hasattr(utils.schema_contents, "cache_info"):
+        utils.schema_contents = functools.lru_cache(maxsize=None)(utils.schema_contents)
+
+    for version in (TARGET_VERSION, MIN_VERSION):
+        for doc in m.docs:
+            try:
+                kubernetes_validate.validate(doc, version, strict=True)
+            except ValidationError as e:
+                path = ".".join(str(p) for p in e.path) or "(top)"
+                failures.add(f"{m.label}: {where(doc)}", f"invalid for Kubernetes {version} at {path}: {e.message}")
+            except SchemaNotFoundError:
+                failures.add(f"{m.label}: {where(doc)}",
+                             f"no schema for {doc.get('apiVersion')} {doc.get('kind')} in Kubernetes {version}")
+
+
+def check_names(m: Manifests, f: Failures) -> None:
+    for d in m.deployments:
+        name, w = d["metadata"]["name"], f"{m.label}: {where(d)}"
+        f.check((ROOT / "services" / name / "Cargo.toml").exists(), w, f"no services/{name}: one name everywhere")
+        c = container(d)
+        f.check(c["name"] == name, w, f"container {c['name']!r} is not named like the Deployment")
+        f.check(image_name(c.get("image", "")) == name, w, f"image {c.get('image')!r} is not the image {name!r}")
+        f.check(pod_spec(d).get("serviceAccountName") == name, w, f"serviceAccountName is not {name!r}")
+        for kind in ("ServiceAccount", "Service", "PodDisruptionBudget", "HorizontalPodAutoscaler", "NetworkPolicy"):
+            f.check(m.get(kind, name) is not None, w, f"no {kind} named {name!r}")
+        labels = pod_labels(d)
+        f.check(labels.get("app.kubernetes.io/name") == name, w, f"pod label app.kubernetes.io/name is not {name!r}")
+        for key in ("app.kubernetes.io/part-of", "app.kubernetes.io/component"):
+            f.check(key in labels, w, f"pod template has no {key} label")
+
+
+def check_env(m: Manifests, d: dict, f: Failures) -> envvars.ServiceEnv:
+    name, w = d["metadata"]["name"], f"{m.label}: {where(d)}"
+    read = envvars.service_env(ROOT / "services" / name / "src", SHARED_SRC)
+    entries = container(d).get("env") or []
+    seen = set()
+    for e in entries:
+        var = e["name"]
+        f.check(var not in seen, w, f"env {var} is set twice")
+        seen.add(var)
+        f.check(var in read.reads, w, f"env {var} is set but services/{name} never reads it "
+                f"(it reads: {', '.join(sorted(read.reads))}; rule in k8s/tests/envvars.py)")
+        f.check("valueFrom" not in e, w, f"env {var} uses valueFrom: the checks and the "
+                "manifest-driven run know literal values only")
+    for var in sorted(read.required - seen):
+        f.add(w, f"env {var} is required (its default is a loopback address) but not set")
+    for key in ("envFrom",):
+        f.check(key not in container(d), w, f"{key} hides which variables are set: list them in env")
+    return read
+
+
+def listening_ports(name: str, env: dict[str, str]) -> dict[int, str]:
+    """The ports the binary listens on, each with the variable that says so: every
+    `*LISTEN_ADDR` set in env, and for those unset, their default from config.rs."""
+    src = ROOT / "services" / name / "src"
+    ports = {}
+    for var, default in envvars.listen_defaults(src).items():
+        value = env.get(var)
+        port = value.rpartition(":")[2] if value else default
+        if port is not None and str(port).isdigit():
+            ports[int(port)] = var
+    for var, value in env.items():
+        if var.endswith("LISTEN_ADDR") and value.rpartition(":")[2].isdigit():
+            ports[int(value.rpartition(":")[2])] = var
+    return ports
+
+
+def check_ports(m: Manifests, d: dict, f: Failures) -> dict | None:
+    name, w = d["metadata"]["name"], f"{m.label}: {where(d)}"
+    c = container(d)
+    env = env_of(c)
+    ports = c.get("ports") or []
+    want = "grpc" if grpc_services(name) else "http"
+    listening = listening_ports(name, env)
+    for p in ports:
+        f.check(bool(p.get("name")), w, f"container port {p['containerPort']} has no name")
+        f.check(p["containerPort"] in listening, w, f"container port {p['containerPort']} is not a port the binary "
+                f"listens on ({', '.join(f'{v}: {n}' for n, v in sorted(listening.items())) or 'none known'})")
+    serving = [p for p in ports if p.get("name") == want]
+    if not f.check(len(serving) == 1, w, f"no container port named {want!r} ({'has protos' if want == 'grpc' else 'no protos'})"):
+        return None
+    port = serving[0]
+    f.check(listening.get(port["containerPort"]) == "LISTEN_ADDR", w,
+            f"the {want} port {port['containerPort']} is not LISTEN_ADDR's port")
+    for var, value in env.items():
+        if var.endswith("LISTEN_ADDR"):
+            f.check(value.rpartition(":")[0] in ("0.0.0.0", "[::]"), w,
+                    f"{var}={value} does not listen on every interface: probes and Services could not reach it")
+    return port
+
+
+def check_probes(m: Manifests, d: dict, f: Failures) -> None:
+    name, w = d["metadata"]["name"], f"{m.label}: {where(d)}"
+    c = container(d)
+    served = HEALTH_PROBE_NAMES | grpc_services(name)
+    routes = http_routes(name)
+    expected_grpc = {"startupProbe": "readiness", "readinessProbe": "readiness", "livenessProbe": "liveness"}
+    for kind, health_name in expected_grpc.items():
+        probe = c.get(kind)
+        if not f.check(probe is not None, w, f"no {kind}"):
+            continue
+        if "grpc" in probe:
+            port, service = probe["grpc"]["port"], probe["grpc"].get("service", "")
+            f.check(container_port(c, port) is not None, w, f"{kind} gRPC port {port} is not a container port")
+            f.check(service in served, w, f"{kind} asks health for {service!r}, which {name} does not serve "
+                    f"(it serves {sorted(served)})")
+            f.check(service == health_name, w, f"{kind} should ask for {health_name!r}, not {service!r} "
+                    "(shared/src/health.rs: readiness turns NOT_SERVING at shutdown, liveness does not)")
+        elif "httpGet" in probe:
+            port, path = probe["httpGet"]["port"], probe["httpGet"].get("path", "/")
+            f.check(container_port(c, port) is not None, w, f"{kind} HTTP port {port!r} is not a container port")
+            f.check(path in routes, w, f"{kind} path {path} is not a route of services/{name} ({sorted(routes)})")
+            f.check(not grpc_services(name), w, f"{kind} is HTTP, but {name} serves gRPC health")
+        else:
+            f.add(w, f"{kind} is neither grpc nor httpGet")
+
+
+def check_shutdown(m: Manifests, d: dict, f: Failures) -> None:
+    w = f"{m.label}: {where(d)}"
+    c, spec = container(d), pod_spec(d)
+    env = env_of(c)
+    pre_stop = ((c.get("lifecycle") or {}).get("preStop") or {})
+    if not f.check("sleep" in pre_stop, w, "no native preStop sleep: endpoints may still route to a draining pod"):
+        return
+    sleep = pre_stop["sleep"]["seconds"]
+    timings = {}
+    for var in ("SHUTDOWN_DELAY", "SHUTDOWN_GRACE_PERIOD"):
+        value = env.get(var)
+        seconds = envvars.parse_duration(value) if value else envvars.duration_default(SHARED_SRC, var)
+        if not f.check(seconds is not None, w, f"cannot tell {var}: {value!r}"):
+            return
+        timings[var] = seconds
+    grace = spec.get("terminationGracePeriodSeconds", 30)
+    margin = max(MARGIN, flush_timeout() + 1)
+    needed = sleep + timings["SHUTDOWN_DELAY"] + timings["SHUTDOWN_GRACE_PERIOD"] + margin
+    f.check(grace >= needed, w, f"terminationGracePeriodSeconds {grace} < preStop sleep {sleep} + SHUTDOWN_DELAY "
+            f"{timings['SHUTDOWN_DELAY']:g} + SHUTDOWN_GRACE_PERIOD {timings['SHUTDOWN_GRACE_PERIOD']:g} + "
+            f"{margin} to exit")
+
+
+@functools.lru_cache(maxsize=None)
+def flush_timeout() -> float:
+    """shared::telemetry::FLUSH_TIMEOUT in seconds, 0 where there is none."""
+    path = SHARED_SRC / "telemetry.rs"
+    text = path.read_text() if path.exists() else ""
+    m = re.search(r"const\s+FLUSH_TIMEOUT\s*:\s*Duration\s*=\s*Duration::from_(secs|millis)\((\d+)\)", text)
+    return 0.0 if not m else int(m.group(2)) / (1000 if m.group(1) == "millis" else 1)
+
+
+def check_security(m: Manifests, d: dict, f: Failures) -> None:
+    w = f"{m.label}: {where(d)}"
+    spec = pod_spec(d)
+    psc = spec.get("securityContext") or {}
+    f.check(spec.get("automountServiceAccountToken") is False, w, "automountServiceAccountToken is not false")
+    f.check(psc.get("runAsNonRoot") is True, w, "pod securityContext.runAsNonRoot is not true")
+    f.check((psc.get("seccompProfile") or {}).get("type") == "RuntimeDefault", w, "pod seccompProfile is not RuntimeDefault")
+    for c in spec["containers"] + (spec.get("initContainers") or []):
+        csc, cw = c.get("securityContext") or {}, f"{w} container {c['name']}"
+        f.check(csc.get("allowPrivilegeEscalation") is False, cw, "allowPrivilegeEscalation is not false")
+        f.check(csc.get("readOnlyRootFilesystem") is True, cw, "readOnlyRootFilesystem is not true")
+        f.check((csc.get("capabilities") or {}).get("drop") == ["ALL"], cw, "capabilities.drop is not [ALL]")
+        res = c.get("resources") or {}
+        for kind in ("requests", "limits"):
+            for r in ("cpu", "memory"):
+                f.check(r in (res.get(kind) or {}), cw, f"no {r} {kind[:-1]}")
+    sa = m.get("ServiceAccount", spec.get("serviceAccountName", ""))
+    if sa:
+        f.check(sa.get("automountServiceAccountToken") is False, f"{m.label}: {where(sa)}",
+                "automountServiceAccountToken is not false")
+
+
+def check_upstreams(m: Manifests, d: dict, read: envvars.ServiceEnv, f: Failures) -> list[tuple[dict, int]]:
+    """Resolves each upstream address to (Deployment, container port); reports what does not resolve."""
+    w = f"{m.label}: {where(d)}"
+    calls = []
+    env = env_of(container(d))
+    # The variables read with `Env::upstream` (envvars.py): the addresses of other services.
+    for var in sorted(read.required & set(env)):
+        parsed = parse_upstream(env[var])
+        if not f.check(parsed is not None, w, f"{var}={env[var]!r} is not http://<service>:<port>"):
+            continue
+        host, port = parsed
+        services = [s for s in m.services if host in service_dns_names(s) and ns(s) == ns(d)]
+        if not f.check(len(services) == 1, w, f"{var}={env[var]}: no Service named {host!r} in namespace {ns(d)}"):
+            continue
+        service = services[0]
+        sport = next((p for p in service["spec"]["ports"] if p["port"] == port), None)
+        if not f.check(sport is not None, w, f"{var}={env[var]}: Service {host} has no port {port}"):
+            continue
+        targets = [t for t in m.deployments if ns(t) == ns(d) and service_selects(service, t)]
+        if not f.check(len(targets) == 1, w, f"{var}={env[var]}: Service {host} selects {len(targets)} Deployments"):
+            continue
+        target = targets[0]
+        cport = container_port(container(target), sport.get("targetPort", port))
+        if not f.check(cport is not None, w, f"{var}={env[var]}: Service {host} port {port} targets "
+                       f"{sport.get('targetPort')!r}, not a container port of {target['metadata']['name']}"):
+            continue
+        f.check(sport.get("appProtocol") == ("grpc" if cport.get("name") == "grpc" else "http"), w,
+                f"{var}: Service {host} port {port} has appProtocol {sport.get('appProtocol')!r}")
+        calls.append((target, cport["containerPort"]))
+    return calls
+
+
+def service_selects(service: dict, deployment: dict) -> bool:
+    """A Service's selector is a plain label map; one without a selector selects nothing."""
+    selector = service["spec"].get("selector")
+    return bool(selector) and selector_matches({"matchLabels": selector}, pod_labels(deployment))
+
+
+def check_selectors(m: Manifests, f: Failures) -> None:
+    for d in m.deployments:
+        w = f"{m.label}: {where(d)}"
+        f.check(selector_matches(d["spec"]["selector"], pod_labels(d)), w, "selector does not match its pod template")
+        others = [o for o in m.deployments if o is not d and ns(o) == ns(d)
+                  and selector_matches(d["spec"]["selector"], pod_labels(o))]
+        f.check(not others, w, f"selector also matches the pods of {[o['metadata']['name'] for o in others]}")
+    for kind in ("Service", "PodDisruptionBudget"):
+        for obj in m.of_kind(kind):
+            if kind == "Service":
+                matched = [d["metadata"]["name"] for d in m.deployments if ns(d) == ns(obj) and service_selects(obj, d)]
+            else:
+                matched = [d["metadata"]["name"] for d in m.deployments
+                           if ns(d) == ns(obj) and selector_matches(obj["spec"].get("selector"), pod_labels(d))]
+            f.check(matched == [obj["metadata"]["name"]], f"{m.label}: {where(obj)}",
+                    f"selects the pods of {matched}, not those of {obj['metadata']['name']!r}")
+    for hpa in m.of_kind("HorizontalPodAutoscaler"):
+        ref = hpa["spec"]["scaleTargetRef"]
+        f.check(ref.get("kind") == "Deployment" and m.get("Deployment", ref.get("name")) is not None,
+                f"{m.label}: {where(hpa)}", f"scales {ref}, which is not a Deployment of the manifests")
+    for policy in m.of_kind("NetworkPolicy"):
+        selector = policy["spec"].get("podSelector") or {}
+        if selector:
+            matched = [d for d in m.deployments if ns(d) == ns(policy) and selector_matches(selector, pod_labels(d))]
+            f.check(bool(matched), f"{m.label}: {where(policy)}", "podSelector matches no pod")
+
+
+def check_network(m: Manifests, calls: dict[str, list[tuple[dict, int]]], f: Failures) -> None:
+    namespaces = {n["metadata"]["name"]: n["metadata"].get("labels") or {} for n in m.of_kind("Namespace")}
+    cluster = Cluster(m.of_kind("NetworkPolicy"), namespaces)
+    pods = {}
+    for d in m.deployments:
+        ports = [(p.get("name", ""), p["containerPort"], p.get("protocol", "TCP")) for p in container(d).get("ports") or []]
+        pods[d["metadata"]["name"]] = Endpoint.pod(d["metadata"]["name"], ns(d), pod_labels(d), ports)
+    outside = Endpoint("outside the cluster", external=True)
+    dns = Endpoint.pod("kube-dns", "kube-system", {"k8s-app": "kube-dns"}, [("dns", 53, "UDP"), ("dns-tcp", 53, "TCP")])
+    apiserver = Endpoint.pod("kube-apiserver", "kube-system", {"component": "kube-apiserver"}, [("https", 6443, "TCP")])
+    stranger = Endpoint.pod("a pod of another namespace", "elsewhere", {"app": "stranger"}, [("http", 8080, "TCP")])
+    undeclared = 9  # a port no container declares: rules without ports would open it
+    expected = {(src, t["metadata"]["name"], port) for src, targets in calls.items() for t, port in targets}
+    label = m.label
+
+    for name, pod in pods.items():
+        for direction in ("Ingress", "Egress"):
+            f.check(cluster.isolated(pod, direction), f"{label}: pod {name}",
+                    f"no NetworkPolicy isolates it for {direction}: everything is allowed")
+        # pod → pod
+        for dst_name, dst in pods.items():
+            if dst_name == name:
+                continue
+            for port in sorted({p for _, p, _ in dst.ports} | {undeclared}):
+                allowed, wanted = cluster.allows(pod, dst, port), (name, dst_name, port) in expected
+                if allowed and not wanted:
+                    f.add(f"{label}: network", f"{name} → {dst_name}:{port} is allowed, but {name} does not call it")
+                if wanted and not allowed:
+                    f.add(f"{label}: network", f"{name} → {dst_name}:{port} is a call {name} makes, but the policies deny it")
+        # outside → pod
+        for _, port, proto in pod.ports + (("", undeclared, "TCP"),):
+            allowed = cluster.allows(outside, pod, port, proto) or cluster.allows(stranger, pod, port, proto)
+            wanted = name in ENTRY and port != undeclared
+            if allowed != wanted:
+                f.add(f"{label}: network", f"traffic from outside to {name}:{port} is "
+                      f"{'allowed' if allowed else 'denied'}, but {name} is {'' if wanted else 'not '}the entry")
+        # pod → DNS, and nowhere else outside the namespace
+        resolves = bool(calls.get(name))
+        for proto in ("UDP", "TCP"):
+            allowed = cluster.allows(pod, dns, 53, proto)
+            if allowed != resolves:
+                f.add(f"{label}: network", f"{name} → kube-dns:53/{proto} is {'allowed' if allowed else 'denied'}, "
+                      f"but {name} {'calls' if resolves else 'calls no'} service{'s' if resolves else ''} by name")
+        for other, port in ((outside, 443), (apiserver, 6443), (stranger, 8080), (dns, undeclared)):
+            f.check(not cluster.allows(pod, other, port), f"{label}: network",
+                    f"{name} → {other.name}:{port} is allowed, but nothing needs it")
+    for svc in m.services:
+        if svc["spec"].get("type") in ("NodePort", "LoadBalancer"):
+            f.check(svc["metadata"]["name"] in ENTRY, f"{label}: {where(svc)}",
+                    f"is exposed outside the cluster ({svc['spec']['type']}), but only {sorted(ENTRY)} may be")
+
+
+def check_annotations(m: Manifests, f: Failures) -> None:
+    for doc in m.docs:
+        for key, value in (doc["metadata"].get("annotations") or {}).items():
+            if key.startswith("checkov.io/skip"):
+                check_id, _, reason = str(value).partition("=")
+                f.check(check_id.startswith("CKV") and len(reason.split()) >= 5, f"{m.label}: {where(doc)}",
+                        f"{key} must be CKV_…=<the reason, in words>, got {value!r}")
+
+
+def check_namespaces(m: Manifests, f: Failures) -> None:
+    used = {ns(d) for d in m.docs if d["kind"] != "Namespace"}
+    for name in sorted(used):
+        n = m.get("Namespace", name)
+        if name == "default" and n is None:
+            continue  # the base: overlays choose the namespace
+        if not f.check(n is not None, m.label, f"namespace {name} is used but not created"):
+            continue
+        labels = n["metadata"].get("labels") or {}
+        f.check(labels.get("pod-security.kubernetes.io/enforce") == "restricted", f"{m.label}: {where(n)}",
+                "does not enforce the restricted Pod Security Standard")
+
+
+def check(m: Manifests, f: Failures, schemas: bool = True) -> None:
+    if schemas:
+        validate_schemas(m, f)
+    check_names(m, f)
+    check_selectors(m, f)
+    calls = {}
+    for d in m.deployments:
+        name = d["metadata"]["name"]
+        if not (ROOT / "services" / name / "src").exists():
+            continue  # reported by check_names
+        read = check_env(m, d, f)
+        check_ports(m, d, f)
+        check_probes(m, d, f)
+        check_shutdown(m, d, f)
+        check_security(m, d, f)
+        calls[name] = check_upstreams(m, d, read, f)
+    check_network(m, calls, f)
+    check_annotations(m, f)
+    check_namespaces(m, f)
+
+
+def main(paths: list[str]) -> int:
+    if not paths:
+        print("usage: check.py RENDERED.yaml...", file=sys.stderr)
+        return 2
+    failures = Failures()
+    for path in paths:
+        m = Manifests.load(Path(path))
+        check(m, failures)
+        print(f"k8s-check: {m.label}: {len(m.docs)} objects, {len(m.deployments)} Deployments checked "
+              f"(schemas: Kubernetes {TARGET_VERSION} and {MIN_VERSION}, strict)")
+    if failures.messages:
+        print(f"k8s-check: {len(failures.messages)} contract failure(s):", file=sys.stderr)
+        for message in failures.messages:
+            print(f"  - {message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,65 @@
+#!/usr/bin/env python3
+"""A stand-in for the few kubectl commands scripts/kind-smoke.sh uses, so that run.py
+can run the smoke script against the processes it started instead of a cluster:
+
+- `get namespace NAME`: exists;
+- `get services -o jsonpath=…`: `<name> <port named grpc>` per Service, as the smoke
+  script's jsonpath prints them;
+- `port-forward svc/NAME :PORT`: listens on a free port of 127.0.0.1, prints kubectl's
+  `Forwarding from 127.0.0.1:<port> -> PORT` line and relays every connection to the
+  process of that Service, until killed.
+
+The Services come from FAKE_KUBECTL_SERVICES: JSON {name: {"address": a, "grpc_port": p}}.
+"""
+
+import json
+import os
+import socket
+import sys
+import threading
+
+
+def relay(a: socket.socket, b: socket.socket) -> None:
+    try:
+        while data := a.recv(65536):
+            b.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for s in (a, b):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+def port_forward(address: str, port: int) -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    print(f"Forwarding from 127.0.0.1:{listener.getsockname()[1]} -> {port}", flush=True)
+    while True:
+        client, _ = listener.accept()
+        upstream = socket.create_connection((address, port))
+        for a, b in ((client, upstream), (upstream, client)):
+            threading.Thread(target=relay, args=(a, b), daemon=True).start()
+
+
+def main(args: list[str]) -> int:
+    services = json.loads(os.environ["FAKE_KUBECTL_SERVICES"])
+    while args and args[0] in ("--context", "-n", "--namespace"):
+        args = args[2:]
+    if args[:2] == ["get", "namespace"]:
+        return 0
+    if args[:2] == ["get", "services"]:
+        for name, s in sorted(services.items()):
+            print(f"{name} {s.get('grpc_port') or ''}")
+        return 0
+    if args[:1] == ["port-forward"] and len(args) == 3 and args[1].startswith("svc/"):
+        service = services[args[1][4:]]
+        port_forward(service["address"], int(args[2].lstrip(":")))
+        return 0
+    print(f"fake kubectl: not faked: kubectl {' '.join(args)}", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,148 @@
+"""The contract checks (check.py) fail on broken manifests: each test breaks the rendered
+kind overlay in one way and expects the failure that names it."""
+
+import copy
+import subprocess
+import unittest
+
+import check
+from manifests import ROOT, Failures, Manifests, container
+import yaml
+
+
+def render() -> list:
+    out = subprocess.run(["kubectl", "kustomize", str(ROOT / "k8s" / "overlays" / "kind")],
+                         check=True, capture_output=True, text=True).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+class ContractTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.docs = render()
+
+    def failures(self, mutate=None, schemas=False) -> list[str]:
+        m = Manifests("kind", copy.deepcopy(self.docs))
+        if mutate:
+            mutate(m)
+        f = Failures()
+        check.check(m, f, schemas=schemas)
+        return f.messages
+
+    def assertFails(self, mutate, *fragments, schemas=False):
+        messages = self.failures(mutate, schemas)
+        for fragment in fragments:
+            self.assertTrue(any(fragment in msg for msg in messages),
+                            f"no failure mentions {fragment!r}; got:\n" + "\n".join(messages))
+
+    @staticmethod
+    def env(m, name):
+        return container(m.get("Deployment", name))["env"]
+
+    def test_the_overlay_passes(self):
+        self.assertEqual(self.failures(), [])
+
+    def test_a_variable_nothing_reads(self):
+        self.assertFails(lambda m: self.env(m, "inventory").append({"name": "OTEL_ENDPOINT", "value": "x"}),
+                         "env OTEL_ENDPOINT is set but services/inventory never reads it")
+
+    def test_a_missing_upstream(self):
+        def drop(m):
+            env = self.env(m, "orders")
+            env[:] = [e for e in env if e["name"] != "PAYMENTS_ADDR"]
+        self.assertFails(drop, "env PAYMENTS_ADDR is required")
+
+    def test_an_upstream_on_the_wrong_port_or_service(self):
+        def wrong(m):
+            for e in self.env(m, "orders"):
+                if e["name"] == "PAYMENTS_ADDR":
+                    e["value"] = "http://payments:50052"
+                if e["name"] == "INVENTORY_ADDR":
+                    e["value"] = "http://inventroy:50052"
+        self.assertFails(wrong, "Service payments has no port 50052", "no Service named 'inventroy'")
+
+    def test_ports_the_binary_does_not_listen_on(self):
+        def ports(m):
+            c = container(m.get("Deployment", "payments"))
+            c["ports"].append({"name": "metrics", "containerPort": 9999})
+            for e in c["env"]:
+                if e["name"] == "LISTEN_ADDR":
+                    e["value"] = "127.0.0.1:50053"
+        self.assertFails(ports, "container port 9999 is not a port the binary listens on",
+                         "LISTEN_ADDR=127.0.0.1:50053 does not listen on every interface")
+
+    def test_probes(self):
+        def break_probes(m):
+            c = container(m.get("Deployment", "orders"))
+            c["readinessProbe"]["grpc"]["service"] = "orders.v1.OrdersService"
+            c["livenessProbe"]["grpc"]["port"] = 50052
+            container(m.get("Deployment", "gateway"))["readinessProbe"]["httpGet"]["path"] = "/ready"
+        self.assertFails(break_probes, "asks health for 'orders.v1.OrdersService'",
+                         "livenessProbe gRPC port 50052 is not a container port", "path /ready is not a route")
+
+    def test_liveness_must_not_be_readiness(self):
+        def swap(m):
+            container(m.get("Deployment", "payments"))["livenessProbe"]["grpc"]["service"] = "readiness"
+        self.assertFails(swap, "livenessProbe should ask for 'liveness'")
+
+    def test_grace_period_shorter_than_the_drain(self):
+        def shorten(m):
+            m.get("Deployment", "inventory")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = 12
+        self.assertFails(shorten, "terminationGracePeriodSeconds 12 < preStop sleep 5")
+
+    def test_a_selector_that_misses(self):
+        def typo(m):
+            m.get("Service", "payments")["spec"]["selector"] = {"app.kubernetes.io/name": "payment"}
+        self.assertFails(typo, "selects the pods of [], not those of 'payments'",
+                         "Service payments selects 0 Deployments")
+
+    def test_a_denied_call_and_an_extra_edge(self):
+        def edit(m):
+            orders = m.get("NetworkPolicy", "orders")["spec"]
+            orders["egress"] = [r for r in orders["egress"]
+                                if not any(p.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/name") == "payments"
+                                           for p in r.get("to", []))]
+            m.get("NetworkPolicy", "payments")["spec"]["ingress"][0]["from"].append(
+                {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "gateway"}}})
+            m.get("NetworkPolicy", "gateway")["spec"]["egress"].append({"to": [{"podSelector": {}}]})
+        self.assertFails(edit, "orders → payments:50053 is a call orders makes, but the policies deny it",
+                         "gateway → payments:50053 is allowed, but gateway does not call it")
+
+    def test_default_deny_and_dns(self):
+        def edit(m):
+            m.docs.remove(m.get("NetworkPolicy", "default-deny"))
+            m.docs.remove(m.get("NetworkPolicy", "payments"))
+            m.get("NetworkPolicy", "inventory")["spec"]["egress"] = copy.deepcopy(
+                m.get("NetworkPolicy", "orders")["spec"]["egress"][-1:])
+        self.assertFails(edit, "pod payments: no NetworkPolicy isolates it for Ingress",
+                         "inventory → kube-dns:53/UDP is allowed, but inventory calls no service by name")
+
+    def test_outside_reaches_only_the_gateway(self):
+        def expose(m):
+            m.get("Service", "orders")["spec"]["type"] = "NodePort"
+            m.get("NetworkPolicy", "orders")["spec"]["ingress"].append({"ports": [{"port": 50051}]})
+        self.assertFails(expose, "traffic from outside to orders:50051 is allowed",
+                         "is exposed outside the cluster (NodePort)")
+
+    def test_security_context(self):
+        def loosen(m):
+            c = container(m.get("Deployment", "notifications"))
+            c["securityContext"]["readOnlyRootFilesystem"] = False
+            del c["resources"]["limits"]["memory"]
+            m.get("Namespace", "grpc-template")["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] = "baseline"
+        self.assertFails(loosen, "readOnlyRootFilesystem is not true", "no memory limit",
+                         "does not enforce the restricted Pod Security Standard")
+
+    def test_a_skip_without_a_reason(self):
+        def skip(m):
+            m.get("Deployment", "orders")["metadata"]["annotations"]["checkov.io/skip3"] = "CKV_K8S_8"
+        self.assertFails(skip, "checkov.io/skip3 must be CKV_…=<the reason, in words>")
+
+    def test_schemas_are_strict(self):
+        def typo(m):
+            container(m.get("Deployment", "orders"))["startupProbe"]["failureTreshold"] = 3
+        self.assertFails(typo, "invalid for Kubernetes 1.37", "'failureTreshold' was unexpected", schemas=True)
+
+
+if __name__ == "__main__":
+    unittest.main()

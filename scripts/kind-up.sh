@@ -1,0 +1,197 @@
+#!/usr/bin/env bash
+# The whole system in a local kind cluster, in one command (`make kind-up`), the first
+# time and every time after:
+#   1. checks for docker (with a running daemon), kind and kubectl;
+#   2. creates the cluster from k8s/kind-config.yaml unless it exists;
+#   3. builds one image per service from the Dockerfile and loads it into the node;
+#   4. applies k8s/overlays/kind, each image under a tag made of its image ID, so that
+#      a rebuilt image rolls out and an unchanged one does not;
+#   5. waits for every rollout (on failure: pods, events and logs);
+#   6. runs the smoke test, scripts/kind-smoke.sh.
+# Only the cluster's own context (kind-<cluster>) is ever used: other clusters of your
+# kubeconfig are not touched.
+#
+# Environment: KIND_CLUSTER (default: grpc-template), KIND_NODE_IMAGE (the node image
+# of a new cluster; default: your kind's), ROLLOUT_TIMEOUT (default: 180s).
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+cluster="${KIND_CLUSTER:-grpc-template}"
+context="kind-$cluster"
+rollout_timeout="${ROLLOUT_TIMEOUT:-180s}"
+namespace=grpc-template
+overlay=k8s/overlays/kind
+# The kind release this is tested with (Kubernetes 1.37 by default). Older ones work if
+# their node runs Kubernetes 1.30 or later (checked below), with one known trap: from
+# v0.24.0 (the first to enforce NetworkPolicies) until kube-network-policies fixed it in
+# 2025 (kubernetes-sigs/kube-network-policies#150), a default-deny policy also blocked
+# the kubelet's probes, so pods never became ready.
+kind_tested=0.33.0
+# The native `sleep` preStop action is on by default from Kubernetes 1.30.
+k8s_minimum_minor=30
+
+step=0
+steps=6
+progress() {
+  step=$((step + 1))
+  printf '\nkind-up: [%d/%d] %s\n' "$step" "$steps" "$*"
+}
+log() { printf 'kind-up: %s\n' "$*"; }
+die() {
+  printf 'kind-up: ERROR: %s\n' "$*" >&2
+  exit 1
+}
+
+# True when version $1 >= version $2 (dotted numbers).
+version_at_least() {
+  [[ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n1)" == "$2" ]]
+}
+
+require_tools() {
+  if ! command -v docker >/dev/null; then
+    die "docker not found: it builds the images and runs kind's node. Install Docker Engine" \
+      "(https://docs.docker.com/engine/install/) or Docker Desktop, then run again."
+  fi
+  if ! docker info >/dev/null 2>&1; then
+    die "docker is installed but its daemon does not answer (docker info failed): start" \
+      "Docker (systemctl start docker, or Docker Desktop), check that your user may use it," \
+      "then run again."
+  fi
+  if ! command -v kind >/dev/null; then
+    die "kind not found: install kind v$kind_tested (https://kind.sigs.k8s.io/docs/user/quick-start/#installation:" \
+      "a release binary, 'go install sigs.k8s.io/kind@v$kind_tested' or 'brew install kind'), then run again."
+  fi
+  if ! command -v kubectl >/dev/null; then
+    die "kubectl not found: install kubectl 1.27 or later (https://kubernetes.io/docs/tasks/tools/)," \
+      "then run again."
+  fi
+  local kind_version
+  kind_version="$(kind version 2>/dev/null | sed -n 's/^kind v\([0-9][0-9.]*\).*/\1/p')"
+  if [[ -z $kind_version ]]; then
+    log "WARNING: cannot tell kind's version ($(kind version 2>&1 | head -n1)); carrying on"
+  elif ! version_at_least "$kind_version" "$kind_tested"; then
+    log "WARNING: kind v$kind_version is older than the tested v$kind_tested; carrying on." \
+      "If pods never become ready (probes failing), upgrade kind: some releases' NetworkPolicy" \
+      "enforcement blocked kubelet probes (kubernetes-sigs/kube-network-policies#150)."
+  fi
+  log "docker $(docker version --format '{{.Server.Version}}' 2>/dev/null || echo '?'), kind v${kind_version:-?}," \
+    "kubectl $(kubectl version --client -o json 2>/dev/null | sed -n 's/.*"gitVersion": "\(v[^"]*\)".*/\1/p' | head -n1)"
+}
+
+# The services: one folder of services/ each, with its manifest in k8s/base.
+list_services() {
+  services=()
+  local dir name
+  for dir in services/*/; do
+    name="$(basename "$dir")"
+    [[ -f "k8s/base/$name.yaml" ]] || die "services/$name has no manifest k8s/base/$name.yaml"
+    services+=("$name")
+  done
+  ((${#services[@]})) || die "no services found in services/"
+}
+
+create_cluster() {
+  if kind get clusters 2>/dev/null | grep -qx "$cluster"; then
+    log "cluster $cluster exists: reusing it (make kind-down deletes it)"
+  else
+    log "creating cluster $cluster from k8s/kind-config.yaml${KIND_NODE_IMAGE:+ with $KIND_NODE_IMAGE}"
+    local args=(create cluster --name "$cluster" --config k8s/kind-config.yaml --wait 180s)
+    if [[ -n ${KIND_NODE_IMAGE:-} ]]; then args+=(--image "$KIND_NODE_IMAGE"); fi
+    kind "${args[@]}"
+  fi
+  local minor
+  minor="$(kubectl --context "$context" version -o json 2>/dev/null |
+    sed -n '/serverVersion/,/}/s/.*"minor": "\([0-9]*\).*/\1/p' | head -n1)"
+  [[ -n $minor ]] || die "the cluster does not answer (kubectl --context $context version)"
+  if ((minor < k8s_minimum_minor)); then
+    die "the cluster runs Kubernetes 1.$minor; the manifests need 1.$k8s_minimum_minor or later" \
+      "(native preStop sleep). Delete it (make kind-down) and create it with a newer kind or KIND_NODE_IMAGE."
+  fi
+  log "Kubernetes 1.$minor, context $context"
+}
+
+# Builds and loads every image; fills `tags` (service=tag lines) for the deployment.
+build_and_load() {
+  tags=()
+  local i=0 service id tag
+  log "the first build compiles the workspace in release mode (several minutes); later ones reuse it"
+  for service in "${services[@]}"; do
+    i=$((i + 1))
+    log "($i/${#services[@]}) docker build --build-arg SERVICE=$service -t $service:dev ."
+    docker build --build-arg "SERVICE=$service" --tag "$service:dev" . ||
+      die "docker build of $service failed (above)"
+    id="$(docker image inspect --format '{{.Id}}' "$service:dev")"
+    tag="${id#sha256:}"
+    tag="${tag:0:12}"
+    docker tag "$service:dev" "$service:$tag"
+    log "($i/${#services[@]}) kind load docker-image $service:$tag ($(docker image inspect --format '{{.Size}}' "$service:dev" |
+      awk '{ printf "%.1f MB", $1 / 1000000 }'))"
+    kind load docker-image --name "$cluster" "$service:$tag" >/dev/null ||
+      die "kind load docker-image $service:$tag failed"
+    tags+=("$service=$tag")
+  done
+}
+
+# Applies the kind overlay with the tags of build_and_load, through a kustomization in
+# the git-ignored target/ (kustomize resolves only relative paths).
+deploy() {
+  local dir="target/k8s/kind-up" entry
+  mkdir -p "$dir"
+  {
+    echo "# Written by scripts/kind-up.sh: the kind overlay with the images just built."
+    echo "apiVersion: kustomize.config.k8s.io/v1beta1"
+    echo "kind: Kustomization"
+    echo "resources:"
+    echo "  - ../../../$overlay"
+    echo "images:"
+    for entry in "${tags[@]}"; do
+      printf '  - name: %s\n    newTag: "%s"\n' "${entry%%=*}" "${entry#*=}"
+    done
+  } >"$dir/kustomization.yaml"
+  kubectl --context "$context" apply -k "$dir"
+}
+
+diagnose() {
+  local service="$1"
+  echo "--- pods" >&2
+  kubectl --context "$context" -n "$namespace" get pods -o wide >&2 || true
+  echo "--- deployment/$service" >&2
+  kubectl --context "$context" -n "$namespace" describe "deployment/$service" >&2 || true
+  echo "--- recent events" >&2
+  kubectl --context "$context" -n "$namespace" get events --sort-by=.lastTimestamp 2>/dev/null | tail -n 25 >&2 || true
+  echo "--- logs of $service" >&2
+  kubectl --context "$context" -n "$namespace" logs "deployment/$service" --all-containers --tail=40 >&2 || true
+}
+
+wait_for_rollouts() {
+  local service
+  for service in "${services[@]}"; do
+    if ! kubectl --context "$context" -n "$namespace" rollout status "deployment/$service" --timeout "$rollout_timeout"; then
+      diagnose "$service"
+      die "deployment/$service did not become ready within $rollout_timeout (diagnostics above)"
+    fi
+  done
+}
+
+progress "tools"
+require_tools
+list_services
+progress "cluster"
+create_cluster
+progress "images: ${services[*]}"
+build_and_load
+progress "apply $overlay (namespace $namespace)"
+deploy
+progress "rollouts"
+wait_for_rollouts
+progress "smoke test"
+KIND_CLUSTER="$cluster" "$root/scripts/kind-smoke.sh"
+
+printf '\nkind-up: the system runs in kind (context %s, namespace %s):\n' "$context" "$namespace"
+cat <<EOF
+  curl -s http://127.0.0.1:30080/v1/products
+  kubectl --context $context -n $namespace get pods
+  kubectl --context $context -n $namespace port-forward svc/inventory 50052:50052   # then grpcurl -plaintext 127.0.0.1:50052 list
+  make kind-down   # deletes the cluster
+EOF

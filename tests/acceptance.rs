@@ -1,0 +1,496 @@
+//! Acceptance: the real grpcurl and `buf curl` work against every gRPC service of the
+//! stack, as users run them, and the README's grpcurl cookbook works as printed.
+//!
+//! Each test starts the whole stack in-process on free ports and runs the tools as
+//! external processes against it. What every service must answer is data, in
+//! `acceptance/specs.rs`; what the protos declare (RPCs, fields) is read from the
+//! descriptor set `build.rs` compiles from `proto/`. The README's examples are marked
+//! and run as described in `acceptance/cookbook.rs`.
+//!
+//! A tool that is missing fails the suite (run `scripts/tools.sh`, or `make test`);
+//! so does a service of `proto/` without a spec. Every check compares what the tool
+//! printed, not only its exit code: JSON responses field by field (volatile values
+//! such as times and server-assigned ids by their shape), error statuses with their
+//! message and google.rpc details, `list` and `describe` line by line.
+
+#[path = "acceptance/mod.rs"]
+mod suite;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+
+use suite::calls::{BUF_FLAGS, Tool};
+use suite::harness::{self, Part, Running};
+use suite::schema::{self, Schema};
+use suite::tools::{self, Invocation, Output, Tools};
+use suite::{cookbook, specs};
+
+/// The services every server registers next to its own (`shared::server`).
+const STANDARD_SERVICES: [&str; 3] = [
+    specs::HEALTH,
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
+
+/// The google.rpc error details the services send; reflection serves them so that
+/// tools can print them by name.
+const ERROR_DETAILS: [&str; 4] = [
+    "google.rpc.BadRequest",
+    "google.rpc.ErrorInfo",
+    "google.rpc.PreconditionFailure",
+    "google.rpc.ResourceInfo",
+];
+
+fn fail_if_any(failures: Vec<String>) {
+    assert!(
+        failures.is_empty(),
+        "{} failure(s):\n\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
+}
+
+/// A clean run: exit 0 and nothing on stderr.
+fn clean(output: &Output) -> Result<(), String> {
+    ensure(
+        output.code == Some(0) && output.stderr.trim().is_empty(),
+        || "expected exit code 0 and an empty stderr".into(),
+    )
+}
+
+/// A clean run that printed exactly the lines `expected`, in any order.
+fn prints_lines(output: &Output, mut expected: Vec<String>) -> Result<(), String> {
+    clean(output)?;
+    let mut lines: Vec<&str> = output
+        .stdout
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    lines.sort_unstable();
+    expected.sort();
+    ensure(lines == expected, || {
+        format!("expected the lines {expected:?}")
+    })
+}
+
+fn ensure(ok: bool, problem: impl FnOnce() -> String) -> Result<(), String> {
+    if ok { Ok(()) } else { Err(problem()) }
+}
+
+#[test]
+fn every_proto_service_has_a_spec_that_covers_each_rpc() {
+    let schema = Schema::load();
+    let specs = specs::all();
+    let mut problems = Vec::new();
+    assert!(
+        !schema.services.is_empty(),
+        "no services found in the descriptor set of proto/"
+    );
+
+    for service in &schema.services {
+        let Some(spec) = specs.iter().find(|s| s.service == service.name) else {
+            problems.push(format!(
+                "{} (proto/) has no spec in tests/acceptance/specs.rs: add one with a call of each RPC",
+                service.name
+            ));
+            continue;
+        };
+        let package_root = service.name.split('.').next().unwrap_or_default();
+        if spec.name != package_root {
+            problems.push(format!(
+                "spec {:?} must be named {package_root:?}, as its package",
+                spec.name
+            ));
+        }
+        let called: BTreeSet<&str> = spec
+            .scenarios
+            .iter()
+            .flatten()
+            .filter_map(|call| call.method.strip_prefix(&format!("{}/", service.name)))
+            .collect();
+        for method in &service.methods {
+            let uncalled = spec.uncalled.iter().any(|(name, _)| *name == method.name);
+            match (called.contains(method.name.as_str()), uncalled) {
+                (false, false) => problems.push(format!(
+                    "the spec of {} calls no {} (call it, or say in `uncalled` why not)",
+                    service.name, method.name
+                )),
+                (true, true) => problems.push(format!(
+                    "the spec of {} calls {}, which it lists as uncalled",
+                    service.name, method.name
+                )),
+                _ => {}
+            }
+        }
+        for (name, _) in spec.uncalled {
+            if service.method(name).is_none() {
+                problems.push(format!(
+                    "{} has no RPC {name} (listed as uncalled)",
+                    service.name
+                ));
+            }
+        }
+    }
+    for spec in &specs {
+        if schema.service(spec.service).is_none() {
+            problems.push(format!(
+                "spec {:?} is for {}, which proto/ does not declare",
+                spec.name, spec.service
+            ));
+        }
+        for call in spec.scenarios.iter().flatten() {
+            let (service, method) = call
+                .method
+                .split_once('/')
+                .expect("methods are pkg.Service/Method");
+            let Some(declared) = schema.service(service).and_then(|s| s.method(method)) else {
+                problems.push(format!(
+                    "spec {:?} calls {}, which proto/ does not declare",
+                    spec.name, call.method
+                ));
+                continue;
+            };
+            if !declared.client_streaming && call.requests.len() != 1 {
+                problems.push(format!("{} takes exactly one request", call.method));
+            }
+        }
+    }
+    let mut ports: Vec<u16> = specs.iter().map(|s| s.local_port).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    if ports.len() != specs.len() {
+        problems.push("two specs share a local port".into());
+    }
+    fail_if_any(problems);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn grpcurl_lists_and_describes_every_service_and_message() {
+    let tools = Tools::locate();
+    let schema = Schema::load();
+    let running = Running::start(&schema).await;
+
+    // (invocation, check of its output) for every service of the stack.
+    type Check = Box<dyn Fn(&Output) -> Result<(), String> + Send>;
+    let mut runs: Vec<(Invocation, Check)> = Vec::new();
+    for (spec, addr) in &running.services {
+        let service = schema
+            .service(spec.service)
+            .expect("specs name proto services")
+            .clone();
+        let grpcurl = |args: &[&str]| {
+            let mut all = vec!["-plaintext".to_owned(), addr.to_string()];
+            all.extend(args.iter().map(|a| (*a).to_owned()));
+            Invocation::new(&tools.grpcurl, all)
+        };
+
+        let mut listed: Vec<String> = STANDARD_SERVICES.iter().map(|s| (*s).to_owned()).collect();
+        listed.push(service.name.clone());
+        runs.push((
+            grpcurl(&["list"]),
+            Box::new(move |output| prints_lines(output, listed.clone())),
+        ));
+
+        let methods: Vec<String> = service
+            .methods
+            .iter()
+            .map(|m| format!("{}.{}", service.name, m.name))
+            .collect();
+        runs.push((
+            grpcurl(&["list", &service.name]),
+            Box::new(move |output| prints_lines(output, methods.clone())),
+        ));
+
+        let header = format!("{} is a service:", service.name);
+        let rpc_lines: Vec<String> = service
+            .methods
+            .iter()
+            .map(schema::Method::describe_line)
+            .collect();
+        runs.push((
+            grpcurl(&["describe", &service.name]),
+            Box::new(move |output| {
+                clean(output)?;
+                expect_lines(output, &header, &rpc_lines)?;
+                let rpcs = output
+                    .stdout
+                    .lines()
+                    .filter(|l| l.trim_start().starts_with("rpc "))
+                    .count();
+                ensure(rpcs == rpc_lines.len(), || {
+                    format!("expected {} rpc lines, got {rpcs}", rpc_lines.len())
+                })
+            }),
+        ));
+
+        let messages = service
+            .methods
+            .iter()
+            .flat_map(|m| [m.input.as_str(), m.output.as_str()]);
+        let all_messages = schema.closure(messages.chain(ERROR_DETAILS));
+        for message in &all_messages {
+            let header = format!("{message} is a message:");
+            // A message missing from the compiled set (build.rs left out an import)
+            // fails below, after grpcurl has said what it makes of it.
+            let fields = schema.field_lines(message);
+            let lost = message.clone();
+            runs.push((
+                grpcurl(&["describe", message]),
+                Box::new(move |output| {
+                    clean(output)?;
+                    let fields = fields.as_ref().ok_or(format!(
+                        "{lost} is missing from contracts::FILE_DESCRIPTOR_SET (build.rs must include imports)"
+                    ))?;
+                    expect_lines(output, &header, fields)?;
+                    // Top-level members (two spaces in) that end with `;` are fields.
+                    let members = output
+                        .stdout
+                        .lines()
+                        .filter(|l| {
+                            l.starts_with("  ") && !l.starts_with("   ") && l.ends_with(';')
+                        })
+                        .filter(|l| !l.trim_start().starts_with("//"))
+                        .count();
+                    ensure(members == fields.len(), || {
+                        format!("expected {} fields, got {members}", fields.len())
+                    })
+                }),
+            ));
+        }
+    }
+
+    let (invocations, checks): (Vec<_>, Vec<_>) = runs.into_iter().unzip();
+    let outputs = tools::run_all(invocations).await;
+    let failures = outputs
+        .iter()
+        .zip(checks)
+        .filter_map(|(output, check)| check(output).err().map(|e| format!("{e}\n{output}")))
+        .collect();
+    running.stop().await;
+    fail_if_any(failures);
+}
+
+/// `header` is the first line of the output and every one of `lines` is a line of it.
+fn expect_lines(output: &Output, header: &str, lines: &[String]) -> Result<(), String> {
+    let printed: BTreeSet<&str> = output.stdout.lines().map(str::trim).collect();
+    if output.stdout.lines().next() != Some(header) {
+        return Err(format!("expected the first line {header:?}"));
+    }
+    let missing: Vec<&String> = lines
+        .iter()
+        .filter(|l| !printed.contains(l.as_str()))
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("missing lines {missing:?}"))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn grpcurl_calls_every_rpc_of_every_service() {
+    let schema = Schema::load();
+    let running = Running::start(&schema).await;
+    let failures = harness::run_specs(Tool::Grpcurl, &running, &schema, Part::Rpcs).await;
+    running.stop().await;
+    fail_if_any(failures);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn buf_curl_calls_every_rpc_of_every_service_over_reflection_v1() {
+    let schema = Schema::load();
+    let running = Running::start(&schema).await;
+    let failures = harness::run_specs(Tool::Buf, &running, &schema, Part::Rpcs).await;
+    running.stop().await;
+    fail_if_any(failures);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn buf_curl_lists_every_service_and_method_over_reflection_v1() {
+    let tools = Tools::locate();
+    let schema = Schema::load();
+    let running = Running::start(&schema).await;
+
+    let mut runs = Vec::new();
+    for (spec, addr) in &running.services {
+        let service = schema
+            .service(spec.service)
+            .expect("specs name proto services");
+        let buf = |flag: &str| {
+            let args = ["curl"].into_iter().chain(BUF_FLAGS).chain([flag]);
+            Invocation::new(
+                &tools.buf,
+                args.map(str::to_owned).chain([format!("http://{addr}")]),
+            )
+        };
+        let mut services: Vec<String> = STANDARD_SERVICES.iter().map(|s| (*s).to_owned()).collect();
+        services.push(service.name.clone());
+        let mut methods: Vec<String> = service
+            .methods
+            .iter()
+            .map(|m| format!("{}/{}", service.name, m.name))
+            .collect();
+        methods.extend(["Check", "Watch"].map(|m| format!("{}/{m}", specs::HEALTH)));
+        methods.extend(
+            STANDARD_SERVICES[1..]
+                .iter()
+                .map(|s| format!("{s}/ServerReflectionInfo")),
+        );
+        runs.push((buf("--list-services"), services));
+        runs.push((buf("--list-methods"), methods));
+    }
+    let (invocations, expected): (Vec<_>, Vec<_>) = runs.into_iter().unzip();
+    let outputs = tools::run_all(invocations).await;
+    let failures = outputs
+        .iter()
+        .zip(expected)
+        .filter_map(|(output, expected)| {
+            let problem = prints_lines(output, expected).err();
+            problem.map(|e| format!("{e}\n{output}"))
+        })
+        .collect();
+    running.stop().await;
+    fail_if_any(failures);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn grpcurl_and_buf_curl_check_the_health_of_every_service() {
+    let schema = Schema::load();
+    let running = Running::start(&schema).await;
+    let (grpcurl, buf) = tokio::join!(
+        harness::run_specs(Tool::Grpcurl, &running, &schema, Part::Health),
+        harness::run_specs(Tool::Buf, &running, &schema, Part::Health),
+    );
+    running.stop().await;
+    fail_if_any(grpcurl.into_iter().chain(buf).collect());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_reflection_switched_off_both_tools_say_so() {
+    let tools = Tools::locate();
+    let schema = Schema::load();
+    let env = shared::Env::default().with("GRPC_REFLECTION", "false");
+    let running = Running::start_with(&schema, env).await;
+
+    let mut runs = Vec::new();
+    for (_, addr) in &running.services {
+        let grpcurl = ["-plaintext".to_owned(), addr.to_string(), "list".to_owned()];
+        runs.push((
+            Invocation::new(&tools.grpcurl, grpcurl),
+            "Failed to list services: server does not support the reflection API",
+        ));
+        let buf = ["curl"]
+            .into_iter()
+            .chain(BUF_FLAGS)
+            .chain(["--list-services"]);
+        let buf = buf.map(str::to_owned).chain([format!("http://{addr}")]);
+        runs.push((Invocation::new(&tools.buf, buf), "Failure: unimplemented"));
+    }
+    let (invocations, expected): (Vec<_>, Vec<_>) = runs.into_iter().unzip();
+    let outputs = tools::run_all(invocations).await;
+    let failures = outputs
+        .iter()
+        .zip(expected)
+        .filter(|(output, expected)| output.code != Some(1) || output.stderr.trim() != *expected)
+        .map(|(output, expected)| format!("expected exit code 1 and {expected:?}\n{output}"))
+        .collect();
+    running.stop().await;
+    fail_if_any(failures);
+}
+
+/// RPCs the cookbook must show, by the text of their command.
+const COOKBOOK_MUST_SHOW: [&str; 11] = [
+    " list",
+    " describe ",
+    "inventory.v1.InventoryService/GetProduct",
+    "\"page_size\"",
+    "inventory.v1.InventoryService/ReserveStock",
+    "inventory.v1.InventoryService/CommitReservation",
+    "inventory.v1.InventoryService/RestockProducts",
+    "tok_visa",
+    "payments.v1.PaymentService/GetPayment",
+    "grpc.health.v1.Health/Check",
+    "-v ",
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readme_grpcurl_cookbook_runs_as_printed() {
+    Tools::locate(); // a clear message if grpcurl is missing, before any example runs
+    let schema = Schema::load();
+    let readme =
+        std::fs::read_to_string(tools::root().join("README.md")).expect("README.md is readable");
+    let examples = cookbook::examples(&readme).unwrap_or_else(|e| panic!("{e}"));
+    let running = Running::start(&schema).await;
+    let ports: Vec<(u16, SocketAddr)> = running
+        .services
+        .iter()
+        .map(|(s, addr)| (s.local_port, *addr))
+        .collect();
+
+    let mut problems = Vec::new();
+    let all_scripts: String = examples
+        .iter()
+        .map(|e| e.script.as_str())
+        .collect::<Vec<_>>()
+        .join("\n");
+    for must in COOKBOOK_MUST_SHOW {
+        if !all_scripts.contains(must) {
+            problems.push(format!("the cookbook shows no command with {must:?}"));
+        }
+    }
+    for (spec, _) in &running.services {
+        if !all_scripts.contains(&format!("localhost:{}", spec.local_port)) {
+            problems.push(format!(
+                "the cookbook has no example for {} (localhost:{})",
+                spec.name, spec.local_port
+            ));
+        }
+    }
+    if !examples
+        .iter()
+        .any(|e| e.fails_with == Some(tonic::Code::NotFound))
+    {
+        problems.push("the cookbook shows no NotFound error".into());
+    }
+
+    // In README order, one after another: later examples use what earlier ones did
+    // (a reservation to commit).
+    for example in &examples {
+        let script = match cookbook::rewrite(&example.script, &ports) {
+            Ok(script) => script,
+            Err(e) => {
+                problems.push(format!("README.md:{}: {e}", example.line));
+                continue;
+            }
+        };
+        let invocation =
+            Invocation::new(std::path::Path::new("sh"), ["-eu", "-c", script.as_str()])
+                .env("PATH", Tools::shell_path());
+        let output = tools::run_one(invocation).await;
+        let verdict = match example.fails_with {
+            None => clean(&output).and_then(|()| {
+                ensure(!output.stdout.trim().is_empty(), || {
+                    "printed nothing".into()
+                })
+            }),
+            Some(code) => {
+                let exit = 64 + code as i32;
+                let shown = format!("Code: {code:?}");
+                ensure(
+                    output.code == Some(exit) && output.stderr.contains(&shown),
+                    || {
+                        format!(
+                            "expected grpcurl's {code:?} error: exit code {exit} and {shown:?} on stderr"
+                        )
+                    },
+                )
+            }
+        };
+        if let Err(e) = verdict {
+            problems.push(format!("README.md:{}: {e}\n{output}", example.line));
+        }
+    }
+    running.stop().await;
+    fail_if_any(problems);
+}

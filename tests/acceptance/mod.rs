@@ -1,0 +1,17 @@
+//! The machinery of `tests/acceptance.rs`.
+//!
+//! - `tools`: finding the pinned tools (`scripts/tools.sh`) and running them;
+//! - `calls`: one RPC with grpcurl or `buf curl`, and reading its output back;
+//! - `json`: comparing JSON output with expectations;
+//! - `schema`: services, RPCs and fields, from the descriptor set of `proto/`;
+//! - `specs`: what each service must answer;
+//! - `harness`: the stack on free ports, and running the specs against it;
+//! - `cookbook`: the README's marked grpcurl examples.
+
+pub(crate) mod calls;
+pub(crate) mod cookbook;
+pub(crate) mod harness;
+pub(crate) mod json;
+pub(crate) mod schema;
+pub(crate) mod specs;
+pub(crate) mod tools;
