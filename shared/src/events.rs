@@ -52,6 +52,41 @@ impl Event {
     }
 }
 
+/// A PRODUCER span for publishing `event` on behalf of service `app` (`orders`), a
+/// child of the current span, and the event with that span's trace context in its
+/// headers: the consumer's span ([`consumer_span`]) becomes its child, so the
+/// consumption joins the publisher's trace. Publish the event inside the span.
+pub fn traced(app: &'static str, mut event: Event) -> (tracing::Span, Event) {
+    let span = tracing::info_span!(
+        "event.publish",
+        otel.name = format!("publish {}", event.subject),
+        otel.kind = "producer",
+        app.service = app,
+        messaging.operation.type = "send",
+        messaging.destination.name = %event.subject,
+        messaging.message.id = %event.id,
+    );
+    crate::rpc::inject_trace_into_pairs(&span, &mut event.headers);
+    (span, event)
+}
+
+/// A CONSUMER span for service `app` (`notifications`) processing `event`, continuing
+/// the trace its headers carry (the publisher's span is its parent). Handle the
+/// event inside it.
+pub fn consumer_span(app: &'static str, event: &Event) -> tracing::Span {
+    let span = tracing::info_span!(
+        "event.process",
+        otel.name = format!("process {}", event.subject),
+        otel.kind = "consumer",
+        app.service = app,
+        messaging.operation.type = "process",
+        messaging.destination.name = %event.subject,
+        messaging.message.id = %event.id,
+    );
+    crate::rpc::continue_trace_from_pairs(&span, &event.headers);
+    span
+}
+
 /// An event the bus did not take. (The in-process bus always takes them; a broker
 /// can be unreachable or refuse.)
 #[derive(Debug, thiserror::Error)]

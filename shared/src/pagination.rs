@@ -23,7 +23,16 @@ impl PageRequest {
     /// Validates the request's `page_size` and `page_token` fields.
     pub fn new(page_size: i32, page_token: &str) -> Result<Self, ValidationError> {
         let mut violations = Violations::new();
-        violations.check(page_size >= 0, "page_size", "must not be negative");
+        let page = Self::parse(page_size, page_token, &mut violations);
+        violations.finish()?;
+        Ok(page.expect("no violations means a page"))
+    }
+
+    /// Validates `page_size` and `page_token` into `violations`, next to the request's
+    /// other fields; `None` if either is invalid.
+    pub fn parse(page_size: i32, page_token: &str, violations: &mut Violations) -> Option<Self> {
+        let size_ok = page_size >= 0;
+        violations.check(size_ok, "page_size", "must not be negative");
         let after = if page_token.is_empty() {
             None
         } else {
@@ -33,14 +42,36 @@ impl PageRequest {
                 "page_token",
                 "is not a token returned by a previous call",
             );
-            key
+            Some(key?)
         };
-        violations.finish()?;
-        let size = match usize::try_from(page_size).unwrap_or(0) {
+        let size = match usize::try_from(page_size).ok()? {
             0 => DEFAULT_PAGE_SIZE,
             n => n.min(MAX_PAGE_SIZE),
         };
-        Ok(Self { size, after })
+        size_ok.then_some(Self { size, after })
+    }
+
+    /// Positions of this page in a log kept in creation order, oldest first: up to
+    /// `size + 1` of `positions` (ascending) after the previous page's last key.
+    pub fn oldest_first<'a>(&self, positions: &'a [usize]) -> impl Iterator<Item = usize> + 'a {
+        // A key we did not make matches nothing rather than failing.
+        let start = self.after.as_deref().map_or(0, |after| {
+            after.parse().map_or(positions.len(), |after: usize| {
+                positions.partition_point(|&i| i <= after)
+            })
+        });
+        positions[start..].iter().copied().take(self.size + 1)
+    }
+
+    /// The same, newest first: up to `size + 1` positions below the previous page's
+    /// last key.
+    pub fn newest_first<'a>(&self, positions: &'a [usize]) -> impl Iterator<Item = usize> + 'a {
+        let end = self.after.as_deref().map_or(positions.len(), |after| {
+            after
+                .parse()
+                .map_or(0, |after: usize| positions.partition_point(|&i| i < after))
+        });
+        positions[..end].iter().rev().copied().take(self.size + 1)
     }
 
     /// Splits `items` (one more than `size` were fetched, if available) into this page
@@ -56,6 +87,12 @@ impl PageRequest {
             .unwrap_or_default();
         (items, token)
     }
+}
+
+/// The page key of the item at `position` in a log kept in creation order:
+/// zero-padded, so keys sort like the numbers.
+pub fn position_key(position: usize) -> String {
+    format!("{position:016}")
 }
 
 const TOKEN_PREFIX: &str = "p1.";
@@ -85,6 +122,37 @@ fn decode_token(token: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn logs_page_oldest_or_newest_first() {
+        let positions = [1, 3, 4, 7, 9];
+        let page = |after: Option<usize>| PageRequest {
+            size: 2,
+            after: after.map(position_key),
+        };
+        let oldest: Vec<_> = page(None).oldest_first(&positions).collect();
+        assert_eq!(oldest, [1, 3, 4]);
+        assert_eq!(
+            page(Some(3)).oldest_first(&positions).collect::<Vec<_>>(),
+            [4, 7, 9]
+        );
+        assert_eq!(page(Some(9)).oldest_first(&positions).count(), 0);
+        assert_eq!(
+            page(None).newest_first(&positions).collect::<Vec<_>>(),
+            [9, 7, 4]
+        );
+        assert_eq!(
+            page(Some(7)).newest_first(&positions).collect::<Vec<_>>(),
+            [4, 3, 1]
+        );
+        assert_eq!(page(Some(1)).newest_first(&positions).count(), 0);
+        let foreign = PageRequest {
+            size: 2,
+            after: Some("x".into()),
+        };
+        assert_eq!(foreign.oldest_first(&positions).count(), 0);
+        assert_eq!(foreign.newest_first(&positions).count(), 0);
+    }
 
     #[test]
     fn sizes_follow_aip_158() {

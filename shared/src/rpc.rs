@@ -25,6 +25,12 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use crate::metrics::{self, Side};
 use crate::telemetry;
 
+/// The span attribute naming the service (`orders`, `gateway`, …) that made a server,
+/// producer or consumer span. Each process exports under its own `service.name`
+/// resource, except the `stack` launcher, which runs every service in one process
+/// under `service.name=stack`: there this attribute tells them apart.
+pub const APP_SERVICE: &str = "app.service";
+
 /// The label of services and methods this server does not know.
 const OTHER: &str = "_OTHER";
 
@@ -152,12 +158,16 @@ type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
 /// any other service are labelled `_OTHER`.
 #[derive(Clone, Debug)]
 pub struct ServerLayer {
+    app: &'static str,
     services: Arc<[&'static str]>,
 }
 
 impl ServerLayer {
-    pub fn new(services: impl IntoIterator<Item = &'static str>) -> Self {
+    /// `app` is the name of the service that serves (`orders`): its server spans
+    /// carry it as [`APP_SERVICE`], which tells the services of one process apart.
+    pub fn new(app: &'static str, services: impl IntoIterator<Item = &'static str>) -> Self {
         Self {
+            app,
             services: services.into_iter().collect(),
         }
     }
@@ -169,6 +179,7 @@ impl<S> Layer<S> for ServerLayer {
     fn layer(&self, inner: S) -> Self::Service {
         ServerRpc {
             inner,
+            app: self.app,
             services: self.services.clone(),
         }
     }
@@ -178,6 +189,7 @@ impl<S> Layer<S> for ServerLayer {
 #[derive(Clone, Debug)]
 pub struct ServerRpc<S> {
     inner: S,
+    app: &'static str,
     services: Arc<[&'static str]>,
 }
 
@@ -209,6 +221,7 @@ where
             otel.name = name,
             otel.kind = "server",
             otel.status_code = tracing::field::Empty,
+            app.service = self.app,
             rpc.system = "grpc",
             rpc.service = service,
             rpc.method = method,
@@ -295,23 +308,45 @@ where
 }
 
 /// Makes `span` continue the trace whose context (`traceparent`, `tracestate`,
-/// `baggage`) came in `headers`, e.g. from an HTTP client or an event. Call it before
-/// the span is first entered.
+/// `baggage`) came in `headers`, e.g. from an HTTP client. Call it before the span is
+/// first entered.
 pub fn continue_trace(span: &tracing::Span, headers: &HeaderMap) {
+    continue_trace_from(span, &HeaderExtractor(headers));
+}
+
+/// Writes the trace context of `span` into `headers`, for the next hop to continue it.
+pub fn inject_trace(span: &tracing::Span, headers: &mut HeaderMap) {
+    inject_trace_into(span, &mut HeaderInjector(headers));
+}
+
+/// [`continue_trace`] for message headers as name-value pairs (an event's
+/// [`headers`](crate::events::Event::headers)).
+pub fn continue_trace_from_pairs(span: &tracing::Span, headers: &[(String, String)]) {
+    continue_trace_from(span, &PairsExtractor(headers));
+}
+
+/// [`inject_trace`] for message headers as name-value pairs: replaces the trace
+/// context already there, keeps every other header.
+pub fn inject_trace_into_pairs(span: &tracing::Span, headers: &mut Vec<(String, String)>) {
+    inject_trace_into(span, &mut PairsInjector(headers));
+}
+
+/// The one place that reads a trace context, whatever carries it.
+fn continue_trace_from(span: &tracing::Span, carrier: &dyn Extractor) {
     if telemetry::tracing_enabled() {
         let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
-            propagator.extract(&HeaderExtractor(headers))
+            propagator.extract(carrier)
         });
         let _ = span.set_parent(parent);
     }
 }
 
-/// Writes the trace context of `span` into `headers`, for the next hop to continue it.
-pub fn inject_trace(span: &tracing::Span, headers: &mut HeaderMap) {
+/// The one place that writes a trace context, whatever carries it.
+fn inject_trace_into(span: &tracing::Span, carrier: &mut dyn Injector) {
     if telemetry::tracing_enabled() {
         let context = span.context();
         opentelemetry::global::get_text_map_propagator(|propagator| {
-            propagator.inject_context(&context, &mut HeaderInjector(headers));
+            propagator.inject_context(&context, carrier);
         });
     }
 }
@@ -363,9 +398,58 @@ impl Injector for HeaderInjector<'_> {
     }
 }
 
+/// Reads the trace context from message headers given as name-value pairs; names
+/// match case-insensitively, as HTTP and NATS header names do.
+#[derive(Debug)]
+pub struct PairsExtractor<'a>(pub &'a [(String, String)]);
+
+impl Extractor for PairsExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(key))
+            .map(|(_, value)| value.as_str())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.iter().map(|(name, _)| name.as_str()).collect()
+    }
+}
+
+/// Writes the trace context into message headers given as name-value pairs.
+#[derive(Debug)]
+pub struct PairsInjector<'a>(pub &'a mut Vec<(String, String)>);
+
+impl Injector for PairsInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.retain(|(name, _)| !name.eq_ignore_ascii_case(key));
+        self.0.push((key.to_owned(), value));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pairs_carry_headers_case_insensitively_without_duplicates() {
+        let mut headers = vec![
+            ("Traceparent".to_owned(), "old".to_owned()),
+            ("other".to_owned(), "kept".to_owned()),
+        ];
+        PairsInjector(&mut headers).set("traceparent", "new".to_owned());
+        assert_eq!(
+            headers,
+            [
+                ("other".to_owned(), "kept".to_owned()),
+                ("traceparent".to_owned(), "new".to_owned())
+            ]
+        );
+        let extractor = PairsExtractor(&headers);
+        assert_eq!(extractor.get("TRACEPARENT"), Some("new"));
+        assert_eq!(extractor.get("tracestate"), None);
+        assert_eq!(extractor.keys(), ["other", "traceparent"]);
+    }
 
     #[test]
     fn paths_split_into_service_and_method() {

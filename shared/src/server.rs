@@ -205,7 +205,7 @@ impl Server {
                 tower::ServiceBuilder::new()
                     // One span (continuing the caller's trace) and one metric sample per
                     // call; every log line of the handler carries the span's fields.
-                    .layer(ServerLayer::new(services.iter().copied()))
+                    .layer(ServerLayer::new(name, services.iter().copied()))
                     // The client's deadline, capped by ours, answered with DEADLINE_EXCEEDED.
                     .layer(DeadlineLayer::new(config.request_timeout)),
             )

@@ -136,12 +136,15 @@ impl TracingConfig {
             "key=value pairs separated by commas",
             parse_attributes,
         )?;
-        let endpoint_var = [
-            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-        ]
-        .into_iter()
-        .find(|var| env.get(var).is_some());
+        // Each variable named literally: k8s/tests/envvars.py finds what a binary
+        // reads by its literal name.
+        let endpoint_var = if env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some() {
+            Some("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        } else if env.get("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
+            Some("OTEL_EXPORTER_OTLP_ENDPOINT")
+        } else {
+            None
+        };
         let endpoint = match endpoint_var {
             Some(var) => {
                 env.upstream(var, "http://127.0.0.1:4317")?;

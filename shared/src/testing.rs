@@ -196,3 +196,18 @@ macro_rules! reflection_report {
 
 reflection_report!(reflection_v1, tonic_reflection::pb::v1);
 reflection_report!(reflection_v1alpha, tonic_reflection::pb::v1alpha);
+
+/// The fields named by an INVALID_ARGUMENT's `BadRequest` detail, in order. Panics if
+/// `status` is anything else.
+pub fn violated_fields(status: &tonic::Status) -> Vec<String> {
+    use tonic_types::StatusExt as _;
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    let details = status
+        .get_details_bad_request()
+        .expect("a BadRequest detail");
+    details
+        .field_violations
+        .into_iter()
+        .map(|v| v.field)
+        .collect()
+}

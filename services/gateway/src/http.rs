@@ -102,6 +102,8 @@ async fn http_span(request: Request, next: Next) -> Response {
         otel.name = name,
         otel.kind = "server",
         otel.status_code = tracing::field::Empty,
+        // shared::rpc::APP_SERVICE: which service made the span, in a one-process stack.
+        app.service = crate::NAME,
         http.request.method = %method,
         http.route = route.as_deref(),
         url.path = request.uri().path(),

@@ -5,7 +5,7 @@ use contracts::inventory::v1::{
     CommitReservationRequest, GetProductRequest, ListProductsRequest, ReleaseReservationRequest,
     ReservationItem, ReservationState, ReserveStockRequest, RestockProductsRequest,
 };
-use shared::testing::TestServer;
+use shared::testing::{TestServer, violated_fields};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
@@ -52,17 +52,6 @@ async fn available(client: &mut Client, sku: &str) -> i64 {
         .product
         .unwrap()
         .available
-}
-
-/// The fields named by an INVALID_ARGUMENT's BadRequest detail.
-fn violated_fields(status: &Status) -> Vec<String> {
-    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    let details = status.get_details_bad_request().expect("BadRequest detail");
-    details
-        .field_violations
-        .into_iter()
-        .map(|v| v.field)
-        .collect()
 }
 
 #[tokio::test]

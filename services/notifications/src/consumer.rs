@@ -6,6 +6,7 @@ use std::time::SystemTime;
 use shared::events::{Event, Subscription};
 use shared::status::ErrorChain;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::domain;
 use crate::store::{Added, Store};
@@ -27,7 +28,9 @@ pub(crate) async fn run(
                 None => break,
             },
         };
-        consume(store.as_ref(), event).await;
+        // A span per event, continuing the publisher's trace (the event's headers).
+        let span = shared::events::consumer_span(crate::NAME, &event);
+        consume(store.as_ref(), event).instrument(span).await;
     }
     tracing::info!(subject = events.subject(), "stopped consuming events");
 }

@@ -7,6 +7,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use shared::PageRequest;
+use shared::pagination::position_key;
 use tokio::sync::broadcast;
 
 use crate::domain::{Notification, storage_error};
@@ -23,7 +24,7 @@ pub(crate) trait Store: Send + Sync + 'static {
     async fn add(&self, notification: Notification) -> Result<Added, Error>;
 
     /// Up to `page.size + 1` of the customer's notifications, newest first, after the
-    /// page key `page.after` (see [`page_key`]), each with its page key.
+    /// page key `page.after` (see [`position_key`]), each with its page key.
     async fn notifications(
         &self,
         customer_id: &str,
@@ -41,11 +42,6 @@ pub(crate) enum Added {
     New,
     /// A notification was made from this event before: a redelivery.
     Duplicate,
-}
-
-/// The sort key of the `index`-th notification: zero-padded, so keys sort like numbers.
-pub(crate) fn page_key(index: usize) -> String {
-    format!("{index:016}")
 }
 
 #[derive(Debug)]
@@ -112,19 +108,9 @@ impl Store for MemoryStore {
         let Some(indices) = state.by_customer.get(customer_id) else {
             return Ok(Vec::new());
         };
-        // Newest first: the page resumes below the last key of the previous one. A key
-        // we did not make matches nothing rather than failing.
-        let end = match &page.after {
-            None => indices.len(),
-            Some(after) => after
-                .parse()
-                .map_or(0, |after: usize| indices.partition_point(|&i| i < after)),
-        };
-        Ok(indices[..end]
-            .iter()
-            .rev()
-            .take(page.size + 1)
-            .map(|&i| (page_key(i), state.notifications[i].clone()))
+        Ok(page
+            .newest_first(indices)
+            .map(|i| (position_key(i), state.notifications[i].clone()))
             .collect())
     }
 

@@ -1,6 +1,7 @@
 //! The notifications service through its generated client, on a real server in-process,
 //! fed order events through the in-process bus as orders would publish them.
 
+use shared::testing::violated_fields;
 use std::time::Duration;
 
 use contracts::notifications::v1::notification_service_client::NotificationServiceClient;
@@ -14,7 +15,6 @@ use shared::events::{Event, EventPublisher, InProcessBus, ORDER_EVENTS};
 use shared::testing::{TestServer, env, eventually};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
-use tonic_types::StatusExt;
 
 type Client = NotificationServiceClient<Channel>;
 
@@ -97,17 +97,6 @@ async fn wait_for(client: &Client, customer_id: &str, count: usize) {
         messages(client, customer_id).await.len() >= count
     })
     .await;
-}
-
-/// The fields named by an INVALID_ARGUMENT's BadRequest detail.
-fn violated_fields(status: &Status) -> Vec<String> {
-    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    let details = status.get_details_bad_request().expect("BadRequest detail");
-    details
-        .field_violations
-        .into_iter()
-        .map(|v| v.field)
-        .collect()
 }
 
 #[tokio::test]

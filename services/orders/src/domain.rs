@@ -263,14 +263,9 @@ pub(crate) fn list_request(
 ) -> Result<PageRequest, ValidationError> {
     let mut violations = Violations::new();
     violations.id("customer_id", customer_id);
-    let page = PageRequest::new(page_size, page_token);
-    if let Err(invalid) = &page {
-        for v in &invalid.violations {
-            violations.add(&v.field, &v.description);
-        }
-    }
+    let page = PageRequest::parse(page_size, page_token, &mut violations);
     violations.finish()?;
-    page
+    Ok(page.expect("no violations means a page"))
 }
 
 /// Converts a store failure (a lock poisoned by a panic, a database error) into [`Error`].

@@ -302,7 +302,9 @@ impl Saga {
     /// the process stops between the store update and here; the transactional outbox
     /// (a later issue) makes this reliable.
     async fn publish(&self, order: &Order) {
-        if let Err(error) = self.events.publish(events::order_event(order)).await {
+        // The event carries the trace: its consumers' spans join this order's trace.
+        let (span, event) = shared::events::traced(crate::NAME, events::order_event(order));
+        if let Err(error) = self.events.publish(event).instrument(span).await {
             tracing::error!(order_id = %order.id, error = %ErrorChain(&error), "order event lost");
         }
     }

@@ -7,6 +7,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use shared::PageRequest;
+use shared::pagination::position_key;
 use tokio::sync::watch;
 
 use crate::domain::{Order, storage_error};
@@ -28,7 +29,7 @@ pub(crate) trait Store: Send + Sync + 'static {
     async fn order_by_request(&self, request_id: &str) -> Result<Option<Order>, Error>;
 
     /// Up to `page.size + 1` of the customer's orders, newest first, after the page key
-    /// `page.after` (see [`page_key`]), each with its page key.
+    /// `page.after` (see [`position_key`]), each with its page key.
     async fn orders(
         &self,
         customer_id: &str,
@@ -46,11 +47,6 @@ pub(crate) enum Created {
     New(Order),
     /// The order of an earlier request with the same request_id.
     Existing(Order),
-}
-
-/// The sort key of the `index`-th order: zero-padded, so keys sort like numbers.
-pub(crate) fn page_key(index: usize) -> String {
-    format!("{index:016}")
 }
 
 #[derive(Debug, Default)]
@@ -138,19 +134,9 @@ impl Store for MemoryStore {
         let Some(indices) = state.by_customer.get(customer_id) else {
             return Ok(Vec::new());
         };
-        // Newest first: the page resumes below the last key of the previous one. A key
-        // we did not make matches nothing rather than failing.
-        let end = match &page.after {
-            None => indices.len(),
-            Some(after) => after
-                .parse()
-                .map_or(0, |after: usize| indices.partition_point(|&i| i < after)),
-        };
-        Ok(indices[..end]
-            .iter()
-            .rev()
-            .take(page.size + 1)
-            .map(|&i| (page_key(i), state.orders[i].borrow().clone()))
+        Ok(page
+            .newest_first(indices)
+            .map(|i| (position_key(i), state.orders[i].borrow().clone()))
             .collect())
     }
 

@@ -2,6 +2,7 @@
 //! real inventory and payments servers behind it. Where a test needs inventory to
 //! misbehave, a proxy in front of the real one fails or holds `CommitReservation`.
 
+use shared::testing::violated_fields;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -228,17 +229,6 @@ fn order_request(
 
 fn status(order: &Order) -> OrderStatus {
     order.status()
-}
-
-/// The fields named by an INVALID_ARGUMENT's BadRequest detail.
-fn violated_fields(status: &Status) -> Vec<String> {
-    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    let details = status.get_details_bad_request().expect("BadRequest detail");
-    details
-        .field_violations
-        .into_iter()
-        .map(|v| v.field)
-        .collect()
 }
 
 /// An address where nothing listens.

@@ -8,6 +8,7 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 use shared::PageRequest;
+use shared::pagination::position_key;
 
 use crate::domain::{Charge, Payment, PaymentStatus};
 use crate::error::Error;
@@ -26,17 +27,12 @@ pub(crate) trait Store: Send + Sync + 'static {
     async fn payment(&self, payment_id: &str) -> Result<Payment, Error>;
 
     /// Up to `page.size + 1` payments (of `order_id`, if given) in creation order, after
-    /// the page key `page.after` (see [`page_key`]).
+    /// the page key `page.after` (see [`position_key`]).
     async fn payments(
         &self,
         order_id: Option<&str>,
         page: &PageRequest,
     ) -> Result<Vec<(String, Payment)>, Error>;
-}
-
-/// The sort key of the `index`-th payment: zero-padded, so keys sort like numbers.
-pub(crate) fn page_key(index: usize) -> String {
-    format!("{index:016}")
 }
 
 #[derive(Debug, Default)]
@@ -169,7 +165,7 @@ impl Store for MemoryStore {
             .skip(start)
             .filter(|(_, p)| order_id.is_none_or(|o| p.order_id == o))
             .take(page.size + 1)
-            .map(|(i, p)| (page_key(i), p.clone()))
+            .map(|(i, p)| (position_key(i), p.clone()))
             .collect())
     }
 }

@@ -5,9 +5,9 @@ use contracts::payments::v1::payment_service_client::PaymentServiceClient;
 use contracts::payments::v1::{
     ChargeRequest, GetPaymentRequest, ListPaymentsRequest, PaymentStatus, RefundRequest,
 };
-use shared::testing::TestServer;
+use shared::testing::{TestServer, violated_fields};
+use tonic::Code;
 use tonic::transport::Channel;
-use tonic::{Code, Status};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_types::StatusExt;
@@ -33,16 +33,6 @@ fn charge(request_id: &str, order_id: &str, cents: i64, card_token: &str) -> Cha
         }),
         card_token: card_token.into(),
     }
-}
-
-fn violated_fields(status: &Status) -> Vec<String> {
-    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    let details = status.get_details_bad_request().expect("BadRequest detail");
-    details
-        .field_violations
-        .into_iter()
-        .map(|v| v.field)
-        .collect()
 }
 
 #[tokio::test]
