@@ -7,10 +7,10 @@ SHELL := bash
 # The pinned tools of scripts/tools.sh (buf, grpcurl) come first, also for tests.
 export PATH := $(CURDIR)/.tools/venv/bin:$(PATH)
 
-.PHONY: help run test lint fmt tools kind-up kind-down kind-smoke
+.PHONY: help run test lint fmt tools kind-up kind-down kind-smoke new-service remove-service rename 
 
 help: ## List the targets
-	@awk -F ':.*## ' '/^[a-z-]+:.*## / { printf "  make %-10s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
+	@awk -F ':.*## ' '/^[a-z-]+:.*## / { printf "  make %-15s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
 
 run: ## Run every service in one process (the stack launcher)
 	cargo run -p stack
@@ -22,12 +22,14 @@ test: lint ## Everything CI checks: lint, every test (grpcurl/buf acceptance inc
 	  cargo test --workspace; \
 	fi
 	scripts/k8s-check.sh
+	scripts/template-check.sh
 
 # Cheapest first, so that a mistake fails before clippy compiles everything.
 lint: tools ## Check formatting, shell scripts, protos (buf) and clippy
 	cargo fmt --all -- --check
 	scripts/lint-shell.sh
 	scripts/proto-check.sh
+	.tools/venv/bin/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 	cargo clippy --workspace --all-targets -- -D warnings
 
 fmt: tools ## Format the Rust code and the protos
@@ -45,3 +47,13 @@ kind-smoke: tools ## Smoke-test the system running in kind (grpcurl, health, one
 
 kind-down: ## Delete the kind cluster
 	scripts/kind-down.sh
+
+# The template's own tools (scripts/template-check.sh proves them in `make test`).
+new-service: ## Scaffold a service: make new-service NAME=shipping
+	scripts/new-service.py "$(NAME)"
+
+remove-service: ## Remove a service nothing depends on: make remove-service NAME=notifications
+	scripts/remove-service.py "$(NAME)"
+
+rename: ## Rename the project (labels, namespace, kind cluster, titles): make rename NAME=acme-shop
+	scripts/rename.py "$(NAME)"

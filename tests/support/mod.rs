@@ -1,5 +1,9 @@
 //! What the cross-service tests share: the running system with a client of each
 //! service, and a proxy that puts faults between orders and inventory.
+#![allow(
+    dead_code,
+    reason = "each test file is a crate of its own, using part of it"
+)]
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,8 +14,6 @@ use contracts::inventory::v1::inventory_service_server::{
     InventoryService, InventoryServiceServer,
 };
 use contracts::inventory::v1::{self as inventory_pb, GetProductRequest};
-use contracts::notifications::v1::notification_service_client::NotificationServiceClient;
-use contracts::notifications::v1::{ListNotificationsRequest, Notification};
 use contracts::orders::v1::order_service_client::OrderServiceClient;
 use contracts::orders::v1::{ListOrdersRequest, Order};
 use contracts::payments::v1::payment_service_client::PaymentServiceClient;
@@ -25,14 +27,14 @@ use stack::testing::TestStack;
 use tokio::sync::watch;
 use tonic::{Request, Response, Status, Streaming};
 
-/// The whole system on free ports, with a client of each service.
+/// The whole system on free ports, with a client of each service that the order flow
+/// goes through (`stack.channel(name)` for others).
 pub(crate) struct System {
     pub(crate) stack: TestStack,
     pub(crate) http: HttpClient,
     pub(crate) inventory: InventoryServiceClient<Channel>,
     pub(crate) payments: PaymentServiceClient<Channel>,
     pub(crate) orders: OrderServiceClient<Channel>,
-    pub(crate) notifications: NotificationServiceClient<Channel>,
 }
 
 /// One sku's stock buckets.
@@ -55,7 +57,6 @@ impl System {
             inventory: InventoryServiceClient::new(stack.channel("inventory")),
             payments: PaymentServiceClient::new(stack.channel("payments")),
             orders: OrderServiceClient::new(stack.channel("orders")),
-            notifications: NotificationServiceClient::new(stack.channel("notifications")),
             stack,
         }
     }
@@ -106,22 +107,6 @@ impl System {
             }
             page_token = page.next_page_token;
         }
-    }
-
-    /// A customer's notifications, newest first (the first 100: plenty here).
-    pub(crate) async fn notifications_of(&self, customer_id: &str) -> Vec<Notification> {
-        let request = ListNotificationsRequest {
-            customer_id: customer_id.into(),
-            page_size: 100,
-            page_token: String::new(),
-        };
-        let page = self
-            .notifications
-            .clone()
-            .list_notifications(request)
-            .await
-            .unwrap();
-        page.into_inner().notifications
     }
 
     pub(crate) async fn stock(&self, sku: &str) -> Stock {

@@ -33,7 +33,7 @@ pub struct Upstreams {
     /// `INVENTORY_ADDR` (default `http://127.0.0.1:50052`).
     pub inventory: Uri,
     /// `NOTIFICATIONS_ADDR` (default `http://127.0.0.1:50054`).
-    pub notifications: Uri,
+    pub notifications: Uri, // remove-service: notifications
 }
 
 impl Config {
@@ -44,7 +44,7 @@ impl Config {
             upstreams: Upstreams {
                 orders: env.upstream("ORDERS_ADDR", "http://127.0.0.1:50051")?,
                 inventory: env.upstream("INVENTORY_ADDR", "http://127.0.0.1:50052")?,
-                notifications: env.upstream("NOTIFICATIONS_ADDR", "http://127.0.0.1:50054")?,
+                notifications: env.upstream("NOTIFICATIONS_ADDR", "http://127.0.0.1:50054")?, // remove-service: notifications
             },
             max_body_bytes: env.int_in(
                 "GATEWAY_MAX_BODY_BYTES",
@@ -66,7 +66,7 @@ mod tests {
         assert_eq!(config.server.listen_addr.port(), PORT);
         assert_eq!(config.upstreams.orders.port_u16(), Some(50051));
         assert_eq!(config.upstreams.inventory.port_u16(), Some(50052));
-        assert_eq!(config.upstreams.notifications.port_u16(), Some(50054));
+        assert_eq!(config.upstreams.notifications.port_u16(), Some(50054)); // remove-service: notifications
         assert_eq!(config.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
     }
 

@@ -16,7 +16,6 @@
 
 use contracts::common::v1 as common;
 use contracts::inventory::v1 as inventory;
-use contracts::notifications::v1 as notifications;
 use contracts::orders::v1 as orders;
 use serde::{Deserialize, Serialize};
 
@@ -199,47 +198,6 @@ impl From<orders::Order> for Order {
             payment_id: o.payment_id,
             create_time: o.create_time.map(|t| t.to_string()),
             update_time: o.update_time.map(|t| t.to_string()),
-        }
-    }
-}
-
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct Notification {
-    notification_id: String,
-    customer_id: String,
-    order_id: String,
-    message: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    create_time: Option<String>,
-}
-
-impl From<notifications::Notification> for Notification {
-    fn from(n: notifications::Notification) -> Self {
-        Self {
-            notification_id: n.notification_id,
-            customer_id: n.customer_id,
-            order_id: n.order_id,
-            message: n.message,
-            create_time: n.create_time.map(|t| t.to_string()),
-        }
-    }
-}
-
-/// `GET /v1/customers/{id}/notifications`.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct NotificationPage {
-    notifications: Vec<Notification>,
-    #[serde(skip_serializing_if = "String::is_empty")]
-    next_page_token: String,
-}
-
-impl From<notifications::ListNotificationsResponse> for NotificationPage {
-    fn from(r: notifications::ListNotificationsResponse) -> Self {
-        Self {
-            notifications: r.notifications.into_iter().map(Into::into).collect(),
-            next_page_token: r.next_page_token,
         }
     }
 }

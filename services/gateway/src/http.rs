@@ -7,9 +7,11 @@
 //! | `GET /v1/products/{sku}` | `inventory.v1.InventoryService/GetProduct` |
 //! | `POST /v1/orders` (`Idempotency-Key` header) | `orders.v1.OrderService/PlaceOrder` |
 //! | `GET /v1/orders/{id}` | `orders.v1.OrderService/GetOrder` |
-//! | `GET /v1/customers/{id}/notifications?page_size=&page_token=` | `notifications.v1.NotificationService/ListNotifications` |
 //! | `GET /healthz` | — (liveness: the process serves) |
 //! | `GET /readyz` | `grpc.health.v1.Health/Check` of each upstream |
+//!
+//! Routes that only one upstream backs live in a module named after it, merged here by
+//! one line, so that `make remove-service` takes them away with the service.
 //!
 //! Every error, the gateway's own included (bad JSON, a body too large, an unknown
 //! route), is answered in the JSON shape of [`ApiError`].
@@ -26,7 +28,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use contracts::inventory::v1::{GetProductRequest, ListProductsRequest};
-use contracts::notifications::v1::ListNotificationsRequest;
 use contracts::orders::v1::GetOrderRequest;
 use http::header::{CONTENT_TYPE, LOCATION};
 use http::request::Parts;
@@ -38,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tracing::Instrument as _;
 
-use crate::dto::{self, NewOrder, NotificationPage, Order, PageQuery, Product, ProductPage};
+use crate::dto::{self, NewOrder, Order, PageQuery, Product, ProductPage};
 use crate::error::ApiError;
 use crate::upstream::Upstreams;
 
@@ -48,7 +49,7 @@ pub(crate) const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
 /// What every handler can reach.
 #[derive(Clone, Debug)]
 pub(crate) struct AppState {
-    upstreams: Upstreams,
+    pub(crate) upstreams: Upstreams,
     /// Cancelled when shutdown begins: `/readyz` turns 503 so that no new traffic comes.
     draining: CancellationToken,
     max_body_bytes: usize,
@@ -70,7 +71,7 @@ pub(crate) fn router(
         .route("/v1/products/{sku}", get(get_product))
         .route("/v1/orders", post(place_order))
         .route("/v1/orders/{id}", get(get_order))
-        .route("/v1/customers/{id}/notifications", get(list_notifications))
+        .merge(crate::notifications::routes()) // remove-service: notifications
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         // Unknown paths and methods get the JSON error shape too (axum keeps the
@@ -195,26 +196,6 @@ async fn get_order(
         .order
         .ok_or_else(|| ApiError::internal("GetOrder answered no order"))?;
     Ok(Json(order.into()))
-}
-
-#[tracing::instrument(skip_all, fields(customer_id = %customer_id))]
-async fn list_notifications(
-    State(state): State<AppState>,
-    PathParam(customer_id): PathParam<String>,
-    QueryParams(query): QueryParams<PageQuery>,
-) -> Result<Json<NotificationPage>, ApiError> {
-    let (page_size, page_token) = query.parse()?;
-    let request = ListNotificationsRequest {
-        customer_id,
-        page_size,
-        page_token,
-    };
-    let response = state
-        .upstreams
-        .notifications()
-        .list_notifications(request)
-        .await?;
-    Ok(Json(response.into_inner().into()))
 }
 
 /// The answer of `/healthz` and `/readyz`.

@@ -6,7 +6,9 @@
 //! - `http.rs`: the routes and their handlers (the only axum routing code).
 //! - `dto.rs`: the JSON shapes of requests and responses, and their proto conversions.
 //! - `error.rs`: the one mapping from gRPC statuses to HTTP errors, and the JSON error.
-//! - `upstream.rs`: the clients of orders, inventory and notifications, and readiness.
+//! - `upstream.rs`: a channel to each upstream service, and readiness over all of them.
+//! - `<upstream>.rs`: the routes that only one upstream backs, with their JSON shapes
+//!   and its client (`mod` lines marked for `make remove-service`).
 //! - `server.rs`: bind, serve, drain.
 //! - `testing.rs`: an HTTP client for tests of the REST API.
 #![forbid(unsafe_code)]
@@ -15,6 +17,7 @@ pub mod config;
 mod dto;
 mod error;
 mod http;
+mod notifications; // remove-service: notifications
 mod server;
 pub mod testing;
 mod upstream;

@@ -1,16 +1,15 @@
-//! The services the gateway calls: a generated client on one lazily connected channel
-//! each, and the readiness check over all of them.
+//! The services the gateway calls: one lazily connected channel each, and the
+//! readiness check over all of them. A handler makes the generated client it needs
+//! from the channel (`upstreams.orders()`), which is as cheap as cloning a client.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use contracts::inventory::v1::inventory_service_client::InventoryServiceClient;
 use contracts::inventory::v1::inventory_service_server;
-use contracts::notifications::v1::notification_service_client::NotificationServiceClient;
-use contracts::notifications::v1::notification_service_server;
 use contracts::orders::v1::order_service_client::OrderServiceClient;
 use contracts::orders::v1::order_service_server;
-use http::Uri;
 use shared::ClientConfig;
 use shared::client::{Channel, channel};
 use tokio::task::JoinSet;
@@ -25,71 +24,56 @@ use crate::error::code_name;
 /// Kubernetes probe waits by default, so that the probe gets the gateway's answer.
 const READINESS_TIMEOUT: Duration = Duration::from_millis(800);
 
-/// The clients of every upstream. Cheap to clone: clones share the channels.
+/// Every upstream. Cheap to clone: clones share the channels.
 #[derive(Clone, Debug)]
 pub(crate) struct Upstreams {
-    orders: OrderServiceClient<Channel>,
-    inventory: InventoryServiceClient<Channel>,
-    notifications: NotificationServiceClient<Channel>,
-    health: Vec<Upstream>,
+    all: Arc<[Upstream]>,
 }
 
-/// What the readiness check asks one upstream.
+/// One upstream: its channel, and what the readiness check asks it.
 #[derive(Clone, Debug)]
 struct Upstream {
     /// The upstream's name in `/readyz` answers, e.g. `orders`.
     name: &'static str,
     /// The gRPC service the gateway needs from it, e.g. `orders.v1.OrderService`.
     service: &'static str,
-    health: HealthClient<Channel>,
+    channel: Channel,
 }
 
 impl Upstreams {
-    /// Clients of `addrs`. Nothing is dialled yet: the gateway starts while its
+    /// Channels to `addrs`. Nothing is dialled yet: the gateway starts while its
     /// upstreams are still coming up, and `/readyz` says when they are there.
     pub(crate) fn new(addrs: &config::Upstreams, config: &ClientConfig) -> Self {
-        let connect = |uri: &Uri| channel(uri.clone(), config);
-        let (orders, inventory, notifications) = (
-            connect(&addrs.orders),
-            connect(&addrs.inventory),
-            connect(&addrs.notifications),
-        );
-        let upstream = |name, service, channel: &Channel| Upstream {
-            name,
+        let all = [
+            (order_service_server::SERVICE_NAME, &addrs.orders),
+            (inventory_service_server::SERVICE_NAME, &addrs.inventory),
+            (crate::notifications::SERVICE, &addrs.notifications), // remove-service: notifications
+        ];
+        let all = all.map(|(service, uri)| Upstream {
+            // One name everywhere: `orders.v1.OrderService` is served by `orders`.
+            name: service.split('.').next().unwrap_or(service),
             service,
-            health: HealthClient::new(channel.clone()),
-        };
-        Self {
-            health: vec![
-                upstream("orders", order_service_server::SERVICE_NAME, &orders),
-                upstream(
-                    "inventory",
-                    inventory_service_server::SERVICE_NAME,
-                    &inventory,
-                ),
-                upstream(
-                    "notifications",
-                    notification_service_server::SERVICE_NAME,
-                    &notifications,
-                ),
-            ],
-            orders: OrderServiceClient::new(orders),
-            inventory: InventoryServiceClient::new(inventory),
-            notifications: NotificationServiceClient::new(notifications),
-        }
+            channel: channel(uri.clone(), config),
+        });
+        Self { all: all.into() }
     }
 
-    /// A client of orders, for one call (clones share the channel).
+    /// The channel of upstream `name`, for a generated client. Panics when `new` made
+    /// no such upstream: a route's module and its line in `new` go together.
+    pub(crate) fn channel(&self, name: &str) -> Channel {
+        let upstream = self.all.iter().find(|u| u.name == name);
+        upstream
+            .unwrap_or_else(|| panic!("no upstream named {name:?}"))
+            .channel
+            .clone()
+    }
+
     pub(crate) fn orders(&self) -> OrderServiceClient<Channel> {
-        self.orders.clone()
+        OrderServiceClient::new(self.channel("orders"))
     }
 
     pub(crate) fn inventory(&self) -> InventoryServiceClient<Channel> {
-        self.inventory.clone()
-    }
-
-    pub(crate) fn notifications(&self) -> NotificationServiceClient<Channel> {
-        self.notifications.clone()
+        InventoryServiceClient::new(self.channel("inventory"))
     }
 
     /// Asks every upstream, at once, whether the service the gateway needs from it is
@@ -98,11 +82,11 @@ impl Upstreams {
     /// `DEADLINE_EXCEEDED`).
     pub(crate) async fn readiness(&self) -> BTreeMap<&'static str, &'static str> {
         let mut checks = JoinSet::new();
-        for upstream in self.health.clone() {
+        for upstream in self.all.iter().cloned() {
             checks.spawn(async move { (upstream.name, upstream.check().await) });
         }
         // An upstream whose check got lost (its task panicked) stays UNKNOWN: not ready.
-        let mut answers: BTreeMap<_, _> = self.health.iter().map(|u| (u.name, "UNKNOWN")).collect();
+        let mut answers: BTreeMap<_, _> = self.all.iter().map(|u| (u.name, "UNKNOWN")).collect();
         while let Some(joined) = checks.join_next().await {
             if let Ok((name, answer)) = joined {
                 answers.insert(name, answer);
@@ -113,11 +97,12 @@ impl Upstreams {
 }
 
 impl Upstream {
-    async fn check(mut self) -> &'static str {
+    async fn check(self) -> &'static str {
         let request = HealthCheckRequest {
             service: self.service.to_owned(),
         };
-        let answer = tokio::time::timeout(READINESS_TIMEOUT, self.health.check(request)).await;
+        let mut health = HealthClient::new(self.channel);
+        let answer = tokio::time::timeout(READINESS_TIMEOUT, health.check(request)).await;
         match answer {
             Err(_elapsed) => "DEADLINE_EXCEEDED",
             Ok(Err(status)) => {

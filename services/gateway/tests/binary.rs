@@ -71,13 +71,13 @@ async fn serves_until_sigterm_then_exits_cleanly() {
 
 #[test]
 fn a_bad_variable_stops_start_up_with_its_name() {
-    let output = start(&[("NOTIFICATIONS_ADDR", "notifications:50054")])
+    let output = start(&[("INVENTORY_ADDR", "inventory:50052")])
         .output()
         .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("NOTIFICATIONS_ADDR=\"notifications:50054\": expected an address like"),
+        stderr.contains("INVENTORY_ADDR=\"inventory:50052\": expected an address like"),
         "{stderr}"
     );
 }
