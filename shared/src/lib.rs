@@ -22,6 +22,7 @@ mod error;
 pub mod events;
 pub mod health;
 pub mod id;
+pub mod lifecycle;
 pub mod metrics;
 pub mod money;
 pub mod pagination;

@@ -4,7 +4,6 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::pin;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -18,7 +17,7 @@ use tower::Service;
 
 use crate::deadline::DeadlineLayer;
 use crate::rpc::ServerLayer;
-use crate::{Error, Health, ServerConfig, admin};
+use crate::{Error, Health, ServerConfig, lifecycle};
 
 const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
 const REFLECTION_V1: &str = "grpc.reflection.v1.ServerReflection";
@@ -176,22 +175,10 @@ impl Server {
             health,
             draining,
         } = self;
-        // The admin server outlives the drain, so the last scrape sees it.
-        let admin_stop = CancellationToken::new();
-        let _stop_admin = admin_stop.clone().drop_guard();
-        tokio::spawn(async move {
-            if let Err(error) = admin::serve(admin_listener, admin_stop.cancelled_owned()).await {
-                tracing::error!(%error, %admin_addr, "admin server failed");
-            }
-        });
-        // However serving ends, what waits for the drain is told.
-        let _drained = draining.clone().drop_guard();
         let incoming = TcpIncoming::from(listener)
             .with_nodelay(Some(true))
             .with_keepalive(Some(Duration::from_secs(60)));
-        let (drain_tx, drain_rx) = oneshot::channel::<()>();
-
-        let serving = tonic::transport::Server::builder()
+        let server = tonic::transport::Server::builder()
             // tonic advertises no limit by default: one client could open unbounded
             // streams on a single connection.
             .max_concurrent_streams(config.max_concurrent_streams)
@@ -209,46 +196,26 @@ impl Server {
                     // The client's deadline, capped by ours, answered with DEADLINE_EXCEEDED.
                     .layer(DeadlineLayer::new(config.request_timeout)),
             )
-            .add_routes(routes)
-            .serve_with_incoming_shutdown(incoming, async {
-                let _ = drain_rx.await;
-            });
-        let mut serving = pin!(serving);
-        let serve_error = |source| Error::Serve { addr, source };
+            .add_routes(routes);
 
         health.serving();
         tracing::info!(service = name, %addr, %admin_addr, "serving gRPC");
-
-        tokio::select! {
-            result = &mut serving => return result.map_err(serve_error),
-            () = shutdown => {}
-        }
-        tracing::info!(service = name, "shutting down: readiness is NOT_SERVING");
-        health.draining();
-        if !config.shutdown_delay.is_zero() {
-            tokio::select! {
-                result = &mut serving => return result.map_err(serve_error),
-                () = tokio::time::sleep(config.shutdown_delay) => {}
-            }
-        }
-
-        tracing::info!(service = name, "draining in-flight calls");
-        health.close();
-        draining.cancel();
-        let _ = drain_tx.send(());
-        match tokio::time::timeout(config.shutdown_grace_period, serving).await {
-            Ok(result) => {
-                tracing::info!(service = name, "stopped");
-                result.map_err(serve_error)
-            }
-            Err(_) => {
-                tracing::warn!(
-                    service = name,
-                    grace_period = ?config.shutdown_grace_period,
-                    "drain timed out: calls still running were aborted"
-                );
-                Ok(())
-            }
-        }
+        // However serving ends, what waits for the drain is told.
+        let _drained = draining.clone().drop_guard();
+        let hooks = lifecycle::Hooks {
+            not_ready: || health.draining(),
+            draining: || {
+                health.close();
+                draining.cancel();
+            },
+        };
+        let serve = |drain: oneshot::Receiver<()>| {
+            server.serve_with_incoming_shutdown(incoming, async {
+                let _ = drain.await;
+            })
+        };
+        lifecycle::run(name, &config, admin_listener, shutdown, serve, hooks)
+            .await
+            .map_err(|source| Error::Serve { addr, source })
     }
 }

@@ -1,11 +1,9 @@
-//! The HTTP server: binds, serves a router until shutdown, then drains within a grace
-//! period, with the life cycle and settings of the gRPC servers in `shared::server`.
-//! Nothing here is specific to the gateway: it moves to `shared` when a second HTTP
-//! server appears.
+//! The HTTP server: binds, then serves the router with the life cycle every server of
+//! the workspace shares (`shared::lifecycle`: not ready, delay, bounded drain, admin
+//! port beside it).
 
 use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
-use std::pin::pin;
 
 use axum::Router;
 use axum::serve::ListenerExt;
@@ -77,65 +75,28 @@ impl Server {
             router,
             draining,
         } = self;
-        // The admin server outlives the drain, so the last scrape sees it.
-        let admin_stop = CancellationToken::new();
-        let _stop_admin = admin_stop.clone().drop_guard();
-        tokio::spawn(async move {
-            if let Err(error) =
-                shared::admin::serve(admin_listener, admin_stop.cancelled_owned()).await
-            {
-                tracing::error!(%error, %admin_addr, "admin server failed");
-            }
-        });
-        let (drain_tx, drain_rx) = oneshot::channel::<()>();
         // Small JSON answers: send them now rather than wait to fill a TCP segment.
         let listener = listener.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
         });
-        let serving = axum::serve(listener, router)
-            .with_graceful_shutdown(async {
-                let _ = drain_rx.await;
-            })
-            .into_future();
-        let mut serving = pin!(serving);
-        // axum retries failed accepts itself and documents that serving never ends with
-        // an error; should one come anyway, it is the listening socket's.
-        let serve_error = |source| shared::Error::Bind { addr, source };
-
         tracing::info!(service = name, %addr, %admin_addr, "serving HTTP");
-        tokio::select! {
-            // `shutdown` first: polling it is what installs the signal handlers of
-            // `shared::shutdown::signal`, and they must be in place before the first
-            // request is answered, or an early SIGTERM kills the process undrained.
-            biased;
-            () = shutdown => {}
-            result = &mut serving => return result.map_err(serve_error),
-        }
-        tracing::info!(service = name, "shutting down: /readyz answers 503");
-        draining.cancel();
-        if !config.shutdown_delay.is_zero() {
-            tokio::select! {
-                result = &mut serving => return result.map_err(serve_error),
-                () = tokio::time::sleep(config.shutdown_delay) => {}
-            }
-        }
-
-        tracing::info!(service = name, "draining in-flight requests");
-        let _ = drain_tx.send(());
-        match tokio::time::timeout(config.shutdown_grace_period, serving).await {
-            Ok(result) => {
-                tracing::info!(service = name, "stopped");
-                result.map_err(serve_error)
-            }
-            Err(_) => {
-                tracing::warn!(
-                    service = name,
-                    grace_period = ?config.shutdown_grace_period,
-                    "drain timed out: requests still running are left to end with the process"
-                );
-                Ok(())
-            }
-        }
+        let hooks = shared::lifecycle::Hooks {
+            // `/readyz` turns 503.
+            not_ready: || draining.cancel(),
+            draining: || {},
+        };
+        let serve = |drain: oneshot::Receiver<()>| {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async {
+                    let _ = drain.await;
+                })
+                .into_future()
+        };
+        shared::lifecycle::run(name, &config, admin_listener, shutdown, serve, hooks)
+            .await
+            // axum retries failed accepts itself and documents that serving never
+            // ends with an error; should one come anyway, it is the listening socket's.
+            .map_err(|source| shared::Error::Bind { addr, source })
     }
 }
 
