@@ -211,3 +211,35 @@ pub fn violated_fields(status: &tonic::Status) -> Vec<String> {
         .map(|v| v.field)
         .collect()
 }
+
+/// A service binary (`env!("CARGO_BIN_EXE_<name>")`) configured with exactly `env`
+/// (nothing inherited), its output piped, as Kubernetes would start it.
+pub fn service_command(binary: &str, env: &[(&str, &str)]) -> std::process::Command {
+    let mut command = std::process::Command::new(binary);
+    command
+        .env_clear()
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    command
+}
+
+/// Waits for `child` to exit, at most `limit`, polling every 10 ms while the runtime
+/// keeps serving the test's own connections (a graceful HTTP/2 GOAWAY needs its PING
+/// answered). Kills the process and panics past the limit.
+pub async fn wait_exit(
+    child: &mut std::process::Child,
+    limit: Duration,
+) -> std::process::ExitStatus {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("the child can be polled") {
+            return status;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the process did not exit within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

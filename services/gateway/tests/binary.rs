@@ -2,35 +2,14 @@
 //! stopped by SIGTERM.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use gateway::testing::HttpClient;
 use http::StatusCode;
 
 fn start(env: &[(&str, &str)]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_gateway"));
-    command
-        .env_clear()
-        .envs(env.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    command
-}
-
-/// Waits for the process to exit, at most `limit`, polling every 10 ms.
-async fn wait(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            panic!("the process did not exit within {limit:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    shared::testing::service_command(env!("CARGO_BIN_EXE_gateway"), env)
 }
 
 #[tokio::test]
@@ -59,7 +38,7 @@ async fn serves_until_sigterm_then_exits_cleanly() {
         .status()
         .unwrap();
     assert!(kill.success());
-    let status = wait(&mut child, Duration::from_secs(5)).await;
+    let status = shared::testing::wait_exit(&mut child, Duration::from_secs(5)).await;
     assert!(status.success(), "exit status {status:?}");
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     assert!(
