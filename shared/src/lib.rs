@@ -8,6 +8,8 @@
 //! - [`server`]: the gRPC server: health, reflection, limits, deadlines, a span per
 //!   call, and graceful shutdown ([`Server`]).
 //! - [`client`]: channels for calling other services.
+//! - [`db`]: PostgreSQL when `DATABASE_URL` is set: a pool in the service's schema,
+//!   migrated at start-up.
 //! - [`events`]: publishing and consuming events (an in-process bus for now).
 //! - [`validation`], [`status`], [`pagination`], [`money`], [`id`]: request rules and
 //!   error statuses that every service shares.
@@ -17,6 +19,7 @@
 pub mod admin;
 pub mod client;
 pub mod config;
+pub mod db;
 pub mod deadline;
 mod error;
 pub mod events;

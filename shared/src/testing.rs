@@ -243,3 +243,70 @@ pub async fn wait_exit(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// The variable naming the PostgreSQL server that tests create their databases on: a
+/// URL like `postgres://postgres@127.0.0.1:5432/postgres` of a role that may create
+/// databases. `make test` starts a private server and sets it
+/// (`scripts/with-postgres.sh`); to run such tests by hand:
+/// `scripts/with-postgres.sh cargo nextest run`.
+pub const TEST_DATABASE_URL: &str = "TEST_DATABASE_URL";
+
+/// The URL of a new, empty database, for one test: tests never share one, so they run
+/// in parallel and leave nothing behind that another could see.
+///
+/// Panics, saying how to get one, when `TEST_DATABASE_URL` is unset.
+pub async fn fresh_database() -> String {
+    use sqlx::{Connection as _, Executor as _};
+
+    let Ok(admin) = std::env::var(TEST_DATABASE_URL) else {
+        panic!(
+            "{TEST_DATABASE_URL} is not set: this test needs PostgreSQL. `make test` starts \
+             one; by hand: scripts/with-postgres.sh cargo nextest run"
+        );
+    };
+    let mut connection = sqlx::PgConnection::connect(&admin)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to {TEST_DATABASE_URL}={admin}: {e}"));
+    let name = format!("test_{}", uuid::Uuid::new_v4().simple());
+    connection
+        .execute(format!("CREATE DATABASE {name}").as_str())
+        .await
+        .unwrap_or_else(|e| panic!("cannot create database {name}: {e}"));
+    let _ = connection.close().await;
+    with_database(&admin, &name)
+}
+
+/// `url` with its database (the last path segment) replaced by `database`.
+fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let authority_end = base.find("://").map_or(0, |i| i + 3);
+    let root = match base[authority_end..].find('/') {
+        Some(slash) => &base[..authority_end + slash],
+        None => base,
+    };
+    match query {
+        Some(query) => format!("{root}/{database}?{query}"),
+        None => format!("{root}/{database}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_database;
+
+    #[test]
+    fn the_database_of_a_url_is_replaced() {
+        assert_eq!(
+            with_database("postgres://u@h:1/postgres", "t"),
+            "postgres://u@h:1/t"
+        );
+        assert_eq!(with_database("postgres://u@h:1", "t"), "postgres://u@h:1/t");
+        assert_eq!(
+            with_database("postgres://u@h/postgres?sslmode=disable", "t"),
+            "postgres://u@h/t?sslmode=disable"
+        );
+    }
+}
