@@ -60,12 +60,18 @@ impl DbConfig {
         let Some(url) = env.get(DATABASE_URL) else {
             return Ok(None);
         };
-        let options = PgConnectOptions::from_str(url).map_err(|error| ConfigError {
+        let invalid = |why: String| ConfigError {
             var: DATABASE_URL.to_owned(),
             // The URL may hold a password: never repeat it.
             value: redact(url),
-            expected: format!("a URL like postgres://user:password@host:5432/database ({error})"),
-        })?;
+            expected: format!("a URL like postgres://user:password@host:5432/database ({why})"),
+        };
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(invalid(
+                "the scheme must be postgres:// or postgresql://".into(),
+            ));
+        }
+        let options = PgConnectOptions::from_str(url).map_err(|e| invalid(e.to_string()))?;
         Ok(Some(Self {
             // sqlx logs every statement at INFO by default: far too chatty for a service.
             options: options.log_statements(log::LevelFilter::Debug),
