@@ -85,13 +85,14 @@ else
   target_dir="$(cargo metadata --no-deps --format-version 1 |
     "$python" -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
   run=("$python" -B k8s/tests/run.py "$out/$run_overlay.yaml" "$target_dir/debug")
-  # In a network namespace of its own when the system allows one (root, or
-  # unprivileged user namespaces): the services' fixed ports then never collide with
-  # other processes of the machine. Elsewhere on the machine's loopback.
-  if command -v unshare >/dev/null && command -v ip >/dev/null &&
-    unshare --net --map-root-user ip link set lo up 2>/dev/null; then
+  # In a network namespace of its own when we are root: the services' fixed ports then
+  # never collide with other processes of the machine. (Not in an unprivileged user
+  # namespace: there the run would be a root that cannot switch users, and PostgreSQL
+  # refuses to run as root.) Elsewhere on the machine's loopback.
+  if ((EUID == 0)) && command -v unshare >/dev/null && command -v ip >/dev/null &&
+    unshare --net ip link set lo up 2>/dev/null; then
     log "manifest-driven run of the $run_overlay overlay (in a network namespace of its own)"
-    unshare --net --map-root-user sh -c 'ip link set lo up && exec "$@"' sh "${run[@]}"
+    unshare --net sh -c 'ip link set lo up && exec "$@"' sh "${run[@]}"
   else
     log "manifest-driven run of the $run_overlay overlay (on this machine's loopback)"
     "${run[@]}"
