@@ -8,9 +8,10 @@
 #      selectors, NetworkPolicies, shutdown timing and security context;
 #   5. checkov on every rendered overlay and the Dockerfile: no failed check, every
 #      skip justified where it is declared;
-#   6. the manifest-driven run (k8s/tests/run.py): the kind overlay's Deployments as
-#      processes of `cargo build --bins`, probed, sent an order, smoke-tested by
-#      scripts/kind-smoke.sh (kubectl faked), stopped with SIGTERM.
+#   6. the manifest-driven run (k8s/tests/run.py): the kind overlay's StatefulSets as
+#      the real nats-server and PostgreSQL, its Deployments as processes of `cargo
+#      build --bins`, probed, sent an order, smoke-tested by scripts/kind-smoke.sh
+#      (kubectl faked), stopped with SIGTERM.
 # Set K8S_CHECK_SKIP_RUN=1 to skip step 6 (and the build it needs).
 set -euo pipefail
 

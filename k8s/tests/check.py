@@ -165,13 +165,14 @@ def check_expansion(m: Manifests, workload: dict, f: Failures) -> None:
                         "and secretKeyRef only")
             defined.add(e["name"])
         for var, (secret, key) in secret_refs(c).items():
-            if m.get("Secret", secret) is not None:
-                f.check(key in (m.get("Secret", secret).get("data") or {}) | (m.get("Secret", secret).get("stringData") or {}),
-                        w, f"env {var}: Secret {secret} has no key {key}")
+            obj = m.get("Secret", secret)
+            if obj is not None:
+                keys = set(obj.get("data") or {}) | set(obj.get("stringData") or {})
+                f.check(key in keys, w, f"env {var}: Secret {secret} has no key {key}")
                 continue
             made = KIND_UP.read_text() if KIND_UP.exists() else ""
-            f.check(secret in made and key in made, w, f"env {var}: Secret {secret} (key {key}) is neither in the "
-                    "manifests nor made by scripts/kind-up.sh")
+            f.check(all(re.search(r"(?<![\w-])%s(?![\w-])" % re.escape(word), made) for word in (secret, key)), w,
+                    f"env {var}: Secret {secret} (key {key}) is neither in the manifests nor made by scripts/kind-up.sh")
 
 
 def listening_ports(name: str, env: dict[str, str]) -> dict[int, str]:

@@ -363,7 +363,8 @@ def check_connections(pods: list[Pod], servers: list[Pod]) -> None:
                         continue
                     raise
                 raise RunFailure(f"{pod.name}'s role may connect to the database of {other}: {masked(foreign)}")
-            pod.notes.append(f"DATABASE_URL: its role cannot connect to the others' databases ({', '.join(sorted(set(databases) - {pod.name}))})")
+            others = ", ".join(sorted(set(databases) - {pod.name}))
+            pod.notes.append(f"DATABASE_URL: its role cannot connect to the others' databases ({others})")
 
 
 def psql(url: str, query: str) -> str:
