@@ -13,6 +13,7 @@ Contract, for each Deployment (one per service, named like services/<name>):
   derives both from the Rust source); values are literal or a `secretKeyRef` (whose
   Secret is in the manifests or made by scripts/kind-up.sh); every `$(NAME)` names a
   variable defined earlier in the list (Kubernetes leaves the others unexpanded);
+  StatefulSets (the broker, the database) have readiness and liveness probes;
 - ports: the serving port is named `grpc` for a service with protos, else `http`, and
   is LISTEN_ADDR's (or the binary's default); every container port is named and is one
   the binary listens on (a `*LISTEN_ADDR` variable, or its default `*PORT` constant in
@@ -504,6 +505,8 @@ def check(m: Manifests, f: Failures, schemas: bool = True) -> None:
         # they call nothing.
         check_expansion(m, s, f)
         check_security(m, s, f)
+        for kind in ("readinessProbe", "livenessProbe"):
+            f.check(kind in container(s), f"{m.label}: {where(s)}", f"no {kind}")
         calls[s["metadata"]["name"]] = []
     check_network(m, calls, f)
     check_annotations(m, f)

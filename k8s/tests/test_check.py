@@ -129,7 +129,9 @@ class ContractTest(unittest.TestCase):
             pod_spec(s)["containers"][0]["securityContext"]["readOnlyRootFilesystem"] = False
             s["spec"]["serviceName"] = "postgresql"
             m.get("Service", "nats")["spec"]["selector"] = {"app.kubernetes.io/name": "nats-server"}
+            del container(m.get("StatefulSet", "nats"))["livenessProbe"]
         self.assertFails(edit, "StatefulSet grpc-template/postgres container postgres: readOnlyRootFilesystem",
+                         "StatefulSet grpc-template/nats: no livenessProbe",
                          "serviceName 'postgresql' is not a Service", "selects the pods of [], not those of 'nats'")
 
     def test_a_missing_upstream(self):
