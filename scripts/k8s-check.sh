@@ -8,9 +8,10 @@
 #      selectors, NetworkPolicies, shutdown timing and security context;
 #   5. checkov on every rendered overlay and the Dockerfile: no failed check, every
 #      skip justified where it is declared;
-#   6. the manifest-driven run (k8s/tests/run.py): the kind overlay's Deployments as
-#      processes of `cargo build --bins`, probed, sent an order, smoke-tested by
-#      scripts/kind-smoke.sh (kubectl faked), stopped with SIGTERM.
+#   6. the manifest-driven run (k8s/tests/run.py): the kind overlay's StatefulSets as
+#      the real nats-server and PostgreSQL, its Deployments as processes of `cargo
+#      build --bins`, probed, sent an order, smoke-tested by scripts/kind-smoke.sh
+#      (kubectl faked), stopped with SIGTERM.
 # Set K8S_CHECK_SKIP_RUN=1 to skip step 6 (and the build it needs).
 set -euo pipefail
 
@@ -85,13 +86,14 @@ else
   target_dir="$(cargo metadata --no-deps --format-version 1 |
     "$python" -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
   run=("$python" -B k8s/tests/run.py "$out/$run_overlay.yaml" "$target_dir/debug")
-  # In a network namespace of its own when the system allows one (root, or
-  # unprivileged user namespaces): the services' fixed ports then never collide with
-  # other processes of the machine. Elsewhere on the machine's loopback.
-  if command -v unshare >/dev/null && command -v ip >/dev/null &&
-    unshare --net --map-root-user ip link set lo up 2>/dev/null; then
+  # In a network namespace of its own when we are root: the services' fixed ports then
+  # never collide with other processes of the machine. (Not in an unprivileged user
+  # namespace: there the run would be a root that cannot switch users, and PostgreSQL
+  # refuses to run as root.) Elsewhere on the machine's loopback.
+  if ((EUID == 0)) && command -v unshare >/dev/null && command -v ip >/dev/null &&
+    unshare --net ip link set lo up 2>/dev/null; then
     log "manifest-driven run of the $run_overlay overlay (in a network namespace of its own)"
-    unshare --net --map-root-user sh -c 'ip link set lo up && exec "$@"' sh "${run[@]}"
+    unshare --net sh -c 'ip link set lo up && exec "$@"' sh "${run[@]}"
   else
     log "manifest-driven run of the $run_overlay overlay (on this machine's loopback)"
     "${run[@]}"

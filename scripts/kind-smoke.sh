@@ -3,6 +3,7 @@
 #   - each gRPC service through `kubectl port-forward`: grpcurl lists its services
 #     (reflection), and gRPC health answers SERVING for "", liveness, readiness and
 #     each service by its full name;
+#   - nats, where the overlay runs it: its health with JetStream, through port-forward;
 #   - the gateway through the kind port mapping (http://127.0.0.1:30080): /healthz,
 #     /readyz, then one order (POST /v1/orders) that must be CONFIRMED and read back.
 # Environment: KIND_CLUSTER (default: grpc-template), GATEWAY_URL (default:
@@ -94,6 +95,16 @@ for entry in "${grpc_services[@]}"; do
   log "$service: grpcurl list → ${names[*]}; health SERVING for \"\", liveness, readiness, ${names[*]}"
   stop_forward
 done
+
+# The broker, where the overlay runs one (k8s/overlays/kind/durable): up, with JetStream.
+if "${kctl[@]}" get service nats >/dev/null 2>&1; then
+  port_forward nats 8222
+  answer="$(curl -sS --max-time 5 "http://127.0.0.1:$local_port/healthz?js-enabled-only=true" 2>&1)" ||
+    die "nats: GET /healthz?js-enabled-only=true on its monitoring port failed: $answer"
+  [[ $answer == *'"status":"ok"'* ]] || die "nats: /healthz?js-enabled-only=true answered $answer"
+  stop_forward
+  log "nats: /healthz?js-enabled-only=true → ok (JetStream enabled)"
+fi
 
 http() { # METHOD PATH [curl args…]: prints the body, then the status code on the last line
   local method="$1" path="$2"

@@ -4,9 +4,12 @@
 #   1. checks for docker (with a running daemon), kind and kubectl;
 #   2. creates the cluster from k8s/kind-config.yaml unless it exists;
 #   3. builds one image per service from the Dockerfile and loads it into the node;
-#   4. applies k8s/overlays/kind, each image under a tag made of its image ID, so that
-#      a rebuilt image rolls out and an unchanged one does not;
-#   5. waits for every rollout (on failure: pods, events and logs);
+#   4. creates the Secret of the database's passwords unless it exists (random values,
+#      kept by later runs: the database has them), then applies k8s/overlays/kind, each
+#      image under a tag made of its image ID, so that a rebuilt image rolls out and an
+#      unchanged one does not;
+#   5. waits for every rollout, the broker and the database first (on failure: pods,
+#      events and logs);
 #   6. runs the smoke test, scripts/kind-smoke.sh.
 # Only the cluster's own context (kind-<cluster>) is ever used: other clusters of your
 # kubeconfig are not touched.
@@ -30,6 +33,11 @@ overlay=k8s/overlays/kind
 kind_tested=0.33.0
 # The native `sleep` preStop action is on by default from Kubernetes 1.30.
 k8s_minimum_minor=30
+# The passwords of PostgreSQL (k8s/overlays/kind/durable/postgres.yaml): its superuser's
+# and one per service's role. Never in the repository; k8s/tests/check.py checks that
+# every secretKeyRef of the manifests names one of these keys.
+db_secret=postgres-credentials
+db_secret_keys=(postgres-password orders-password inventory-password payments-password notifications-password)
 
 step=0
 steps=6
@@ -152,24 +160,69 @@ deploy() {
   kubectl --context "$context" apply -k "$dir"
 }
 
-diagnose() {
-  local service="$1"
-  echo "--- pods" >&2
-  kubectl --context "$context" -n "$namespace" get pods -o wide >&2 || true
-  echo "--- deployment/$service" >&2
-  kubectl --context "$context" -n "$namespace" describe "deployment/$service" >&2 || true
-  echo "--- recent events" >&2
-  kubectl --context "$context" -n "$namespace" get events --sort-by=.lastTimestamp 2>/dev/null | tail -n 25 >&2 || true
-  echo "--- logs of $service" >&2
-  kubectl --context "$context" -n "$namespace" logs "deployment/$service" --all-containers --tail=40 >&2 || true
+# A random password: hex, so that it goes into a URL (DATABASE_URL) as it is.
+random_password() {
+  od -An -N24 -tx1 /dev/urandom | tr -d ' \n'
 }
 
+# The Secret $db_secret with every key of db_secret_keys. An existing Secret is kept,
+# since the database was initialised with its passwords; a key it lacks (a service
+# added since) is added.
+create_secrets() {
+  local kctl=(kubectl --context "$context" -n "$namespace") dir key missing=()
+  kubectl --context "$context" apply -f "$overlay/namespace.yaml" >/dev/null
+  if "${kctl[@]}" get secret "$db_secret" >/dev/null 2>&1; then
+    for key in "${db_secret_keys[@]}"; do
+      [[ -n "$("${kctl[@]}" get secret "$db_secret" -o "go-template={{with index .data \"$key\"}}{{.}}{{end}}" 2>/dev/null)" ]] ||
+        missing+=("$key")
+    done
+    if ((${#missing[@]} == 0)); then
+      log "secret $db_secret exists: keeping its passwords"
+      return 0
+    fi
+    log "secret $db_secret: adding ${missing[*]} (a database that exists already lacks their" \
+      "roles: k8s/README.md says how to add them)"
+    for key in "${missing[@]}"; do
+      "${kctl[@]}" patch secret "$db_secret" --type merge \
+        -p "{\"stringData\": {\"$key\": \"$(random_password)\"}}" >/dev/null
+    done
+    return 0
+  fi
+  # One file per key, readable by this user only: no password on a command line.
+  dir="$(mktemp -d)"
+  for key in "${db_secret_keys[@]}"; do
+    (umask 077 && random_password >"$dir/$key")
+  done
+  "${kctl[@]}" create secret generic "$db_secret" --from-file="$dir" --dry-run=client -o yaml |
+    kubectl label --local -f - -o yaml app.kubernetes.io/part-of=grpc-rust-template \
+      app.kubernetes.io/component=database |
+    "${kctl[@]}" apply -f - >/dev/null
+  rm -rf "$dir"
+  log "secret $db_secret created with random passwords: ${db_secret_keys[*]}"
+}
+
+diagnose() {
+  local workload="$1" name="${1#*/}"
+  echo "--- pods" >&2
+  kubectl --context "$context" -n "$namespace" get pods -o wide >&2 || true
+  echo "--- $workload" >&2
+  kubectl --context "$context" -n "$namespace" describe "$workload" >&2 || true
+  echo "--- recent events" >&2
+  kubectl --context "$context" -n "$namespace" get events --sort-by=.lastTimestamp 2>/dev/null | tail -n 25 >&2 || true
+  echo "--- logs of $name" >&2
+  kubectl --context "$context" -n "$namespace" logs "$workload" --all-containers --tail=40 >&2 || true
+}
+
+# The StatefulSets first (the broker and the database: the services need them), then
+# the services.
 wait_for_rollouts() {
-  local service
-  for service in "${services[@]}"; do
-    if ! kubectl --context "$context" -n "$namespace" rollout status "deployment/$service" --timeout "$rollout_timeout"; then
-      diagnose "$service"
-      die "deployment/$service did not become ready within $rollout_timeout (diagnostics above)"
+  local workload workloads=()
+  mapfile -t workloads < <(kubectl --context "$context" -n "$namespace" get statefulsets -o name)
+  for workload in "${services[@]}"; do workloads+=("deployment.apps/$workload"); done
+  for workload in "${workloads[@]}"; do
+    if ! kubectl --context "$context" -n "$namespace" rollout status "$workload" --timeout "$rollout_timeout"; then
+      diagnose "$workload"
+      die "$workload did not become ready within $rollout_timeout (diagnostics above)"
     fi
   done
 }
@@ -182,6 +235,7 @@ create_cluster
 progress "images: ${services[*]}"
 build_and_load
 progress "apply $overlay (namespace $namespace)"
+create_secrets
 deploy
 progress "rollouts"
 wait_for_rollouts

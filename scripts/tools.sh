@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the project's external tools, pinned, so that every machine runs the same ones:
 #   - Python packages from scripts/requirements.txt (buf, grpcurl, the image and
-#     Kubernetes checks: hadolint, checkov, kubernetes-validate, and the Prometheus
+#     Kubernetes checks: hadolint, checkov, kubernetes-validate, nats-server, and the Prometheus
 #     text-format parser of tests/metrics.rs: prometheus-client) into the git-ignored
 #     venv .tools/venv: run them as .tools/venv/bin/buf, or put that folder on PATH
 #     (the Makefile does);
@@ -12,11 +12,12 @@
 # a second. Set PYTHON to choose the interpreter for the venv (default: python3).
 set -euo pipefail
 
-# Debian packages the scripts need. Names that are also commands (shellcheck,
-# nats-server) count as present when the command is on PATH, however installed.
+# Debian packages the scripts need. Names that are also commands (shellcheck, curl)
+# count as present when the command is on PATH, however installed.
 DEBIAN_PACKAGES=(
   shellcheck # scripts/lint-shell.sh
   curl       # scripts/kind-smoke.sh, which scripts/k8s-check.sh also runs
+  postgresql # the PostgreSQL of the manifest-driven run (k8s/tests/run.py): initdb, postgres, psql
 )
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -86,7 +87,9 @@ install_python_tools() {
   checkov_version="$("$venv/bin/checkov" --version 2>&1)"
   validate_version="$("$venv/bin/kubernetes-validate" --version 2>&1)"
   "$venv/bin/python" -c 'import yaml, grpc, grpc_health.v1, prometheus_client'
-  log "installed $hadolint_version, checkov $checkov_version, kubernetes-validate $validate_version"
+  local nats_version="nats-server: not on macOS (brew install nats-server)"
+  if [[ "$(uname -s)" != Darwin ]]; then nats_version="$("$venv/bin/nats-server" --version 2>&1)"; fi
+  log "installed $hadolint_version, checkov $checkov_version, kubernetes-validate $validate_version, $nats_version"
   wanted_stamp >"$stamp"
 }
 

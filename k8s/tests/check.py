@@ -8,8 +8,12 @@ kind ships by default and for the oldest one the manifests support.
 Contract, for each Deployment (one per service, named like services/<name>):
 - names: container, image, ServiceAccount, Service, PodDisruptionBudget,
   HorizontalPodAutoscaler and NetworkPolicy share the service's name;
-- env: every variable set is one the binary reads, every required one is set
-  (k8s/tests/envvars.py derives both from the Rust source), values are literal;
+- env: every variable set is one the binary reads, or one that a later variable the
+  binary reads expands as `$(NAME)`; every required one is set (k8s/tests/envvars.py
+  derives both from the Rust source); values are literal or a `secretKeyRef` (whose
+  Secret is in the manifests or made by scripts/kind-up.sh); every `$(NAME)` names a
+  variable defined earlier in the list (Kubernetes leaves the others unexpanded);
+  StatefulSets (the broker, the database) have readiness and liveness probes;
 - ports: the serving port is named `grpc` for a service with protos, else `http`, and
   is LISTEN_ADDR's (or the binary's default); every container port is named and is one
   the binary listens on (a `*LISTEN_ADDR` variable, or its default `*PORT` constant in
@@ -18,18 +22,19 @@ Contract, for each Deployment (one per service, named like services/<name>):
   health service the container serves (`""`, `liveness`, `readiness` or a service of
   proto/<name>/), `readiness` for startup and readiness and `liveness` for liveness;
   HTTP probes on a container port and a route of the service;
-- upstreams: each `*_ADDR` URL names a Service of the manifests and one of its ports,
-  whose target is the container port of the pods it selects;
+- upstreams: each `*_ADDR` URL, and the host of NATS_URL and DATABASE_URL, names a
+  Service of the manifests and one of its ports, whose target is the container port
+  of the pods it selects (of a Deployment or a StatefulSet: the broker and the database);
 - selectors: Deployment, Service, PodDisruptionBudget and NetworkPolicy selectors match
   the pods they mean, HPAs scale an existing Deployment;
 - network: every pod is isolated both ways; the policies allow exactly the calls the
-  upstream addresses make, DNS to kube-dns for the pods that have upstreams, and
+  upstream addresses (and NATS_URL, DATABASE_URL) make, DNS to kube-dns for the pods that have upstreams, and
   outside traffic to the gateway only — nothing else;
 - shutdown: terminationGracePeriodSeconds > preStop sleep + SHUTDOWN_DELAY +
   SHUTDOWN_GRACE_PERIOD + MARGIN; the preStop hook is the native `sleep`;
 - security: Pod Security Standards `restricted` fields, no service account token,
-  CPU and memory requests and limits; checkov skip annotations give a reason;
-  overlays' namespaces enforce `restricted`.
+  CPU and memory requests and limits (StatefulSets too); checkov skip annotations
+  give a reason; overlays' namespaces enforce `restricted`.
 """
 
 from __future__ import annotations
@@ -43,8 +48,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import envvars  # noqa: E402
 from manifests import (  # noqa: E402
-    ROOT, Failures, Manifests, container, container_port, env_of, grpc_services, http_routes,
-    image_name, ns, parse_upstream, pod_labels, pod_spec, service_dns_names, where,
+    ROOT, Failures, Manifests, container, container_port, env_of, expand, grpc_services, http_routes,
+    image_name, ns, parse_upstream, parse_url, pod_labels, pod_spec, references, secret_refs,
+    service_dns_names, where,
 )
 from netpol import Cluster, Endpoint, selector_matches  # noqa: E402
 
@@ -66,6 +72,12 @@ OBSERVABILITY = {"otel-collector", "jaeger", "prometheus", "grafana"}
 # Optional upstreams: read only when set, so never required; when set, they are calls
 # (and network edges) like the `*_ADDR` upstreams.
 OPTIONAL_UPSTREAMS = {"OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"}
+# The broker and the database (ARCHITECTURE.md): read only when set, and then the
+# service connects to the host of the URL, an edge like an upstream's. Their schemes.
+URL_UPSTREAMS = {"NATS_URL": ("nats",), "DATABASE_URL": ("postgres", "postgresql")}
+# Secrets that are not in the repository: scripts/kind-up.sh creates them, with every
+# key a secretKeyRef names (checked against the script's text).
+KIND_UP = ROOT / "scripts" / "kind-up.sh"
 # The edges of the observability stack that no env variable names: (from, to, port).
 # Prometheus' scrapes (to every service's `metrics` port) and its API discovery are
 # added by check_network, by pod IP: no DNS.
@@ -122,20 +134,46 @@ def check_env(m: Manifests, d: dict, f: Failures) -> envvars.ServiceEnv:
     name, w = d["metadata"]["name"], f"{m.label}: {where(d)}"
     read = envvars.service_env(ROOT / "services" / name / "src", SHARED_SRC)
     entries = container(d).get("env") or []
+    check_expansion(m, d, f)
+    # Variables set only to be expanded into one the binary reads (a password into a URL).
+    expanded = {ref for e in entries if e["name"] in read.reads for ref in references(e.get("value", ""))}
     seen = set()
     for e in entries:
         var = e["name"]
         f.check(var not in seen, w, f"env {var} is set twice")
         seen.add(var)
-        f.check(var in read.reads, w, f"env {var} is set but services/{name} never reads it "
+        f.check(var in read.reads or var in expanded, w, f"env {var} is set but services/{name} never reads it "
                 f"(it reads: {', '.join(sorted(read.reads))}; rule in k8s/tests/envvars.py)")
-        f.check("valueFrom" not in e, w, f"env {var} uses valueFrom: the checks and the "
-                "manifest-driven run know literal values only")
     for var in sorted(read.required - seen):
         f.add(w, f"env {var} is required (its default is a loopback address) but not set")
     for key in ("envFrom",):
         f.check(key not in container(d), w, f"{key} hides which variables are set: list them in env")
     return read
+
+
+def check_expansion(m: Manifests, workload: dict, f: Failures) -> None:
+    """`$(NAME)` refers to an earlier variable; valueFrom is a secretKeyRef whose Secret exists."""
+    w = f"{m.label}: {where(workload)}"
+    for c in pod_spec(workload)["containers"] + (pod_spec(workload).get("initContainers") or []):
+        defined: set[str] = set()
+        for e in c.get("env") or []:
+            for ref in references(e.get("value", "")):
+                f.check(ref in defined, w, f"env {e['name']} expands $({ref}), which is not defined before it in "
+                        f"container {c['name']}'s env: Kubernetes would leave it as the text $({ref})")
+            if "valueFrom" in e:
+                f.check(set(e["valueFrom"]) == {"secretKeyRef"}, w, f"env {e['name']} uses valueFrom "
+                        f"{sorted(e['valueFrom'])}: the checks and the manifest-driven run know literal values "
+                        "and secretKeyRef only")
+            defined.add(e["name"])
+        for var, (secret, key) in secret_refs(c).items():
+            obj = m.get("Secret", secret)
+            if obj is not None:
+                keys = set(obj.get("data") or {}) | set(obj.get("stringData") or {})
+                f.check(key in keys, w, f"env {var}: Secret {secret} has no key {key}")
+                continue
+            made = KIND_UP.read_text() if KIND_UP.exists() else ""
+            f.check(all(re.search(r"(?<![\w-])%s(?![\w-])" % re.escape(word), made) for word in (secret, key)), w,
+                    f"env {var}: Secret {secret} (key {key}) is neither in the manifests nor made by scripts/kind-up.sh")
 
 
 def listening_ports(name: str, env: dict[str, str]) -> dict[int, str]:
@@ -271,26 +309,58 @@ def check_upstreams(m: Manifests, d: dict, read: envvars.ServiceEnv, f: Failures
         if not f.check(parsed is not None, w, f"{var}={env[var]!r} is not http://<service>:<port>"):
             continue
         host, port = parsed
-        services = [s for s in m.services if host in service_dns_names(s) and ns(s) == ns(d)]
-        if not f.check(len(services) == 1, w, f"{var}={env[var]}: no Service named {host!r} in namespace {ns(d)}"):
+        resolved = resolve(m, d, f, f"{var}={env[var]}", host, port)
+        if resolved is None:
             continue
-        service = services[0]
-        sport = next((p for p in service["spec"]["ports"] if p["port"] == port), None)
-        if not f.check(sport is not None, w, f"{var}={env[var]}: Service {host} has no port {port}"):
-            continue
-        targets = [t for t in m.deployments if ns(t) == ns(d) and service_selects(service, t)]
-        if not f.check(len(targets) == 1, w, f"{var}={env[var]}: Service {host} selects {len(targets)} Deployments"):
-            continue
-        target = targets[0]
-        cport = container_port(container(target), sport.get("targetPort", port))
-        if not f.check(cport is not None, w, f"{var}={env[var]}: Service {host} port {port} targets "
-                       f"{sport.get('targetPort')!r}, not a container port of {target['metadata']['name']}"):
-            continue
+        target, cport, sport = resolved
         grpc = cport.get("name") in ("grpc", "otlp-grpc")
         f.check(sport.get("appProtocol") == ("grpc" if grpc else "http"), w,
                 f"{var}: Service {host} port {port} has appProtocol {sport.get('appProtocol')!r}")
         calls.append((target, cport["containerPort"]))
+    calls += check_url_upstreams(m, d, read, f)
     return calls
+
+
+def check_url_upstreams(m: Manifests, d: dict, read: envvars.ServiceEnv, f: Failures) -> list[tuple[dict, int]]:
+    """NATS_URL and DATABASE_URL, where set and read: the Service and pods they connect to."""
+    w = f"{m.label}: {where(d)}"
+    calls, defined = [], {}
+    for e in container(d).get("env") or []:
+        # Secrets expand to a placeholder: only the host and port matter here.
+        defined[e["name"]] = expand(e["value"], defined) if "value" in e else "secret"
+        var = e["name"]
+        if var not in URL_UPSTREAMS or var not in read.reads:
+            continue
+        parsed = parse_url(defined[var])
+        if not f.check(parsed is not None and parsed[0] in URL_UPSTREAMS[var], w,
+                       f"{var}={e['value']!r} is not {'|'.join(URL_UPSTREAMS[var])}://…<host>:<port>…"):
+            continue
+        _, host, port = parsed
+        resolved = resolve(m, d, f, f"{var}={e['value']}", host, port)
+        if resolved is not None:
+            calls.append((resolved[0], resolved[1]["containerPort"]))
+    return calls
+
+
+def resolve(m: Manifests, d: dict, f: Failures, what: str, host: str, port: int) -> tuple[dict, dict, dict] | None:
+    """host:port → (the workload whose pods the Service selects, its container port,
+    the Service port), or None after reporting why not."""
+    w = f"{m.label}: {where(d)}"
+    services = [s for s in m.services if host in service_dns_names(s) and ns(s) == ns(d)]
+    if not f.check(len(services) == 1, w, f"{what}: no Service named {host!r} in namespace {ns(d)}"):
+        return None
+    service = services[0]
+    sport = next((p for p in service["spec"]["ports"] if p["port"] == port), None)
+    if not f.check(sport is not None, w, f"{what}: Service {host} has no port {port}"):
+        return None
+    targets = [t for t in m.workloads if ns(t) == ns(d) and service_selects(service, t)]
+    if not f.check(len(targets) == 1, w, f"{what}: Service {host} selects {len(targets)} workloads"):
+        return None
+    cport = container_port(container(targets[0]), sport.get("targetPort", port))
+    if not f.check(cport is not None, w, f"{what}: Service {host} port {port} targets "
+                   f"{sport.get('targetPort')!r}, not a container port of {targets[0]['metadata']['name']}"):
+        return None
+    return targets[0], cport, sport
 
 
 def service_selects(service: dict, deployment: dict) -> bool:
@@ -300,18 +370,22 @@ def service_selects(service: dict, deployment: dict) -> bool:
 
 
 def check_selectors(m: Manifests, f: Failures) -> None:
-    for d in m.deployments:
+    for d in m.workloads:
         w = f"{m.label}: {where(d)}"
         f.check(selector_matches(d["spec"]["selector"], pod_labels(d)), w, "selector does not match its pod template")
-        others = [o for o in m.deployments if o is not d and ns(o) == ns(d)
+        others = [o for o in m.workloads if o is not d and ns(o) == ns(d)
                   and selector_matches(d["spec"]["selector"], pod_labels(o))]
         f.check(not others, w, f"selector also matches the pods of {[o['metadata']['name'] for o in others]}")
+    for s in m.statefulsets:
+        governing = m.get("Service", s["spec"].get("serviceName", ""))
+        f.check(governing is not None and ns(governing) == ns(s), f"{m.label}: {where(s)}",
+                f"serviceName {s['spec'].get('serviceName')!r} is not a Service of the manifests")
     for kind in ("Service", "PodDisruptionBudget"):
         for obj in m.of_kind(kind):
             if kind == "Service":
-                matched = [d["metadata"]["name"] for d in m.deployments if ns(d) == ns(obj) and service_selects(obj, d)]
+                matched = [d["metadata"]["name"] for d in m.workloads if ns(d) == ns(obj) and service_selects(obj, d)]
             else:
-                matched = [d["metadata"]["name"] for d in m.deployments
+                matched = [d["metadata"]["name"] for d in m.workloads
                            if ns(d) == ns(obj) and selector_matches(obj["spec"].get("selector"), pod_labels(d))]
             f.check(matched == [obj["metadata"]["name"]], f"{m.label}: {where(obj)}",
                     f"selects the pods of {matched}, not those of {obj['metadata']['name']!r}")
@@ -322,7 +396,7 @@ def check_selectors(m: Manifests, f: Failures) -> None:
     for policy in m.of_kind("NetworkPolicy"):
         selector = policy["spec"].get("podSelector") or {}
         if selector:
-            matched = [d for d in m.deployments if ns(d) == ns(policy) and selector_matches(selector, pod_labels(d))]
+            matched = [d for d in m.workloads if ns(d) == ns(policy) and selector_matches(selector, pod_labels(d))]
             f.check(bool(matched), f"{m.label}: {where(policy)}", "podSelector matches no pod")
 
 
@@ -330,7 +404,7 @@ def check_network(m: Manifests, calls: dict[str, list[tuple[dict, int]]], f: Fai
     namespaces = {n["metadata"]["name"]: n["metadata"].get("labels") or {} for n in m.of_kind("Namespace")}
     cluster = Cluster(m.of_kind("NetworkPolicy"), namespaces)
     pods = {}
-    for d in m.deployments:
+    for d in m.workloads:
         ports = [(p.get("name", ""), p["containerPort"], p.get("protocol", "TCP")) for p in container(d).get("ports") or []]
         pods[d["metadata"]["name"]] = Endpoint.pod(d["metadata"]["name"], ns(d), pod_labels(d), ports)
     outside = Endpoint("outside the cluster", external=True)
@@ -426,6 +500,14 @@ def check(m: Manifests, f: Failures, schemas: bool = True) -> None:
         check_shutdown(m, d, f)
         check_security(m, d, f)
         calls[name] = check_upstreams(m, d, read, f)
+    for s in m.statefulsets:
+        # The broker and the database: images of others, so no contract of a binary;
+        # they call nothing.
+        check_expansion(m, s, f)
+        check_security(m, s, f)
+        for kind in ("readinessProbe", "livenessProbe"):
+            f.check(kind in container(s), f"{m.label}: {where(s)}", f"no {kind}")
+        calls[s["metadata"]["name"]] = []
     check_network(m, calls, f)
     check_annotations(m, f)
     check_namespaces(m, f)
@@ -439,7 +521,8 @@ def main(paths: list[str]) -> int:
     for path in paths:
         m = Manifests.load(Path(path))
         check(m, failures)
-        print(f"k8s-check: {m.label}: {len(m.docs)} objects, {len(m.deployments)} Deployments checked "
+        print(f"k8s-check: {m.label}: {len(m.docs)} objects, {len(m.deployments)} Deployments and "
+              f"{len(m.statefulsets)} StatefulSets checked "
               f"(schemas: Kubernetes {TARGET_VERSION} and {MIN_VERSION}, strict)")
     if failures.messages:
         print(f"k8s-check: {len(failures.messages)} contract failure(s):", file=sys.stderr)

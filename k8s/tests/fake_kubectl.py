@@ -3,6 +3,7 @@
 can run the smoke script against the processes it started instead of a cluster:
 
 - `get namespace NAME`: exists;
+- `get service NAME`: exists if NAME is one of the Services below;
 - `get services -o jsonpath=…`: `<name> <port named grpc>` per Service, as the smoke
   script's jsonpath prints them;
 - `port-forward svc/NAME :PORT`: listens on a free port of 127.0.0.1, prints kubectl's
@@ -49,6 +50,8 @@ def main(args: list[str]) -> int:
         args = args[2:]
     if args[:2] == ["get", "namespace"]:
         return 0
+    if args[:2] == ["get", "service"] and len(args) == 3:
+        return 0 if args[2] in services else 1
     if args[:2] == ["get", "services"]:
         for name, s in sorted(services.items()):
             print(f"{name} {s.get('grpc_port') or ''}")

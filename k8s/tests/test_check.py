@@ -1,13 +1,38 @@
 """The contract checks (check.py) fail on broken manifests: each test breaks the rendered
 kind overlay in one way and expects the failure that names it."""
 
+import contextlib
 import copy
+import dataclasses
 import subprocess
 import unittest
+from unittest import mock
 
 import check
+import envvars
 from manifests import ROOT, Failures, Manifests, container, pod_spec
 import yaml
+
+
+@contextlib.contextmanager
+def reading(extra: dict[str, set[str]]):
+    """The binaries as if they read more variables (`{"orders": {"NATS_URL"}}`): the
+    rules about NATS_URL and DATABASE_URL, tested whether or not the Rust code that
+    reads them is there yet."""
+    real = envvars.service_env
+
+    def service_env(service_src, shared_src):
+        env = real(service_src, shared_src)
+        more = extra.get(service_src.parent.name, set())
+        return dataclasses.replace(env, reads=env.reads | more)
+
+    with mock.patch.object(envvars, "service_env", service_env):
+        yield
+
+
+# What the kind overlay's durable component sets (k8s/overlays/kind/durable/services.yaml).
+DURABLE_READS = {"orders": {"NATS_URL", "DATABASE_URL"}, "notifications": {"NATS_URL", "DATABASE_URL"},
+                 "inventory": {"DATABASE_URL"}, "payments": {"DATABASE_URL"}}
 
 
 def render() -> list:
@@ -45,6 +70,69 @@ class ContractTest(unittest.TestCase):
     def test_a_variable_nothing_reads(self):
         self.assertFails(lambda m: self.env(m, "inventory").append({"name": "OTEL_ENDPOINT", "value": "x"}),
                          "env OTEL_ENDPOINT is set but services/inventory never reads it")
+
+    def test_the_broker_and_database_edges_follow_the_urls(self):
+        def edit(m):
+            clients = m.get("NetworkPolicy", "postgres-clients")["spec"]["podSelector"]["matchExpressions"][0]
+            clients["values"].remove("payments")
+            m.get("NetworkPolicy", "nats")["spec"]["ingress"][0]["from"][0]["podSelector"]["matchExpressions"][0][
+                "values"].append("gateway")
+            m.get("NetworkPolicy", "gateway")["spec"]["egress"].append(
+                {"to": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "nats"}}}]})
+        with reading(DURABLE_READS):
+            self.assertEqual(self.failures(), [])
+            self.assertFails(edit, "payments → postgres:5432 is a call payments makes, but the policies deny it",
+                             "gateway → nats:4222 is allowed, but gateway does not call it")
+
+    def test_a_url_to_no_service(self):
+        def wrong(m):
+            for e in self.env(m, "orders"):
+                if e["name"] == "NATS_URL":
+                    e["value"] = "http://nats:4222"
+            for e in self.env(m, "inventory"):
+                if e["name"] == "DATABASE_URL":
+                    e["value"] = e["value"].replace("@postgres:", "@postgre:")
+        with reading(DURABLE_READS):
+            self.assertFails(wrong, "NATS_URL='http://nats:4222' is not nats://",
+                             "no Service named 'postgre'", "inventory → postgres:5432 is allowed, but inventory does not")
+
+    def test_expansion_needs_an_earlier_variable(self):
+        def reorder(m):
+            env = self.env(m, "payments")
+            password = next(e for e in env if e["name"] == "DATABASE_PASSWORD")
+            env.remove(password)
+            env.append(password)
+        with reading(DURABLE_READS):
+            self.assertFails(reorder, "env DATABASE_URL expands $(DATABASE_PASSWORD), which is not defined before it")
+
+    def test_a_helper_variable_nothing_expands(self):
+        def drop(m):
+            env = self.env(m, "payments")
+            env[:] = [e for e in env if e["name"] != "DATABASE_URL"]
+        with reading(DURABLE_READS):
+            self.assertFails(drop, "env DATABASE_PASSWORD is set but services/payments never reads it")
+
+    def test_secrets_come_from_kind_up_or_the_manifests(self):
+        def edit(m):
+            for e in self.env(m, "orders"):
+                if e["name"] == "DATABASE_PASSWORD":
+                    e["valueFrom"]["secretKeyRef"]["key"] = "order-password"
+            container(m.get("Deployment", "payments"))["env"].append(
+                {"name": "RUST_LOG", "valueFrom": {"configMapKeyRef": {"name": "x", "key": "y"}}})
+        with reading(DURABLE_READS):
+            self.assertFails(edit, "Secret postgres-credentials (key order-password) is neither in the manifests "
+                             "nor made by scripts/kind-up.sh", "uses valueFrom ['configMapKeyRef']")
+
+    def test_statefulsets_are_checked(self):
+        def edit(m):
+            s = m.get("StatefulSet", "postgres")
+            pod_spec(s)["containers"][0]["securityContext"]["readOnlyRootFilesystem"] = False
+            s["spec"]["serviceName"] = "postgresql"
+            m.get("Service", "nats")["spec"]["selector"] = {"app.kubernetes.io/name": "nats-server"}
+            del container(m.get("StatefulSet", "nats"))["livenessProbe"]
+        self.assertFails(edit, "StatefulSet grpc-template/postgres container postgres: readOnlyRootFilesystem",
+                         "StatefulSet grpc-template/nats: no livenessProbe",
+                         "serviceName 'postgresql' is not a Service", "selects the pods of [], not those of 'nats'")
 
     def test_a_missing_upstream(self):
         def drop(m):
@@ -94,7 +182,7 @@ class ContractTest(unittest.TestCase):
         def typo(m):
             m.get("Service", "payments")["spec"]["selector"] = {"app.kubernetes.io/name": "payment"}
         self.assertFails(typo, "selects the pods of [], not those of 'payments'",
-                         "Service payments selects 0 Deployments")
+                         "Service payments selects 0 workloads")
 
     def test_a_denied_call_and_an_extra_edge(self):
         def edit(m):
