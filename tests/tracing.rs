@@ -274,6 +274,20 @@ async fn a_sampling_ratio_of_zero_exports_nothing() {
 /// in-process bus carries the trace from orders to the notifications consumer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_one_process_spans_name_their_service_and_events_join_the_order_trace() {
+    spans_name_their_service_and_events_join_the_order_trace(&shared::Env::default()).await;
+}
+
+/// The same through NATS JetStream: the trace context crosses the broker in the
+/// messages' headers, and the consumer span is the producer span's child.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_through_jetstream_join_the_order_trace() {
+    let nats = shared::testing::NatsServer::start().await;
+    let stack_env = shared::Env::default().with("NATS_URL", nats.url());
+    spans_name_their_service_and_events_join_the_order_trace(&stack_env).await;
+}
+
+/// Places an order through a stack configured by `stack_env`, then checks its trace.
+async fn spans_name_their_service_and_events_join_the_order_trace(stack_env: &shared::Env) {
     let collector = Collector::start().await;
     // Spans of the RPC layers, the event helpers and the gateway's routes; no log noise.
     let env: shared::Env = [
@@ -287,8 +301,7 @@ async fn in_one_process_spans_name_their_service_and_events_join_the_order_trace
     .collect();
     let telemetry =
         shared::telemetry::init("stack", &env).expect("the only telemetry of this test process");
-    let stack =
-        stack::testing::TestStack::start(&shared::Env::default(), &stack::Wiring::default()).await;
+    let stack = stack::testing::TestStack::start(stack_env, &stack::Wiring::default()).await;
     let http = stack.http();
     let traceparent = traceparent();
     let placed = http
