@@ -46,11 +46,14 @@ fn header<'a>(event: &'a Event, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
+/// One delivery to a handler: the event id and its `traceparent` header.
+type Delivery = (String, Option<String>);
+
 /// Keeps failing (retryably) on payload `fail`, rejects payload `junk`, and records
 /// every delivery as `(event id, traceparent)`.
 #[derive(Clone, Default)]
 struct Recorder {
-    deliveries: Arc<Mutex<Vec<(String, Option<String>)>>>,
+    deliveries: Arc<Mutex<Vec<Delivery>>>,
 }
 
 impl Recorder {

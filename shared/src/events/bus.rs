@@ -171,7 +171,8 @@ pub struct Bus {
 #[derive(Clone, Debug)]
 enum Kind {
     InProcess(InProcessBus),
-    JetStream(JetStream),
+    // Boxed: a JetStream context is large, and a bus is cloned into each publisher.
+    JetStream(Box<JetStream>),
 }
 
 impl Bus {
@@ -183,7 +184,7 @@ impl Bus {
         local: &InProcessBus,
     ) -> Result<Self, EventsError> {
         let kind = match &config.nats {
-            Some(nats) => Kind::JetStream(JetStream::connect(nats, app).await?),
+            Some(nats) => Kind::JetStream(Box::new(JetStream::connect(nats, app).await?)),
             None => Kind::InProcess(local.clone()),
         };
         Ok(Self {
@@ -210,9 +211,9 @@ impl Bus {
                 subscription: bus.subscribe(subject),
                 bus: bus.clone(),
             },
-            Kind::JetStream(jetstream) => {
-                SourceKind::JetStream(jetstream.consumer(name, subject, &self.retry).await?)
-            }
+            Kind::JetStream(jetstream) => SourceKind::JetStream(Box::new(
+                jetstream.consumer(name, subject, &self.retry).await?,
+            )),
         };
         Ok(Source {
             consumer: name.to_owned(),

@@ -151,7 +151,7 @@ pub(super) enum SourceKind {
         /// Where dead letters go.
         bus: InProcessBus,
     },
-    JetStream(jetstream::PullSource),
+    JetStream(Box<jetstream::PullSource>),
 }
 
 impl Source {
