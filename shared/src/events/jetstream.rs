@@ -104,8 +104,7 @@ impl JetStream {
     }
 
     /// The durable pull consumer `name` of `subject` (created, or updated to these
-    /// settings): explicit acks, redelivery after `ack_wait`, at most `max_deliver`
-    /// deliveries.
+    /// settings): explicit acks, redelivery after `ack_wait`, bounded deliveries.
     pub(super) async fn consumer(
         &self,
         name: &str,
@@ -131,7 +130,10 @@ impl JetStream {
                 filter_subject: subject.to_owned(),
                 ack_policy: consumer::AckPolicy::Explicit,
                 ack_wait: self.config.ack_wait,
-                max_deliver: i64::from(policy.max_deliver),
+                // One more than the handler's attempts: an event whose dead-lettering
+                // failed, or whose consumer died on the last attempt, is delivered once
+                // more to be dead-lettered, rather than left unprocessed in the stream.
+                max_deliver: i64::from(policy.max_deliver) + 1,
                 deliver_policy: consumer::DeliverPolicy::All,
                 ..Default::default()
             })
