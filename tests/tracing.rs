@@ -269,11 +269,93 @@ async fn a_sampling_ratio_of_zero_exports_nothing() {
     assert!(logs["orders"].iter().any(|l| l.contains("order placed")));
 }
 
+// remove-service: notifications {
+/// Each service its own process, events through NATS JetStream: notifications gets the
+/// order's events from another process, and its consumer spans continue the trace of
+/// orders' producer spans across the broker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn across_processes_events_go_through_jetstream_and_join_the_order_trace() {
+    let nats = shared::testing::NatsServer::start().await;
+    let collector = Collector::start().await;
+    let system = System::start(&collector.endpoint(), &[("NATS_URL", nats.url())]).await;
+    let http = HttpClient::new(system.gateway.addr);
+    let traceparent = traceparent();
+    let placed = http
+        .post_json(
+            "/v1/orders",
+            &[
+                ("Idempotency-Key", "trace-nats-1"),
+                ("traceparent", traceparent.as_str()),
+            ],
+            &order("cus_nats"),
+        )
+        .await;
+    assert_eq!(placed.status, StatusCode::CREATED, "{:?}", placed.json());
+    let deadline = Instant::now() + processes::PATIENCE;
+    loop {
+        let page = http
+            .get("/v1/customers/cus_nats/notifications")
+            .await
+            .json();
+        if page["notifications"]
+            .as_array()
+            .is_some_and(|n| n.len() == 2)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no notifications: {page}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    system.stop().await;
+
+    let spans = collector.spans();
+    let trace: Vec<&Span> = spans
+        .iter()
+        .filter(|s| s.trace_id == CALLER_TRACE)
+        .collect();
+    let consumed: Vec<_> = trace
+        .iter()
+        .filter(|s| s.kind == SpanKind::Consumer)
+        .collect();
+    assert_eq!(consumed.len(), 2, "placed and confirmed:\n{}", dump(&trace));
+    for consumer in consumed {
+        assert_eq!(consumer.service, "notifications");
+        let producer = one(&trace, "producer of a consumed event", |s| {
+            s.span_id == consumer.parent_span_id
+        });
+        assert_eq!(
+            (producer.kind, producer.service.as_str()),
+            (SpanKind::Producer, "orders"),
+            "{}",
+            dump(&trace)
+        );
+        assert_eq!(
+            producer.attr("messaging.message.id"),
+            consumer.attr("messaging.message.id")
+        );
+    }
+}
+// remove-service: notifications }
+
 /// The `stack` launcher runs every service in one process, with one tracer provider:
 /// every span has `service.name=stack`, and `app.service` tells the services apart. The
 /// in-process bus carries the trace from orders to the notifications consumer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_one_process_spans_name_their_service_and_events_join_the_order_trace() {
+    spans_name_their_service_and_events_join_the_order_trace(&shared::Env::default()).await;
+}
+
+/// The same through NATS JetStream: the trace context crosses the broker in the
+/// messages' headers, and the consumer span is the producer span's child.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_through_jetstream_join_the_order_trace() {
+    let nats = shared::testing::NatsServer::start().await;
+    let stack_env = shared::Env::default().with("NATS_URL", nats.url());
+    spans_name_their_service_and_events_join_the_order_trace(&stack_env).await;
+}
+
+/// Places an order through a stack configured by `stack_env`, then checks its trace.
+async fn spans_name_their_service_and_events_join_the_order_trace(stack_env: &shared::Env) {
     let collector = Collector::start().await;
     // Spans of the RPC layers, the event helpers and the gateway's routes; no log noise.
     let env: shared::Env = [
@@ -287,8 +369,7 @@ async fn in_one_process_spans_name_their_service_and_events_join_the_order_trace
     .collect();
     let telemetry =
         shared::telemetry::init("stack", &env).expect("the only telemetry of this test process");
-    let stack =
-        stack::testing::TestStack::start(&shared::Env::default(), &stack::Wiring::default()).await;
+    let stack = stack::testing::TestStack::start(stack_env, &stack::Wiring::default()).await;
     let http = stack.http();
     let traceparent = traceparent();
     let placed = http

@@ -13,6 +13,8 @@ pub enum Error {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Events(#[from] crate::events::EventsError),
     #[error("cannot build server reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("gRPC server on {addr} failed: {source}")]

@@ -1,12 +1,17 @@
-//! Events between services, shaped like a message broker's messages so that NATS
-//! JetStream can replace the in-process bus without touching publishers or consumers.
+//! Events between services, shaped like a message broker's messages: NATS JetStream
+//! when `NATS_URL` is set, an in-process bus otherwise, with one API for both.
 //!
 //! - An [`Event`] is what a broker carries: a subject, a message id the broker
 //!   de-duplicates on (JetStream's `Nats-Msg-Id`), headers (the W3C trace context
 //!   `traceparent`/`tracestate`) and a protobuf payload.
-//! - Publishers see only [`EventPublisher`], as `Arc<dyn EventPublisher>`.
+//! - A service gets its [`Bus`] from [`Bus::connect`]`(&`[`EventsConfig`]`, …)`:
+//!   publishers see only [`EventPublisher`] ([`Bus::publisher`]), consumers run
+//!   [`consume`] on [`Bus::consumer`] with their [`Handler`], which acknowledges,
+//!   retries or dead-letters each event the same way on both buses.
 //! - [`InProcessBus`] publishes to [`Subscription`]s in the same process: what the
-//!   `stack` launcher and the tests use, until the broker issue connects processes.
+//!   `stack` launcher and the tests use without `NATS_URL`.
+//! - `jetstream`: the streams ([`STREAMS`]: `ORDER_EVENTS`, `DEAD_LETTERS`), durable
+//!   pull consumers and acknowledged publishing.
 //!
 //! Delivery is at least once (a broker redelivers what was not acknowledged), so a
 //! consumer must be idempotent by [`Event::id`].
@@ -17,6 +22,20 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::mpsc;
+
+mod bus;
+mod consume;
+mod jetstream;
+
+pub use bus::{Bus, EventsConfig, EventsError, NATS_URL, NatsConfig, NatsUrls};
+pub use consume::{
+    DEAD_LETTER_ATTEMPTS, DEAD_LETTER_CONSUMER, DEAD_LETTER_EVENT_ID, DEAD_LETTER_REASON,
+    DEAD_LETTER_STREAM_SEQUENCE, DEAD_LETTER_SUBJECT, HandleError, Handler, RetryPolicy, Source,
+    consume, dead_letter_subject,
+};
+pub use jetstream::{
+    DEAD_LETTERS_STREAM, DUPLICATE_WINDOW, ORDER_EVENTS_STREAM, STREAMS, StreamSpec,
+};
 
 /// The subject of `orders.v1.OrderEvent`s: one per order state change. It carries the
 /// proto package, so an incompatible payload would get a new subject.

@@ -10,7 +10,8 @@
 //! - [`client`]: channels for calling other services.
 //! - [`db`]: PostgreSQL when `DATABASE_URL` is set: a pool in the service's schema,
 //!   migrated at start-up.
-//! - [`events`]: publishing and consuming events (an in-process bus for now).
+//! - [`events`]: publishing and consuming events: NATS JetStream when `NATS_URL` is
+//!   set, an in-process bus otherwise.
 //! - [`validation`], [`status`], [`pagination`], [`money`], [`id`]: request rules and
 //!   error statuses that every service shares.
 //! - [`testing`]: in-process test servers.

@@ -1,5 +1,6 @@
 //! The whole system in one process: every service on its own port, wired to the
-//! others, with the embedded defaults (in-memory stores, in-process event bus).
+//! others, with the embedded defaults (in-memory stores, in-process event bus). With
+//! `NATS_URL` set, orders and notifications use NATS JetStream instead of the bus.
 //!
 //! `cargo run -p stack` serves on the local ports (the same as running each binary);
 //! [`Stack::bind`] with [`Ports::Ephemeral`] gives tests a private copy on free ports,
@@ -8,7 +9,6 @@
 use std::fmt::Write as _;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
 
 use shared::events::InProcessBus;
 use shared::{Env, Server};
@@ -58,6 +58,8 @@ pub struct Wiring {
 pub struct Stack {
     /// In the order they were bound: upstreams first.
     services: Vec<(&'static str, Bound)>,
+    /// The NATS servers the events go through (`NATS_URL`); `None`: the in-process bus.
+    nats: Option<shared::events::NatsUrls>,
 }
 
 /// A bound server of one of the two kinds.
@@ -87,7 +89,8 @@ impl Stack {
     /// Builds and binds every service. Each reads its settings from `env`, except
     /// `LISTEN_ADDR`, which `ports` decides, and the upstream addresses
     /// (`INVENTORY_ADDR`, …), which point at the services of this stack. Orders publish
-    /// their events on an in-process bus, which its consumers subscribe to first.
+    /// their events on an in-process bus, which its consumers subscribe to first, or on
+    /// NATS JetStream when `env` sets `NATS_URL`.
     pub async fn bind(env: &Env, ports: &Ports) -> Result<Self, shared::Error> {
         Self::bind_with(env, ports, &Wiring::default()).await
     }
@@ -98,6 +101,9 @@ impl Stack {
         ports: &Ports,
         wiring: &Wiring,
     ) -> Result<Self, shared::Error> {
+        let nats = shared::events::EventsConfig::from_env(env)?
+            .nats
+            .map(|nats| nats.urls);
         let listen = |port, admin_port| {
             env.clone()
                 .with("LISTEN_ADDR", ports.listen_addr(port))
@@ -117,16 +123,16 @@ impl Stack {
         let payments = payments::build(config).await?;
         // new-service: `make new-service` binds each new service above this line.
 
-        // Consumers subscribe before orders can publish: the bus keeps no events for
-        // subscribers to come (and drops those that nobody subscribed to).
+        // Consumers subscribe before orders can publish: the in-process bus keeps no
+        // events for subscribers to come (and drops those that nobody subscribed to).
+        // With NATS_URL, each service connects to JetStream instead, in `build`.
         let bus = InProcessBus::new();
         // remove-service: notifications {
         let config = notifications::Config::from_env(&listen(
             notifications::config::PORT,
             notifications::config::ADMIN_PORT,
         ))?;
-        let events = bus.subscribe(shared::events::ORDER_EVENTS);
-        let notifications = notifications::build(config, events).await?;
+        let notifications = notifications::build(config, &bus).await?;
         // remove-service: notifications }
 
         let inventory_for_orders = wiring
@@ -135,7 +141,7 @@ impl Stack {
         let orders_env = listen(orders::config::PORT, orders::config::ADMIN_PORT)
             .with("INVENTORY_ADDR", uri(inventory_for_orders))
             .with("PAYMENTS_ADDR", uri(payments.local_addr()));
-        let orders = orders::build(orders::Config::from_env(&orders_env)?, Arc::new(bus)).await?;
+        let orders = orders::build(orders::Config::from_env(&orders_env)?, &bus).await?;
 
         let gateway_env = listen(gateway::config::PORT, gateway::config::ADMIN_PORT)
             .with("ORDERS_ADDR", uri(orders.local_addr()))
@@ -152,6 +158,7 @@ impl Stack {
                 (orders::NAME, Bound::Grpc(orders)),
                 (gateway::NAME, Bound::Http(gateway)),
             ],
+            nats,
         })
     }
 
@@ -181,6 +188,14 @@ impl Stack {
             };
             let _ = writeln!(out, "  {name:<14} {scheme}://{}", service.local_addr());
         }
+        let _ = match &self.nats {
+            Some(urls) => writeln!(out, "  {:<14} NATS JetStream at {urls}", "events"),
+            None => writeln!(
+                out,
+                "  {:<14} in-process bus (NATS_URL=nats://… for NATS JetStream)",
+                "events"
+            ),
+        };
         let http = uri(self.http_addr());
         let grpc = |name| dial(self.addr(name).expect("every stack runs every service"));
         let (orders, inventory) = (grpc(orders::NAME), grpc(inventory::NAME));

@@ -1,5 +1,6 @@
 //! Settings, read once at start-up.
 
+use shared::events::EventsConfig;
 use shared::{ConfigError, Env, ServerConfig};
 
 /// The local gRPC port, and the default of `LISTEN_ADDR`.
@@ -11,12 +12,15 @@ pub const ADMIN_PORT: u16 = 9104;
 #[derive(Clone, Debug)]
 pub struct Config {
     pub server: ServerConfig,
+    /// Where order events come from: JetStream when `NATS_URL` is set.
+    pub events: EventsConfig,
 }
 
 impl Config {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         Ok(Self {
             server: ServerConfig::from_env(env, PORT, ADMIN_PORT)?,
+            events: EventsConfig::from_env(env)?,
         })
     }
 }

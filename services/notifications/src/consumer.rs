@@ -1,64 +1,48 @@
-//! The event consumer: order events in, notifications out.
+//! The event handler: order events in, notifications out. The shared consume loop
+//! (`shared::events::consume`) delivers the events and acknowledges, retries or
+//! dead-letters each one by what [`OrderEvents`] answers.
 
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use shared::events::{Event, Subscription};
-use shared::status::ErrorChain;
-use tokio_util::sync::CancellationToken;
-use tracing::Instrument as _;
+use async_trait::async_trait;
+use shared::events::{Event, HandleError, Handler};
 
 use crate::domain;
 use crate::store::{Added, Store};
 
-/// Consumes `events`, one at a time in their order, until `draining` is cancelled or
-/// the bus is gone.
-pub(crate) async fn run(
-    mut events: Subscription,
-    store: Arc<dyn Store>,
-    draining: CancellationToken,
-) {
-    tracing::info!(subject = events.subject(), "consuming events");
-    loop {
-        let event = tokio::select! {
-            biased;
-            () = draining.cancelled() => break,
-            event = events.next() => match event {
-                Some(event) => event,
-                None => break,
-            },
-        };
-        // A span per event, continuing the publisher's trace (the event's headers).
-        let span = shared::events::consumer_span(crate::NAME, &event);
-        consume(store.as_ref(), event).instrument(span).await;
-    }
-    tracing::info!(subject = events.subject(), "stopped consuming events");
+/// Makes one notification per order event, idempotently by event id.
+pub(crate) struct OrderEvents {
+    pub(crate) store: Arc<dyn Store>,
 }
 
-/// Makes the notification of one event. Nothing is returned: an event that cannot make
-/// one is logged and skipped, since delivering it again would not change it.
-async fn consume(store: &dyn Store, event: Event) {
-    let notification = match domain::notification(&event.payload, SystemTime::now()) {
-        Ok(Some(notification)) => notification,
-        Ok(None) => {
-            tracing::debug!(event_id = %event.id, "nothing to notify for this kind of event");
-            return;
+#[async_trait]
+impl Handler for OrderEvents {
+    /// `Ok` once the store has the notification (new, or made before from the same
+    /// event): only then is the event acknowledged. A payload that is not an order event
+    /// is rejected (dead-lettered: delivering it again would not change it); a store
+    /// error is retried.
+    async fn handle(&self, event: &Event) -> Result<(), HandleError> {
+        let notification = match domain::notification(&event.payload, SystemTime::now()) {
+            Ok(Some(notification)) => notification,
+            Ok(None) => {
+                tracing::debug!(event_id = %event.id, "nothing to notify for this kind of event");
+                return Ok(());
+            }
+            Err(error) => return Err(HandleError::reject(error)),
+        };
+        let (event_id, customer_id) = (
+            notification.event_id.clone(),
+            notification.customer_id.clone(),
+        );
+        match self.store.add(notification).await {
+            Ok(Added::New) => tracing::debug!(%event_id, %customer_id, "notification made"),
+            Ok(Added::Duplicate) => {
+                tracing::debug!(%event_id, "event seen before: no second notification")
+            }
+            Err(error) => return Err(HandleError::retry(error)),
         }
-        Err(error) => {
-            tracing::warn!(event_id = %event.id, %error, "skipping an invalid event");
-            return;
-        }
-    };
-    let (event_id, customer_id) = (
-        notification.event_id.clone(),
-        notification.customer_id.clone(),
-    );
-    match store.add(notification).await {
-        Ok(Added::New) => tracing::debug!(%event_id, %customer_id, "notification made"),
-        Ok(Added::Duplicate) => {
-            tracing::debug!(%event_id, "event seen before: no second notification")
-        }
-        Err(error) => tracing::error!(%event_id, error = %ErrorChain(&error), "notification lost"),
+        Ok(())
     }
 }
 
@@ -67,7 +51,8 @@ mod tests {
     use contracts::orders::v1::{self as pb, order_event::Kind};
     use prost::Message;
     use shared::PageRequest;
-    use shared::events::{EventPublisher, InProcessBus, ORDER_EVENTS};
+    use shared::events::{Bus, EventsConfig, InProcessBus, ORDER_EVENTS, dead_letter_subject};
+    use tokio_util::sync::CancellationToken;
 
     use super::*;
     use crate::store::MemoryStore;
@@ -86,14 +71,31 @@ mod tests {
         Event::new(ORDER_EVENTS, event.event_id.clone(), event.encode_to_vec())
     }
 
+    async fn orders_notified(store: &MemoryStore) -> Vec<String> {
+        let page = store
+            .notifications("cus-1", &PageRequest::new(0, "").unwrap())
+            .await
+            .unwrap();
+        page.into_iter().map(|(_, n)| n.order_id).collect()
+    }
+
     #[tokio::test]
-    async fn every_event_is_consumed_in_order_and_the_loop_ends_with_the_bus() {
-        let bus = InProcessBus::new();
+    async fn every_event_makes_one_notification_and_junk_is_dead_lettered() {
+        let local = InProcessBus::new();
+        let mut dead = local.subscribe(&dead_letter_subject(crate::NAME, ORDER_EVENTS));
+        let bus = Bus::connect(&EventsConfig::default(), crate::NAME, &local)
+            .await
+            .unwrap();
+        let source = bus.consumer(crate::NAME, ORDER_EVENTS).await.unwrap();
         let store = Arc::new(MemoryStore::default());
-        let consumer = tokio::spawn(run(
-            bus.subscribe(ORDER_EVENTS),
-            store.clone(),
-            CancellationToken::new(),
+        let draining = CancellationToken::new();
+        let consumer = tokio::spawn(shared::events::consume(
+            crate::NAME,
+            source,
+            draining.clone(),
+            OrderEvents {
+                store: store.clone(),
+            },
         ));
         for event in [
             confirmed("ord_1"),
@@ -101,28 +103,17 @@ mod tests {
             confirmed("ord_1"),
             confirmed("ord_2"),
         ] {
-            bus.publish(event).await.unwrap();
+            bus.publisher().publish(event).await.unwrap();
         }
-        drop(bus);
-        consumer.await.unwrap();
-        let page = store
-            .notifications("cus-1", &PageRequest::new(0, "").unwrap())
-            .await
-            .unwrap();
-        let orders: Vec<_> = page.iter().map(|(_, n)| n.order_id.as_str()).collect();
-        assert_eq!(orders, ["ord_2", "ord_1"]);
-    }
-
-    #[tokio::test]
-    async fn the_loop_stops_when_the_server_drains() {
-        let bus = InProcessBus::new();
-        let draining = CancellationToken::new();
-        let consumer = tokio::spawn(run(
-            bus.subscribe(ORDER_EVENTS),
-            Arc::new(MemoryStore::default()),
-            draining.clone(),
-        ));
+        let letter = dead.next().await.unwrap();
+        assert_eq!(letter.id, "junk");
+        shared::testing::eventually("two notifications", || {
+            let store = store.clone();
+            async move { orders_notified(&store).await.len() == 2 }
+        })
+        .await;
         draining.cancel();
         consumer.await.unwrap();
+        assert_eq!(orders_notified(&store).await, ["ord_2", "ord_1"]);
     }
 }

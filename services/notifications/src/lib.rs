@@ -3,7 +3,7 @@
 //!
 //! - `config.rs`: settings from the environment.
 //! - `grpc.rs`: the `notifications.v1.NotificationService` handlers (the only tonic code).
-//! - `consumer.rs`: the loop that takes order events from the bus.
+//! - `consumer.rs`: the handler of order events, run by the shared consume loop.
 //! - `domain.rs`: notifications, and what each order event says to the customer.
 //! - `store.rs`: the `Store` trait (what a database must do) and its in-memory version.
 //! - `error.rs`: the one mapping from domain errors to gRPC statuses.
@@ -16,9 +16,12 @@ mod error;
 mod grpc;
 mod store;
 
+#[cfg(test)]
+mod jetstream_tests;
+
 use std::sync::Arc;
 
-use shared::events::Subscription;
+use shared::events::{Bus, InProcessBus, ORDER_EVENTS};
 
 pub use config::Config;
 
@@ -26,9 +29,12 @@ pub use config::Config;
 pub const NAME: &str = "notifications";
 
 /// Builds the server on the in-memory store and binds it, and starts consuming
-/// `events`, a subscription to [`shared::events::ORDER_EVENTS`]. Consuming starts now,
-/// before the server serves, and stops when it drains or stops.
-pub async fn build(config: Config, events: Subscription) -> Result<shared::Server, shared::Error> {
+/// [`ORDER_EVENTS`] as the durable consumer `notifications`: from JetStream when
+/// `NATS_URL` is set (connecting first), otherwise from `local`, the in-process bus.
+/// Consuming starts now, before the server serves, and stops when it drains or stops.
+pub async fn build(config: Config, local: &InProcessBus) -> Result<shared::Server, shared::Error> {
+    let bus = Bus::connect(&config.events, NAME, local).await?;
+    let events = bus.consumer(NAME, ORDER_EVENTS).await?;
     let store = Arc::new(store::MemoryStore::default());
     let server = shared::Server::builder(NAME, &config.server);
     let draining = server.draining();
@@ -40,6 +46,7 @@ pub async fn build(config: Config, events: Subscription) -> Result<shared::Serve
         ))
         .bind()
         .await?;
-    tokio::spawn(consumer::run(events, store, draining));
+    let handler = consumer::OrderEvents { store };
+    tokio::spawn(shared::events::consume(NAME, events, draining, handler));
     Ok(server)
 }

@@ -22,9 +22,7 @@ type Client = NotificationServiceClient<Channel>;
 async fn spawn_with(pairs: &[(&str, &str)]) -> (TestServer, Client, InProcessBus) {
     let config = notifications::Config::from_env(&env(pairs.iter().copied())).unwrap();
     let bus = InProcessBus::new();
-    let server = notifications::build(config, bus.subscribe(ORDER_EVENTS))
-        .await
-        .unwrap();
+    let server = notifications::build(config, &bus).await.unwrap();
     let server = TestServer::start(server);
     let client = NotificationServiceClient::new(server.channel.clone());
     (server, client, bus)

@@ -1,6 +1,7 @@
 //! Settings, read once at start-up.
 
 use http::Uri;
+use shared::events::EventsConfig;
 use shared::{ClientConfig, ConfigError, Env, ServerConfig};
 
 /// The local gRPC port, and the default of `LISTEN_ADDR`.
@@ -18,6 +19,8 @@ pub struct Config {
     pub inventory_addr: Uri,
     /// `PAYMENTS_ADDR`: the payments service (default `http://127.0.0.1:50053`).
     pub payments_addr: Uri,
+    /// Where order events go: JetStream when `NATS_URL` is set.
+    pub events: EventsConfig,
 }
 
 impl Config {
@@ -27,6 +30,7 @@ impl Config {
             client: ClientConfig::from_env(env)?,
             inventory_addr: env.upstream("INVENTORY_ADDR", "http://127.0.0.1:50052")?,
             payments_addr: env.upstream("PAYMENTS_ADDR", "http://127.0.0.1:50053")?,
+            events: EventsConfig::from_env(env)?,
         })
     }
 }

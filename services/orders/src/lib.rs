@@ -21,7 +21,7 @@ mod store;
 
 use std::sync::Arc;
 
-use shared::events::EventPublisher;
+use shared::events::{Bus, InProcessBus};
 
 pub use config::Config;
 
@@ -30,11 +30,10 @@ pub const NAME: &str = "orders";
 
 /// Builds the server on the in-memory store and binds it. Calls to inventory and
 /// payments connect lazily, so it starts before they do. Every order state change is
-/// published to `events` on [`shared::events::ORDER_EVENTS`].
-pub async fn build(
-    config: Config,
-    events: Arc<dyn EventPublisher>,
-) -> Result<shared::Server, shared::Error> {
+/// published on [`shared::events::ORDER_EVENTS`]: to JetStream when `NATS_URL` is set
+/// (connecting first), otherwise to `local`, the in-process bus.
+pub async fn build(config: Config, local: &InProcessBus) -> Result<shared::Server, shared::Error> {
+    let events = Bus::connect(&config.events, NAME, local).await?.publisher();
     let store = Arc::new(store::MemoryStore::default());
     let inventory = grpc::InventoryClient::new(config.inventory_addr, &config.client);
     let payments = grpc::PaymentsClient::new(config.payments_addr, &config.client);

@@ -1,18 +1,16 @@
 //! The `orders` binary: the service alone, configured by environment variables.
 //!
-//! Its events go to an in-process bus that nothing in this process consumes: carrying
-//! them to the notifications process needs the broker (NATS JetStream), a later issue.
-//! The `stack` launcher runs both in one process, connected by one bus.
-
-use std::sync::Arc;
+//! Its events go to NATS JetStream when `NATS_URL` is set, where the notifications
+//! process consumes them. Without it, they go to an in-process bus that nothing in this
+//! process consumes; the `stack` launcher runs both in one process, on one bus.
 
 #[tokio::main]
 async fn main() -> Result<(), shared::Error> {
     let env = shared::Env::from_process();
     let telemetry = shared::telemetry::init(orders::NAME, &env)?;
     let config = orders::Config::from_env(&env)?;
-    let events = Arc::new(shared::events::InProcessBus::new());
-    let server = orders::build(config, events).await?;
+    let local = shared::events::InProcessBus::new();
+    let server = orders::build(config, &local).await?;
     server.serve(shared::shutdown::signal()).await?;
     telemetry.shutdown().await;
     Ok(())

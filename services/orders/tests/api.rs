@@ -85,7 +85,7 @@ impl Stack {
         let config = orders::Config::from_env(&env(vars)).unwrap();
         let bus = InProcessBus::new();
         let events = bus.subscribe(ORDER_EVENTS);
-        let orders = TestServer::start(orders::build(config, Arc::new(bus)).await.unwrap());
+        let orders = TestServer::start(orders::build(config, &bus).await.unwrap());
         Self {
             client: OrderServiceClient::new(orders.channel.clone()),
             inventory: real_inventory,
