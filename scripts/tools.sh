@@ -81,14 +81,13 @@ install_python_tools() {
   buf_version="$("$venv/bin/buf" --version 2>&1)"
   grpcurl_version="$("$venv/bin/grpcurl" -version 2>&1)"
   log "installed buf $buf_version, $grpcurl_version"
-  # The broker of the event tests (shared::testing::NatsServer).
-  log "installed $("$venv/bin/nats-server" --version 2>&1)"
   # The image and Kubernetes checks (scripts/k8s-check.sh).
   local hadolint_version checkov_version validate_version
   hadolint_version="$("$venv/bin/hadolint" --version 2>&1)"
   checkov_version="$("$venv/bin/checkov" --version 2>&1)"
   validate_version="$("$venv/bin/kubernetes-validate" --version 2>&1)"
   "$venv/bin/python" -c 'import yaml, grpc, grpc_health.v1, prometheus_client'
+  # The broker of the event tests (shared::testing::NatsServer) and the manifest-driven run.
   local nats_version="nats-server: not on macOS (brew install nats-server)"
   if [[ "$(uname -s)" != Darwin ]]; then nats_version="$("$venv/bin/nats-server" --version 2>&1)"; fi
   log "installed $hadolint_version, checkov $checkov_version, kubernetes-validate $validate_version, $nats_version"
