@@ -15,7 +15,7 @@ use shared::Env;
 use shared::client::Channel;
 use shared::testing::eventually;
 use stack::{Ports, Stack};
-use support::{InventoryProxy, System};
+use support::{Backend, InventoryProxy, System, on_both_backends};
 
 /// The body of `POST /v1/orders`.
 fn order(customer: &str, items: &[(&str, i32)], card_token: &str) -> Value {
@@ -52,9 +52,8 @@ async fn notifications_of(system: &System, customer_id: &str) -> Vec<Notificatio
     page.into_inner().notifications
 }
 
-#[tokio::test]
-async fn a_confirmed_order_notifies_the_customer() {
-    let system = System::start().await;
+async fn a_confirmed_order_notifies_the_customer(backend: Backend) {
+    let system = System::start(backend).await;
     let body = order("cus_happy", &[("SKU-002", 3)], "tok_visa");
     let placed = system.place("flow-happy", &body).await;
     assert_eq!(placed["status"], "CONFIRMED", "{placed}");
@@ -68,10 +67,9 @@ async fn a_confirmed_order_notifies_the_customer() {
     .await;
 }
 
-#[tokio::test]
-async fn a_failure_after_the_charge_notifies_the_customer() {
+async fn a_failure_after_the_charge_notifies_the_customer(backend: Backend) {
     let proxy = InventoryProxy::start().await;
-    let system = System::start_behind(&proxy).await;
+    let system = System::start_behind(backend, &proxy).await;
     proxy.fail_commits();
     let body = order("cus_failed", &[("SKU-006", 2)], "tok_visa");
     let placed = system.place("flow-failed", &body).await;
@@ -86,9 +84,8 @@ async fn a_failure_after_the_charge_notifies_the_customer() {
     .await;
 }
 
-#[tokio::test]
-async fn stream_notifications_delivers_each_new_notification() {
-    let system = System::start().await;
+async fn stream_notifications_delivers_each_new_notification(backend: Backend) {
+    let system = System::start(backend).await;
     let request = StreamNotificationsRequest {
         customer_id: "cus_stream".into(),
     };
@@ -130,4 +127,10 @@ async fn the_banner_shows_how_to_read_the_notifications() {
         banner.contains("/v1/customers/cus_demo/notifications"),
         "{banner}"
     );
+}
+
+on_both_backends! {
+    #[tokio::test] a_confirmed_order_notifies_the_customer,
+    #[tokio::test] a_failure_after_the_charge_notifies_the_customer,
+    #[tokio::test] stream_notifications_delivers_each_new_notification,
 }

@@ -12,7 +12,7 @@ use contracts::orders::v1::{Order, OrderStatus, WatchOrderRequest};
 use contracts::payments::v1::PaymentStatus;
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
-use support::{InventoryProxy, Stock, System};
+use support::{Backend, InventoryProxy, Stock, System, on_both_backends};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -33,9 +33,8 @@ async fn next<T>(stream: &mut tonic::Streaming<T>) -> Option<T> {
         .expect("a healthy stream")
 }
 
-#[tokio::test]
-async fn a_confirmed_order_sells_the_stock_and_charges_once() {
-    let system = System::start().await;
+async fn a_confirmed_order_sells_the_stock_and_charges_once(backend: Backend) {
+    let system = System::start(backend).await;
     let before = system.stock("SKU-002").await;
 
     let body = order("cus_happy", &[("SKU-002", 3)], "tok_visa");
@@ -56,9 +55,8 @@ async fn a_confirmed_order_sells_the_stock_and_charges_once() {
     assert_eq!(payments[0].amount.as_ref().unwrap().amount_minor, 3 * 4500);
 }
 
-#[tokio::test]
-async fn a_declined_card_rejects_the_order_and_leaves_stock_and_money_alone() {
-    let system = System::start().await;
+async fn a_declined_card_rejects_the_order_and_leaves_stock_and_money_alone(backend: Backend) {
+    let system = System::start(backend).await;
     let before = system.stock("SKU-004").await;
 
     let body = order("cus_declined", &[("SKU-004", 2)], "tok_declined");
@@ -81,10 +79,9 @@ async fn a_declined_card_rejects_the_order_and_leaves_stock_and_money_alone() {
     assert_eq!(captured.count(), 0, "{payments:?}");
 }
 
-#[tokio::test]
-async fn a_failure_after_the_charge_refunds_and_restores_the_stock() {
+async fn a_failure_after_the_charge_refunds_and_restores_the_stock(backend: Backend) {
     let proxy = InventoryProxy::start().await;
-    let system = System::start_behind(&proxy).await;
+    let system = System::start_behind(backend, &proxy).await;
     proxy.fail_commits();
     let before = system.stock("SKU-006").await;
 
@@ -105,9 +102,8 @@ async fn a_failure_after_the_charge_refunds_and_restores_the_stock() {
     assert_eq!(system.stock("SKU-006").await, before);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_retries_with_one_key_make_one_order_and_one_charge() {
-    let system = System::start().await;
+async fn concurrent_retries_with_one_key_make_one_order_and_one_charge(backend: Backend) {
+    let system = System::start(backend).await;
     let before = system.stock("SKU-007").await;
     let body = order("cus_retry", &[("SKU-007", 2)], "tok_visa");
 
@@ -137,10 +133,9 @@ async fn concurrent_retries_with_one_key_make_one_order_and_one_charge() {
     assert_eq!(system.stock("SKU-007").await.sold, before.sold + 2);
 }
 
-#[tokio::test]
-async fn watch_order_sees_pending_then_confirmed_and_ends() {
+async fn watch_order_sees_pending_then_confirmed_and_ends(backend: Backend) {
     let proxy = InventoryProxy::start().await;
-    let system = System::start_behind(&proxy).await;
+    let system = System::start_behind(backend, &proxy).await;
     // The order stays PENDING while its reservation is held at the proxy.
     proxy.hold_reservations();
     let http = system.http.clone();
@@ -181,11 +176,10 @@ async fn watch_order_sees_pending_then_confirmed_and_ends() {
     assert_eq!(response.json()["orderId"], pending[0].order_id.as_str());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn invariants_hold_after_a_burst_of_mixed_orders() {
+async fn invariants_hold_after_a_burst_of_mixed_orders(backend: Backend) {
     // Generous client deadlines: the burst queues calls on a busy machine.
     let env: shared::Env = [("GRPC_CLIENT_TIMEOUT", "60s")].into_iter().collect();
-    let system = System::start_with(&env, &stack::Wiring::default()).await;
+    let system = System::start_with(backend, &env, &stack::Wiring::default()).await;
     let skus: Vec<String> = (1..=8).map(|i| format!("SKU-00{i}")).collect();
     let mut initial = BTreeMap::new();
     for sku in &skus {
@@ -297,9 +291,8 @@ async fn invariants_hold_after_a_burst_of_mixed_orders() {
     assert_eq!(captured.len(), confirmed.len());
 }
 
-#[tokio::test]
-async fn bad_input_at_the_gateway_is_a_4xx_and_the_system_stays_up() {
-    let system = System::start().await;
+async fn bad_input_at_the_gateway_is_a_4xx_and_the_system_stays_up(backend: Backend) {
+    let system = System::start(backend).await;
     let before = system.stock("SKU-001").await;
     let json = ("content-type", "application/json");
     let key = ("Idempotency-Key", "flow-bad");
@@ -341,4 +334,14 @@ async fn bad_input_at_the_gateway_is_a_4xx_and_the_system_stays_up() {
         system.stock("SKU-001").await.available,
         before.available - 1
     );
+}
+
+on_both_backends! {
+    #[tokio::test] a_confirmed_order_sells_the_stock_and_charges_once,
+    #[tokio::test] a_declined_card_rejects_the_order_and_leaves_stock_and_money_alone,
+    #[tokio::test] a_failure_after_the_charge_refunds_and_restores_the_stock,
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)] concurrent_retries_with_one_key_make_one_order_and_one_charge,
+    #[tokio::test] watch_order_sees_pending_then_confirmed_and_ends,
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)] invariants_hold_after_a_burst_of_mixed_orders,
+    #[tokio::test] bad_input_at_the_gateway_is_a_4xx_and_the_system_stays_up,
 }

@@ -257,6 +257,12 @@ impl Process {
         self.lines.lock().unwrap().clone()
     }
 
+    /// SIGKILL: the process dies at once, mid-work, as in a crash or an OOM kill.
+    pub(crate) fn kill(mut self) {
+        self.child.kill().expect("the process can be killed");
+        self.child.wait().expect("the killed process is reaped");
+    }
+
     /// SIGTERM, then waits (bounded) for a clean exit: spans are flushed by then.
     pub(crate) async fn stop(mut self) -> Vec<String> {
         let kill = Command::new("kill")

@@ -21,20 +21,63 @@ use contracts::payments::v1::{ListPaymentsRequest, Payment};
 use gateway::testing::HttpClient;
 use http::StatusCode;
 use shared::client::Channel;
-use shared::testing::TestServer;
+use shared::testing::{NatsServer, TestServer, fresh_database};
 use stack::Wiring;
 use stack::testing::TestStack;
 use tokio::sync::watch;
 use tonic::{Request, Response, Status, Streaming};
 
+/// What the services keep their state and pass their events in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Backend {
+    /// The defaults: in-memory stores, the in-process bus.
+    Embedded,
+    /// NATS JetStream (a private `nats-server`) and PostgreSQL (a fresh database).
+    Durable,
+}
+
+/// Defines each listed test, an `async fn(Backend)` of the file, twice: as
+/// `embedded::<name>` on the defaults and as `durable::<name>` on NATS and PostgreSQL,
+/// so the same flow holds on both.
+///
+/// ```ignore
+/// on_both_backends! {
+///     #[tokio::test] a_confirmed_order_sells_the_stock,
+/// }
+/// ```
+macro_rules! on_both_backends {
+    ($(#[$attribute:meta] $test:ident),+ $(,)?) => {
+        mod embedded {
+            $(
+                #[$attribute]
+                async fn $test() {
+                    super::$test($crate::support::Backend::Embedded).await
+                }
+            )+
+        }
+        mod durable {
+            $(
+                #[$attribute]
+                async fn $test() {
+                    super::$test($crate::support::Backend::Durable).await
+                }
+            )+
+        }
+    };
+}
+pub(crate) use on_both_backends;
+
 /// The whole system on free ports, with a client of each service that the order flow
 /// goes through (`stack.channel(name)` for others).
+#[derive(Debug)]
 pub(crate) struct System {
     pub(crate) stack: TestStack,
     pub(crate) http: HttpClient,
     pub(crate) inventory: InventoryServiceClient<Channel>,
     pub(crate) payments: PaymentServiceClient<Channel>,
     pub(crate) orders: OrderServiceClient<Channel>,
+    /// The broker of a [`Backend::Durable`] system, stopped with it.
+    nats: Option<NatsServer>,
 }
 
 /// One sku's stock buckets.
@@ -46,28 +89,40 @@ pub(crate) struct Stock {
 }
 
 impl System {
-    pub(crate) async fn start() -> Self {
-        Self::start_with(&shared::Env::default(), &Wiring::default()).await
+    pub(crate) async fn start(backend: Backend) -> Self {
+        Self::start_with(backend, &shared::Env::default(), &Wiring::default()).await
     }
 
-    pub(crate) async fn start_with(env: &shared::Env, wiring: &Wiring) -> Self {
-        let stack = TestStack::start(env, wiring).await;
+    pub(crate) async fn start_with(backend: Backend, env: &shared::Env, wiring: &Wiring) -> Self {
+        let (env, nats) = match backend {
+            Backend::Embedded => (env.clone(), None),
+            Backend::Durable => {
+                let nats = NatsServer::start().await;
+                let env = env
+                    .clone()
+                    .with("NATS_URL", nats.url())
+                    .with("DATABASE_URL", fresh_database().await);
+                (env, Some(nats))
+            }
+        };
+        let stack = TestStack::start(&env, wiring).await;
         Self {
             http: stack.http(),
             inventory: InventoryServiceClient::new(stack.channel("inventory")),
             payments: PaymentServiceClient::new(stack.channel("payments")),
             orders: OrderServiceClient::new(stack.channel("orders")),
             stack,
+            nats,
         }
     }
 
     /// The system with orders calling inventory through `proxy`, which is then pointed
     /// at the system's inventory.
-    pub(crate) async fn start_behind(proxy: &InventoryProxy) -> Self {
+    pub(crate) async fn start_behind(backend: Backend, proxy: &InventoryProxy) -> Self {
         let wiring = Wiring {
             inventory_for_orders: Some(proxy.addr()),
         };
-        let system = Self::start_with(&shared::Env::default(), &wiring).await;
+        let system = Self::start_with(backend, &shared::Env::default(), &wiring).await;
         proxy.forward_to(system.stack.channel("inventory"));
         system
     }

@@ -1,0 +1,248 @@
+//! Nothing is lost when a process dies at the worst moment: the services as separate
+//! processes on a real NATS JetStream and a real PostgreSQL (`make test` provides both:
+//! `nats-server` from scripts/tools.sh, PostgreSQL from scripts/with-postgres.sh).
+//!
+//! Each order makes two events (placed, then its outcome) and so two notifications;
+//! "exactly once" below means each event id notified once.
+
+mod processes;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use contracts::notifications::v1::ListNotificationsRequest;
+use contracts::notifications::v1::notification_service_client::NotificationServiceClient;
+use contracts::orders::v1::order_service_client::OrderServiceClient;
+use contracts::orders::v1::{OrderItem, OrderStatus, PlaceOrderRequest};
+use processes::{PATIENCE, Process};
+use shared::testing::{NatsServer, eventually, fresh_database};
+use tokio::sync::{Mutex, Notify};
+use tokio::task::JoinSet;
+use tonic::transport::Channel;
+
+/// inventory, payments, orders and notifications, each its own process, on one NATS
+/// server and one database (each service in its own schema).
+struct Durable {
+    /// Behind a lock so that a test can kill and restart it while others use the system.
+    nats: Mutex<NatsServer>,
+    env: Vec<(&'static str, String)>,
+    inventory: Process,
+    payments: Process,
+    /// `None` while stopped (or killed) by the test.
+    notifications: Option<Process>,
+    orders: Option<Process>,
+}
+
+impl Durable {
+    async fn start() -> Self {
+        let nats = NatsServer::start().await;
+        let env = vec![
+            ("NATS_URL", nats.url()),
+            ("DATABASE_URL", fresh_database().await),
+        ];
+        let (inventory, payments, notifications) = tokio::join!(
+            Process::start("inventory", &env),
+            Process::start("payments", &env),
+            Process::start("notifications", &env),
+        );
+        let mut system = Self {
+            nats: Mutex::new(nats),
+            env,
+            inventory,
+            payments,
+            notifications: Some(notifications),
+            orders: None,
+        };
+        system.start_orders().await;
+        system
+    }
+
+    async fn start_orders(&mut self) {
+        let mut env = self.env.clone();
+        env.push(("INVENTORY_ADDR", self.inventory.uri()));
+        env.push(("PAYMENTS_ADDR", self.payments.uri()));
+        self.orders = Some(Process::start("orders", &env).await);
+    }
+
+    async fn start_notifications(&mut self) {
+        self.notifications = Some(Process::start("notifications", &self.env).await);
+    }
+
+    fn orders(&self) -> OrderServiceClient<Channel> {
+        OrderServiceClient::new(channel(self.orders.as_ref().expect("orders runs")))
+    }
+
+    fn notifications(&self) -> NotificationServiceClient<Channel> {
+        let notifications = self.notifications.as_ref().expect("notifications runs");
+        NotificationServiceClient::new(channel(notifications))
+    }
+
+    /// Places an order of one SKU-001 for `customer`, and returns it once final.
+    async fn place(&self, request_id: &str, customer: &str) -> String {
+        let order = self
+            .orders()
+            .place_order(PlaceOrderRequest {
+                request_id: request_id.into(),
+                customer_id: customer.into(),
+                items: vec![OrderItem {
+                    sku: "SKU-001".into(),
+                    quantity: 1,
+                    ..Default::default()
+                }],
+                card_token: "tok_visa".into(),
+            })
+            .await
+            .unwrap_or_else(|status| panic!("PlaceOrder {request_id}: {status:?}"))
+            .into_inner()
+            .order
+            .expect("an order");
+        assert_eq!(order.status(), OrderStatus::Confirmed, "{order:?}");
+        order.order_id
+    }
+
+    /// How many notifications each event id of `customer` has, by order id.
+    async fn notified(&self, customer: &str) -> BTreeMap<String, Vec<String>> {
+        let mut client = self.notifications();
+        let mut by_order: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut page_token = String::new();
+        loop {
+            let page = client
+                .list_notifications(ListNotificationsRequest {
+                    customer_id: customer.into(),
+                    page_size: 100,
+                    page_token,
+                })
+                .await
+                .expect("ListNotifications")
+                .into_inner();
+            for notification in page.notifications {
+                by_order
+                    .entry(notification.order_id)
+                    .or_default()
+                    .push(notification.event_id);
+            }
+            if page.next_page_token.is_empty() {
+                return by_order;
+            }
+            page_token = page.next_page_token;
+        }
+    }
+
+    /// Waits until every order of `orders` has its two notifications, then checks that
+    /// no event was notified twice and nothing else was notified.
+    async fn assert_notified_once(&self, customer: &str, orders: &BTreeSet<String>) {
+        eventually("every order's two notifications", || async {
+            let notified = self.notified(customer).await;
+            orders
+                .iter()
+                .all(|id| notified.get(id).is_some_and(|events| events.len() >= 2))
+        })
+        .await;
+        let notified = self.notified(customer).await;
+        assert_eq!(
+            notified.keys().cloned().collect::<BTreeSet<_>>(),
+            *orders,
+            "notifications of orders never placed"
+        );
+        for (order, events) in &notified {
+            let distinct: BTreeSet<_> = events.iter().collect();
+            assert_eq!(distinct.len(), events.len(), "{order}: {events:?}");
+            assert_eq!(
+                distinct,
+                [format!("{order}.placed"), format!("{order}.confirmed")]
+                    .iter()
+                    .collect(),
+            );
+        }
+    }
+}
+
+fn channel(process: &Process) -> Channel {
+    Channel::from_shared(process.uri())
+        .expect("a valid URI")
+        .connect_lazy()
+}
+
+#[tokio::test]
+async fn an_event_committed_but_never_published_is_published_after_a_restart() {
+    let mut system = Durable::start().await;
+    // With the broker down, the order commits (with its events, in the outbox) but
+    // nothing can be published: then orders dies without a chance to clean up.
+    system.nats.lock().await.kill();
+    let order = system.place("outbox-1", "cus_outbox").await;
+    system.orders.take().expect("orders runs").kill();
+    assert!(system.notified("cus_outbox").await.is_empty());
+
+    system.nats.lock().await.restart().await;
+    system.start_orders().await;
+    system
+        .assert_notified_once("cus_outbox", &BTreeSet::from([order]))
+        .await;
+}
+
+#[tokio::test]
+async fn a_consumer_that_was_down_gets_every_event_once() {
+    let mut system = Durable::start().await;
+    let notifications = system.notifications.take().expect("notifications runs");
+    notifications.stop().await;
+
+    let mut placing = JoinSet::new();
+    let system = Arc::new(system);
+    for i in 0..100 {
+        let system = system.clone();
+        placing.spawn(async move { system.place(&format!("down-{i}"), "cus_down").await });
+    }
+    let orders: BTreeSet<String> = placing.join_all().await.into_iter().collect();
+    assert_eq!(orders.len(), 100);
+
+    let mut system = Arc::into_inner(system).expect("every task is done");
+    system.start_notifications().await;
+    system.assert_notified_once("cus_down", &orders).await;
+}
+
+#[tokio::test]
+async fn orders_placed_while_the_broker_restarts_all_get_their_events() {
+    let system = Arc::new(Durable::start().await);
+    const ORDERS: usize = 60;
+    let placed = Arc::new(AtomicUsize::new(0));
+    let progress = Arc::new(Notify::new());
+
+    let mut placing = JoinSet::new();
+    for worker in 0..4 {
+        let (system, placed, progress) = (system.clone(), placed.clone(), progress.clone());
+        placing.spawn(async move {
+            let mut orders = Vec::new();
+            for i in (worker..ORDERS).step_by(4) {
+                orders.push(system.place(&format!("restart-{i}"), "cus_restart").await);
+                placed.fetch_add(1, Ordering::SeqCst);
+                progress.notify_waiters();
+            }
+            orders
+        });
+    }
+    let wait_for = |count: usize| {
+        let (placed, progress) = (placed.clone(), progress.clone());
+        async move {
+            while placed.load(Ordering::SeqCst) < count {
+                let notified = progress.notified();
+                if placed.load(Ordering::SeqCst) >= count {
+                    break;
+                }
+                tokio::time::timeout(PATIENCE, notified)
+                    .await
+                    .expect("orders keep being placed");
+            }
+        }
+    };
+    // The broker goes away a third of the way in and comes back two thirds in: orders
+    // placed meanwhile wait in the outbox.
+    wait_for(ORDERS / 3).await;
+    system.nats.lock().await.kill();
+    wait_for(2 * ORDERS / 3).await;
+    system.nats.lock().await.restart().await;
+
+    let orders: BTreeSet<String> = placing.join_all().await.into_iter().flatten().collect();
+    assert_eq!(orders.len(), ORDERS);
+    system.assert_notified_once("cus_restart", &orders).await;
+}
