@@ -1,6 +1,9 @@
 //! Settings, read once at start-up.
 
+use std::time::Duration;
+
 use http::Uri;
+use shared::db::DbConfig;
 use shared::{ClientConfig, ConfigError, Env, ServerConfig};
 
 /// The local gRPC port, and the default of `LISTEN_ADDR`.
@@ -18,6 +21,40 @@ pub struct Config {
     pub inventory_addr: Uri,
     /// `PAYMENTS_ADDR`: the payments service (default `http://127.0.0.1:50053`).
     pub payments_addr: Uri,
+    /// `DATABASE_URL` and the other `DATABASE_*` variables: PostgreSQL keeps the orders
+    /// and their outbox when set; unset, they are kept in memory (lost at exit).
+    pub database: Option<DbConfig>,
+    pub outbox: OutboxConfig,
+}
+
+/// How the relay publishes the outbox's events (`outbox.rs`).
+#[derive(Clone, Debug)]
+pub struct OutboxConfig {
+    /// `OUTBOX_POLL_INTERVAL` (default `1s`): how often the relay looks for pending
+    /// events besides being woken by each commit of this process: events committed by
+    /// another replica, or left by a process that stopped before publishing them.
+    pub poll_interval: Duration,
+    /// `OUTBOX_BATCH_SIZE` (default 100): most events claimed and published per pass.
+    pub batch_size: usize,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        Self {
+            poll_interval: Duration::from_secs(1),
+            batch_size: 100,
+        }
+    }
+}
+
+impl OutboxConfig {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let default = Self::default();
+        Ok(Self {
+            poll_interval: env.duration("OUTBOX_POLL_INTERVAL", default.poll_interval)?,
+            batch_size: env.int_in("OUTBOX_BATCH_SIZE", default.batch_size, 1, 10_000)?,
+        })
+    }
 }
 
 impl Config {
@@ -27,6 +64,8 @@ impl Config {
             client: ClientConfig::from_env(env)?,
             inventory_addr: env.upstream("INVENTORY_ADDR", "http://127.0.0.1:50052")?,
             payments_addr: env.upstream("PAYMENTS_ADDR", "http://127.0.0.1:50053")?,
+            database: DbConfig::from_env(env)?,
+            outbox: OutboxConfig::from_env(env)?,
         })
     }
 }
