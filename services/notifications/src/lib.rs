@@ -5,7 +5,8 @@
 //! - `grpc.rs`: the `notifications.v1.NotificationService` handlers (the only tonic code).
 //! - `consumer.rs`: the loop that takes order events from the bus.
 //! - `domain.rs`: notifications, and what each order event says to the customer.
-//! - `store.rs`: the `Store` trait (what a database must do) and its in-memory version.
+//! - `store.rs`: the `Store` trait (what a database must do) and its in-memory version;
+//!   `store/postgres.rs` the PostgreSQL one (`migrations/`).
 //! - `error.rs`: the one mapping from domain errors to gRPC statuses.
 #![forbid(unsafe_code)]
 
@@ -25,11 +26,15 @@ pub use config::Config;
 /// The service's name: binary, package, image and Kubernetes name.
 pub const NAME: &str = "notifications";
 
-/// Builds the server on the in-memory store and binds it, and starts consuming
+/// Builds the server and binds it (the store is PostgreSQL when `config.database` is
+/// set, schema `notifications`, else in memory), and starts consuming
 /// `events`, a subscription to [`shared::events::ORDER_EVENTS`]. Consuming starts now,
 /// before the server serves, and stops when it drains or stops.
 pub async fn build(config: Config, events: Subscription) -> Result<shared::Server, shared::Error> {
-    let store = Arc::new(store::MemoryStore::default());
+    let store: Arc<dyn store::Store> = match &config.database {
+        Some(database) => Arc::new(store::PgStore::connect(database).await?),
+        None => Arc::new(store::MemoryStore::default()),
+    };
     let server = shared::Server::builder(NAME, &config.server);
     let draining = server.draining();
     let server = server
