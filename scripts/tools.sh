@@ -17,6 +17,7 @@ set -euo pipefail
 DEBIAN_PACKAGES=(
   shellcheck # scripts/lint-shell.sh
   curl       # scripts/kind-smoke.sh, which scripts/k8s-check.sh also runs
+  postgresql # scripts/with-postgres.sh: a throwaway server for the database tests
 )
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
