@@ -109,23 +109,15 @@ fn backoff(failures: u32) -> Duration {
 
 /// Publishes one stored event inside a PRODUCER span that continues the trace of the
 /// saga that wrote it (its headers), so the consumers' spans join the order's trace.
+/// The relay runs outside any span, so the producer span's parent is the stored context.
 pub(crate) async fn publish(
     publisher: &dyn EventPublisher,
     stored: Event,
 ) -> Result<(), PublishError> {
-    // The saga's span ended long ago: this one stands for it as the producer's parent.
-    let relay = tracing::info_span!(
-        parent: None,
-        "outbox.relay",
-        messaging.message.id = %stored.id,
-    );
-    shared::rpc::continue_trace_from_pairs(&relay, &stored.headers);
-    let (span, event) = relay.in_scope(|| shared::events::traced(crate::NAME, stored));
-    publisher
-        .publish(event)
-        .instrument(span)
-        .instrument(relay)
-        .await
+    let headers = stored.headers.clone();
+    let (span, event) =
+        shared::rpc::in_trace_from_pairs(&headers, || shared::events::traced(crate::NAME, stored));
+    publisher.publish(event).instrument(span).await
 }
 
 /// `event` with the current span's trace context in its headers: written to the outbox
