@@ -506,4 +506,28 @@ mod tests {
         assert!(ids.len() >= 80);
         assert_eq!(a.pending_events().await.unwrap(), 0, "each is marked sent");
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn watchers_see_changes_committed_by_another_replica() {
+        let config = shared::testing::fresh_db_config().await;
+        let (a, b) = tokio::join!(PgStore::connect(&config), PgStore::connect(&config));
+        let (a, b) = (a.unwrap(), b.unwrap());
+        let placed = order("ord_1", "req-1", "cus-1");
+        create(&a, placed.clone()).await.unwrap();
+        let mut changes = b.watch("ord_1").await.unwrap();
+        assert_eq!(changes.borrow_and_update().status, Status::Pending);
+
+        // Replica a's saga ends the order; b's watcher hears of it through PostgreSQL.
+        // (b may have started listening after a's commit: it re-reads what it watches.)
+        let confirmed = confirm(&a, placed).await;
+        let seen = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            changes.wait_for(|order| order.status.is_final()),
+        )
+        .await
+        .expect("the change within 10 s")
+        .map(|order| order.clone())
+        .unwrap();
+        assert_eq!(seen, confirmed);
+    }
 }

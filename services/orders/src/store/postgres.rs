@@ -10,12 +10,15 @@
 //!   the same order is pending (claimed by another relay, or failing): each order's
 //!   events are published in the order they were written.
 //! - Watchers (`WatchOrder`, identical requests waiting for a saga) are in-process watch
-//!   channels fed after each commit of this process. An order changed by another
-//!   replica's saga reaches this replica's watchers only if they watch again (a
-//!   PostgreSQL `LISTEN/NOTIFY` feed would lift that limit).
+//!   channels, fed after each commit of this process and, for changes committed by
+//!   other replicas, through PostgreSQL `LISTEN/NOTIFY`: each update notifies
+//!   [`CHANGES`] with the order id (delivered at commit), and a listener task re-reads
+//!   the watched orders it names. After a lost listening connection it re-reads every
+//!   watched order, since notifications in between are gone.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use shared::PageRequest;
@@ -23,9 +26,10 @@ use shared::db::{from_micros, micros};
 use shared::events::{Event, EventPublisher};
 use shared::pagination::position_key;
 use sqlx::migrate::Migrator;
-use sqlx::postgres::PgRow;
+use sqlx::postgres::{PgListener, PgRow};
 use sqlx::{PgConnection, PgPool, Row as _};
 use tokio::sync::{Notify, watch};
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::{Created, Store};
 use crate::domain::{Line, Order, Status, storage_error};
@@ -35,13 +39,20 @@ use crate::outbox::{self, Relayed};
 /// The schema, embedded at build time from `services/orders/migrations/`.
 static MIGRATOR: Migrator = sqlx::migrate!();
 
+/// The `LISTEN/NOTIFY` channel of order changes; the payload is the order id.
+const CHANGES: &str = "orders_changed";
+
+/// The watch channel of each order someone in this process watches.
+type Watched = Arc<Mutex<HashMap<String, watch::Sender<Order>>>>;
+
 /// Orders and their outbox in PostgreSQL.
 #[derive(Debug)]
 pub(crate) struct PgStore {
     pool: PgPool,
     outbox_signal: Notify,
-    /// The watch channel of each order someone in this process watches.
-    watched: Mutex<HashMap<String, watch::Sender<Order>>>,
+    watched: Watched,
+    /// Stops the listener task with the store.
+    _listening: DropGuard,
 }
 
 const COLUMNS: &str = "position, id, request_id, customer_id, card_token, currency_code, \
@@ -53,10 +64,14 @@ impl PgStore {
     /// Connects and migrates the `orders` schema.
     pub(crate) async fn connect(config: &shared::db::DbConfig) -> Result<Self, shared::Error> {
         let pool = shared::db::connect(config, crate::NAME, &MIGRATOR).await?;
+        let watched = Watched::default();
+        let stop = CancellationToken::new();
+        tokio::spawn(follow_changes(pool.clone(), watched.clone(), stop.clone()));
         Ok(Self {
             pool,
             outbox_signal: Notify::new(),
-            watched: Mutex::default(),
+            watched,
+            _listening: stop.drop_guard(),
         })
     }
 
@@ -76,65 +91,152 @@ impl PgStore {
             .map_err(|e| storage_error(std::io::Error::other(e.to_string())))
     }
 
-    /// The orders of `rows` (in their order) with their lines, each with its position.
     async fn load(&self, rows: Vec<PgRow>) -> Result<Vec<(i64, Order)>, Error> {
-        let ids: Vec<String> = rows
-            .iter()
-            .map(|row| row.try_get("id"))
-            .collect::<Result<_, _>>()?;
-        let mut lines: HashMap<String, Vec<Line>> = HashMap::new();
-        let line_rows = sqlx::query(
-            "SELECT order_id, sku, quantity, unit_currency, unit_minor FROM order_lines \
-             WHERE order_id = ANY($1) ORDER BY order_id, line_no",
-        )
-        .bind(&ids)
-        .fetch_all(&self.pool)
-        .await?;
-        for row in line_rows {
-            lines
-                .entry(row.try_get("order_id")?)
-                .or_default()
-                .push(Line {
-                    sku: row.try_get("sku")?,
-                    quantity: row.try_get("quantity")?,
-                    unit_price: shared::Money::new(
-                        row.try_get::<String, _>("unit_currency")?,
-                        row.try_get("unit_minor")?,
-                    ),
-                });
-        }
-        rows.iter()
-            .map(|row| {
-                let id: String = row.try_get("id")?;
-                let order_lines = lines.remove(&id).unwrap_or_default();
-                Ok((row.try_get("position")?, order_from(row, order_lines)?))
-            })
-            .collect()
+        load(&self.pool, rows).await
     }
 
     async fn one(&self, condition: &str, value: &str) -> Result<Option<Order>, Error> {
-        let row = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM orders WHERE {condition} = $1"
-        ))
-        .bind(value)
-        .fetch_optional(&self.pool)
-        .await?;
-        let orders = self.load(row.into_iter().collect()).await?;
-        Ok(orders.into_iter().next().map(|(_, order)| order))
+        one(&self.pool, condition, value).await
     }
 
-    /// Tells this process's watchers of `order` its new state.
     fn tell_watchers(&self, order: &Order) -> Result<(), Error> {
-        let mut watched = self.watched()?;
-        if let Some(sender) = watched.get(&order.id) {
-            sender.send_if_modified(|current| newer(order, current));
-            // A final order changes no more, and a channel nobody watches is not needed:
-            // the watchers keep the last state.
-            if order.status.is_final() || sender.receiver_count() == 0 {
-                watched.remove(&order.id);
+        tell_watchers(&self.watched, order)
+    }
+}
+
+/// The orders of `rows` (in their order) with their lines, each with its position.
+async fn load(pool: &PgPool, rows: Vec<PgRow>) -> Result<Vec<(i64, Order)>, Error> {
+    let ids: Vec<String> = rows
+        .iter()
+        .map(|row| row.try_get("id"))
+        .collect::<Result<_, _>>()?;
+    let mut lines: HashMap<String, Vec<Line>> = HashMap::new();
+    let line_rows = sqlx::query(
+        "SELECT order_id, sku, quantity, unit_currency, unit_minor FROM order_lines \
+         WHERE order_id = ANY($1) ORDER BY order_id, line_no",
+    )
+    .bind(&ids)
+    .fetch_all(pool)
+    .await?;
+    for row in line_rows {
+        lines
+            .entry(row.try_get("order_id")?)
+            .or_default()
+            .push(Line {
+                sku: row.try_get("sku")?,
+                quantity: row.try_get("quantity")?,
+                unit_price: shared::Money::new(
+                    row.try_get::<String, _>("unit_currency")?,
+                    row.try_get("unit_minor")?,
+                ),
+            });
+    }
+    rows.iter()
+        .map(|row| {
+            let id: String = row.try_get("id")?;
+            let order_lines = lines.remove(&id).unwrap_or_default();
+            Ok((row.try_get("position")?, order_from(row, order_lines)?))
+        })
+        .collect()
+}
+
+async fn one(pool: &PgPool, condition: &str, value: &str) -> Result<Option<Order>, Error> {
+    let row = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM orders WHERE {condition} = $1"
+    ))
+    .bind(value)
+    .fetch_optional(pool)
+    .await?;
+    let orders = load(pool, row.into_iter().collect()).await?;
+    Ok(orders.into_iter().next().map(|(_, order)| order))
+}
+
+/// Tells this process's watchers of `order` its new state.
+fn tell_watchers(
+    watched: &Mutex<HashMap<String, watch::Sender<Order>>>,
+    order: &Order,
+) -> Result<(), Error> {
+    let mut watched = watched
+        .lock()
+        .map_err(|e| storage_error(std::io::Error::other(e.to_string())))?;
+    if let Some(sender) = watched.get(&order.id) {
+        sender.send_if_modified(|current| newer(order, current));
+        // A final order changes no more, and a channel nobody watches is not needed:
+        // the watchers keep the last state.
+        if order.status.is_final() || sender.receiver_count() == 0 {
+            watched.remove(&order.id);
+        }
+    }
+    Ok(())
+}
+
+/// Feeds this process's watchers the changes other replicas commit, until `stop`:
+/// `LISTEN` on [`CHANGES`], and each notified order that someone here watches is read
+/// again. Runs on a connection of its own (reconnected by sqlx after a failure).
+async fn follow_changes(pool: PgPool, watched: Watched, stop: CancellationToken) {
+    let mut listener = loop {
+        let listening = async {
+            let mut listener = PgListener::connect_with(&pool).await?;
+            listener.listen(CHANGES).await?;
+            Ok::<_, sqlx::Error>(listener)
+        };
+        let error = tokio::select! {
+            () = stop.cancelled() => return,
+            result = listening => match result {
+                Ok(listener) => break listener,
+                Err(error) => error,
+            },
+        };
+        tracing::warn!(%error, "cannot listen for order changes; retrying");
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    };
+    // Changes committed before listening started were not notified here.
+    refresh(&pool, &watched, None).await;
+    loop {
+        let next = tokio::select! {
+            () = stop.cancelled() => return,
+            next = listener.try_recv() => next,
+        };
+        match next {
+            Ok(Some(notification)) => refresh(&pool, &watched, Some(notification.payload())).await,
+            // The connection was lost (sqlx reconnects on the next call), and with it
+            // the notifications in between.
+            Ok(None) => refresh(&pool, &watched, None).await,
+            Err(error) => {
+                tracing::warn!(%error, "listening for order changes failed; retrying");
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
             }
         }
-        Ok(())
+    }
+}
+
+/// Reads again the watched order `id` (every watched order if `None`) and tells its
+/// watchers. Failures are logged: the watchers keep the state they have.
+async fn refresh(pool: &PgPool, watched: &Watched, id: Option<&str>) {
+    let ids: Vec<String> = {
+        let watched = watched.lock().unwrap_or_else(PoisonError::into_inner);
+        match id {
+            Some(id) if watched.contains_key(id) => vec![id.to_owned()],
+            Some(_) => Vec::new(),
+            None => watched.keys().cloned().collect(),
+        }
+    };
+    for id in ids {
+        match one(pool, "id", &id).await {
+            Ok(Some(order)) => {
+                let _ = tell_watchers(watched, &order);
+            }
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!(order_id = %id, error = %shared::status::ErrorChain(&error), "cannot read a changed order");
+            }
+        }
     }
 }
 
@@ -306,6 +408,12 @@ impl Store for PgStore {
         if let Some(event) = &event {
             record(&mut tx, &order.id, event).await?;
         }
+        // Other replicas' watchers: delivered when the transaction commits.
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANGES)
+            .bind(&order.id)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         if event.is_some() {
             self.outbox_signal.notify_one();
