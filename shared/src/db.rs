@@ -175,9 +175,12 @@ async fn create_schema(config: &DbConfig, schema: &str) -> Result<(), DbError> {
         schema.replace('"', "\"\"")
     );
     let created = sqlx::raw_sql(&statement).execute(&mut connection).await;
-    // Two replicas racing can both miss the schema; the loser's error is a duplicate.
+    // Two replicas racing can both miss the schema; the loser's error is a duplicate:
+    // 42P06 (duplicate_schema), or, when both pass the IF NOT EXISTS check at once, the
+    // catalog's own unique index (23505).
     match created {
         Ok(_) => {}
+        Err(ref error) if is_unique_violation(error) => {}
         Err(sqlx::Error::Database(error)) if error.code().as_deref() == Some("42P06") => {}
         Err(source) => {
             return Err(DbError::Schema {
