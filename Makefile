@@ -15,11 +15,13 @@ help: ## List the targets
 run: ## Run every service in one process (the stack launcher)
 	cargo run -p stack
 
+# The tests get a private, throwaway PostgreSQL server (TEST_DATABASE_URL) for the
+# stores' database tests; the template check's copy runs none of those.
 test: lint ## Everything CI checks: lint, every test (grpcurl/buf acceptance included), the k8s checks
 	@if cargo nextest --version >/dev/null 2>&1; then \
-	  cargo nextest run --workspace; \
+	  scripts/with-postgres.sh cargo nextest run --workspace; \
 	else \
-	  cargo test --workspace; \
+	  scripts/with-postgres.sh cargo test --workspace; \
 	fi
 	scripts/k8s-check.sh
 	scripts/template-check.sh

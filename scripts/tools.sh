@@ -17,7 +17,7 @@ set -euo pipefail
 DEBIAN_PACKAGES=(
   shellcheck # scripts/lint-shell.sh
   curl       # scripts/kind-smoke.sh, which scripts/k8s-check.sh also runs
-  postgresql # the PostgreSQL of the manifest-driven run (k8s/tests/run.py): initdb, postgres, psql
+  postgresql # scripts/with-postgres.sh (the database tests) and the manifest-driven run
 )
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -14,7 +14,7 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -119,6 +119,12 @@ pub enum DbError {
         #[source]
         source: sqlx::Error,
     },
+    #[error("cannot fill schema {schema:?} with its initial data")]
+    Seed {
+        schema: String,
+        #[source]
+        source: sqlx::Error,
+    },
     #[error("cannot migrate schema {schema:?}")]
     Migrate {
         schema: String,
@@ -169,9 +175,12 @@ async fn create_schema(config: &DbConfig, schema: &str) -> Result<(), DbError> {
         schema.replace('"', "\"\"")
     );
     let created = sqlx::raw_sql(&statement).execute(&mut connection).await;
-    // Two replicas racing can both miss the schema; the loser's error is a duplicate.
+    // Two replicas racing can both miss the schema; the loser's error is a duplicate:
+    // 42P06 (duplicate_schema), or, when both pass the IF NOT EXISTS check at once, the
+    // catalog's own unique index (23505).
     match created {
         Ok(_) => {}
+        Err(ref error) if is_unique_violation(error) => {}
         Err(sqlx::Error::Database(error)) if error.code().as_deref() == Some("42P06") => {}
         Err(source) => {
             return Err(DbError::Schema {
@@ -212,6 +221,52 @@ async fn connect_once_up(config: &DbConfig) -> Result<sqlx::PgConnection, DbErro
             }
         }
     }
+}
+
+/// Whether `error` says the database is out of reach or overloaded rather than that the
+/// query is wrong: no connection free in the pool within `DATABASE_ACQUIRE_TIMEOUT`, a
+/// connection that broke, a transaction chosen as a deadlock victim. The caller may
+/// retry: services answer UNAVAILABLE (other database errors are INTERNAL).
+pub fn is_unavailable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => true,
+        // 08: connection exceptions; 40001 serialization failure, 40P01 deadlock;
+        // 53: insufficient resources (too many connections); 57P01-03: shutting down.
+        sqlx::Error::Database(e) => e.code().is_some_and(|code| {
+            code.starts_with("08")
+                || code.starts_with("53")
+                || matches!(
+                    code.as_ref(),
+                    "40001" | "40P01" | "57P01" | "57P02" | "57P03"
+                )
+        }),
+        _ => false,
+    }
+}
+
+/// `time` as microseconds since the Unix epoch (PostgreSQL's `TIMESTAMPTZ` precision).
+/// sqlx maps `SystemTime` only with an extra date crate, so times cross as `BIGINT`:
+/// written as `TIMESTAMPTZ 'epoch' + $1 * INTERVAL '1 microsecond'` (exact), read as
+/// `(EXTRACT(EPOCH FROM t) * 1000000)::BIGINT` (exact: `EXTRACT` is `numeric`).
+/// Times before the epoch are clamped to it (none of ours are).
+pub fn micros(time: SystemTime) -> i64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+/// The time `micros` microseconds after the Unix epoch (see [`micros`]).
+pub fn from_micros(micros: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_micros(u64::try_from(micros).unwrap_or(0))
+}
+
+/// `time` rounded down to what a `TIMESTAMPTZ` keeps, so that a value written and read
+/// back compares equal.
+pub fn truncate_to_micros(time: SystemTime) -> SystemTime {
+    from_micros(micros(time))
 }
 
 /// Whether `error` is a unique-constraint violation (SQLSTATE 23505): the way a

@@ -15,6 +15,9 @@ pub enum Error {
     },
     #[error(transparent)]
     Events(#[from] crate::events::EventsError),
+    /// The database (`DATABASE_URL`) could not be reached, prepared or migrated.
+    #[error(transparent)]
+    Database(#[from] crate::db::DbError),
     #[error("cannot build server reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("gRPC server on {addr} failed: {source}")]

@@ -325,6 +325,22 @@ pub fn continue_trace_from_pairs(span: &tracing::Span, headers: &[(String, Strin
     continue_trace_from(span, &PairsExtractor(headers));
 }
 
+/// Runs `f` with the trace context that `headers` carry as the current OpenTelemetry
+/// context, so that a span `f` creates while no tracing span is current (in a
+/// background task) continues that trace. For work done long after the span that asked
+/// for it ended: orders' outbox relay publishes an event inside the trace its writer
+/// stored in the event's headers.
+pub fn in_trace_from_pairs<T>(headers: &[(String, String)], f: impl FnOnce() -> T) -> T {
+    if !telemetry::tracing_enabled() {
+        return f();
+    }
+    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.extract(&PairsExtractor(headers))
+    });
+    let _attached = parent.attach();
+    f()
+}
+
 /// [`inject_trace`] for message headers as name-value pairs: replaces the trace
 /// context already there, keeps every other header.
 pub fn inject_trace_into_pairs(span: &tracing::Span, headers: &mut Vec<(String, String)>) {

@@ -455,6 +455,41 @@ fn with_database(url: &str, database: &str) -> String {
     }
 }
 
+/// One store contract, two stores: for each listed `async fn test(store)`, a
+/// `#[tokio::test]` in module `memory` that gives it `$memory().await` and one in
+/// module `postgres` that gives it `$postgres().await` (a store on a
+/// [`fresh_database`]). Both factories and tests are functions of the calling module.
+///
+/// ```ignore
+/// shared::store_tests!(memory: memory_store, postgres: pg_store, tests: [reserve_is_all_or_nothing]);
+/// ```
+#[macro_export]
+macro_rules! store_tests {
+    (memory: $memory:ident, postgres: $postgres:ident, tests: [$($test:ident),+ $(,)?]) => {
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $test() {
+                    super::$test(super::$memory().await).await;
+                }
+            )+
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $test() {
+                    super::$test(super::$postgres().await).await;
+                }
+            )+
+        }
+    };
+}
+
+/// A [`DbConfig`](crate::db::DbConfig) for a new, empty database ([`fresh_database`]).
+pub async fn fresh_db_config() -> crate::db::DbConfig {
+    crate::db::DbConfig::from_url(&fresh_database().await).expect("a valid database URL")
+}
+
 #[cfg(test)]
 mod tests {
     use super::with_database;

@@ -1,7 +1,7 @@
 //! The one mapping from inventory errors to gRPC statuses.
 
 use shared::ValidationError;
-use shared::status::{self, Precondition};
+use shared::status::{self, ErrorChain, Precondition};
 use tonic::Status;
 
 use crate::domain::Shortage;
@@ -24,11 +24,26 @@ pub(crate) enum Error {
     ReservationCommitted { id: String },
     #[error("inventory storage failed")]
     Storage(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The database is out of reach or overloaded: the caller may retry.
+    #[error("inventory storage is unavailable")]
+    StorageUnavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 fn skus(shortages: &[Shortage]) -> String {
     let skus: Vec<&str> = shortages.iter().map(|s| s.sku.as_str()).collect();
     skus.join(", ")
+}
+
+/// A database error: out of reach or overloaded (UNAVAILABLE), or anything else
+/// (INTERNAL).
+impl From<sqlx::Error> for Error {
+    fn from(error: sqlx::Error) -> Self {
+        if shared::db::is_unavailable(&error) {
+            Self::StorageUnavailable(Box::new(error))
+        } else {
+            Self::Storage(Box::new(error))
+        }
+    }
 }
 
 impl From<Error> for Status {
@@ -73,6 +88,10 @@ impl From<Error> for Status {
                     "committed; it cannot be released",
                 )],
             ),
+            Error::StorageUnavailable(_) => {
+                tracing::warn!(error = %ErrorChain(&error), "storage unavailable");
+                Status::unavailable(format!("{error}; try again"))
+            }
             Error::Storage(_) => status::internal(&error),
         }
     }

@@ -1,5 +1,5 @@
 //! Where products and reservations live. [`Store`] is what a database must provide;
-//! [`MemoryStore`] is the embedded default. Each method is one atomic step, so the
+//! [`MemoryStore`] is the embedded default, [`PgStore`] PostgreSQL (`DATABASE_URL`). Each method is one atomic step, so the
 //! all-or-nothing and idempotency rules hold under any concurrency.
 
 use std::collections::{BTreeMap, HashMap};
@@ -14,6 +14,10 @@ use crate::domain::{
     Item, NewReservation, Product, Reservation, ReservationState, Shortage, storage_error, units,
 };
 use crate::error::Error;
+
+mod postgres;
+
+pub(crate) use postgres::PgStore;
 
 #[async_trait]
 pub(crate) trait Store: Send + Sync + 'static {
@@ -255,13 +259,11 @@ mod tests {
         NewReservation::new(id.into(), items).unwrap()
     }
 
-    async fn stock(store: &MemoryStore, sku: &str) -> Stock {
+    async fn stock(store: &dyn Store, sku: &str) -> Stock {
         store.product(sku).await.unwrap().stock
     }
 
-    #[tokio::test]
-    async fn reserve_is_all_or_nothing() {
-        let store = MemoryStore::new(demo_catalog());
+    async fn reserve_is_all_or_nothing(store: Arc<dyn Store>) {
         // SKU-008 has 3 units: asking for 4 fails the whole reservation.
         let err = store
             .reserve(reservation(
@@ -273,19 +275,17 @@ mod tests {
         assert!(
             matches!(&err, Error::InsufficientStock(s) if s[0].sku == "SKU-008" && s[0].available == 3)
         );
-        assert_eq!(stock(&store, "SKU-001").await.available, 100);
+        assert_eq!(stock(store.as_ref(), "SKU-001").await.available, 100);
 
         let err = store
             .reserve(reservation("r2", vec![item("SKU-001", 1), item("NOPE", 1)]))
             .await
             .unwrap_err();
         assert!(matches!(err, Error::ProductNotFound { .. }));
-        assert_eq!(stock(&store, "SKU-001").await.available, 100);
+        assert_eq!(stock(store.as_ref(), "SKU-001").await.available, 100);
     }
 
-    #[tokio::test]
-    async fn reserve_commit_release_move_the_buckets() {
-        let store = MemoryStore::new(demo_catalog());
+    async fn reserve_commit_release_move_the_buckets(store: Arc<dyn Store>) {
         store
             .reserve(reservation("a", vec![item("SKU-002", 5)]))
             .await
@@ -295,7 +295,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(
-            stock(&store, "SKU-002").await,
+            stock(store.as_ref(), "SKU-002").await,
             Stock {
                 available: 17,
                 reserved: 8,
@@ -305,7 +305,7 @@ mod tests {
         store.commit("a").await.unwrap();
         store.release("b").await.unwrap();
         assert_eq!(
-            stock(&store, "SKU-002").await,
+            stock(store.as_ref(), "SKU-002").await,
             Stock {
                 available: 20,
                 reserved: 0,
@@ -314,9 +314,7 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn every_step_is_idempotent() {
-        let store = MemoryStore::new(demo_catalog());
+    async fn every_step_is_idempotent(store: Arc<dyn Store>) {
         let first = store
             .reserve(reservation("a", vec![item("SKU-003", 2)]))
             .await
@@ -326,7 +324,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(first, again);
-        assert_eq!(stock(&store, "SKU-003").await.reserved, 2);
+        assert_eq!(stock(store.as_ref(), "SKU-003").await.reserved, 2);
 
         let err = store
             .reserve(reservation("a", vec![item("SKU-003", 3)]))
@@ -337,7 +335,7 @@ mod tests {
         let committed = store.commit("a").await.unwrap();
         assert_eq!(store.commit("a").await.unwrap(), committed);
         assert_eq!(
-            stock(&store, "SKU-003").await,
+            stock(store.as_ref(), "SKU-003").await,
             Stock {
                 available: 198,
                 reserved: 0,
@@ -355,7 +353,7 @@ mod tests {
             .unwrap();
         let released = store.release("b").await.unwrap();
         assert_eq!(store.release("b").await.unwrap(), released);
-        assert_eq!(stock(&store, "SKU-003").await.available, 198);
+        assert_eq!(stock(store.as_ref(), "SKU-003").await.available, 198);
         assert!(matches!(
             store.commit("b").await,
             Err(Error::ReservationReleased { .. })
@@ -366,9 +364,7 @@ mod tests {
         ));
     }
 
-    #[tokio::test]
-    async fn a_release_before_the_reservation_blocks_it() {
-        let store = MemoryStore::new(demo_catalog());
+    async fn a_release_before_the_reservation_blocks_it(store: Arc<dyn Store>) {
         let tombstone = store.release("late").await.unwrap();
         assert_eq!(tombstone.state, ReservationState::Released);
         let late = store
@@ -376,12 +372,10 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(late.state, ReservationState::Released);
-        assert_eq!(stock(&store, "SKU-004").await.available, 10);
+        assert_eq!(stock(store.as_ref(), "SKU-004").await.available, 10);
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn parallel_reservations_never_oversell() {
-        let store = Arc::new(MemoryStore::new(demo_catalog()));
+    async fn parallel_reservations_never_oversell(store: Arc<dyn Store>) {
         // 50 tasks race for SKU-004's 10 units, two units each: exactly 5 win.
         let tasks: Vec<_> = (0..50)
             .map(|i| {
@@ -403,7 +397,7 @@ mod tests {
         }
         assert_eq!(won, 5);
         assert_eq!(
-            stock(&store, "SKU-004").await,
+            stock(store.as_ref(), "SKU-004").await,
             Stock {
                 available: 0,
                 reserved: 10,
@@ -412,15 +406,13 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn restock_is_all_or_nothing() {
-        let store = MemoryStore::new(demo_catalog());
+    async fn restock_is_all_or_nothing(store: Arc<dyn Store>) {
         let err = store
             .restock(&[item("SKU-005", 5), item("NOPE", 1)])
             .await
             .unwrap_err();
         assert!(matches!(err, Error::ProductNotFound { .. }));
-        assert_eq!(stock(&store, "SKU-005").await.available, 500);
+        assert_eq!(stock(store.as_ref(), "SKU-005").await.available, 500);
         let products = store
             .restock(&[item("SKU-006", 5), item("SKU-005", 1), item("SKU-006", 2)])
             .await
@@ -432,9 +424,7 @@ mod tests {
         assert_eq!(levels, [("SKU-005", 501), ("SKU-006", 22)]);
     }
 
-    #[tokio::test]
-    async fn products_are_paged_in_sku_order() {
-        let store = MemoryStore::new(demo_catalog());
+    async fn products_are_paged_in_sku_order(store: Arc<dyn Store>) {
         let page = PageRequest::new(3, "").unwrap();
         let first = store.products(&page).await.unwrap();
         let skus: Vec<_> = first.iter().map(|p| p.sku.as_str()).collect();
@@ -445,5 +435,83 @@ mod tests {
         };
         let rest = store.products(&next).await.unwrap();
         assert_eq!(rest.len(), 2);
+    }
+
+    async fn the_last_units_are_sold_exactly_once(store: Arc<dyn Store>) {
+        // 50 orders of one unit race for SKU-004's 10: 10 reserve and sell, 40 are refused.
+        let tasks: Vec<_> = (0..50)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let id = format!("last-{i}");
+                    store
+                        .reserve(reservation(&id, vec![item("SKU-004", 1)]))
+                        .await?;
+                    store.commit(&id).await
+                })
+            })
+            .collect();
+        let mut sold = 0;
+        for task in tasks {
+            match task.await.unwrap() {
+                Ok(_) => sold += 1,
+                Err(Error::InsufficientStock(_)) => {}
+                Err(other) => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(sold, 10);
+        assert_eq!(
+            stock(store.as_ref(), "SKU-004").await,
+            Stock {
+                available: 0,
+                reserved: 0,
+                sold: 10
+            }
+        );
+    }
+
+    async fn memory_store() -> Arc<dyn Store> {
+        Arc::new(MemoryStore::new(demo_catalog()))
+    }
+
+    async fn pg_store() -> Arc<dyn Store> {
+        let config = shared::testing::fresh_db_config().await;
+        Arc::new(PgStore::connect(&config, demo_catalog()).await.unwrap())
+    }
+
+    shared::store_tests!(
+        memory: memory_store,
+        postgres: pg_store,
+        tests: [
+            reserve_is_all_or_nothing,
+            reserve_commit_release_move_the_buckets,
+            every_step_is_idempotent,
+            a_release_before_the_reservation_blocks_it,
+            parallel_reservations_never_oversell,
+            the_last_units_are_sold_exactly_once,
+            restock_is_all_or_nothing,
+            products_are_paged_in_sku_order,
+        ]
+    );
+
+    #[tokio::test]
+    async fn seeding_and_migrating_twice_keeps_the_stock() {
+        let config = shared::testing::fresh_db_config().await;
+        let first = PgStore::connect(&config, demo_catalog()).await.unwrap();
+        first
+            .reserve(reservation("r", vec![item("SKU-001", 4)]))
+            .await
+            .unwrap();
+        // A second replica starting on the same database: migrations and seed again.
+        let second = PgStore::connect(&config, demo_catalog()).await.unwrap();
+        assert_eq!(stock(&second, "SKU-001").await.available, 96);
+        assert_eq!(
+            second
+                .products(&PageRequest::new(0, "").unwrap())
+                .await
+                .unwrap()
+                .len(),
+            8
+        );
     }
 }

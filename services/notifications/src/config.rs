@@ -1,5 +1,6 @@
 //! Settings, read once at start-up.
 
+use shared::db::DbConfig;
 use shared::events::EventsConfig;
 use shared::{ConfigError, Env, ServerConfig};
 
@@ -14,6 +15,9 @@ pub struct Config {
     pub server: ServerConfig,
     /// Where order events come from: JetStream when `NATS_URL` is set.
     pub events: EventsConfig,
+    /// `DATABASE_URL` and the other `DATABASE_*` variables: PostgreSQL keeps the state
+    /// when set; unset, it is kept in memory (lost at exit).
+    pub database: Option<DbConfig>,
 }
 
 impl Config {
@@ -21,6 +25,7 @@ impl Config {
         Ok(Self {
             server: ServerConfig::from_env(env, PORT, ADMIN_PORT)?,
             events: EventsConfig::from_env(env)?,
+            database: DbConfig::from_env(env)?,
         })
     }
 }

@@ -1,7 +1,7 @@
 //! The one mapping from notifications errors to gRPC statuses.
 
 use shared::ValidationError;
-use shared::status;
+use shared::status::{self, ErrorChain};
 use tonic::Status;
 
 #[derive(Debug, thiserror::Error)]
@@ -10,12 +10,31 @@ pub(crate) enum Error {
     Invalid(#[from] ValidationError),
     #[error("notifications storage failed")]
     Storage(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The database is out of reach or overloaded: the caller may retry.
+    #[error("notifications storage is unavailable")]
+    StorageUnavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// A database error: out of reach or overloaded (UNAVAILABLE), or anything else
+/// (INTERNAL).
+impl From<sqlx::Error> for Error {
+    fn from(error: sqlx::Error) -> Self {
+        if shared::db::is_unavailable(&error) {
+            Self::StorageUnavailable(Box::new(error))
+        } else {
+            Self::Storage(Box::new(error))
+        }
+    }
 }
 
 impl From<Error> for Status {
     fn from(error: Error) -> Self {
         match error {
             Error::Invalid(e) => e.into(),
+            Error::StorageUnavailable(_) => {
+                tracing::warn!(error = %ErrorChain(&error), "storage unavailable");
+                Status::unavailable(format!("{error}; try again"))
+            }
             Error::Storage(_) => status::internal(&error),
         }
     }

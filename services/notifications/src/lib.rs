@@ -5,7 +5,8 @@
 //! - `grpc.rs`: the `notifications.v1.NotificationService` handlers (the only tonic code).
 //! - `consumer.rs`: the handler of order events, run by the shared consume loop.
 //! - `domain.rs`: notifications, and what each order event says to the customer.
-//! - `store.rs`: the `Store` trait (what a database must do) and its in-memory version.
+//! - `store.rs`: the `Store` trait (what a database must do) and its in-memory version;
+//!   `store/postgres.rs` the PostgreSQL one (`migrations/`).
 //! - `error.rs`: the one mapping from domain errors to gRPC statuses.
 #![forbid(unsafe_code)]
 
@@ -28,14 +29,18 @@ pub use config::Config;
 /// The service's name: binary, package, image and Kubernetes name.
 pub const NAME: &str = "notifications";
 
-/// Builds the server on the in-memory store and binds it, and starts consuming
-/// [`ORDER_EVENTS`] as the durable consumer `notifications`: from JetStream when
-/// `NATS_URL` is set (connecting first), otherwise from `local`, the in-process bus.
-/// Consuming starts now, before the server serves, and stops when it drains or stops.
+/// Builds the server and binds it (the store is PostgreSQL when `config.database` is
+/// set, schema `notifications`, else in memory), and starts consuming [`ORDER_EVENTS`]
+/// as the durable consumer `notifications`: from JetStream when `NATS_URL` is set
+/// (connecting first), otherwise from `local`, the in-process bus. Consuming starts
+/// now, before the server serves, and stops when it drains or stops.
 pub async fn build(config: Config, local: &InProcessBus) -> Result<shared::Server, shared::Error> {
+    let store: Arc<dyn store::Store> = match &config.database {
+        Some(database) => Arc::new(store::PgStore::connect(database).await?),
+        None => Arc::new(store::MemoryStore::default()),
+    };
     let bus = Bus::connect(&config.events, NAME, local).await?;
     let events = bus.consumer(NAME, ORDER_EVENTS).await?;
-    let store = Arc::new(store::MemoryStore::default());
     let server = shared::Server::builder(NAME, &config.server);
     let draining = server.draining();
     let server = server

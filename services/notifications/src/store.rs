@@ -1,5 +1,5 @@
 //! Where notifications live. [`Store`] is what a database must provide; [`MemoryStore`]
-//! is the embedded default. Each method is one atomic step, so an event delivered twice,
+//! is the embedded default, [`PgStore`] PostgreSQL (`DATABASE_URL`). Each method is one atomic step, so an event delivered twice,
 //! even concurrently, makes one notification.
 
 use std::collections::{HashMap, HashSet};
@@ -12,6 +12,10 @@ use tokio::sync::broadcast;
 
 use crate::domain::{Notification, storage_error};
 use crate::error::Error;
+
+mod postgres;
+
+pub(crate) use postgres::PgStore;
 
 /// How many new notifications a `StreamNotifications` call may fall behind before it
 /// is ended (the client lists to catch up, then streams again).
@@ -133,7 +137,7 @@ mod tests {
             order_id: "ord_1".into(),
             event_id: event_id.into(),
             message: format!("about {event_id}"),
-            create_time: SystemTime::now(),
+            create_time: shared::db::truncate_to_micros(SystemTime::now()),
         }
     }
 
@@ -141,9 +145,7 @@ mod tests {
         page.iter().map(|(_, n)| n.event_id.as_str()).collect()
     }
 
-    #[tokio::test]
-    async fn an_event_makes_one_notification_however_often_it_comes() {
-        let store = MemoryStore::default();
+    async fn an_event_makes_one_notification_however_often_it_comes(store: Arc<dyn Store>) {
         let mut feed = store.subscribe();
         assert_eq!(
             store.add(notification("e1", "cus-1")).await.unwrap(),
@@ -171,9 +173,7 @@ mod tests {
         );
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn concurrent_redeliveries_make_one_notification() {
-        let store = Arc::new(MemoryStore::default());
+    async fn concurrent_redeliveries_make_one_notification(store: Arc<dyn Store>) {
         let tasks: Vec<_> = (0..20)
             .map(|_| {
                 let store = store.clone();
@@ -189,9 +189,7 @@ mod tests {
         assert_eq!(new, 1);
     }
 
-    #[tokio::test]
-    async fn a_customers_notifications_are_paged_newest_first() {
-        let store = MemoryStore::default();
+    async fn a_customers_notifications_are_paged_newest_first(store: Arc<dyn Store>) {
         for i in 0..5 {
             let customer = if i % 2 == 0 { "even" } else { "odd" };
             store
@@ -234,5 +232,40 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+    }
+
+    async fn memory_store() -> Arc<dyn Store> {
+        Arc::new(MemoryStore::default())
+    }
+
+    async fn pg_store() -> Arc<dyn Store> {
+        let config = shared::testing::fresh_db_config().await;
+        Arc::new(PgStore::connect(&config).await.unwrap())
+    }
+
+    shared::store_tests!(
+        memory: memory_store,
+        postgres: pg_store,
+        tests: [
+            an_event_makes_one_notification_however_often_it_comes,
+            concurrent_redeliveries_make_one_notification,
+            a_customers_notifications_are_paged_newest_first,
+        ]
+    );
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn two_consumers_on_one_database_make_one_notification() {
+        let config = shared::testing::fresh_db_config().await;
+        let (a, b) = tokio::join!(PgStore::connect(&config), PgStore::connect(&config));
+        let (a, b) = (a.unwrap(), b.unwrap());
+        let (x, y) = tokio::join!(
+            a.add(notification("same", "cus-1")),
+            b.add(notification("same", "cus-1"))
+        );
+        let mut outcomes = [x.unwrap(), y.unwrap()];
+        outcomes.sort_by_key(|added| *added == Added::Duplicate);
+        assert_eq!(outcomes, [Added::New, Added::Duplicate]);
+        let page = PageRequest::new(0, "").unwrap();
+        assert_eq!(b.notifications("cus-1", &page).await.unwrap().len(), 1);
     }
 }

@@ -1,6 +1,9 @@
 //! Settings, read once at start-up.
 
+use std::time::Duration;
+
 use http::Uri;
+use shared::db::DbConfig;
 use shared::events::EventsConfig;
 use shared::{ClientConfig, ConfigError, Env, ServerConfig};
 
@@ -21,6 +24,40 @@ pub struct Config {
     pub payments_addr: Uri,
     /// Where order events go: JetStream when `NATS_URL` is set.
     pub events: EventsConfig,
+    /// `DATABASE_URL` and the other `DATABASE_*` variables: PostgreSQL keeps the orders
+    /// and their outbox when set; unset, they are kept in memory (lost at exit).
+    pub database: Option<DbConfig>,
+    pub outbox: OutboxConfig,
+}
+
+/// How the relay publishes the outbox's events (`outbox.rs`).
+#[derive(Clone, Debug)]
+pub struct OutboxConfig {
+    /// `OUTBOX_POLL_INTERVAL` (default `1s`): how often the relay looks for pending
+    /// events besides being woken by each commit of this process: events committed by
+    /// another replica, or left by a process that stopped before publishing them.
+    pub poll_interval: Duration,
+    /// `OUTBOX_BATCH_SIZE` (default 100): most events claimed and published per pass.
+    pub batch_size: usize,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        Self {
+            poll_interval: Duration::from_secs(1),
+            batch_size: 100,
+        }
+    }
+}
+
+impl OutboxConfig {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let default = Self::default();
+        Ok(Self {
+            poll_interval: env.duration("OUTBOX_POLL_INTERVAL", default.poll_interval)?,
+            batch_size: env.int_in("OUTBOX_BATCH_SIZE", default.batch_size, 1, 10_000)?,
+        })
+    }
 }
 
 impl Config {
@@ -31,6 +68,8 @@ impl Config {
             inventory_addr: env.upstream("INVENTORY_ADDR", "http://127.0.0.1:50052")?,
             payments_addr: env.upstream("PAYMENTS_ADDR", "http://127.0.0.1:50053")?,
             events: EventsConfig::from_env(env)?,
+            database: DbConfig::from_env(env)?,
+            outbox: OutboxConfig::from_env(env)?,
         })
     }
 }

@@ -30,6 +30,9 @@ pub(crate) enum Error {
     },
     #[error("orders storage failed")]
     Storage(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The database is out of reach or overloaded: the caller may retry.
+    #[error("orders storage is unavailable")]
+    StorageUnavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// How a call to inventory or payments failed.
@@ -66,6 +69,18 @@ impl UpstreamError {
     }
 }
 
+/// A database error: out of reach or overloaded (UNAVAILABLE), or anything else
+/// (INTERNAL).
+impl From<sqlx::Error> for Error {
+    fn from(error: sqlx::Error) -> Self {
+        if shared::db::is_unavailable(&error) {
+            Self::StorageUnavailable(Box::new(error))
+        } else {
+            Self::Storage(Box::new(error))
+        }
+    }
+}
+
 impl From<Error> for Status {
     fn from(error: Error) -> Self {
         match error {
@@ -76,6 +91,10 @@ impl From<Error> for Status {
             Error::Pricing(UpstreamError::Unavailable { upstream, .. }) => {
                 tracing::warn!(error = %ErrorChain(&error), "cannot place the order");
                 Status::unavailable(format!("{upstream} is unavailable; try again"))
+            }
+            Error::StorageUnavailable(_) => {
+                tracing::warn!(error = %ErrorChain(&error), "storage unavailable");
+                Status::unavailable(format!("{error}; try again"))
             }
             Error::Pricing(_)
             | Error::InvalidTransition { .. }

@@ -7,7 +7,10 @@
 //! - `saga.rs`: the order flow: reserve stock, charge, commit, and what undoes each step.
 //! - `domain.rs`: orders, their states, and the rules requests must follow.
 //! - `events.rs`: the `orders.v1.OrderEvent` published for each state an order reaches.
-//! - `store.rs`: the `Store` trait (what a database must do) and its in-memory version.
+//! - `outbox.rs`: the relay that publishes the events the store recorded with each
+//!   state change (the transactional outbox).
+//! - `store.rs`: the `Store` trait (what a database must do) and its in-memory version;
+//!   `store/postgres.rs` the PostgreSQL one (`migrations/`).
 //! - `error.rs`: the one mapping from domain errors to gRPC statuses.
 #![forbid(unsafe_code)]
 
@@ -16,6 +19,7 @@ mod domain;
 mod error;
 mod events;
 mod grpc;
+mod outbox;
 mod saga;
 mod store;
 
@@ -28,30 +32,33 @@ pub use config::Config;
 /// The service's name: binary, package, image and Kubernetes name.
 pub const NAME: &str = "orders";
 
-/// Builds the server on the in-memory store and binds it. Calls to inventory and
+/// Builds the server and binds it. The store is PostgreSQL when `config.database` is
+/// set (schema `orders`, migrated at start-up), else in memory. Calls to inventory and
 /// payments connect lazily, so it starts before they do. Every order state change is
-/// published on [`shared::events::ORDER_EVENTS`]: to JetStream when `NATS_URL` is set
-/// (connecting first), otherwise to `local`, the in-process bus.
+/// recorded with its event, which the outbox relay publishes on
+/// [`shared::events::ORDER_EVENTS`] (starting with whatever an earlier process left
+/// pending): to JetStream when `NATS_URL` is set (connecting first), otherwise to
+/// `local`, the in-process bus. The relay stops when the server drains.
 pub async fn build(config: Config, local: &InProcessBus) -> Result<shared::Server, shared::Error> {
+    let store: Arc<dyn store::Store> = match &config.database {
+        Some(database) => Arc::new(store::PgStore::connect(database).await?),
+        None => Arc::new(store::MemoryStore::default()),
+    };
     let events = Bus::connect(&config.events, NAME, local).await?.publisher();
-    let store = Arc::new(store::MemoryStore::default());
     let inventory = grpc::InventoryClient::new(config.inventory_addr, &config.client);
     let payments = grpc::PaymentsClient::new(config.payments_addr, &config.client);
-    let saga = saga::Saga::new(
-        store.clone(),
-        Arc::new(inventory),
-        Arc::new(payments),
-        events,
-    );
+    let saga = saga::Saga::new(store.clone(), Arc::new(inventory), Arc::new(payments));
     let server = shared::Server::builder(NAME, &config.server);
     let draining = server.draining();
-    server
+    let server = server
         .add_service(grpc::service(
             Arc::new(saga),
-            store,
-            draining,
+            store.clone(),
+            draining.clone(),
             &config.server,
         ))
         .bind()
-        .await
+        .await?;
+    tokio::spawn(outbox::run(store, events, config.outbox, draining));
+    Ok(server)
 }

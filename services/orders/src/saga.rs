@@ -24,13 +24,12 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use shared::Money;
-use shared::events::EventPublisher;
-use shared::status::ErrorChain;
 use tracing::Instrument;
 
 use crate::domain::{Item, NewOrder, Order, Status, storage_error};
 use crate::error::{Error, UpstreamError};
-use crate::events;
+use crate::events::order_event;
+use crate::outbox::with_trace;
 use crate::store::{Created, Store};
 
 /// What the saga needs from inventory.
@@ -104,12 +103,13 @@ const COMPENSATION: Retry = Retry {
     backoff: Duration::from_millis(100),
 };
 
-/// Places orders: one saga per order, all sharing the store, the upstreams and the bus.
+/// Places orders: one saga per order, all sharing the store and the upstreams. Each
+/// state the order reaches is stored with its event (the outbox), which the relay
+/// publishes (`outbox.rs`): the saga never publishes itself.
 pub(crate) struct Saga {
     store: Arc<dyn Store>,
     inventory: Arc<dyn Inventory>,
     payments: Arc<dyn Payments>,
-    events: Arc<dyn EventPublisher>,
 }
 
 impl Saga {
@@ -117,13 +117,11 @@ impl Saga {
         store: Arc<dyn Store>,
         inventory: Arc<dyn Inventory>,
         payments: Arc<dyn Payments>,
-        events: Arc<dyn EventPublisher>,
     ) -> Self {
         Self {
             store,
             inventory,
             payments,
-            events,
         }
     }
 
@@ -135,7 +133,9 @@ impl Saga {
             return self.outcome_of(order, &request).await;
         }
         let order = self.price(&request).await?;
-        let order = match self.store.create(order).await? {
+        // The event carries this call's trace: its consumers' spans join the order's trace.
+        let placed = with_trace(order_event(&order));
+        let order = match self.store.create(order, placed).await? {
             Created::New(order) => order,
             // An identical request got there between the lookup and the create.
             Created::Existing(order) => return self.outcome_of(order, &request).await,
@@ -180,15 +180,15 @@ impl Saga {
         Ok(Order::new(id, request.clone(), prices, SystemTime::now())?)
     }
 
-    /// Runs the saga of a stored, pending `order` and stores its final state.
+    /// Runs the saga of a stored, pending `order` and stores its final state with its
+    /// event.
     async fn run(self: Arc<Self>, mut order: Order) -> Result<Order, Error> {
         tracing::info!(order_id = %order.id, total = %order.total, "order placed");
-        self.publish(&order).await;
         let status = self.steps(&mut order).await?;
         order.finish(status, SystemTime::now())?;
-        self.store.update(&order).await?;
+        let event = with_trace(order_event(&order));
+        self.store.update(&order, Some(event)).await?;
         tracing::info!(order_id = %order.id, status = order.status.name(), "order final");
-        self.publish(&order).await;
         Ok(order)
     }
 
@@ -232,7 +232,8 @@ impl Saga {
             }
         };
         order.charged(payment_id, SystemTime::now())?;
-        self.store.update(order).await?;
+        // Still pending: no event to record.
+        self.store.update(order, None).await?;
 
         let Err(error) = retry(STEP, || self.inventory.commit(&key)).await else {
             return Ok(Status::Confirmed);
@@ -294,18 +295,6 @@ impl Saga {
                     "compensation failed: the customer is charged for a failed order; refund the payment by hand"
                 );
             }
-        }
-    }
-
-    /// Publishes the event of the order's current state. A failure is logged, not
-    /// returned: the order stands either way. An event is lost if publishing fails or
-    /// the process stops between the store update and here; the transactional outbox
-    /// (a later issue) makes this reliable.
-    async fn publish(&self, order: &Order) {
-        // The event carries the trace: its consumers' spans join this order's trace.
-        let (span, event) = shared::events::traced(crate::NAME, events::order_event(order));
-        if let Err(error) = self.events.publish(event).instrument(span).await {
-            tracing::error!(order_id = %order.id, error = %ErrorChain(&error), "order event lost");
         }
     }
 }
@@ -474,7 +463,14 @@ mod tests {
         let fake = Arc::new(Fake::default());
         let bus = InProcessBus::new();
         let store = Arc::new(MemoryStore::default());
-        let saga = Saga::new(store, fake.clone(), fake.clone(), Arc::new(bus.clone()));
+        let saga = Saga::new(store.clone(), fake.clone(), fake.clone());
+        let relay = crate::outbox::run(
+            store,
+            Arc::new(bus.clone()),
+            crate::config::OutboxConfig::default(),
+            tokio_util::sync::CancellationToken::new(),
+        );
+        tokio::spawn(relay);
         Harness {
             saga: Arc::new(saga),
             fake,

@@ -1,26 +1,36 @@
-//! Where orders live. [`Store`] is what a database must provide; [`MemoryStore`] is the
-//! embedded default. Each method is one atomic step, so of two requests racing with the
-//! same request_id exactly one creates the order.
+//! Where orders live, with the outbox of their events. [`Store`] is what a database
+//! must provide; [`MemoryStore`] is the embedded default, [`PgStore`] PostgreSQL
+//! (`DATABASE_URL`). Each method is one atomic step, so of two requests racing with the
+//! same request_id exactly one creates the order, and an order's state never changes
+//! without its event being recorded (the transactional outbox, see `outbox.rs`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use shared::PageRequest;
+use shared::events::{Event, EventPublisher};
 use shared::pagination::position_key;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use crate::domain::{Order, storage_error};
 use crate::error::Error;
+use crate::outbox::{self, Relayed};
+
+mod postgres;
+
+pub(crate) use postgres::PgStore;
 
 #[async_trait]
 pub(crate) trait Store: Send + Sync + 'static {
-    /// Stores `order`, unless an order with its request_id exists: then nothing is
-    /// stored and that order is returned.
-    async fn create(&self, order: Order) -> Result<Created, Error>;
+    /// Stores `order` and its `placed` event, unless an order with its request_id
+    /// exists: then nothing is stored and that order is returned.
+    async fn create(&self, order: Order, event: Event) -> Result<Created, Error>;
 
-    /// Replaces the order with `order.id` by `order`, and tells its watchers.
-    async fn update(&self, order: &Order) -> Result<(), Error>;
+    /// Replaces the order with `order.id` by `order` and records `event` (the event of
+    /// the state it reached, if it reached one) at once, then tells its watchers. An
+    /// event recorded before (same id) is not recorded again.
+    async fn update(&self, order: &Order, event: Option<Event>) -> Result<(), Error>;
 
     /// One order; [`Error::OrderNotFound`] if unknown.
     async fn order(&self, id: &str) -> Result<Order, Error>;
@@ -39,6 +49,15 @@ pub(crate) trait Store: Send + Sync + 'static {
     /// The order as it is now, then each change. A watcher that falls behind sees the
     /// latest state, never a stale one. [`Error::OrderNotFound`] if unknown.
     async fn watch(&self, id: &str) -> Result<watch::Receiver<Order>, Error>;
+
+    /// Publishes up to `limit` pending events through `publisher` (with
+    /// [`outbox::publish`]), oldest first and each order's in the order they were
+    /// recorded, marking each sent once published; stops at the first failure. Relays
+    /// running at once (replicas) never publish the same event together.
+    async fn relay(&self, limit: usize, publisher: &dyn EventPublisher) -> Result<Relayed, Error>;
+
+    /// Notified after each commit that recorded an event: wakes the relay.
+    fn outbox_signal(&self) -> &Notify;
 }
 
 /// What [`Store::create`] did.
@@ -52,6 +71,9 @@ pub(crate) enum Created {
 #[derive(Debug, Default)]
 pub(crate) struct MemoryStore {
     state: Mutex<State>,
+    outbox_signal: Notify,
+    /// One relay pass at a time: each takes the oldest pending events.
+    relaying: tokio::sync::Mutex<()>,
 }
 
 #[derive(Debug, Default)]
@@ -63,6 +85,10 @@ struct State {
     by_request_id: HashMap<String, usize>,
     /// Each customer's orders, oldest first.
     by_customer: HashMap<String, Vec<usize>>,
+    /// Events not published yet, oldest first (published ones are dropped).
+    outbox: VecDeque<Event>,
+    /// Every event id recorded, so that a repeated one is not recorded again.
+    recorded: std::collections::HashSet<String>,
 }
 
 impl MemoryStore {
@@ -73,6 +99,11 @@ impl MemoryStore {
             .lock()
             .map_err(|e| storage_error(std::io::Error::other(e.to_string())))
     }
+
+    /// The first `limit` pending events.
+    fn pending(&self, limit: usize) -> Result<Vec<Event>, Error> {
+        Ok(self.lock()?.outbox.iter().take(limit).cloned().collect())
+    }
 }
 
 impl State {
@@ -82,11 +113,17 @@ impl State {
             .copied()
             .ok_or_else(|| Error::OrderNotFound { id: id.into() })
     }
+
+    fn record(&mut self, event: Event) {
+        if self.recorded.insert(event.id.clone()) {
+            self.outbox.push_back(event);
+        }
+    }
 }
 
 #[async_trait]
 impl Store for MemoryStore {
-    async fn create(&self, order: Order) -> Result<Created, Error> {
+    async fn create(&self, order: Order, event: Event) -> Result<Created, Error> {
         let mut state = self.lock()?;
         if let Some(&i) = state.by_request_id.get(&order.request_id) {
             return Ok(Created::Existing(state.orders[i].borrow().clone()));
@@ -100,13 +137,22 @@ impl Store for MemoryStore {
             .or_default()
             .push(index);
         state.orders.push(watch::Sender::new(order.clone()));
+        state.record(event);
+        drop(state);
+        self.outbox_signal.notify_one();
         Ok(Created::New(order))
     }
 
-    async fn update(&self, order: &Order) -> Result<(), Error> {
-        let state = self.lock()?;
+    async fn update(&self, order: &Order, event: Option<Event>) -> Result<(), Error> {
+        let mut state = self.lock()?;
         let index = state.index(&order.id)?;
         state.orders[index].send_replace(order.clone());
+        let Some(event) = event else {
+            return Ok(());
+        };
+        state.record(event);
+        drop(state);
+        self.outbox_signal.notify_one();
         Ok(())
     }
 
@@ -145,6 +191,25 @@ impl Store for MemoryStore {
         let index = state.index(id)?;
         Ok(state.orders[index].subscribe())
     }
+
+    async fn relay(&self, limit: usize, publisher: &dyn EventPublisher) -> Result<Relayed, Error> {
+        let _one_at_a_time = self.relaying.lock().await;
+        let mut relayed = Relayed::default();
+        // Published outside the state lock; only this pass removes from the front.
+        for event in self.pending(limit)? {
+            if let Err(error) = outbox::publish(publisher, event).await {
+                relayed.failure = Some(error);
+                break;
+            }
+            self.lock()?.outbox.pop_front();
+            relayed.sent += 1;
+        }
+        Ok(relayed)
+    }
+
+    fn outbox_signal(&self) -> &Notify {
+        &self.outbox_signal
+    }
 }
 
 #[cfg(test)]
@@ -156,6 +221,24 @@ mod tests {
 
     use super::*;
     use crate::domain::{Item, NewOrder, Status};
+    use crate::events::order_event;
+    use crate::outbox::tests::FlakyBus;
+
+    /// Now, as precisely as every store keeps it.
+    fn now() -> SystemTime {
+        shared::db::truncate_to_micros(SystemTime::now())
+    }
+
+    /// Creates `order` with its placed event, as the saga does.
+    async fn create(store: &dyn Store, order: Order) -> Result<Created, Error> {
+        let event = order_event(&order);
+        store.create(order, event).await
+    }
+
+    /// Updates `order`, recording the event of its state, as the saga does.
+    async fn update(store: &dyn Store, order: &Order) -> Result<(), Error> {
+        store.update(order, Some(order_event(order))).await
+    }
 
     fn order(id: &str, request_id: &str, customer_id: &str) -> Order {
         let items = vec![Item {
@@ -170,19 +253,17 @@ mod tests {
         )
         .unwrap();
         let price = Some(Money::new("USD", 100));
-        Order::new(id.into(), request, vec![price], SystemTime::now()).unwrap()
+        Order::new(id.into(), request, vec![price], now()).unwrap()
     }
 
-    #[tokio::test]
-    async fn one_order_per_request_id() {
-        let store = MemoryStore::default();
+    async fn one_order_per_request_id(store: Arc<dyn Store>) {
         let first = order("ord_1", "req-1", "cus-1");
         assert!(matches!(
-            store.create(first.clone()).await.unwrap(),
+            create(&*store, first.clone()).await.unwrap(),
             Created::New(_)
         ));
         let second = order("ord_2", "req-1", "cus-1");
-        let Created::Existing(existing) = store.create(second).await.unwrap() else {
+        let Created::Existing(existing) = create(&*store, second).await.unwrap() else {
             panic!("a second order was created for req-1");
         };
         assert_eq!(existing, first);
@@ -194,16 +275,12 @@ mod tests {
         assert_eq!(store.order_by_request("req-2").await.unwrap(), None);
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn racing_creates_make_one_order() {
-        let store = Arc::new(MemoryStore::default());
+    async fn racing_creates_make_one_order(store: Arc<dyn Store>) {
         let tasks: Vec<_> = (0..20)
             .map(|i| {
                 let store = store.clone();
                 tokio::spawn(async move {
-                    store
-                        .create(order(&format!("ord_{i}"), "same", "cus-1"))
-                        .await
+                    create(&*store, order(&format!("ord_{i}"), "same", "cus-1")).await
                 })
             })
             .collect();
@@ -216,16 +293,14 @@ mod tests {
         assert_eq!(created, 1);
     }
 
-    #[tokio::test]
-    async fn watchers_see_the_current_state_then_each_update() {
-        let store = MemoryStore::default();
+    async fn watchers_see_the_current_state_then_each_update(store: Arc<dyn Store>) {
         let mut order = order("ord_1", "req-1", "cus-1");
-        store.create(order.clone()).await.unwrap();
+        create(&*store, order.clone()).await.unwrap();
         let mut changes = store.watch("ord_1").await.unwrap();
         assert_eq!(changes.borrow_and_update().status, Status::Pending);
 
-        order.finish(Status::Confirmed, SystemTime::now()).unwrap();
-        store.update(&order).await.unwrap();
+        order.finish(Status::Confirmed, now()).unwrap();
+        update(&*store, &order).await.unwrap();
         changes.changed().await.unwrap();
         assert_eq!(changes.borrow_and_update().status, Status::Confirmed);
         assert_eq!(store.order("ord_1").await.unwrap(), order);
@@ -236,20 +311,20 @@ mod tests {
         ));
         let unknown = self::order("ord_9", "req-9", "cus-1");
         assert!(matches!(
-            store.update(&unknown).await,
+            update(&*store, &unknown).await,
             Err(Error::OrderNotFound { .. })
         ));
     }
 
-    #[tokio::test]
-    async fn a_customers_orders_are_paged_newest_first() {
-        let store = MemoryStore::default();
+    async fn a_customers_orders_are_paged_newest_first(store: Arc<dyn Store>) {
         for i in 0..5 {
             let customer = if i % 2 == 0 { "even" } else { "odd" };
-            store
-                .create(order(&format!("ord_{i}"), &format!("req-{i}"), customer))
-                .await
-                .unwrap();
+            create(
+                &*store,
+                order(&format!("ord_{i}"), &format!("req-{i}"), customer),
+            )
+            .await
+            .unwrap();
         }
         let ids =
             |page: &[(String, Order)]| page.iter().map(|(_, o)| o.id.clone()).collect::<Vec<_>>();
@@ -275,5 +350,184 @@ mod tests {
         };
         assert!(store.orders("even", &garbage).await.unwrap().is_empty());
         assert!(store.orders("nobody", &next).await.unwrap().is_empty());
+    }
+
+    /// Confirms `order` as the saga would, recording its event.
+    async fn confirm(store: &dyn Store, mut order: Order) -> Order {
+        order.finish(Status::Confirmed, now()).unwrap();
+        update(store, &order).await.unwrap();
+        order
+    }
+
+    /// Relays until nothing is pending; how many were sent.
+    async fn relay_all(store: &dyn Store, bus: &FlakyBus) -> usize {
+        let mut sent = 0;
+        loop {
+            let relayed = store.relay(10, bus).await.unwrap();
+            assert!(relayed.failure.is_none(), "{:?}", relayed.failure);
+            if relayed.sent == 0 {
+                return sent;
+            }
+            sent += relayed.sent;
+        }
+    }
+
+    async fn nothing_is_lost_while_the_bus_fails(store: Arc<dyn Store>) {
+        let bus = FlakyBus::default();
+        bus.fail(true);
+        create(&*store, order("ord_1", "req-1", "cus-1"))
+            .await
+            .unwrap();
+        let relayed = store.relay(10, &bus).await.unwrap();
+        assert_eq!(relayed.sent, 0);
+        assert!(relayed.failure.is_some());
+        confirm(&*store, order("ord_1", "req-1", "cus-1")).await;
+        create(&*store, order("ord_2", "req-2", "cus-1"))
+            .await
+            .unwrap();
+        // A state change that records no event (the payment) adds nothing.
+        store
+            .update(&order("ord_2", "req-2", "cus-1"), None)
+            .await
+            .unwrap();
+        assert!(store.relay(10, &bus).await.unwrap().failure.is_some());
+
+        bus.fail(false);
+        assert_eq!(relay_all(&*store, &bus).await, 3);
+        let mut ids = bus.ids();
+        // An order's events in order; how different orders' interleave is free.
+        let at = |id: &str| ids.iter().position(|published| published == id);
+        assert!(at("ord_1.placed") < at("ord_1.confirmed"), "{ids:?}");
+        ids.sort();
+        assert_eq!(ids, ["ord_1.confirmed", "ord_1.placed", "ord_2.placed"]);
+        assert_eq!(
+            store.relay(10, &bus).await.unwrap().sent,
+            0,
+            "each is sent once"
+        );
+    }
+
+    async fn events_are_relayed_in_batches_and_recorded_once(store: Arc<dyn Store>) {
+        let bus = FlakyBus::default();
+        for i in 0..5 {
+            let placed = order(&format!("ord_{i}"), &format!("req-{i}"), "cus-1");
+            create(&*store, placed.clone()).await.unwrap();
+            let confirmed = confirm(&*store, placed).await;
+            // The same state again (a resumed saga) records nothing more.
+            update(&*store, &confirmed).await.unwrap();
+        }
+        assert_eq!(store.relay(4, &bus).await.unwrap().sent, 4);
+        relay_all(&*store, &bus).await;
+        let ids = bus.ids();
+        assert_eq!(ids.len(), 10, "{ids:?}");
+        for i in 0..5 {
+            let placed = ids.iter().position(|id| *id == format!("ord_{i}.placed"));
+            let confirmed = ids
+                .iter()
+                .position(|id| *id == format!("ord_{i}.confirmed"));
+            assert!(placed < confirmed, "{ids:?}");
+        }
+    }
+
+    async fn memory_store() -> Arc<dyn Store> {
+        Arc::new(MemoryStore::default())
+    }
+
+    async fn pg_store() -> Arc<dyn Store> {
+        let config = shared::testing::fresh_db_config().await;
+        Arc::new(PgStore::connect(&config).await.unwrap())
+    }
+
+    shared::store_tests!(
+        memory: memory_store,
+        postgres: pg_store,
+        tests: [
+            one_order_per_request_id,
+            racing_creates_make_one_order,
+            watchers_see_the_current_state_then_each_update,
+            a_customers_orders_are_paged_newest_first,
+            nothing_is_lost_while_the_bus_fails,
+            events_are_relayed_in_batches_and_recorded_once,
+        ]
+    );
+
+    #[tokio::test]
+    async fn a_restarted_process_publishes_what_the_last_one_committed() {
+        let config = shared::testing::fresh_db_config().await;
+        let before = PgStore::connect(&config).await.unwrap();
+        let placed = order("ord_1", "req-1", "cus-1");
+        create(&before, placed.clone()).await.unwrap();
+        confirm(&before, placed).await;
+        // Killed before its relay ran: the events are committed, never published.
+        drop(before);
+
+        let after = PgStore::connect(&config).await.unwrap();
+        let bus = FlakyBus::default();
+        assert_eq!(relay_all(&after, &bus).await, 2);
+        assert_eq!(bus.ids(), ["ord_1.placed", "ord_1.confirmed"]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn two_relays_on_one_database_publish_every_event() {
+        let config = shared::testing::fresh_db_config().await;
+        let (a, b) = tokio::join!(PgStore::connect(&config), PgStore::connect(&config));
+        let (a, b) = (Arc::new(a.unwrap()), Arc::new(b.unwrap()));
+        for i in 0..40 {
+            let store = if i % 2 == 0 { &a } else { &b };
+            let placed = order(&format!("ord_{i}"), &format!("req-{i}"), "cus-1");
+            create(&**store, placed.clone()).await.unwrap();
+            confirm(&**store, placed).await;
+        }
+        // One bus for both: it records the order in which the events were published.
+        let bus = Arc::new(FlakyBus::default());
+        let relay = |store: Arc<PgStore>| {
+            let bus = bus.clone();
+            tokio::spawn(async move { while store.relay(3, &*bus).await.unwrap().sent > 0 {} })
+        };
+        let (ra, rb) = (relay(a.clone()), relay(b.clone()));
+        ra.await.unwrap();
+        rb.await.unwrap();
+        // What one relay skipped while the other held it may still be pending: finish.
+        while b.relay(100, &*bus).await.unwrap().sent > 0 {}
+
+        let ids = bus.ids();
+        for i in 0..40 {
+            let first = |name: &str| {
+                let id = format!("ord_{i}.{name}");
+                ids.iter().position(|published| *published == id)
+            };
+            let (placed, confirmed) = (first("placed"), first("confirmed"));
+            assert!(
+                placed.is_some() && confirmed.is_some(),
+                "none missing: {ids:?}"
+            );
+            assert!(placed < confirmed, "placed before confirmed: {ids:?}");
+        }
+        assert!(ids.len() >= 80);
+        assert_eq!(a.pending_events().await.unwrap(), 0, "each is marked sent");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn watchers_see_changes_committed_by_another_replica() {
+        let config = shared::testing::fresh_db_config().await;
+        let (a, b) = tokio::join!(PgStore::connect(&config), PgStore::connect(&config));
+        let (a, b) = (a.unwrap(), b.unwrap());
+        let placed = order("ord_1", "req-1", "cus-1");
+        create(&a, placed.clone()).await.unwrap();
+        let mut changes = b.watch("ord_1").await.unwrap();
+        assert_eq!(changes.borrow_and_update().status, Status::Pending);
+
+        // Replica a's saga ends the order; b's watcher hears of it through PostgreSQL.
+        // (b may have started listening after a's commit: it re-reads what it watches.)
+        let confirmed = confirm(&a, placed).await;
+        let seen = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            changes.wait_for(|order| order.status.is_final()),
+        )
+        .await
+        .expect("the change within 10 s")
+        .map(|order| order.clone())
+        .unwrap();
+        assert_eq!(seen, confirmed);
     }
 }

@@ -1,7 +1,7 @@
 //! The one mapping from payment errors to gRPC statuses.
 
 use shared::ValidationError;
-use shared::status::{self, Precondition};
+use shared::status::{self, ErrorChain, Precondition};
 use tonic::{Code, Status};
 
 #[derive(Debug, thiserror::Error)]
@@ -18,10 +18,25 @@ pub(crate) enum Error {
     NotCaptured { id: String },
     #[error("payment storage failed")]
     Storage(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The database is out of reach or overloaded: the caller may retry.
+    #[error("payment storage is unavailable")]
+    StorageUnavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// The `ErrorInfo.domain` of this service's errors.
 const DOMAIN: &str = "payments.v1";
+
+/// A database error: out of reach or overloaded (UNAVAILABLE), or anything else
+/// (INTERNAL).
+impl From<sqlx::Error> for Error {
+    fn from(error: sqlx::Error) -> Self {
+        if shared::db::is_unavailable(&error) {
+            Self::StorageUnavailable(Box::new(error))
+        } else {
+            Self::Storage(Box::new(error))
+        }
+    }
+}
 
 impl From<Error> for Status {
     fn from(error: Error) -> Self {
@@ -44,6 +59,10 @@ impl From<Error> for Status {
                     description: "declined payments cannot be refunded".into(),
                 }],
             ),
+            Error::StorageUnavailable(_) => {
+                tracing::warn!(error = %ErrorChain(&error), "storage unavailable");
+                Status::unavailable(format!("{error}; try again"))
+            }
             Error::Storage(_) => status::internal(&error),
         }
     }

@@ -1,5 +1,5 @@
 //! Where payments live. [`Store`] is what a database must provide; [`MemoryStore`] is
-//! the embedded default. Each method is one atomic step, so a charge retried
+//! the embedded default, [`PgStore`] PostgreSQL (`DATABASE_URL`). Each method is one atomic step, so a charge retried
 //! concurrently with itself still charges once.
 
 use std::collections::HashMap;
@@ -12,6 +12,10 @@ use shared::pagination::position_key;
 
 use crate::domain::{Charge, Payment, PaymentStatus};
 use crate::error::Error;
+
+mod postgres;
+
+pub(crate) use postgres::PgStore;
 
 #[async_trait]
 pub(crate) trait Store: Send + Sync + 'static {
@@ -69,6 +73,39 @@ impl State {
     }
 }
 
+/// The payment `charge` makes, asking the card network (once per request_id: the
+/// stores call this only for a request_id they have not seen).
+fn new_payment(charge: Charge) -> Payment {
+    let (status, status_reason) = match charge.authorize() {
+        Ok(()) => (PaymentStatus::Captured, String::new()),
+        Err(reason) => (PaymentStatus::Declined, reason.to_owned()),
+    };
+    let now = shared::db::truncate_to_micros(SystemTime::now());
+    Payment {
+        id: shared::id::new("pay"),
+        request_id: charge.request_id,
+        order_id: charge.order_id,
+        customer_id: charge.customer_id,
+        amount: charge.amount,
+        status,
+        status_reason,
+        create_time: now,
+        update_time: now,
+    }
+}
+
+/// A retry of `charge` that found `existing`: its first outcome, or a conflict if the
+/// request_id was used for something else.
+fn retried(charge: Charge, existing: Payment) -> Result<Payment, Error> {
+    if charge.made(&existing) {
+        outcome(existing)
+    } else {
+        Err(Error::RequestConflict {
+            request_id: charge.request_id,
+        })
+    }
+}
+
 /// The outcome of a charge as the caller sees it.
 fn outcome(payment: Payment) -> Result<Payment, Error> {
     match payment.status {
@@ -85,31 +122,9 @@ impl Store for MemoryStore {
     async fn charge(&self, charge: Charge) -> Result<Payment, Error> {
         let mut state = self.lock()?;
         if let Some(&i) = state.by_request_id.get(&charge.request_id) {
-            let existing = &state.payments[i];
-            return if charge.made(existing) {
-                outcome(existing.clone())
-            } else {
-                Err(Error::RequestConflict {
-                    request_id: charge.request_id,
-                })
-            };
+            return retried(charge, state.payments[i].clone());
         }
-        let (status, status_reason) = match charge.authorize() {
-            Ok(()) => (PaymentStatus::Captured, String::new()),
-            Err(reason) => (PaymentStatus::Declined, reason.to_owned()),
-        };
-        let now = SystemTime::now();
-        let payment = Payment {
-            id: shared::id::new("pay"),
-            request_id: charge.request_id,
-            order_id: charge.order_id,
-            customer_id: charge.customer_id,
-            amount: charge.amount,
-            status,
-            status_reason,
-            create_time: now,
-            update_time: now,
-        };
+        let payment = new_payment(charge);
         let index = state.payments.len();
         state.by_id.insert(payment.id.clone(), index);
         state
@@ -192,9 +207,7 @@ mod tests {
         .unwrap()
     }
 
-    #[tokio::test]
-    async fn a_retried_charge_charges_once() {
-        let store = MemoryStore::default();
+    async fn a_retried_charge_charges_once(store: Arc<dyn Store>) {
         let first = store
             .charge(charge("r1", "o1", 500, "tok_visa"))
             .await
@@ -215,9 +228,7 @@ mod tests {
         assert!(matches!(err, Error::RequestConflict { .. }));
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn concurrent_retries_charge_once() {
-        let store = Arc::new(MemoryStore::default());
+    async fn concurrent_retries_charge_once(store: Arc<dyn Store>) {
         let tasks: Vec<_> = (0..20)
             .map(|_| {
                 let store = store.clone();
@@ -237,9 +248,7 @@ mod tests {
         assert_eq!(ids.len(), 1);
     }
 
-    #[tokio::test]
-    async fn a_declined_card_is_recorded_and_stays_declined() {
-        let store = MemoryStore::default();
+    async fn a_declined_card_is_recorded_and_stays_declined(store: Arc<dyn Store>) {
         let err = store
             .charge(charge("r1", "o1", 500, "tok_declined"))
             .await
@@ -264,9 +273,7 @@ mod tests {
         ));
     }
 
-    #[tokio::test]
-    async fn refunds_are_idempotent() {
-        let store = MemoryStore::default();
+    async fn refunds_are_idempotent(store: Arc<dyn Store>) {
         let payment = store
             .charge(charge("r1", "o1", 500, "tok_visa"))
             .await
@@ -280,9 +287,7 @@ mod tests {
         ));
     }
 
-    #[tokio::test]
-    async fn payments_are_listed_in_order_and_filtered_by_order() {
-        let store = MemoryStore::default();
+    async fn payments_are_listed_in_order_and_filtered_by_order(store: Arc<dyn Store>) {
         for i in 0..5 {
             let order = if i % 2 == 0 { "even" } else { "odd" };
             store
@@ -301,5 +306,38 @@ mod tests {
         let rest = store.payments(Some("even"), &next).await.unwrap();
         assert_eq!(rest.len(), 1);
         assert_eq!(rest[0].1.request_id, "r4");
+    }
+
+    async fn memory_store() -> Arc<dyn Store> {
+        Arc::new(MemoryStore::default())
+    }
+
+    async fn pg_store() -> Arc<dyn Store> {
+        let config = shared::testing::fresh_db_config().await;
+        Arc::new(PgStore::connect(&config).await.unwrap())
+    }
+
+    shared::store_tests!(
+        memory: memory_store,
+        postgres: pg_store,
+        tests: [
+            a_retried_charge_charges_once,
+            concurrent_retries_charge_once,
+            a_declined_card_is_recorded_and_stays_declined,
+            refunds_are_idempotent,
+            payments_are_listed_in_order_and_filtered_by_order,
+        ]
+    );
+
+    #[tokio::test]
+    async fn two_instances_migrate_one_database() {
+        let config = shared::testing::fresh_db_config().await;
+        let (a, b) = tokio::join!(PgStore::connect(&config), PgStore::connect(&config));
+        let payment = a
+            .unwrap()
+            .charge(charge("r1", "o1", 100, "tok_visa"))
+            .await
+            .unwrap();
+        assert_eq!(b.unwrap().payment(&payment.id).await.unwrap(), payment);
     }
 }

@@ -1,0 +1,179 @@
+//! The transactional outbox relay: publishes the events the store wrote together with
+//! each order state change, so that no change is ever left unpublished.
+//!
+//! - The saga never publishes. [`Store::create`] and [`Store::update`] write the order
+//!   *and* its event (with the saga's trace context in its headers) in one transaction.
+//! - [`run`] publishes what is pending, in order (an order's events one after the
+//!   other: placed before its final state), marks each sent once the bus took it, and
+//!   retries a failing bus with capped exponential backoff: nothing is skipped.
+//! - It wakes as soon as the store commits an event ([`Store::outbox_signal`]), and also
+//!   every poll interval: events committed by another replica, or left by a process that
+//!   stopped between its commit and the publication (at start-up, the first pass
+//!   publishes those).
+//! - Delivery is at least once: a publication whose "sent" mark is lost is repeated.
+//!   The broker de-duplicates by event id, and consumers are idempotent.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use shared::events::{Event, EventPublisher, PublishError};
+use shared::status::ErrorChain;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+use crate::config::OutboxConfig;
+use crate::store::Store;
+
+/// The first pause after a failed pass; it doubles after each failure in a row.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// The longest pause between passes while the bus or the database fails.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// What one pass of the relay did.
+#[derive(Debug, Default)]
+pub(crate) struct Relayed {
+    /// Events published and marked sent.
+    pub(crate) sent: usize,
+    /// Why the pass stopped early: the next event stays pending, and so do the ones
+    /// after it.
+    pub(crate) failure: Option<PublishError>,
+}
+
+/// Publishes the store's pending events through `publisher` until `draining` is
+/// cancelled, then makes one last pass for what is already committed. What is still
+/// pending then is published at the next start, or by another replica.
+pub(crate) async fn run(
+    store: Arc<dyn Store>,
+    publisher: Arc<dyn EventPublisher>,
+    config: OutboxConfig,
+    draining: CancellationToken,
+) {
+    tracing::info!(poll_interval = ?config.poll_interval, batch_size = config.batch_size, "relaying order events");
+    let mut failures: u32 = 0;
+    while !draining.is_cancelled() {
+        let backoff = match pass(store.as_ref(), publisher.as_ref(), config.batch_size).await {
+            Ok(sent) => {
+                failures = 0;
+                if sent == config.batch_size {
+                    // A full batch: there may be more right away.
+                    continue;
+                }
+                None
+            }
+            Err(()) => {
+                failures = failures.saturating_add(1);
+                Some(backoff(failures))
+            }
+        };
+        tokio::select! {
+            biased;
+            () = draining.cancelled() => break,
+            () = store.outbox_signal().notified(), if backoff.is_none() => {}
+            () = tokio::time::sleep(backoff.unwrap_or(config.poll_interval)) => {}
+        }
+    }
+    let _ = pass(store.as_ref(), publisher.as_ref(), config.batch_size).await;
+    tracing::info!("stopped relaying order events");
+}
+
+/// One pass; the number of events sent, or `Err` (logged) if it stopped on a failure.
+async fn pass(
+    store: &dyn Store,
+    publisher: &dyn EventPublisher,
+    limit: usize,
+) -> Result<usize, ()> {
+    match store.relay(limit, publisher).await {
+        Ok(Relayed {
+            sent,
+            failure: None,
+        }) => Ok(sent),
+        Ok(Relayed {
+            sent,
+            failure: Some(error),
+        }) => {
+            tracing::warn!(sent, error = %ErrorChain(&error), "publishing order events failed; retrying");
+            Err(())
+        }
+        Err(error) => {
+            tracing::warn!(error = %ErrorChain(&error), "reading the outbox failed; retrying");
+            Err(())
+        }
+    }
+}
+
+/// The pause after `failures` failed passes in a row: 100 ms, 200 ms, … up to 10 s.
+fn backoff(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    (FIRST_BACKOFF * 2u32.pow(doublings)).min(MAX_BACKOFF)
+}
+
+/// Publishes one stored event inside a PRODUCER span that continues the trace of the
+/// saga that wrote it (its headers), so the consumers' spans join the order's trace.
+/// The relay runs outside any span, so the producer span's parent is the stored context.
+pub(crate) async fn publish(
+    publisher: &dyn EventPublisher,
+    stored: Event,
+) -> Result<(), PublishError> {
+    let headers = stored.headers.clone();
+    let (span, event) =
+        shared::rpc::in_trace_from_pairs(&headers, || shared::events::traced(crate::NAME, stored));
+    publisher.publish(event).instrument(span).await
+}
+
+/// `event` with the current span's trace context in its headers: written to the outbox
+/// inside the saga's span, it links the later publication to the order's trace.
+pub(crate) fn with_trace(mut event: Event) -> Event {
+    shared::rpc::inject_trace_into_pairs(&tracing::Span::current(), &mut event.headers);
+    event
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use async_trait::async_trait;
+
+    use super::*;
+
+    /// A bus that records what it took, and refuses everything while told to fail.
+    #[derive(Debug, Default)]
+    pub(crate) struct FlakyBus {
+        failing: AtomicBool,
+        published: Mutex<Vec<Event>>,
+    }
+
+    impl FlakyBus {
+        pub(crate) fn fail(&self, failing: bool) {
+            self.failing.store(failing, Ordering::SeqCst);
+        }
+
+        pub(crate) fn ids(&self) -> Vec<String> {
+            let published = self.published.lock().unwrap();
+            published.iter().map(|e| e.id.clone()).collect()
+        }
+    }
+
+    #[async_trait]
+    impl EventPublisher for FlakyBus {
+        async fn publish(&self, event: Event) -> Result<(), PublishError> {
+            if self.failing.load(Ordering::SeqCst) {
+                return Err(PublishError {
+                    subject: event.subject,
+                    event_id: event.id,
+                    source: "the broker is down".into(),
+                });
+            }
+            self.published.lock().unwrap().push(event);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_backoff_doubles_up_to_a_cap() {
+        assert_eq!(backoff(1), Duration::from_millis(100));
+        assert_eq!(backoff(2), Duration::from_millis(200));
+        assert_eq!(backoff(4), Duration::from_millis(800));
+        assert_eq!(backoff(100), MAX_BACKOFF);
+    }
+}
