@@ -17,6 +17,7 @@ set -euo pipefail
 DEBIAN_PACKAGES=(
   shellcheck # scripts/lint-shell.sh
   curl       # scripts/kind-smoke.sh, which scripts/k8s-check.sh also runs
+  nghttp2-client # h2load, the closed-loop load of scripts/bench.sh
 )
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
