@@ -9,8 +9,8 @@
 #                                  incremental rebuild after touching one handler, timed in
 #                                  a temporary clone of HEAD with its own target directory.
 #
-# Needs Linux with at least 2 CPUs, taskset and h2load (scripts/tools.sh installs
-# nghttp2-client).
+# Needs Linux with at least 2 CPUs, taskset, h2load and .tools/venv (make tools installs
+# nghttp2-client and grpcio).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -89,10 +89,14 @@ run() {
   local tool
   for tool in taskset h2load; do
     if ! command -v "$tool" >/dev/null; then
-      log "$tool not found: run scripts/tools.sh (h2load: Debian package nghttp2-client)" >&2
+      log "$tool not found: run make tools (h2load: Debian package nghttp2-client)" >&2
       exit 1
     fi
   done
+  if ! .tools/venv/bin/python -c 'import grpc, google.protobuf' 2>/dev/null; then
+    log "no grpcio in .tools/venv for the Python peer: run make tools" >&2
+    exit 1
+  fi
   log "building the release binaries"
   cargo build --release --locked -p inventory -p orders -p gateway -p payments \
     -p notifications -p bench
