@@ -97,9 +97,13 @@ run() {
     log "no grpcio in .tools/venv for the Python peer: run make tools" >&2
     exit 1
   fi
-  log "building the release binaries"
-  cargo build --release --locked -p inventory -p orders -p gateway -p payments \
-    -p notifications -p bench
+  # Every service (each folder of services/), and the harness.
+  local dir packages=(-p bench)
+  for dir in services/*/; do
+    packages+=(-p "$(basename "$dir")")
+  done
+  log "building the release binaries: ${packages[*]}"
+  cargo build --release --locked "${packages[@]}"
   mkdir -p "$logs"
   trap cleanup EXIT
   taskset -c 1 target/release/bench --bin-dir target/release \

@@ -48,14 +48,33 @@ const H2LOAD_HTTP1: [&str; 3] = ["--h1", "-c", "32"];
 const PLACE_ORDER_CONCURRENCY: usize = 32;
 /// Instead of a sampler: `OTEL_SDK_DISABLED=true`, no tracing layer at all.
 const SDK_DISABLED: &str = "sdk_disabled";
-/// The services, in the order they can start (upstreams first).
-const SERVICES: [&str; 5] = [
-    "inventory",
-    "payments",
-    "notifications",
-    "orders",
-    "gateway",
-];
+/// The services: every folder of `services/` (the driver runs at the repository's
+/// root), upstreams first: orders calls the others, the gateway calls orders.
+fn services() -> Result<Vec<String>, Error> {
+    let mut names: Vec<String> = std::fs::read_dir("services")?
+        .filter_map(Result::ok)
+        .filter(|entry| entry.path().is_dir())
+        .filter_map(|entry| entry.file_name().into_string().ok())
+        .collect();
+    names.sort_by_key(|name| {
+        let rank = match name.as_str() {
+            "orders" => 1,
+            "gateway" => 2,
+            _ => 0,
+        };
+        (rank, name.clone())
+    });
+    Ok(names)
+}
+
+/// `<NAME>_ADDR` of every running service: the upstream variables of the next one
+/// (each service reads those it needs).
+fn upstreams(running: &[Server]) -> Vec<(String, String)> {
+    running
+        .iter()
+        .map(|s| (format!("{}_ADDR", s.name.to_uppercase()), s.uri()))
+        .collect()
+}
 
 #[derive(Debug)]
 struct Args {
@@ -179,7 +198,7 @@ impl Launcher {
         &self,
         name: &str,
         sampler: &str,
-        upstreams: &[(&str, String)],
+        upstreams: &[(String, String)],
     ) -> Result<Server, Error> {
         let (addr, admin) = (free_addr()?, free_addr()?);
         let mut env = vec![
@@ -194,7 +213,7 @@ impl Launcher {
         } else {
             env.push(("OTEL_TRACES_SAMPLER", sampler.to_owned()));
         }
-        env.extend(upstreams.iter().cloned());
+        env.extend(upstreams.iter().map(|(k, v)| (k.as_str(), v.clone())));
         let program = self.bin_dir.join(name);
         self.spawn(name, &program, &[], &env, addr, Some(admin))
     }
@@ -473,7 +492,7 @@ fn report_first_error(name: &str, run: &str, outcome: &Outcome) {
 /// What the start-up part measured of one service.
 #[derive(Debug)]
 struct Startup {
-    name: &'static str,
+    name: String,
     to_serving: Duration,
     idle_rss_kib: u64,
     threads: u64,
@@ -485,27 +504,8 @@ struct Startup {
 async fn startups(launcher: &Launcher) -> Result<Vec<Startup>, Error> {
     let mut running: Vec<Server> = Vec::new();
     let mut results = Vec::new();
-    for name in SERVICES {
-        let uri_of = |service: &str| {
-            running
-                .iter()
-                .find(|s| s.name == service)
-                .map(Server::uri)
-                .unwrap_or_default()
-        };
-        let upstreams: Vec<(&str, String)> = match name {
-            "orders" => vec![
-                ("INVENTORY_ADDR", uri_of("inventory")),
-                ("PAYMENTS_ADDR", uri_of("payments")),
-            ],
-            "gateway" => vec![
-                ("ORDERS_ADDR", uri_of("orders")),
-                ("INVENTORY_ADDR", uri_of("inventory")),
-                ("NOTIFICATIONS_ADDR", uri_of("notifications")),
-            ],
-            _ => vec![],
-        };
-        let server = launcher.service(name, "parentbased_always_on", &upstreams)?;
+    for name in services()? {
+        let server = launcher.service(&name, "parentbased_always_on", &upstreams(&running))?;
         let to_serving = wait_ready(&server).await?;
         running.push(server);
         results.push((name, to_serving));
@@ -515,11 +515,11 @@ async fn startups(launcher: &Launcher) -> Result<Vec<Startup>, Error> {
     let mut startups = Vec::new();
     for ((name, to_serving), server) in results.into_iter().zip(&running) {
         startups.push(Startup {
+            binary_bytes: std::fs::metadata(launcher.bin_dir.join(&name))?.len(),
             name,
             to_serving,
             idle_rss_kib: procfs::status_kib(server.pid(), "VmRSS")?,
             threads: procfs::threads(server.pid())?,
-            binary_bytes: std::fs::metadata(launcher.bin_dir.join(name))?.len(),
         });
     }
     Ok(startups)
@@ -653,31 +653,19 @@ async fn run(args: &Args) -> Result<Results, Error> {
     }
 
     // 3. The chain: every service, tracing sampled out as in 2a.
-    let inventory = launcher.service("inventory", "always_off", &[])?;
-    let payments = launcher.service("payments", "always_off", &[])?;
-    let notifications = launcher.service("notifications", "always_off", &[])?;
-    for server in [&inventory, &payments, &notifications] {
-        wait_ready(server).await?;
+    let mut chain: Vec<Server> = Vec::new();
+    for name in services()? {
+        let server = launcher.service(&name, "always_off", &upstreams(&chain))?;
+        wait_ready(&server).await?;
+        chain.push(server);
     }
-    let orders = launcher.service(
-        "orders",
-        "always_off",
-        &[
-            ("INVENTORY_ADDR", inventory.uri()),
-            ("PAYMENTS_ADDR", payments.uri()),
-        ],
-    )?;
-    wait_ready(&orders).await?;
-    let gateway = launcher.service(
-        "gateway",
-        "always_off",
-        &[
-            ("ORDERS_ADDR", orders.uri()),
-            ("INVENTORY_ADDR", inventory.uri()),
-            ("NOTIFICATIONS_ADDR", notifications.uri()),
-        ],
-    )?;
-    wait_ready(&gateway).await?;
+    let find = |name: &str| {
+        chain
+            .iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| format!("no {name} in services/"))
+    };
+    let (inventory, orders, gateway) = (find("inventory")?, find("orders")?, find("gateway")?);
     restock(&inventory.uri()).await?;
     let order_path = place_one_order(&gateway.uri()).await?;
     let http1 = || H2LOAD_HTTP1.iter().map(|s| (*s).to_owned()).collect();
@@ -687,21 +675,21 @@ async fn run(args: &Args) -> Result<Results, Error> {
     for scenario in [
         Scenario {
             name: "gateway → inventory: GET /v1/products/{sku}",
-            servers: vec![&gateway, &inventory],
+            servers: vec![gateway, inventory],
             closed: Closed::H2load(http1()),
             target: Target::http_get(product_url.parse()?),
             url: product_url,
         },
         Scenario {
             name: "gateway → orders: GET /v1/orders/{id}",
-            servers: vec![&gateway, &orders],
+            servers: vec![gateway, orders],
             closed: Closed::H2load(http1()),
             target: Target::http_get(order_url.parse()?),
             url: order_url,
         },
         Scenario {
             name: "PlaceOrder: gateway → orders → inventory, payments",
-            servers: vec![&gateway, &orders, &inventory, &payments, &notifications],
+            servers: chain.iter().collect(),
             closed: Closed::Loadgen(PLACE_ORDER_CONCURRENCY),
             target: Target::place_order(orders_url.parse()?, baseline::SKU),
             url: orders_url,
@@ -748,7 +736,7 @@ async fn run(args: &Args) -> Result<Results, Error> {
             },
         ));
     }
-    drop((gateway, orders, notifications, payments, inventory));
+    drop(chain);
 
     // 4. The Python peer on the same core.
     let descriptors = args.logs.join("descriptors.bin");
