@@ -7,7 +7,7 @@ SHELL := bash
 # The pinned tools of scripts/tools.sh (buf, grpcurl) come first, also for tests.
 export PATH := $(CURDIR)/.tools/venv/bin:$(PATH)
 
-.PHONY: help run test lint fmt tools kind-up kind-down kind-smoke new-service remove-service rename 
+.PHONY: help run test lint fmt tools bench bench-build kind-up kind-down kind-smoke new-service remove-service rename 
 
 help: ## List the targets
 	@awk -F ':.*## ' '/^[a-z-]+:.*## / { printf "  make %-15s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
@@ -40,6 +40,15 @@ fmt: tools ## Format the Rust code and the protos
 
 tools: ## Install the pinned external tools into .tools/ (scripts/tools.sh)
 	scripts/tools.sh
+
+# Ratios measured side by side in one run, never timed tests (docs/benchmarks.md). Not
+# after `tools`: in a clone whose .tools links to another checkout's, tools.sh would
+# rebuild that shared venv; scripts/bench.sh checks what it needs and says what is missing.
+bench: tools ## Benchmarks: baseline, instrumented, chain and Python peer side by side (docs/benchmarks.md)
+	scripts/bench.sh
+
+bench-build: tools ## Time the clean debug build and one incremental rebuild, in a temporary clone (slow)
+	scripts/bench.sh --build-times
 
 kind-up: tools ## Build the images and run everything in a local kind cluster, then smoke-test it
 	scripts/kind-up.sh

@@ -15,9 +15,10 @@ set -euo pipefail
 # Debian packages the scripts need. Names that are also commands (shellcheck, curl)
 # count as present when the command is on PATH, however installed.
 DEBIAN_PACKAGES=(
-  shellcheck # scripts/lint-shell.sh
-  curl       # scripts/kind-smoke.sh, which scripts/k8s-check.sh also runs
-  postgresql # scripts/with-postgres.sh (the database tests) and the manifest-driven run
+  shellcheck     # scripts/lint-shell.sh
+  curl           # scripts/kind-smoke.sh, which scripts/k8s-check.sh also runs
+  postgresql     # scripts/with-postgres.sh (the database tests) and the manifest-driven run
+  nghttp2-client # h2load, the closed-loop load of scripts/bench.sh
 )
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -1,0 +1,326 @@
+//! Load of the driver's scenarios.
+//!
+//! [`open_loop`] sends at a fixed rate whatever the answers do, and times each call
+//! from the moment it *should* have been sent: a stalled server then shows in the
+//! latencies instead of silently slowing the sender down (coordinated omission).
+//! [`closed_loop`] keeps a fixed number of calls in flight, for the throughput of
+//! calls h2load cannot make (each order needs its own idempotency key).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use contracts::inventory::v1::GetProductRequest;
+use contracts::inventory::v1::inventory_service_client::InventoryServiceClient;
+use hdrhistogram::Histogram;
+use http::{Request, StatusCode, Uri};
+use http_body_util::{BodyExt as _, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::time::Instant;
+use tonic::transport::Channel;
+
+/// Calls still unanswered beyond this many are not sent but counted as errors: the
+/// server is far past saturation, and the generator would only grow its memory.
+const MAX_IN_FLIGHT: u64 = 2_000;
+
+/// How long the stragglers of a run may take before they count as errors.
+const DRAIN: Duration = Duration::from_secs(5);
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+/// One kind of call.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// `inventory.v1.InventoryService/GetProduct` over one HTTP/2 connection.
+    GetProduct {
+        client: InventoryServiceClient<Channel>,
+        sku: String,
+    },
+    /// An HTTP/1.1 GET expecting 200 (keep-alive connection pool).
+    HttpGet { client: HttpClient, uri: Uri },
+    /// `POST /v1/orders` on the gateway, each with a new `Idempotency-Key`; 201 expected.
+    PlaceOrder {
+        client: HttpClient,
+        uri: Uri,
+        body: Bytes,
+        next_key: Arc<AtomicU64>,
+    },
+}
+
+impl Target {
+    /// GetProduct of `sku` on the gRPC server at `uri` (one connection, made now).
+    pub async fn get_product(uri: &str, sku: &str) -> Result<Self, String> {
+        let channel = tonic::transport::Endpoint::from_shared(uri.to_owned())
+            .map_err(|e| e.to_string())?
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .map_err(|e| format!("cannot connect to {uri}: {e}"))?;
+        Ok(Self::GetProduct {
+            client: InventoryServiceClient::new(channel),
+            sku: sku.to_owned(),
+        })
+    }
+
+    pub fn http_get(uri: Uri) -> Self {
+        Self::HttpGet {
+            client: http_client(),
+            uri,
+        }
+    }
+
+    /// Orders of one unit of `sku`, approved card.
+    pub fn place_order(uri: Uri, sku: &str) -> Self {
+        let body = serde_json::json!({
+            "customerId": "bench",
+            "items": [{ "sku": sku, "quantity": 1 }],
+            "cardToken": "tok_visa",
+        });
+        Self::PlaceOrder {
+            client: http_client(),
+            uri,
+            body: Bytes::from(body.to_string()),
+            next_key: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// One call; `Err` names what went wrong (the gRPC code, the HTTP status).
+    pub async fn call(&self) -> Result<(), String> {
+        match self {
+            Self::GetProduct { client, sku } => client
+                .clone()
+                .get_product(GetProductRequest { sku: sku.clone() })
+                .await
+                .map(drop)
+                .map_err(|status| format!("grpc-status {:?}", status.code())),
+            Self::HttpGet { client, uri } => {
+                let response = client.get(uri.clone()).await.map_err(|e| e.to_string())?;
+                expect(response, StatusCode::OK).await
+            }
+            Self::PlaceOrder {
+                client,
+                uri,
+                body,
+                next_key,
+            } => {
+                let key = format!(
+                    "bench-{}-{}",
+                    std::process::id(),
+                    next_key.fetch_add(1, Ordering::Relaxed)
+                );
+                let request = Request::post(uri.clone())
+                    .header(http::header::CONTENT_TYPE, "application/json")
+                    .header("idempotency-key", key)
+                    .body(Full::new(body.clone()))
+                    .map_err(|e| e.to_string())?;
+                let response = client.request(request).await.map_err(|e| e.to_string())?;
+                expect(response, StatusCode::CREATED).await
+            }
+        }
+    }
+}
+
+fn http_client() -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(usize::MAX)
+        .build(connector)
+}
+
+async fn expect<B>(response: http::Response<B>, wanted: StatusCode) -> Result<(), String>
+where
+    B: http_body::Body,
+    B::Error: std::fmt::Display,
+{
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    if status == wanted {
+        Ok(())
+    } else {
+        let body = String::from_utf8_lossy(&body.to_bytes()).into_owned();
+        Err(format!("HTTP {status}: {body}"))
+    }
+}
+
+/// What a run measured.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    /// Latencies in microseconds, of the calls of the measured window.
+    pub histogram: Histogram<u64>,
+    pub ok: u64,
+    pub errors: u64,
+    pub first_error: Option<String>,
+    /// Calls per second answered in the measured window (closed loop) or sent in it
+    /// (open loop).
+    pub rate: f64,
+}
+
+impl Outcome {
+    /// The `q` quantile (0 to 1) of the latencies, in microseconds.
+    pub fn quantile_us(&self, q: f64) -> u64 {
+        self.histogram.value_at_quantile(q)
+    }
+}
+
+#[derive(Debug)]
+struct Stats {
+    histogram: Histogram<u64>,
+    ok: u64,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+impl Stats {
+    fn new() -> Arc<Mutex<Self>> {
+        Arc::new(Mutex::new(Self {
+            histogram: Histogram::new_with_bounds(1, 60_000_000, 3)
+                .expect("valid histogram bounds"),
+            ok: 0,
+            errors: 0,
+            first_error: None,
+        }))
+    }
+
+    fn record(&mut self, result: Result<(), String>, latency: Duration) {
+        match result {
+            Ok(()) => {
+                self.ok += 1;
+                let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+                self.histogram.saturating_record(micros.max(1));
+            }
+            Err(error) => {
+                self.errors += 1;
+                self.first_error.get_or_insert(error);
+            }
+        }
+    }
+
+    fn outcome(stats: &Mutex<Self>, rate: f64) -> Outcome {
+        let stats = stats.lock().expect("no panics while recording");
+        Outcome {
+            histogram: stats.histogram.clone(),
+            ok: stats.ok,
+            errors: stats.errors,
+            first_error: stats.first_error.clone(),
+            rate,
+        }
+    }
+}
+
+/// Sends `rate` calls per second for `warmup + measure`; reports the calls whose
+/// intended send time falls in `measure`, each timed from that intended time.
+pub async fn open_loop(target: &Target, rate: f64, warmup: Duration, measure: Duration) -> Outcome {
+    let stats = Stats::new();
+    let in_flight = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let measure_from = start + warmup;
+    let end = measure_from + measure;
+    let mut due = pacer(start, end, rate);
+    let mut sent_in_window = 0u64;
+    while let Some(intended) = due.recv().await {
+        let measured = intended >= measure_from;
+        sent_in_window += u64::from(measured);
+        if in_flight.load(Ordering::Relaxed) >= MAX_IN_FLIGHT {
+            if measured {
+                stats
+                    .lock()
+                    .expect("no panics while recording")
+                    .record(Err("not sent: too many calls in flight".into()), DRAIN);
+            }
+            continue;
+        }
+        in_flight.fetch_add(1, Ordering::Relaxed);
+        let (target, stats, in_flight) = (target.clone(), stats.clone(), in_flight.clone());
+        tokio::spawn(async move {
+            let result = target.call().await;
+            let latency = intended.elapsed();
+            if measured {
+                stats
+                    .lock()
+                    .expect("no panics while recording")
+                    .record(result, latency);
+            }
+            in_flight.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+    let drained = Instant::now() + DRAIN;
+    while in_flight.load(Ordering::Relaxed) > 0 && Instant::now() < drained {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let outcome = Stats::outcome(&stats, sent_in_window as f64 / measure.as_secs_f64());
+    let unanswered = in_flight.load(Ordering::Relaxed);
+    Outcome {
+        errors: outcome.errors + unanswered,
+        ..outcome
+    }
+}
+
+/// The intended send times, `1 / rate` apart from `start` until `end`, each delivered
+/// when it comes. A thread of its own sleeps in between (high-resolution timers, a
+/// few tens of µs late at worst, the same in every scenario): Tokio's 1 ms timer
+/// wheel would bunch calls, and spinning would fight the other work on the core.
+fn pacer(start: Instant, end: Instant, rate: f64) -> tokio::sync::mpsc::UnboundedReceiver<Instant> {
+    let (due, receiver) = tokio::sync::mpsc::unbounded_channel();
+    let (start, end) = (start.into_std(), end.into_std());
+    std::thread::spawn(move || {
+        for i in 0u64.. {
+            let intended = start + Duration::from_secs_f64(i as f64 / rate);
+            if intended >= end {
+                return;
+            }
+            let now = std::time::Instant::now();
+            if intended > now {
+                std::thread::sleep(intended - now);
+            }
+            if due.send(Instant::from_std(intended)).is_err() {
+                return;
+            }
+        }
+    });
+    receiver
+}
+
+/// Keeps `concurrency` calls in flight for `warmup + measure`; reports the calls
+/// started in `measure`.
+pub async fn closed_loop(
+    target: &Target,
+    concurrency: usize,
+    warmup: Duration,
+    measure: Duration,
+) -> Outcome {
+    let stats = Stats::new();
+    let start = Instant::now();
+    let measure_from = start + warmup;
+    let end = measure_from + measure;
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let (target, stats) = (target.clone(), stats.clone());
+        workers.spawn(async move {
+            loop {
+                let sent = Instant::now();
+                if sent >= end {
+                    return;
+                }
+                let result = target.call().await;
+                if sent >= measure_from {
+                    stats
+                        .lock()
+                        .expect("no panics while recording")
+                        .record(result, sent.elapsed());
+                }
+            }
+        });
+    }
+    workers.join_all().await;
+    let stats_now = Stats::outcome(&stats, 0.0);
+    let rate = (stats_now.ok + stats_now.errors) as f64 / measure.as_secs_f64();
+    Outcome { rate, ..stats_now }
+}
