@@ -16,7 +16,7 @@ run: ## Run every service in one process (the stack launcher)
 	cargo run -p stack
 
 # The tests get a private, throwaway PostgreSQL server (TEST_DATABASE_URL) for the
-# stores' database tests; the template check's copy runs none of those.
+# database tests, and so do the tests the template check runs on its copy.
 test: lint ## Everything CI checks: lint, every test (grpcurl/buf acceptance included), the k8s checks
 	@if cargo nextest --version >/dev/null 2>&1; then \
 	  scripts/with-postgres.sh cargo nextest run --workspace; \
@@ -24,7 +24,7 @@ test: lint ## Everything CI checks: lint, every test (grpcurl/buf acceptance inc
 	  scripts/with-postgres.sh cargo test --workspace; \
 	fi
 	scripts/k8s-check.sh
-	scripts/template-check.sh
+	scripts/with-postgres.sh scripts/template-check.sh
 
 # Cheapest first, so that a mistake fails before clippy compiles everything.
 lint: tools ## Check formatting, shell scripts, protos (buf) and clippy
