@@ -65,6 +65,15 @@ install_python_tools() {
     return 0
   fi
 
+  # The Makefile puts .tools/venv/bin first on PATH: a rebuild must not use the very
+  # interpreter it is about to delete.
+  local path_entry path_entries kept_path=()
+  IFS=: read -ra path_entries <<<"$PATH"
+  for path_entry in "${path_entries[@]}"; do
+    [[ "$path_entry" == "$venv/bin" ]] || kept_path+=("$path_entry")
+  done
+  PATH="$(IFS=:; printf '%s' "${kept_path[*]}")"
+  hash -r
   local python="${PYTHON:-python3}"
   if ! "$python" -c 'import ensurepip, venv' 2>/dev/null; then
     install_debian_packages python3-venv # Debian's python3 ships without it
