@@ -2,7 +2,8 @@
 //! must provide; [`MemoryStore`] is the embedded default, [`PgStore`] PostgreSQL
 //! (`DATABASE_URL`). Each method is one atomic step, so of two requests racing with the
 //! same request_id exactly one creates the order, and an order's state never changes
-//! without its event being recorded (the transactional outbox, see `outbox.rs`).
+//! without its event being recorded (the transactional outbox, see `outbox.rs`), and
+//! of processes claiming a stranded order's saga at once one gets it (`saga.rs`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
@@ -176,6 +177,10 @@ impl Store for MemoryStore {
         let mut state = self.lock()?;
         let index = state.index(&order.id)?;
         state.orders[index].send_replace(order.clone());
+        if order.status.is_final() {
+            // A final order's saga is over: nothing to claim any more.
+            state.claims.remove(&index);
+        }
         let Some(event) = event else {
             return Ok(());
         };
@@ -255,19 +260,19 @@ impl Store for MemoryStore {
             if claimed.len() == limit {
                 break;
             }
-            let order = state.orders[index].borrow().clone();
-            if order.status.is_final() {
-                continue;
-            }
-            let stranded = match state.claims.get(&index) {
-                Some((_, until)) => *until < now,
-                None => wall_now
-                    .duration_since(order.update_time)
-                    .is_ok_and(|age| age >= stale_after),
+            let stranded = {
+                let order = state.orders[index].borrow();
+                !order.status.is_final()
+                    && match state.claims.get(&index) {
+                        Some((_, until)) => *until < now,
+                        None => wall_now
+                            .duration_since(order.update_time)
+                            .is_ok_and(|age| age >= stale_after),
+                    }
             };
             if stranded {
                 state.claims.insert(index, (owner.to_owned(), now + lease));
-                claimed.push(order);
+                claimed.push(state.orders[index].borrow().clone());
             }
         }
         Ok(claimed)

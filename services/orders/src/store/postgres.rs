@@ -9,6 +9,9 @@
 //!   replicas never work on the same rows, and skips an event while an earlier one of
 //!   the same order is pending (claimed by another relay, or failing): each order's
 //!   events are published in the order they were written.
+//! - A stranded saga (its process died) is claimed with `FOR UPDATE SKIP LOCKED` and a
+//!   lease (`saga_owner`, `saga_claimed_until`, on the database's clock): of replicas
+//!   looking at once, each order goes to one, and again to one once the lease lapses.
 //! - Watchers (`WatchOrder`, identical requests waiting for a saga) are in-process watch
 //!   channels, fed after each commit of this process and, for changes committed by
 //!   other replicas, through PostgreSQL `LISTEN/NOTIFY`: each update notifies
