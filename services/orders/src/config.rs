@@ -143,4 +143,28 @@ mod tests {
         let message = Config::from_env(&env).unwrap_err().to_string();
         assert!(message.contains("PAYMENTS_ADDR"), "{message}");
     }
+
+    #[test]
+    fn saga_resumption_has_safe_defaults_and_refuses_zero() {
+        let config = SagaConfig::from_env(&Env::default()).unwrap();
+        assert_eq!(config.resume_after, Duration::from_secs(30));
+        assert_eq!(config.resume_interval, Duration::from_secs(10));
+
+        let env: Env = [
+            ("SAGA_RESUME_AFTER", "2s"),
+            ("SAGA_RESUME_INTERVAL", "500ms"),
+        ]
+        .into_iter()
+        .collect();
+        let config = SagaConfig::from_env(&env).unwrap();
+        assert_eq!(config.resume_after, Duration::from_secs(2));
+        assert_eq!(config.resume_interval, Duration::from_millis(500));
+
+        for name in ["SAGA_RESUME_AFTER", "SAGA_RESUME_INTERVAL"] {
+            let env: Env = [(name, "0")].into_iter().collect();
+            let message = Config::from_env(&env).unwrap_err().to_string();
+            assert!(message.contains(name), "{message}");
+            assert!(message.contains("at least 100ms"), "{message}");
+        }
+    }
 }
