@@ -11,10 +11,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use contracts::inventory::v1::GetProductRequest;
+use contracts::inventory::v1::inventory_service_client::InventoryServiceClient;
 use contracts::notifications::v1::ListNotificationsRequest;
 use contracts::notifications::v1::notification_service_client::NotificationServiceClient;
 use contracts::orders::v1::order_service_client::OrderServiceClient;
-use contracts::orders::v1::{OrderItem, OrderStatus, PlaceOrderRequest};
+use contracts::orders::v1::{
+    GetOrderRequest, ListOrdersRequest, OrderItem, OrderStatus, PlaceOrderRequest,
+};
+use contracts::payments::v1::payment_service_client::PaymentServiceClient;
+use contracts::payments::v1::{ListPaymentsRequest, PaymentStatus};
 use processes::{PATIENCE, Process};
 use shared::testing::{NatsServer, eventually, fresh_database};
 use tokio::sync::{Mutex, Notify};
@@ -59,10 +65,43 @@ impl Durable {
     }
 
     async fn start_orders(&mut self) {
+        self.start_orders_with(&[]).await;
+    }
+
+    /// Starts orders with `extra` added to its environment.
+    async fn start_orders_with(&mut self, extra: &[(&'static str, &str)]) {
         let mut env = self.env.clone();
         env.push(("INVENTORY_ADDR", self.inventory.uri()));
         env.push(("PAYMENTS_ADDR", self.payments.uri()));
+        env.extend(
+            extra
+                .iter()
+                .map(|(name, value)| (*name, (*value).to_owned())),
+        );
         self.orders = Some(Process::start("orders", &env).await);
+    }
+
+    fn inventory(&self) -> InventoryServiceClient<Channel> {
+        InventoryServiceClient::new(channel(&self.inventory))
+    }
+
+    fn payments(&self) -> PaymentServiceClient<Channel> {
+        PaymentServiceClient::new(channel(&self.payments))
+    }
+
+    /// SKU-001's stock: (available, reserved, sold).
+    async fn stock(&self) -> (i64, i64, i64) {
+        let product = self
+            .inventory()
+            .get_product(GetProductRequest {
+                sku: "SKU-001".into(),
+            })
+            .await
+            .expect("GetProduct")
+            .into_inner()
+            .product
+            .expect("a product");
+        (product.available, product.reserved, product.sold)
     }
 
     async fn start_notifications(&mut self) {
@@ -245,4 +284,123 @@ async fn orders_placed_while_the_broker_restarts_all_get_their_events() {
     let orders: BTreeSet<String> = placing.join_all().await.into_iter().flatten().collect();
     assert_eq!(orders.len(), ORDERS);
     system.assert_notified_once("cus_restart", &orders).await;
+}
+
+#[tokio::test]
+async fn an_order_whose_saga_died_with_orders_is_finished_after_a_restart() {
+    let mut system = Durable::start().await;
+    // This orders waits as long as it takes for payments: its saga is still waiting
+    // on the charge when it dies, never compensating on a timeout first.
+    system.orders.take().expect("orders runs").stop().await;
+    system
+        .start_orders_with(&[
+            ("GRPC_CLIENT_TIMEOUT", "5m"),
+            ("GRPC_CLIENT_CONNECT_TIMEOUT", "5m"),
+        ])
+        .await;
+    let (available, reserved, sold) = system.stock().await;
+    assert_eq!(reserved, 0);
+
+    // Payments hangs: the saga reserves the stock, then waits on the charge.
+    system.payments.pause();
+    let mut orders = system.orders();
+    let placing = tokio::spawn(async move {
+        orders
+            .place_order(PlaceOrderRequest {
+                request_id: "killed-1".into(),
+                customer_id: "cus_killed".into(),
+                items: vec![OrderItem {
+                    sku: "SKU-001".into(),
+                    quantity: 1,
+                    ..Default::default()
+                }],
+                card_token: "tok_visa".into(),
+            })
+            .await
+    });
+    eventually("the order's stock reserved", || async {
+        system.stock().await.1 == 1
+    })
+    .await;
+    // Orders dies mid-saga: the order is PENDING with its stock reserved, and the
+    // charge may or may not be taken once payments goes on.
+    system.orders.take().expect("orders runs").kill();
+    assert!(
+        placing.await.expect("the call ends").is_err(),
+        "the caller sees orders die"
+    );
+    system.payments.resume();
+
+    system
+        .start_orders_with(&[
+            ("SAGA_RESUME_AFTER", "200ms"),
+            ("SAGA_RESUME_INTERVAL", "100ms"),
+        ])
+        .await;
+    let listed = system
+        .orders()
+        .list_orders(ListOrdersRequest {
+            customer_id: "cus_killed".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("ListOrders")
+        .into_inner()
+        .orders;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let id = listed[0].order_id.clone();
+
+    eventually("the resumed order confirmed", || async {
+        let order = system
+            .orders()
+            .get_order(GetOrderRequest {
+                order_id: id.clone(),
+            })
+            .await
+            .expect("GetOrder")
+            .into_inner()
+            .order
+            .expect("an order");
+        assert!(
+            matches!(
+                order.status(),
+                OrderStatus::Pending | OrderStatus::Confirmed
+            ),
+            "{order:?}"
+        );
+        order.status() == OrderStatus::Confirmed
+    })
+    .await;
+    assert_eq!(
+        system.stock().await,
+        (available - 1, 0, sold + 1),
+        "one unit sold, nothing left reserved"
+    );
+    let payments = system
+        .payments()
+        .list_payments(ListPaymentsRequest {
+            order_id: id.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("ListPayments")
+        .into_inner()
+        .payments;
+    assert_eq!(payments.len(), 1, "one charge: {payments:?}");
+    assert_eq!(payments[0].status(), PaymentStatus::Captured);
+    system
+        .assert_notified_once("cus_killed", &BTreeSet::from([id.clone()]))
+        .await;
+
+    let resumed = system
+        .orders
+        .take()
+        .expect("orders runs")
+        .stop()
+        .await
+        .into_iter()
+        .filter(|line| line.contains("resuming the saga of a stranded order"))
+        .collect::<Vec<_>>();
+    assert_eq!(resumed.len(), 1, "{resumed:?}");
+    assert!(resumed[0].contains(&id), "{}", resumed[0]);
 }

@@ -263,6 +263,25 @@ impl Process {
         self.child.wait().expect("the killed process is reaped");
     }
 
+    /// SIGSTOP: the process freezes, as one that hangs; its sockets still accept
+    /// connections and requests, which wait unanswered until [`Process::resume`].
+    pub(crate) fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT: a paused process goes on where it stopped.
+    pub(crate) fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {signal} {}", self.name);
+    }
+
     /// SIGTERM, then waits (bounded) for a clean exit: spans are flushed by then.
     pub(crate) async fn stop(mut self) -> Vec<String> {
         let kill = Command::new("kill")

@@ -28,6 +28,7 @@ pub struct Config {
     /// and their outbox when set; unset, they are kept in memory (lost at exit).
     pub database: Option<DbConfig>,
     pub outbox: OutboxConfig,
+    pub saga: SagaConfig,
 }
 
 /// How the relay publishes the outbox's events (`outbox.rs`).
@@ -60,6 +61,58 @@ impl OutboxConfig {
     }
 }
 
+/// How sagas stranded by a process that died mid-saga are resumed (`saga.rs`).
+#[derive(Clone, Debug)]
+pub struct SagaConfig {
+    /// `SAGA_RESUME_AFTER` (default `30s`): a pending order is resumed by whichever
+    /// process finds it first once no process has shown it runs its saga for this long
+    /// (its creator, or the process that claimed it, renews the claim a few times
+    /// within it). Also the claim's lease.
+    pub resume_after: Duration,
+    /// `SAGA_RESUME_INTERVAL` (default `10s`): how often a process looks for stranded
+    /// orders; it also looks once at start-up.
+    pub resume_interval: Duration,
+}
+
+impl Default for SagaConfig {
+    fn default() -> Self {
+        Self {
+            resume_after: Duration::from_secs(30),
+            resume_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+impl SagaConfig {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let default = Self::default();
+        let at_least = |name: &str, value: Duration| {
+            if value >= MIN_SAGA_DURATION {
+                return Ok(value);
+            }
+            // Zero would resume every saga while it runs, or scan without a pause.
+            Err(ConfigError {
+                var: name.to_owned(),
+                value: env.get(name).unwrap_or_default().to_owned(),
+                expected: format!("a duration of at least {MIN_SAGA_DURATION:?}"),
+            })
+        };
+        Ok(Self {
+            resume_after: at_least(
+                "SAGA_RESUME_AFTER",
+                env.duration("SAGA_RESUME_AFTER", default.resume_after)?,
+            )?,
+            resume_interval: at_least(
+                "SAGA_RESUME_INTERVAL",
+                env.duration("SAGA_RESUME_INTERVAL", default.resume_interval)?,
+            )?,
+        })
+    }
+}
+
+/// The shortest `SAGA_RESUME_AFTER` and `SAGA_RESUME_INTERVAL`.
+const MIN_SAGA_DURATION: Duration = Duration::from_millis(100);
+
 impl Config {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         Ok(Self {
@@ -70,6 +123,7 @@ impl Config {
             events: EventsConfig::from_env(env)?,
             database: DbConfig::from_env(env)?,
             outbox: OutboxConfig::from_env(env)?,
+            saga: SagaConfig::from_env(env)?,
         })
     }
 }
@@ -88,5 +142,29 @@ mod tests {
         let env: Env = [("PAYMENTS_ADDR", "payments:50053")].into_iter().collect();
         let message = Config::from_env(&env).unwrap_err().to_string();
         assert!(message.contains("PAYMENTS_ADDR"), "{message}");
+    }
+
+    #[test]
+    fn saga_resumption_has_safe_defaults_and_refuses_zero() {
+        let config = SagaConfig::from_env(&Env::default()).unwrap();
+        assert_eq!(config.resume_after, Duration::from_secs(30));
+        assert_eq!(config.resume_interval, Duration::from_secs(10));
+
+        let env: Env = [
+            ("SAGA_RESUME_AFTER", "2s"),
+            ("SAGA_RESUME_INTERVAL", "500ms"),
+        ]
+        .into_iter()
+        .collect();
+        let config = SagaConfig::from_env(&env).unwrap();
+        assert_eq!(config.resume_after, Duration::from_secs(2));
+        assert_eq!(config.resume_interval, Duration::from_millis(500));
+
+        for name in ["SAGA_RESUME_AFTER", "SAGA_RESUME_INTERVAL"] {
+            let env: Env = [(name, "0")].into_iter().collect();
+            let message = Config::from_env(&env).unwrap_err().to_string();
+            assert!(message.contains(name), "{message}");
+            assert!(message.contains("at least 100ms"), "{message}");
+        }
     }
 }

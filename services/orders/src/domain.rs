@@ -108,9 +108,9 @@ pub(crate) struct Order {
     pub(crate) id: String,
     pub(crate) request_id: String,
     pub(crate) customer_id: String,
-    /// Kept to tell a retried request from a different one with the same request_id
-    /// (and to resume the saga, once orders are stored durably). A token, never a card
-    /// number.
+    /// Kept to tell a retried request from a different one with the same request_id,
+    /// and to resume the saga of an order a dead process left pending. A token, never
+    /// a card number.
     pub(crate) card_token: String,
     /// In the caller's order.
     pub(crate) lines: Vec<Line>,

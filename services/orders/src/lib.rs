@@ -38,7 +38,9 @@ pub const NAME: &str = "orders";
 /// recorded with its event, which the outbox relay publishes on
 /// [`shared::events::ORDER_EVENTS`] (starting with whatever an earlier process left
 /// pending): to JetStream when `NATS_URL` is set (connecting first), otherwise to
-/// `local`, the in-process bus. The relay stops when the server drains.
+/// `local`, the in-process bus. Orders whose saga a dead process left unfinished are
+/// resumed, at start-up and then periodically. The relay and the resumption stop when
+/// the server drains.
 pub async fn build(config: Config, local: &InProcessBus) -> Result<shared::Server, shared::Error> {
     let store: Arc<dyn store::Store> = match &config.database {
         Some(database) => Arc::new(store::PgStore::connect(database).await?),
@@ -47,18 +49,24 @@ pub async fn build(config: Config, local: &InProcessBus) -> Result<shared::Serve
     let events = Bus::connect(&config.events, NAME, local).await?.publisher();
     let inventory = grpc::InventoryClient::new(config.inventory_addr, &config.client);
     let payments = grpc::PaymentsClient::new(config.payments_addr, &config.client);
-    let saga = saga::Saga::new(store.clone(), Arc::new(inventory), Arc::new(payments));
+    let saga = Arc::new(saga::Saga::new(
+        store.clone(),
+        Arc::new(inventory),
+        Arc::new(payments),
+        config.saga,
+    ));
     let server = shared::Server::builder(NAME, &config.server);
     let draining = server.draining();
     let server = server
         .add_service(grpc::service(
-            Arc::new(saga),
+            saga.clone(),
             store.clone(),
             draining.clone(),
             &config.server,
         ))
         .bind()
         .await?;
+    tokio::spawn(saga.resume_stranded(draining.clone()));
     tokio::spawn(outbox::run(store, events, config.outbox, draining));
     Ok(server)
 }

@@ -17,15 +17,29 @@
 //! is retried, and compensations (retried longer) can run whether or not the step they
 //! undo took effect. A compensation that still fails is logged as an error naming the
 //! order, for someone to finish by hand.
+//!
+//! A process that dies mid-saga (killed, out of memory, its node lost) leaves its order
+//! PENDING, perhaps with stock reserved or the card charged. Since every step is
+//! idempotent, running the saga again from the stored order finishes it: each process
+//! looks for such stranded orders at start-up and every `SAGA_RESUME_INTERVAL`
+//! ([`Saga::resume_stranded`]). A store claim with a lease keeps two processes from
+//! resuming one order together: a saga that runs long renews its claim, and an order
+//! is stranded once no process claimed it (or renewed its claim) for
+//! `SAGA_RESUME_AFTER`. Within a process, a registry of the running sagas keeps an
+//! order from being resumed where it still runs.
 
+use std::collections::HashSet;
+use std::convert::Infallible;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use shared::Money;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::config::SagaConfig;
 use crate::domain::{Item, NewOrder, Order, Status, storage_error};
 use crate::error::{Error, UpstreamError};
 use crate::events::order_event;
@@ -103,6 +117,9 @@ const COMPENSATION: Retry = Retry {
     backoff: Duration::from_millis(100),
 };
 
+/// Most stranded orders claimed in one look.
+const RESUME_BATCH: usize = 100;
+
 /// Places orders: one saga per order, all sharing the store and the upstreams. Each
 /// state the order reaches is stored with its event (the outbox), which the relay
 /// publishes (`outbox.rs`): the saga never publishes itself.
@@ -110,6 +127,27 @@ pub(crate) struct Saga {
     store: Arc<dyn Store>,
     inventory: Arc<dyn Inventory>,
     payments: Arc<dyn Payments>,
+    config: SagaConfig,
+    /// This process's name in the store's claims: unique per process, so that a
+    /// restarted process never takes the claims of the one before it for its own.
+    owner: String,
+    /// The ids of the orders whose saga runs in this process.
+    running: Arc<Mutex<HashSet<String>>>,
+}
+
+/// An order's saga is running in this process until this is dropped.
+struct Running {
+    order_id: String,
+    running: Arc<Mutex<HashSet<String>>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.order_id);
+    }
 }
 
 impl Saga {
@@ -117,12 +155,25 @@ impl Saga {
         store: Arc<dyn Store>,
         inventory: Arc<dyn Inventory>,
         payments: Arc<dyn Payments>,
+        config: SagaConfig,
     ) -> Self {
         Self {
             store,
             inventory,
             payments,
+            config,
+            owner: shared::id::new(crate::NAME),
+            running: Arc::default(),
         }
+    }
+
+    /// Marks the saga of `order_id` as running here; `None` if it already is.
+    fn start(&self, order_id: &str) -> Option<Running> {
+        let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        running.insert(order_id.to_owned()).then(|| Running {
+            order_id: order_id.to_owned(),
+            running: Arc::clone(&self.running),
+        })
     }
 
     /// Places the order `request` asks for and returns it once final. A request whose
@@ -140,12 +191,83 @@ impl Saga {
             // An identical request got there between the lookup and the create.
             Created::Existing(order) => return self.outcome_of(order, &request).await,
         };
+        tracing::info!(order_id = %order.id, total = %order.total, "order placed");
+        // Registered before anything can look for stranded orders' sagas to resume.
+        let Some(running) = self.start(&order.id) else {
+            return self.outcome_of(order, &request).await;
+        };
         // A task of its own: a caller that hangs up drops this future, and the saga
         // must not stop halfway with stock reserved or a card charged.
         let order_id = order.id.clone();
-        let saga = tokio::spawn(Arc::clone(&self).run(order).in_current_span());
+        let saga = tokio::spawn(Arc::clone(&self).run(order, running).in_current_span());
         saga.await
             .map_err(|source| Error::SagaAborted { order_id, source })?
+    }
+
+    /// Resumes the sagas of stranded orders (see the module's documentation): looks
+    /// at once, then every `SAGA_RESUME_INTERVAL` until `draining` is cancelled. The
+    /// sagas it started run on (like those of `PlaceOrder`) until they end or the
+    /// process exits; an order left pending then is resumed by the next process.
+    pub(crate) async fn resume_stranded(self: Arc<Self>, draining: CancellationToken) {
+        tracing::info!(
+            owner = %self.owner,
+            resume_after = ?self.config.resume_after,
+            interval = ?self.config.resume_interval,
+            "resuming stranded sagas"
+        );
+        while !draining.is_cancelled() {
+            let claimed = self
+                .store
+                .claim_stranded(
+                    &self.owner,
+                    self.config.resume_after,
+                    self.config.resume_after,
+                    RESUME_BATCH,
+                )
+                .await;
+            match claimed {
+                // A full batch: there may be more right away.
+                Ok(orders) if orders.len() == RESUME_BATCH => {
+                    orders.into_iter().for_each(|order| self.resume(order));
+                    continue;
+                }
+                Ok(orders) => orders.into_iter().for_each(|order| self.resume(order)),
+                Err(error) => tracing::warn!(
+                    error = %shared::status::ErrorChain(&error),
+                    "looking for stranded sagas failed; retrying"
+                ),
+            }
+            tokio::select! {
+                () = draining.cancelled() => break,
+                () = tokio::time::sleep(self.config.resume_interval) => {}
+            }
+        }
+        tracing::info!("stopped resuming stranded sagas");
+    }
+
+    /// Runs the saga of the stranded order `order` in a task of its own, unless it runs
+    /// here already.
+    fn resume(self: &Arc<Self>, order: Order) {
+        let Some(running) = self.start(&order.id) else {
+            tracing::debug!(order_id = %order.id, "claimed an order whose saga runs here");
+            return;
+        };
+        let age = SystemTime::now()
+            .duration_since(order.create_time)
+            .unwrap_or_default();
+        tracing::info!(order_id = %order.id, ?age, charged = order.payment_id.is_some(), "resuming the saga of a stranded order");
+        let span = tracing::info_span!("resume saga", order_id = %order.id);
+        let saga = Arc::clone(self);
+        tokio::spawn(
+            async move {
+                let order_id = order.id.clone();
+                if let Err(error) = saga.run(order, running).await {
+                    // Its claim lapses, and the order is resumed again.
+                    tracing::warn!(%order_id, error = %shared::status::ErrorChain(&error), "a resumed saga failed");
+                }
+            }
+            .instrument(span),
+        );
     }
 
     /// The order `request` retries, once final; a different request under the same
@@ -180,16 +302,40 @@ impl Saga {
         Ok(Order::new(id, request.clone(), prices, SystemTime::now())?)
     }
 
-    /// Runs the saga of a stored, pending `order` and stores its final state with its
-    /// event.
-    async fn run(self: Arc<Self>, mut order: Order) -> Result<Order, Error> {
-        tracing::info!(order_id = %order.id, total = %order.total, "order placed");
-        let status = self.steps(&mut order).await?;
+    /// Runs the saga of a stored, pending `order` (new, or resumed from what was
+    /// stored) and stores its final state with its event. Renews the order's claim
+    /// while it runs, so that no other process resumes it meanwhile.
+    async fn run(self: Arc<Self>, mut order: Order, _running: Running) -> Result<Order, Error> {
+        let claim = self.keep_claim(order.id.clone());
+        let status = tokio::select! {
+            status = self.steps(&mut order) => status?,
+            never = claim => match never {},
+        };
         order.finish(status, SystemTime::now())?;
         let event = with_trace(order_event(&order));
         self.store.update(&order, Some(event)).await?;
         tracing::info!(order_id = %order.id, status = order.status.name(), "order final");
         Ok(order)
+    }
+
+    /// Renews the claim on order `id` a few times per `SAGA_RESUME_AFTER`, for as long
+    /// as it is polled. The first renewal claims the order: a saga that ends sooner
+    /// costs no claim at all.
+    async fn keep_claim(&self, id: String) -> Infallible {
+        let lease = self.config.resume_after;
+        loop {
+            tokio::time::sleep(lease / 3).await;
+            match self.store.renew_claim(&id, &self.owner, lease).await {
+                Ok(true) => {}
+                // Both run it: harmless, every step being idempotent.
+                Ok(false) => {
+                    tracing::warn!(order_id = %id, "another process claimed this order's saga");
+                }
+                Err(error) => {
+                    tracing::warn!(order_id = %id, error = %shared::status::ErrorChain(&error), "renewing the claim on an order's saga failed");
+                }
+            }
+        }
     }
 
     /// Reserve, charge, commit, undoing what may have been done when a step fails.
@@ -460,10 +606,14 @@ mod tests {
     }
 
     fn harness() -> Harness {
+        harness_with(crate::config::SagaConfig::default())
+    }
+
+    fn harness_with(config: crate::config::SagaConfig) -> Harness {
         let fake = Arc::new(Fake::default());
         let bus = InProcessBus::new();
         let store = Arc::new(MemoryStore::default());
-        let saga = Saga::new(store.clone(), fake.clone(), fake.clone());
+        let saga = Saga::new(store.clone(), fake.clone(), fake.clone(), config);
         let relay = crate::outbox::run(
             store,
             Arc::new(bus.clone()),
@@ -685,6 +835,65 @@ mod tests {
         different.items[0].quantity = 3;
         let err = h.saga.clone().place(different).await.unwrap_err();
         assert!(matches!(err, Error::RequestConflict { .. }), "{err:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stranded_order_is_resumed_from_where_it_stopped_and_finished_once() {
+        let h = harness_with(crate::config::SagaConfig {
+            resume_after: Duration::from_millis(100),
+            resume_interval: Duration::from_millis(100),
+        });
+        let mut events = h.bus.subscribe(ORDER_EVENTS);
+        // As a process that died after reserving and charging left it, long ago.
+        let mut order = h.saga.price(&request("req-1")).await.unwrap();
+        order.update_time = SystemTime::now() - Duration::from_secs(60);
+        h.saga
+            .store
+            .create(order.clone(), order_event(&order))
+            .await
+            .unwrap();
+        h.fake.reserve(&order.id, &order.items()).await.unwrap();
+        let charge = Charge {
+            request_id: order.id.clone(),
+            order_id: order.id.clone(),
+            customer_id: order.customer_id.clone(),
+            amount: order.total.clone(),
+            card_token: order.card_token.clone(),
+        };
+        h.fake.charge(&charge).await.unwrap();
+
+        let draining = CancellationToken::new();
+        let resuming = tokio::spawn(h.saga.clone().resume_stranded(draining.clone()));
+        let mut changes = h.saga.store.watch(&order.id).await.unwrap();
+        let resumed = changes
+            .wait_for(|order| order.status.is_final())
+            .await
+            .unwrap()
+            .clone();
+        assert_eq!(resumed.status, Status::Confirmed);
+        assert_eq!(resumed.payment_id, Some(format!("pay_{}", order.id)));
+        assert_eq!(h.captured().len(), 1, "the same charge, found again");
+        assert_eq!(
+            h.fake.calls(),
+            ["price", "reserve", "charge", "reserve", "charge", "commit"]
+        );
+
+        // Later looks find nothing more to do.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(h.fake.count("commit"), 1);
+        draining.cancel();
+        resuming.await.unwrap();
+        let ids = [
+            events.next().await.unwrap().id,
+            events.next().await.unwrap().id,
+        ];
+        assert_eq!(
+            ids,
+            [
+                format!("{}.placed", order.id),
+                format!("{}.confirmed", order.id)
+            ]
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -2,16 +2,19 @@
 //! must provide; [`MemoryStore`] is the embedded default, [`PgStore`] PostgreSQL
 //! (`DATABASE_URL`). Each method is one atomic step, so of two requests racing with the
 //! same request_id exactly one creates the order, and an order's state never changes
-//! without its event being recorded (the transactional outbox, see `outbox.rs`).
+//! without its event being recorded (the transactional outbox, see `outbox.rs`), and
+//! of processes claiming a stranded order's saga at once one gets it (`saga.rs`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use shared::PageRequest;
 use shared::events::{Event, EventPublisher};
 use shared::pagination::position_key;
 use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
 
 use crate::domain::{Order, storage_error};
 use crate::error::Error;
@@ -58,6 +61,24 @@ pub(crate) trait Store: Send + Sync + 'static {
 
     /// Notified after each commit that recorded an event: wakes the relay.
     fn outbox_signal(&self) -> &Notify;
+
+    /// Claims for `owner`, until `lease` from now, up to `limit` pending orders (oldest
+    /// first) whose saga no process is known to run: those whose claim lapsed, and
+    /// those nobody claimed that have not changed for `stale_after` (their creator runs
+    /// their saga and claims them only if it takes long). Of processes claiming at
+    /// once, each order goes to one.
+    async fn claim_stranded(
+        &self,
+        owner: &str,
+        stale_after: Duration,
+        lease: Duration,
+        limit: usize,
+    ) -> Result<Vec<Order>, Error>;
+
+    /// Extends `owner`'s claim on the pending order `id` until `lease` from now, or
+    /// claims it if no live claim holds it. `false` if another owner holds a live claim
+    /// or the order is final (or unknown).
+    async fn renew_claim(&self, id: &str, owner: &str, lease: Duration) -> Result<bool, Error>;
 }
 
 /// What [`Store::create`] did.
@@ -89,6 +110,8 @@ struct State {
     outbox: VecDeque<Event>,
     /// Every event id recorded, so that a repeated one is not recorded again.
     recorded: std::collections::HashSet<String>,
+    /// The claims on pending orders' sagas by index: owner, and until when.
+    claims: HashMap<usize, (String, Instant)>,
 }
 
 impl MemoryStore {
@@ -112,6 +135,13 @@ impl State {
             .get(id)
             .copied()
             .ok_or_else(|| Error::OrderNotFound { id: id.into() })
+    }
+
+    /// Whether the saga of order `index` is claimed by someone else than `owner` now.
+    fn claimed_by_other(&self, index: usize, owner: &str, now: Instant) -> bool {
+        self.claims
+            .get(&index)
+            .is_some_and(|(holder, until)| holder != owner && *until >= now)
     }
 
     fn record(&mut self, event: Event) {
@@ -147,6 +177,10 @@ impl Store for MemoryStore {
         let mut state = self.lock()?;
         let index = state.index(&order.id)?;
         state.orders[index].send_replace(order.clone());
+        if order.status.is_final() {
+            // A final order's saga is over: nothing to claim any more.
+            state.claims.remove(&index);
+        }
         let Some(event) = event else {
             return Ok(());
         };
@@ -209,6 +243,54 @@ impl Store for MemoryStore {
 
     fn outbox_signal(&self) -> &Notify {
         &self.outbox_signal
+    }
+
+    async fn claim_stranded(
+        &self,
+        owner: &str,
+        stale_after: Duration,
+        lease: Duration,
+        limit: usize,
+    ) -> Result<Vec<Order>, Error> {
+        let mut state = self.lock()?;
+        let now = Instant::now();
+        let wall_now = SystemTime::now();
+        let mut claimed = Vec::new();
+        for index in 0..state.orders.len() {
+            if claimed.len() == limit {
+                break;
+            }
+            let stranded = {
+                let order = state.orders[index].borrow();
+                !order.status.is_final()
+                    && match state.claims.get(&index) {
+                        Some((_, until)) => *until < now,
+                        None => wall_now
+                            .duration_since(order.update_time)
+                            .is_ok_and(|age| age >= stale_after),
+                    }
+            };
+            if stranded {
+                state.claims.insert(index, (owner.to_owned(), now + lease));
+                claimed.push(state.orders[index].borrow().clone());
+            }
+        }
+        Ok(claimed)
+    }
+
+    async fn renew_claim(&self, id: &str, owner: &str, lease: Duration) -> Result<bool, Error> {
+        let mut state = self.lock()?;
+        let Some(&index) = state.by_id.get(id) else {
+            return Ok(false);
+        };
+        let now = Instant::now();
+        if state.orders[index].borrow().status.is_final()
+            || state.claimed_by_other(index, owner, now)
+        {
+            return Ok(false);
+        }
+        state.claims.insert(index, (owner.to_owned(), now + lease));
+        Ok(true)
     }
 }
 
@@ -429,6 +511,85 @@ mod tests {
         }
     }
 
+    const LONG: Duration = Duration::from_secs(3600);
+
+    async fn claimed_ids(store: &dyn Store, owner: &str, stale_after: Duration) -> Vec<String> {
+        let claimed = store
+            .claim_stranded(owner, stale_after, LONG, 100)
+            .await
+            .unwrap();
+        claimed.into_iter().map(|order| order.id).collect()
+    }
+
+    async fn each_stranded_order_is_claimed_by_one_claimer(store: Arc<dyn Store>) {
+        for i in 0..5 {
+            let pending = order(&format!("ord_{i}"), &format!("req-{i}"), "cus-1");
+            create(&*store, pending).await.unwrap();
+        }
+        let done = order("ord_done", "req-done", "cus-1");
+        create(&*store, done.clone()).await.unwrap();
+        confirm(&*store, done).await;
+        assert!(
+            claimed_ids(&*store, "early", LONG).await.is_empty(),
+            "an order that changed lately is not stranded"
+        );
+
+        // Replicas looking at once (separate connections on PostgreSQL).
+        let claimers: Vec<_> = (0..8)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    claimed_ids(&*store, &format!("owner-{i}"), Duration::ZERO).await
+                })
+            })
+            .collect();
+        let mut claimed = Vec::new();
+        for claimer in claimers {
+            claimed.extend(claimer.await.unwrap());
+        }
+        claimed.sort();
+        assert_eq!(claimed, ["ord_0", "ord_1", "ord_2", "ord_3", "ord_4"]);
+        assert!(
+            claimed_ids(&*store, "late", Duration::ZERO)
+                .await
+                .is_empty(),
+            "claimed orders are not stranded while their claim lasts"
+        );
+    }
+
+    async fn a_lapsed_claim_is_taken_again_and_a_renewed_one_is_not(store: Arc<dyn Store>) {
+        let pending = order("ord_1", "req-1", "cus-1");
+        create(&*store, pending.clone()).await.unwrap();
+        assert_eq!(claimed_ids(&*store, "a", Duration::ZERO).await, ["ord_1"]);
+        assert!(claimed_ids(&*store, "b", Duration::ZERO).await.is_empty());
+        assert!(!store.renew_claim("ord_1", "b", LONG).await.unwrap());
+        assert!(store.renew_claim("ord_1", "a", LONG).await.unwrap());
+        assert!(claimed_ids(&*store, "b", Duration::ZERO).await.is_empty());
+
+        // a's last renewal is short: it lapses, as when its process dies.
+        let short = Duration::from_millis(20);
+        assert!(store.renew_claim("ord_1", "a", short).await.unwrap());
+        let b_claimed = std::sync::Mutex::new(Vec::new());
+        shared::testing::eventually("the lapsed claim taken", || async {
+            let ids = claimed_ids(&*store, "b", Duration::ZERO).await;
+            let taken = !ids.is_empty();
+            b_claimed.lock().unwrap().extend(ids);
+            taken
+        })
+        .await;
+        assert_eq!(*b_claimed.lock().unwrap(), ["ord_1"]);
+        assert!(
+            !store.renew_claim("ord_1", "a", LONG).await.unwrap(),
+            "a lost it"
+        );
+        assert!(store.renew_claim("ord_1", "b", LONG).await.unwrap());
+
+        // A final order is nobody's to claim.
+        confirm(&*store, pending).await;
+        assert!(!store.renew_claim("ord_1", "b", LONG).await.unwrap());
+        assert!(!store.renew_claim("nope", "b", LONG).await.unwrap());
+    }
+
     async fn memory_store() -> Arc<dyn Store> {
         Arc::new(MemoryStore::default())
     }
@@ -448,6 +609,8 @@ mod tests {
             a_customers_orders_are_paged_newest_first,
             nothing_is_lost_while_the_bus_fails,
             events_are_relayed_in_batches_and_recorded_once,
+            each_stranded_order_is_claimed_by_one_claimer,
+            a_lapsed_claim_is_taken_again_and_a_renewed_one_is_not,
         ]
     );
 

@@ -9,6 +9,9 @@
 //!   replicas never work on the same rows, and skips an event while an earlier one of
 //!   the same order is pending (claimed by another relay, or failing): each order's
 //!   events are published in the order they were written.
+//! - A stranded saga (its process died) is claimed with `FOR UPDATE SKIP LOCKED` and a
+//!   lease (`saga_owner`, `saga_claimed_until`, on the database's clock): of replicas
+//!   looking at once, each order goes to one, and again to one once the lease lapses.
 //! - Watchers (`WatchOrder`, identical requests waiting for a saga) are in-process watch
 //!   channels, fed after each commit of this process and, for changes committed by
 //!   other replicas, through PostgreSQL `LISTEN/NOTIFY`: each update notifies
@@ -517,4 +520,55 @@ impl Store for PgStore {
     fn outbox_signal(&self) -> &Notify {
         &self.outbox_signal
     }
+
+    async fn claim_stranded(
+        &self,
+        owner: &str,
+        stale_after: Duration,
+        lease: Duration,
+        limit: usize,
+    ) -> Result<Vec<Order>, Error> {
+        // The rows another claimer holds are skipped, and once it commits they no
+        // longer match: each order goes to one claimer. Claim times are the database's
+        // clock, so replicas' clocks need not agree (update_time is a replica's).
+        let rows = sqlx::query(&format!(
+            "UPDATE orders SET saga_owner = $1, \
+             saga_claimed_until = now() + $2 * INTERVAL '1 microsecond' \
+             WHERE id IN ( \
+                 SELECT id FROM orders WHERE status = 'pending' AND ( \
+                     saga_claimed_until < now() OR (saga_claimed_until IS NULL \
+                     AND update_time <= now() - $3 * INTERVAL '1 microsecond')) \
+                 ORDER BY position LIMIT $4 FOR UPDATE SKIP LOCKED) \
+             RETURNING {COLUMNS}"
+        ))
+        .bind(owner)
+        .bind(duration_micros(lease))
+        .bind(duration_micros(stale_after))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut orders = self.load(rows).await?;
+        orders.sort_by_key(|(position, _)| *position);
+        Ok(orders.into_iter().map(|(_, order)| order).collect())
+    }
+
+    async fn renew_claim(&self, id: &str, owner: &str, lease: Duration) -> Result<bool, Error> {
+        let renewed = sqlx::query(
+            "UPDATE orders SET saga_owner = $2, \
+             saga_claimed_until = now() + $3 * INTERVAL '1 microsecond' \
+             WHERE id = $1 AND status = 'pending' AND (saga_owner = $2 \
+             OR saga_claimed_until IS NULL OR saga_claimed_until < now())",
+        )
+        .bind(id)
+        .bind(owner)
+        .bind(duration_micros(lease))
+        .execute(&self.pool)
+        .await?;
+        Ok(renewed.rows_affected() == 1)
+    }
+}
+
+/// `duration` in whole microseconds, for `n * INTERVAL '1 microsecond'`.
+fn duration_micros(duration: Duration) -> i64 {
+    i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
 }
