@@ -3,8 +3,11 @@
 //! `nats-server` from scripts/tools.sh, PostgreSQL from scripts/with-postgres.sh).
 //!
 //! Each order makes two events (placed, then its outcome) and so two notifications;
-//! "exactly once" below means each event id notified once.
+//! "exactly once" below means each event id notified once. The notifications service is
+//! how these tests see what was delivered, so `make remove-service NAME=notifications`
+//! removes them with it.
 
+// remove-service: notifications {
 mod processes;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -404,3 +407,4 @@ async fn an_order_whose_saga_died_with_orders_is_finished_after_a_restart() {
     assert_eq!(resumed.len(), 1, "{resumed:?}");
     assert!(resumed[0].contains(&id), "{}", resumed[0]);
 }
+// remove-service: notifications }
