@@ -299,7 +299,7 @@ impl Saga {
             );
         }
         let id = shared::id::new("ord");
-        Ok(Order::new(id, request.clone(), prices, SystemTime::now())?)
+        Ok(Order::new(id, request.clone(), prices, now())?)
     }
 
     /// Runs the saga of a stored, pending `order` (new, or resumed from what was
@@ -311,7 +311,7 @@ impl Saga {
             status = self.steps(&mut order) => status?,
             never = claim => match never {},
         };
-        order.finish(status, SystemTime::now())?;
+        order.finish(status, now())?;
         let event = with_trace(order_event(&order));
         self.store.update(&order, Some(event)).await?;
         tracing::info!(order_id = %order.id, status = order.status.name(), "order final");
@@ -377,7 +377,7 @@ impl Saga {
                 return Ok(Status::Failed { reason });
             }
         };
-        order.charged(payment_id, SystemTime::now())?;
+        order.charged(payment_id, now())?;
         // Still pending: no event to record.
         self.store.update(order, None).await?;
 
@@ -463,6 +463,13 @@ where
         }
     }
     call().await
+}
+
+/// The time of a state change, to the microsecond: what PostgreSQL keeps, so that the
+/// order a caller is answered with equals the one read back later (a retried
+/// PlaceOrder, GetOrder, the gateway's idempotent replay) whichever store holds it.
+fn now() -> SystemTime {
+    shared::db::truncate_to_micros(SystemTime::now())
 }
 
 #[cfg(test)]
