@@ -178,6 +178,23 @@ pub struct ServerConfig {
     pub max_concurrent_streams: u32,
     /// `GRPC_MAX_MESSAGE_SIZE`: largest message received or sent, in bytes (default 4 MiB).
     pub max_message_size: usize,
+    /// `GRPC_CONCURRENCY_LIMIT`: calls this server handles at once, over all connections;
+    /// one more is refused at once with RESOURCE_EXHAUSTED instead of queueing behind
+    /// the others (default `512`). Health checks are never refused.
+    pub concurrency_limit: usize,
+    /// `GRPC_MAX_CONNECTION_AGE`: after this long a connection is told to go away
+    /// (HTTP/2 GOAWAY); its calls finish and the client reconnects, possibly to another
+    /// replica, so load spreads again after a scale-up (default `10m`; `0s`: never).
+    pub max_connection_age: Option<Duration>,
+    /// `GRPC_KEEPALIVE_INTERVAL`: how often an idle connection is pinged (HTTP/2 PING),
+    /// to find clients that vanished without closing (default `30s`; `0s`: never).
+    pub keepalive_interval: Option<Duration>,
+    /// `GRPC_KEEPALIVE_TIMEOUT`: how long a ping may go unanswered before the connection
+    /// is closed (default `10s`).
+    pub keepalive_timeout: Duration,
+    /// `GRPC_TCP_KEEPALIVE`: idle time before the kernel probes a connection (TCP
+    /// keepalive), for peers that HTTP/2 pings cannot reach (default `60s`; `0s`: off).
+    pub tcp_keepalive: Option<Duration>,
     /// `SHUTDOWN_DELAY`: how long to keep serving after health turned NOT_SERVING, so
     /// load balancers that poll health stop routing here first (default `0s`; in
     /// Kubernetes a `preStop` sleep does this job).
@@ -198,11 +215,27 @@ impl ServerConfig {
             request_timeout: env.duration("GRPC_REQUEST_TIMEOUT", Duration::from_secs(30))?,
             max_concurrent_streams: env.int_in("GRPC_MAX_CONCURRENT_STREAMS", 100, 1, 10_000)?,
             max_message_size: env.int_in("GRPC_MAX_MESSAGE_SIZE", 4 << 20, 1024, 64 << 20)?,
+            concurrency_limit: env.int_in("GRPC_CONCURRENCY_LIMIT", 512, 1, 1_000_000)?,
+            max_connection_age: env
+                .duration("GRPC_MAX_CONNECTION_AGE", Duration::from_secs(600))
+                .map(non_zero)?,
+            keepalive_interval: env
+                .duration("GRPC_KEEPALIVE_INTERVAL", Duration::from_secs(30))
+                .map(non_zero)?,
+            keepalive_timeout: env.duration("GRPC_KEEPALIVE_TIMEOUT", Duration::from_secs(10))?,
+            tcp_keepalive: env
+                .duration("GRPC_TCP_KEEPALIVE", Duration::from_secs(60))
+                .map(non_zero)?,
             shutdown_delay: env.duration("SHUTDOWN_DELAY", Duration::ZERO)?,
             shutdown_grace_period: env
                 .duration("SHUTDOWN_GRACE_PERIOD", Duration::from_secs(10))?,
         })
     }
+}
+
+/// `None` for a zero duration: the settings where `0s` means "never".
+fn non_zero(duration: Duration) -> Option<Duration> {
+    (!duration.is_zero()).then_some(duration)
 }
 
 /// Settings of the channels a service uses to call others.
@@ -238,6 +271,23 @@ mod tests {
         assert_eq!(config.admin_addr, "0.0.0.0:9102".parse().unwrap());
         assert!(config.reflection);
         assert_eq!(config.shutdown_grace_period, Duration::from_secs(10));
+        assert_eq!(config.concurrency_limit, 512);
+        assert_eq!(config.max_connection_age, Some(Duration::from_secs(600)));
+        assert_eq!(config.keepalive_interval, Some(Duration::from_secs(30)));
+        assert_eq!(config.tcp_keepalive, Some(Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn zero_turns_the_connection_timers_off() {
+        let e = env(&[
+            ("GRPC_MAX_CONNECTION_AGE", "0s"),
+            ("GRPC_KEEPALIVE_INTERVAL", "0"),
+            ("GRPC_TCP_KEEPALIVE", "0ms"),
+        ]);
+        let config = ServerConfig::from_env(&e, 1, 2).unwrap();
+        assert_eq!(config.max_connection_age, None);
+        assert_eq!(config.keepalive_interval, None);
+        assert_eq!(config.tcp_keepalive, None);
     }
 
     #[test]
@@ -265,6 +315,8 @@ mod tests {
             ("SHUTDOWN_GRACE_PERIOD", "10 parsecs", "duration"),
             ("GRPC_MAX_CONCURRENT_STREAMS", "0", "from 1 to 10000"),
             ("GRPC_MAX_MESSAGE_SIZE", "-1", "integer"),
+            ("GRPC_CONCURRENCY_LIMIT", "0", "from 1 to 1000000"),
+            ("GRPC_MAX_CONNECTION_AGE", "forever", "duration"),
         ];
         for (var, value, expected) in cases {
             let err = ServerConfig::from_env(&env(&[(var, value)]), 1, 2).unwrap_err();

@@ -27,6 +27,7 @@ pub mod events;
 pub mod health;
 pub mod id;
 pub mod lifecycle;
+pub mod limit;
 pub mod metrics;
 pub mod money;
 pub mod pagination;

@@ -4,7 +4,6 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -16,6 +15,7 @@ use tonic::transport::server::TcpIncoming;
 use tower::Service;
 
 use crate::deadline::DeadlineLayer;
+use crate::limit::LoadShedLayer;
 use crate::rpc::ServerLayer;
 use crate::{Error, Health, ServerConfig, lifecycle};
 
@@ -177,8 +177,8 @@ impl Server {
         } = self;
         let incoming = TcpIncoming::from(listener)
             .with_nodelay(Some(true))
-            .with_keepalive(Some(Duration::from_secs(60)));
-        let server = tonic::transport::Server::builder()
+            .with_keepalive(config.tcp_keepalive);
+        let mut server = tonic::transport::Server::builder()
             // tonic advertises no limit by default: one client could open unbounded
             // streams on a single connection.
             .max_concurrent_streams(config.max_concurrent_streams)
@@ -186,13 +186,24 @@ impl Server {
             // sending malformed requests never gets a GOAWAY.
             .http2_max_local_error_reset_streams(Some(1024))
             // Find dead clients (a node gone without a FIN) and free their streams.
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .http2_keepalive_interval(config.keepalive_interval)
+            .http2_keepalive_timeout(Some(config.keepalive_timeout));
+        if let Some(age) = config.max_connection_age {
+            // No grace period on purpose: with one, tonic 0.14 sends no GOAWAY and drops
+            // the connection at age + grace, failing its calls with UNKNOWN. Without
+            // one, the connection gets a GOAWAY at `age`, finishes its calls, and the
+            // client reconnects (long streams end with the drain at the latest).
+            server = server.max_connection_age(age);
+        }
+        let server = server
             .layer(
                 tower::ServiceBuilder::new()
                     // One span (continuing the caller's trace) and one metric sample per
                     // call; every log line of the handler carries the span's fields.
                     .layer(ServerLayer::new(name, services.iter().copied()))
+                    // Past `GRPC_CONCURRENCY_LIMIT` calls at once, refuse the next with
+                    // RESOURCE_EXHAUSTED rather than queue it (health checks pass).
+                    .layer(LoadShedLayer::new(config.concurrency_limit))
                     // The client's deadline, capped by ours, answered with DEADLINE_EXCEEDED.
                     .layer(DeadlineLayer::new(config.request_timeout)),
             )
