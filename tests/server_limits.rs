@@ -1,0 +1,258 @@
+//! A server at its limits, as `shared::Server` sets them for every service:
+//! - overloaded at three times the rate it can serve, it refuses the excess at once with
+//!   RESOURCE_EXHAUSTED, the calls it accepts stay fast, health keeps answering, and
+//!   latency is back to normal as soon as the load ends;
+//! - a connection older than `GRPC_MAX_CONNECTION_AGE` is sent away with GOAWAY and the
+//!   client moves to a new one without a failed call.
+//!
+//! The service under test has a real bottleneck, as a service with a database pool
+//! does: 2 "connections", each held 20 ms per call, so it serves at most 100 calls/s.
+//! (Slow enough that the test's own CPU, in a debug build, is never what limits.)
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use contracts::payments::v1::payment_service_client::PaymentServiceClient;
+use contracts::payments::v1::payment_service_server::{PaymentService, PaymentServiceServer};
+use contracts::payments::v1::{
+    ChargeRequest, ChargeResponse, GetPaymentRequest, GetPaymentResponse, ListPaymentsRequest,
+    ListPaymentsResponse, RefundRequest, RefundResponse,
+};
+use shared::testing::TestServer;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio::time::{Instant, MissedTickBehavior};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Response, Status};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+const POOL: usize = 2;
+const QUERY: Duration = Duration::from_millis(20);
+/// What the bottleneck allows: POOL / QUERY.
+const CAPACITY_PER_SECOND: f64 = 100.0;
+
+/// `GetPayment` waits for one of [`POOL`] connections and holds it [`QUERY`]; it also
+/// remembers the client ports it was called from (one per connection).
+struct Bottleneck {
+    pool: Semaphore,
+    peers: Arc<Mutex<HashSet<SocketAddr>>>,
+}
+
+#[tonic::async_trait]
+impl PaymentService for Bottleneck {
+    async fn get_payment(
+        &self,
+        request: Request<GetPaymentRequest>,
+    ) -> Result<Response<GetPaymentResponse>, Status> {
+        if let Some(peer) = request.remote_addr() {
+            self.peers.lock().unwrap().insert(peer);
+        }
+        let _connection = self.pool.acquire().await.expect("the pool is never closed");
+        tokio::time::sleep(QUERY).await;
+        Ok(Response::new(GetPaymentResponse::default()))
+    }
+
+    async fn charge(&self, _: Request<ChargeRequest>) -> Result<Response<ChargeResponse>, Status> {
+        Err(Status::unimplemented("not part of this test"))
+    }
+
+    async fn refund(&self, _: Request<RefundRequest>) -> Result<Response<RefundResponse>, Status> {
+        Err(Status::unimplemented("not part of this test"))
+    }
+
+    async fn list_payments(
+        &self,
+        _: Request<ListPaymentsRequest>,
+    ) -> Result<Response<ListPaymentsResponse>, Status> {
+        Err(Status::unimplemented("not part of this test"))
+    }
+}
+
+/// The bottleneck service behind `shared::Server`, configured by `vars`; also returns
+/// the client addresses it has seen.
+async fn serve(vars: &[(&str, &str)]) -> (TestServer, Arc<Mutex<HashSet<SocketAddr>>>) {
+    let env = shared::testing::env(vars.iter().copied());
+    let config = shared::ServerConfig::from_env(&env, 0, 0).unwrap();
+    let peers = Arc::default();
+    let service = Bottleneck {
+        pool: Semaphore::new(POOL),
+        peers: Arc::clone(&peers),
+    };
+    let server = shared::Server::builder("limits", &config)
+        .add_service(PaymentServiceServer::new(service))
+        .bind()
+        .await
+        .unwrap();
+    (TestServer::start(server), peers)
+}
+
+/// A new connection to `server` (as a separate client or a kubelet probe would have).
+fn connect(server: &TestServer) -> Channel {
+    Endpoint::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .connect_lazy()
+}
+
+/// One call: its status code and how long it took.
+async fn call(channel: Channel) -> (Code, Duration) {
+    let started = Instant::now();
+    let request = GetPaymentRequest {
+        payment_id: "pay-1".into(),
+    };
+    let mut request = Request::new(request);
+    request.set_timeout(Duration::from_secs(10));
+    let code = match PaymentServiceClient::new(channel)
+        .get_payment(request)
+        .await
+    {
+        Ok(_) => Code::Ok,
+        Err(status) => status.code(),
+    };
+    (code, started.elapsed())
+}
+
+/// Sends `rate` calls per second for `duration`, whether or not earlier ones have been
+/// answered (an open loop, as independent clients do), and returns every outcome.
+async fn offer(channel: &Channel, rate: f64, duration: Duration) -> Vec<(Code, Duration)> {
+    let mut ticks = tokio::time::interval(Duration::from_millis(1));
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Burst);
+    let mut calls = JoinSet::new();
+    let started = Instant::now();
+    let mut sent = 0_u64;
+    while started.elapsed() < duration {
+        ticks.tick().await;
+        let due = (started.elapsed().as_secs_f64() * rate) as u64;
+        for _ in sent..due {
+            calls.spawn(call(channel.clone()));
+        }
+        sent = sent.max(due);
+    }
+    calls.join_all().await
+}
+
+/// The `q` quantile (0 to 1) of `latencies` (zero if there are none).
+fn quantile(latencies: &mut [Duration], q: f64) -> Duration {
+    latencies.sort_unstable();
+    let index = (latencies.len().saturating_sub(1) as f64 * q).round() as usize;
+    latencies.get(index).copied().unwrap_or_default()
+}
+
+fn latencies(outcomes: &[(Code, Duration)], code: Code) -> Vec<Duration> {
+    outcomes
+        .iter()
+        .filter(|(c, _)| *c == code)
+        .map(|(_, latency)| *latency)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_is_shed_quickly_and_what_is_accepted_stays_fast() {
+    let (server, _) = serve(&[("GRPC_CONCURRENCY_LIMIT", "4")]).await;
+    let channel = connect(&server);
+    assert_eq!(call(channel.clone()).await.0, Code::Ok);
+
+    // A probe on its own connection, every 20 ms for as long as the load lasts.
+    let probing = tokio_util::sync::CancellationToken::new();
+    let probe = tokio::spawn({
+        let mut health = HealthClient::new(connect(&server));
+        let probing = probing.clone();
+        async move {
+            let mut answers = Vec::new();
+            while !probing.is_cancelled() {
+                let started = Instant::now();
+                let answer = health.check(HealthCheckRequest::default()).await;
+                let serving =
+                    answer.is_ok_and(|r| r.get_ref().status == ServingStatus::Serving as i32);
+                answers.push((serving, started.elapsed()));
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            answers
+        }
+    });
+
+    let outcomes = offer(&channel, 3.0 * CAPACITY_PER_SECOND, Duration::from_secs(3)).await;
+    probing.cancel();
+    let probes = probe.await.unwrap();
+
+    let unexpected: Vec<_> = outcomes
+        .iter()
+        .filter(|(code, _)| !matches!(code, Code::Ok | Code::ResourceExhausted))
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "only OK or RESOURCE_EXHAUSTED: {unexpected:?}"
+    );
+    let mut accepted = latencies(&outcomes, Code::Ok);
+    let mut shed = latencies(&outcomes, Code::ResourceExhausted);
+    let shed_share = shed.len() as f64 / outcomes.len() as f64;
+    let (accepted_p99, shed_p99) = (quantile(&mut accepted, 0.99), quantile(&mut shed, 0.99));
+    let slowest_probe = probes.iter().map(|(_, latency)| *latency).max().unwrap();
+    eprintln!(
+        "{} calls in 3 s: {} accepted (p50 {:?}, p99 {accepted_p99:?}), {} shed ({:.0}%, p50 {:?}, p99 {shed_p99:?}); {} health checks, slowest {slowest_probe:?}",
+        outcomes.len(),
+        accepted.len(),
+        quantile(&mut accepted, 0.5),
+        shed.len(),
+        shed_share * 100.0,
+        quantile(&mut shed, 0.5),
+        probes.len(),
+    );
+    // At three times capacity, two calls in three cannot be served; allow for a slow machine.
+    assert!(shed_share > 0.5, "the excess is shed: {shed_share:.2}");
+    assert!(accepted.len() > 100, "the server kept serving");
+    // Without the limit the queue would grow by 200 calls a second and its calls
+    // would wait seconds; with it, at most 4 calls are in: 2 rounds of 20 ms.
+    assert!(
+        accepted_p99 < Duration::from_millis(500),
+        "{accepted_p99:?}"
+    );
+    assert!(
+        shed_p99 < Duration::from_millis(100),
+        "refused quickly: {shed_p99:?}"
+    );
+    assert!(
+        probes.iter().all(|(serving, _)| *serving),
+        "health kept answering SERVING"
+    );
+    assert!(
+        slowest_probe < Duration::from_millis(500),
+        "{slowest_probe:?}"
+    );
+
+    // Back to normal: unloaded calls take one query's time again.
+    shared::testing::eventually("latency to recover", || async {
+        let mut calls = Vec::new();
+        for _ in 0..10 {
+            calls.push(call(channel.clone()).await);
+        }
+        calls
+            .iter()
+            .all(|(code, latency)| *code == Code::Ok && *latency < Duration::from_millis(100))
+    })
+    .await;
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_old_connection_is_sent_away_without_failing_a_call() {
+    let (server, peers) = serve(&[("GRPC_MAX_CONNECTION_AGE", "200ms")]).await;
+    let channel = connect(&server);
+    let started = Instant::now();
+    let mut calls = 0;
+    while started.elapsed() < Duration::from_secs(1) {
+        let (code, _) = call(channel.clone()).await;
+        assert_eq!(code, Code::Ok, "call {calls} failed");
+        calls += 1;
+    }
+    let connections = peers.lock().unwrap().len();
+    // One connection per 200 ms: GOAWAY made the client reconnect, call after call.
+    assert!(
+        connections >= 3,
+        "{calls} calls over {connections} connections"
+    );
+    server.stop().await.unwrap();
+}
