@@ -283,12 +283,19 @@ impl Process {
     }
 
     /// SIGTERM, then waits (bounded) for a clean exit: spans are flushed by then.
-    pub(crate) async fn stop(mut self) -> Vec<String> {
-        let kill = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(kill.success(), "kill -TERM {}", self.name);
+    pub(crate) async fn stop(self) -> Vec<String> {
+        self.terminate();
+        self.exited().await
+    }
+
+    /// SIGTERM, without waiting: the shutdown sequence begins.
+    pub(crate) fn terminate(&self) {
+        self.signal("-TERM");
+    }
+
+    /// Waits (bounded) for the process to exit by itself, asserts that it exited
+    /// cleanly, and returns its log lines.
+    pub(crate) async fn exited(mut self) -> Vec<String> {
         let deadline = Instant::now() + PATIENCE;
         let status = loop {
             if let Some(status) = self.child.try_wait().unwrap() {
