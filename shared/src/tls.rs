@@ -1,0 +1,295 @@
+//! TLS and mutual TLS between services (rustls, through tonic), configured from PEM
+//! files: off unless `GRPC_TLS_CERT_FILE` is set, so the local run stays plaintext.
+//!
+//! - [`ServerTls`]: the server's identity, and with `GRPC_TLS_CLIENT_CA_FILE` the CA
+//!   whose client certificates it requires. A client without a valid certificate (none,
+//!   another CA, expired) fails the handshake: no request of it ever reaches a handler.
+//!   A handshake must finish within `GRPC_TLS_HANDSHAKE_TIMEOUT`, so a client that
+//!   opens TCP and stays silent holds nothing for long; handshakes run beside the
+//!   accept loop, never blocking it.
+//! - [`ClientTls`]: the CA a client trusts and, for mutual TLS, its own identity;
+//!   applied to `https://` upstreams, while `http://` ones stay plaintext.
+//!
+//! Every file is read and checked at start-up (PEM, certificate and key that match,
+//! a usable CA), and a bad one stops the service with an error naming its variable.
+//! Certificates are loaded once: rotating them means restarting the service (in
+//! Kubernetes, a rolling restart after the Secret changed).
+//!
+//! Only a private CA is trusted, never a public root store: between services, any
+//! certificate a public CA issued for some other name must not be enough, and a build
+//! without a bundled root store stays lean.
+
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use http::Uri;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
+
+use crate::{ConfigError, Env};
+
+/// `GRPC_TLS_HANDSHAKE_TIMEOUT` when unset: a handshake takes a few round trips, so
+/// this only ever ends clients that stall.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The TLS settings of a server (`GRPC_TLS_*`).
+#[derive(Clone)]
+pub struct ServerTls {
+    config: ServerTlsConfig,
+    mutual: bool,
+    handshake_timeout: Duration,
+}
+
+impl ServerTls {
+    /// Reads `GRPC_TLS_CERT_FILE`, `GRPC_TLS_KEY_FILE`, `GRPC_TLS_CLIENT_CA_FILE` and
+    /// `GRPC_TLS_HANDSHAKE_TIMEOUT`; `None` when no certificate is configured.
+    pub fn from_env(env: &Env) -> Result<Option<Self>, ConfigError> {
+        let Some(identity) = identity(env, "GRPC_TLS_CERT_FILE", "GRPC_TLS_KEY_FILE")? else {
+            if let Some(var) = ["GRPC_TLS_CLIENT_CA_FILE", "GRPC_TLS_HANDSHAKE_TIMEOUT"]
+                .into_iter()
+                .find(|var| env.get(var).is_some())
+            {
+                return Err(requires(env, var, "GRPC_TLS_CERT_FILE"));
+            }
+            return Ok(None);
+        };
+        let handshake_timeout = env.parse_with(
+            "GRPC_TLS_HANDSHAKE_TIMEOUT",
+            DEFAULT_HANDSHAKE_TIMEOUT,
+            "a duration above zero like 10s or 500ms",
+            |v| crate::config::parse_duration(v).filter(|d| !d.is_zero()),
+        )?;
+        let mut config = ServerTlsConfig::new()
+            .identity(identity)
+            .timeout(handshake_timeout);
+        let client_ca = ca(env, "GRPC_TLS_CLIENT_CA_FILE")?;
+        let mutual = client_ca.is_some();
+        if let Some(client_ca) = client_ca {
+            // Required, not optional: a client without a certificate is refused.
+            config = config.client_ca_root(client_ca);
+        }
+        // Builds the rustls configuration once now, so that a key that does not match
+        // its certificate stops start-up here rather than the first handshake.
+        tonic::transport::Server::builder()
+            .tls_config(config.clone())
+            .map_err(|error| {
+                invalid(
+                    env,
+                    "GRPC_TLS_CERT_FILE",
+                    format!(
+                        "a certificate matching GRPC_TLS_KEY_FILE and a usable \
+                         GRPC_TLS_CLIENT_CA_FILE ({error})"
+                    ),
+                )
+            })?;
+        Ok(Some(Self {
+            config,
+            mutual,
+            handshake_timeout,
+        }))
+    }
+
+    /// Whether clients must present a certificate of `GRPC_TLS_CLIENT_CA_FILE`.
+    pub fn is_mutual(&self) -> bool {
+        self.mutual
+    }
+
+    /// How long a client may take to finish its handshake.
+    pub fn handshake_timeout(&self) -> Duration {
+        self.handshake_timeout
+    }
+
+    /// The tonic configuration, for `Server::tls_config`.
+    pub fn config(&self) -> ServerTlsConfig {
+        self.config.clone()
+    }
+}
+
+impl fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("mutual", &self.mutual)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The TLS settings of a client (`GRPC_CLIENT_TLS_*`), used for `https://` upstreams.
+#[derive(Clone)]
+pub struct ClientTls {
+    config: ClientTlsConfig,
+    mutual: bool,
+}
+
+impl ClientTls {
+    /// Reads `GRPC_CLIENT_TLS_CA_FILE` (the CA the upstreams' certificates must come
+    /// from) and, for mutual TLS, `GRPC_CLIENT_TLS_CERT_FILE` with
+    /// `GRPC_CLIENT_TLS_KEY_FILE`; `None` when no CA is configured.
+    pub fn from_env(env: &Env) -> Result<Option<Self>, ConfigError> {
+        let identity = identity(env, "GRPC_CLIENT_TLS_CERT_FILE", "GRPC_CLIENT_TLS_KEY_FILE")?;
+        let Some(ca) = ca(env, "GRPC_CLIENT_TLS_CA_FILE")? else {
+            if identity.is_some() {
+                return Err(requires(
+                    env,
+                    "GRPC_CLIENT_TLS_CERT_FILE",
+                    "GRPC_CLIENT_TLS_CA_FILE",
+                ));
+            }
+            return Ok(None);
+        };
+        let mutual = identity.is_some();
+        let mut config = ClientTlsConfig::new().ca_certificate(ca);
+        if let Some(identity) = identity {
+            config = config.identity(identity);
+        }
+        // As on the server: a mismatched key or an unusable CA stops start-up now.
+        Endpoint::from_static("https://localhost")
+            .tls_config(config.clone())
+            .map_err(|error| {
+                invalid(
+                    env,
+                    "GRPC_CLIENT_TLS_CA_FILE",
+                    format!(
+                        "a usable CA, and a GRPC_CLIENT_TLS_CERT_FILE matching \
+                         GRPC_CLIENT_TLS_KEY_FILE ({error})"
+                    ),
+                )
+            })?;
+        Ok(Some(Self { config, mutual }))
+    }
+
+    /// Whether this client presents a certificate of its own.
+    pub fn is_mutual(&self) -> bool {
+        self.mutual
+    }
+
+    /// `endpoint`, whose URL is `https://`, speaking TLS: the server's certificate must
+    /// come from the CA and be valid for the URL's host, sent as SNI; the handshake is
+    /// bounded by `handshake_timeout`. (`http://` URLs stay plaintext either way.)
+    pub fn apply(
+        &self,
+        endpoint: Endpoint,
+        handshake_timeout: Duration,
+    ) -> Result<Endpoint, tonic::transport::Error> {
+        endpoint.tls_config(self.config.clone().timeout(handshake_timeout))
+    }
+}
+
+impl fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientTls")
+            .field("mutual", &self.mutual)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether `uri`'s host can name a TLS server: a DNS name or an IP address (an IPv6
+/// one without its brackets, as tonic sends it).
+pub(crate) fn is_valid_server_name(uri: &Uri) -> bool {
+    let host = uri.host().unwrap_or_default();
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    ServerName::try_from(host).is_ok()
+}
+
+/// The identity in `cert_var` and `key_var`: both or neither.
+fn identity(env: &Env, cert_var: &str, key_var: &str) -> Result<Option<Identity>, ConfigError> {
+    match (env.get(cert_var), env.get(key_var)) {
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(requires(env, cert_var, key_var)),
+        (None, Some(_)) => Err(requires(env, key_var, cert_var)),
+        (Some(_), Some(_)) => {
+            let cert = certificates(env, cert_var)?;
+            let key = read(env, key_var)?;
+            PrivateKeyDer::from_pem_slice(&key).map_err(|error| {
+                invalid(
+                    env,
+                    key_var,
+                    format!("a PEM private key (PKCS#8, PKCS#1 or SEC1): {error}"),
+                )
+            })?;
+            Ok(Some(Identity::from_pem(cert, key)))
+        }
+    }
+}
+
+/// The CA certificates in `var`, if set.
+fn ca(env: &Env, var: &str) -> Result<Option<Certificate>, ConfigError> {
+    match env.get(var) {
+        None => Ok(None),
+        Some(_) => Ok(Some(Certificate::from_pem(certificates(env, var)?))),
+    }
+}
+
+/// The contents of `var`'s file, holding one or more PEM certificates.
+fn certificates(env: &Env, var: &str) -> Result<Vec<u8>, ConfigError> {
+    let pem = read(env, var)?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| invalid(env, var, format!("PEM certificates: {error}")))?;
+    if certs.is_empty() {
+        return Err(invalid(
+            env,
+            var,
+            "a PEM file with at least one CERTIFICATE".into(),
+        ));
+    }
+    Ok(pem)
+}
+
+fn read(env: &Env, var: &str) -> Result<Vec<u8>, ConfigError> {
+    let path = env.get(var).unwrap_or_default();
+    std::fs::read(Path::new(path))
+        .map_err(|error| invalid(env, var, format!("a readable PEM file ({error})")))
+}
+
+fn invalid(env: &Env, var: &str, expected: String) -> ConfigError {
+    ConfigError {
+        var: var.to_owned(),
+        value: env.get(var).unwrap_or_default().to_owned(),
+        expected,
+    }
+}
+
+fn requires(env: &Env, var: &str, other: &str) -> ConfigError {
+    invalid(env, var, format!("to be set together with {other}"))
+}
+
+/// `endpoint` ready for its URL: TLS with `config.tls` for `https://`, unchanged for
+/// `http://`. The handshake is bounded by `GRPC_CLIENT_CONNECT_TIMEOUT`, like the TCP
+/// connect before it. An `https://` endpoint without client TLS (which
+/// [`Env::upstream`] does not let through) fails every call rather than falling back to
+/// plaintext.
+pub fn client_endpoint(endpoint: Endpoint, config: &crate::ClientConfig) -> Endpoint {
+    if endpoint.uri().scheme_str() != Some("https") {
+        return endpoint;
+    }
+    let Some(tls) = &config.tls else {
+        tracing::error!(uri = %endpoint.uri(), "https upstream without GRPC_CLIENT_TLS_CA_FILE: calls will fail");
+        return endpoint;
+    };
+    match tls.apply(endpoint.clone(), config.connect_timeout) {
+        Ok(endpoint) => endpoint,
+        // Checked at start-up (ClientTls::from_env): this cannot happen with a
+        // configuration read from the environment.
+        Err(error) => {
+            tracing::error!(uri = %endpoint.uri(), %error, "cannot configure TLS: calls will fail");
+            endpoint
+        }
+    }
+}
+
+/// tonic's server builder, terminating TLS when `tls` is set.
+pub(crate) fn server_builder(
+    tls: Option<&ServerTls>,
+) -> Result<tonic::transport::Server, tonic::transport::Error> {
+    let builder = tonic::transport::Server::builder();
+    match tls {
+        Some(tls) => builder.tls_config(tls.config()),
+        None => Ok(builder),
+    }
+}
