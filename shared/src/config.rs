@@ -211,8 +211,9 @@ pub struct ServerConfig {
     /// `GRPC_TLS_*`: TLS, or mutual TLS, on the gRPC port (default off).
     pub tls: Option<ServerTls>,
     /// `HEALTH_LISTEN_ADDR`: a plaintext port serving `grpc.health.v1.Health` and
-    /// nothing else, for probes that cannot speak TLS (Kubernetes' gRPC probes). On by
-    /// default when TLS is, at `0.0.0.0:<admin port + 100>`; off otherwise unless set.
+    /// nothing else, for probes that cannot speak TLS (Kubernetes' gRPC probes). Served
+    /// only with TLS, at `0.0.0.0:<admin port + 100>` by default; without TLS the
+    /// probes use the gRPC port and this is `None`.
     pub health_addr: Option<SocketAddr>,
 }
 
@@ -237,9 +238,9 @@ impl ServerConfig {
             shutdown_grace_period: env
                 .duration("SHUTDOWN_GRACE_PERIOD", Duration::from_secs(10))?,
             tls: tls.clone(),
-            health_addr: match (env.get("HEALTH_LISTEN_ADDR"), &tls) {
-                (None, None) => None,
-                _ => Some(env.socket_addr("HEALTH_LISTEN_ADDR", any(health_port))?),
+            health_addr: {
+                let addr = env.socket_addr("HEALTH_LISTEN_ADDR", any(health_port))?;
+                tls.is_some().then_some(addr)
             },
         })
     }
@@ -282,6 +283,15 @@ mod tests {
         assert_eq!(config.admin_addr, "0.0.0.0:9102".parse().unwrap());
         assert!(config.reflection);
         assert_eq!(config.shutdown_grace_period, Duration::from_secs(10));
+        // Without TLS, probes use the gRPC port: no health-only port, even if set.
+        assert!(config.tls.is_none());
+        let e = env(&[("HEALTH_LISTEN_ADDR", "127.0.0.1:0")]);
+        assert!(
+            ServerConfig::from_env(&e, 1, 2)
+                .unwrap()
+                .health_addr
+                .is_none()
+        );
     }
 
     #[test]
@@ -333,6 +343,10 @@ mod tests {
             Some("inventory")
         );
         assert!(e.upstream("B", "http://127.0.0.1:1").is_err());
+        // https:// only with a CA to check the server's certificate against.
+        let https = env(&[("A", "https://inventory:50052")]);
+        let err = https.upstream("A", "http://127.0.0.1:1").unwrap_err();
+        assert!(err.to_string().contains("GRPC_CLIENT_TLS_CA_FILE"), "{err}");
         assert!(e.upstream("C", "http://127.0.0.1:1").is_err());
         assert_eq!(
             e.upstream("UNSET", "http://127.0.0.1:1")

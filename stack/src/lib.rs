@@ -108,6 +108,8 @@ impl Stack {
             env.clone()
                 .with("LISTEN_ADDR", ports.listen_addr(port))
                 .with("ADMIN_LISTEN_ADDR", ports.listen_addr(admin_port))
+                // Served with TLS only: the plaintext health-only port.
+                .with("HEALTH_LISTEN_ADDR", ports.listen_addr(admin_port + 100))
         };
 
         // Upstreams first: a service's upstream addresses are the bound ones.
@@ -139,14 +141,17 @@ impl Stack {
             .inventory_for_orders
             .unwrap_or(inventory.local_addr());
         let orders_env = listen(orders::config::PORT, orders::config::ADMIN_PORT)
-            .with("INVENTORY_ADDR", uri(inventory_for_orders))
-            .with("PAYMENTS_ADDR", uri(payments.local_addr()));
+            .with("INVENTORY_ADDR", upstream(env, inventory_for_orders))
+            .with("PAYMENTS_ADDR", upstream(env, payments.local_addr()));
         let orders = orders::build(orders::Config::from_env(&orders_env)?, &bus).await?;
 
         let gateway_env = listen(gateway::config::PORT, gateway::config::ADMIN_PORT)
-            .with("ORDERS_ADDR", uri(orders.local_addr()))
-            .with("NOTIFICATIONS_ADDR", uri(notifications.local_addr())) // remove-service: notifications
-            .with("INVENTORY_ADDR", uri(inventory.local_addr()));
+            .with("ORDERS_ADDR", upstream(env, orders.local_addr()))
+            .with(
+                "NOTIFICATIONS_ADDR",
+                upstream(env, notifications.local_addr()),
+            ) // remove-service: notifications
+            .with("INVENTORY_ADDR", upstream(env, inventory.local_addr()));
         let gateway = gateway::build(gateway::Config::from_env(&gateway_env)?).await?;
 
         Ok(Self {
@@ -270,9 +275,19 @@ fn dial(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-/// The upstream URI of a bound service, for `*_ADDR` variables.
+/// The URI of a bound service.
 fn uri(addr: SocketAddr) -> String {
     format!("http://{}", dial(addr))
+}
+
+/// The upstream URI of a bound gRPC service, for `*_ADDR` variables: `https://` when
+/// the services call each other over TLS (`GRPC_CLIENT_TLS_CA_FILE` is set).
+fn upstream(env: &Env, addr: SocketAddr) -> String {
+    let scheme = match env.get("GRPC_CLIENT_TLS_CA_FILE") {
+        Some(_) => "https",
+        None => "http",
+    };
+    format!("{scheme}://{}", dial(addr))
 }
 
 #[cfg(test)]
