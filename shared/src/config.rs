@@ -120,6 +120,24 @@ impl Env {
         })
     }
 
+    /// The contents of the file whose path is in `name` (a PEM certificate, a key), or
+    /// `None` when unset. Read whole at start-up: a missing or unreadable file fails
+    /// there, naming the variable, and so do the errors of [`ConfigFile::invalid`].
+    pub fn file(&self, name: &str) -> Result<Option<ConfigFile>, ConfigError> {
+        let Some(path) = self.get(name) else {
+            return Ok(None);
+        };
+        let file = ConfigFile {
+            var: name.to_owned(),
+            path: path.to_owned(),
+            contents: Vec::new(),
+        };
+        match std::fs::read(path) {
+            Ok(contents) => Ok(Some(ConfigFile { contents, ..file })),
+            Err(error) => Err(file.invalid(format!("a readable file ({error})"))),
+        }
+    }
+
     /// The address of another service: `http://inventory:50052`, or with TLS
     /// `https://inventory:50052`, which needs `GRPC_CLIENT_TLS_CA_FILE` (the CA its
     /// certificate must come from) and a host that can name a TLS server.
@@ -156,6 +174,36 @@ impl Env {
             value: self.get(name).unwrap_or_default().to_owned(),
             expected: "an address like http://127.0.0.1:4317 (plaintext only)".to_owned(),
         })
+    }
+}
+
+/// A file named by a variable ([`Env::file`]).
+#[derive(Clone)]
+pub struct ConfigFile {
+    /// The variable holding the path.
+    pub var: String,
+    pub path: String,
+    pub contents: Vec<u8>,
+}
+
+impl ConfigFile {
+    /// An error saying what this file should have held.
+    pub fn invalid(&self, expected: impl Into<String>) -> ConfigError {
+        ConfigError {
+            var: self.var.clone(),
+            value: self.path.clone(),
+            expected: expected.into(),
+        }
+    }
+}
+
+/// Paths only: the contents may be secret.
+impl fmt::Debug for ConfigFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConfigFile")
+            .field("var", &self.var)
+            .field("path", &self.path)
+            .finish_non_exhaustive()
     }
 }
 

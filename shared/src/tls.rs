@@ -20,7 +20,6 @@
 //! without a bundled root store stays lean.
 
 use std::fmt;
-use std::path::Path;
 use std::time::Duration;
 
 use http::Uri;
@@ -28,6 +27,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
 
+use crate::config::ConfigFile;
 use crate::{ConfigError, Env};
 
 /// `GRPC_TLS_HANDSHAKE_TIMEOUT` when unset: a handshake takes a few round trips, so
@@ -46,25 +46,25 @@ impl ServerTls {
     /// Reads `GRPC_TLS_CERT_FILE`, `GRPC_TLS_KEY_FILE`, `GRPC_TLS_CLIENT_CA_FILE` and
     /// `GRPC_TLS_HANDSHAKE_TIMEOUT`; `None` when no certificate is configured.
     pub fn from_env(env: &Env) -> Result<Option<Self>, ConfigError> {
-        let Some(identity) = identity(env, "GRPC_TLS_CERT_FILE", "GRPC_TLS_KEY_FILE")? else {
-            if let Some(var) = ["GRPC_TLS_CLIENT_CA_FILE", "GRPC_TLS_HANDSHAKE_TIMEOUT"]
-                .into_iter()
-                .find(|var| env.get(var).is_some())
-            {
-                return Err(requires(env, var, "GRPC_TLS_CERT_FILE"));
-            }
-            return Ok(None);
-        };
+        let cert = env.file("GRPC_TLS_CERT_FILE")?;
+        let key = env.file("GRPC_TLS_KEY_FILE")?;
+        let client_ca = env.file("GRPC_TLS_CLIENT_CA_FILE")?;
         let handshake_timeout = env.parse_with(
             "GRPC_TLS_HANDSHAKE_TIMEOUT",
             DEFAULT_HANDSHAKE_TIMEOUT,
             "a duration above zero like 10s or 500ms",
             |v| crate::config::parse_duration(v).filter(|d| !d.is_zero()),
         )?;
+        let Some(identity) = identity(cert, key, "GRPC_TLS_CERT_FILE", "GRPC_TLS_KEY_FILE")? else {
+            if let Some(client_ca) = client_ca {
+                return Err(client_ca.invalid("to be set together with GRPC_TLS_CERT_FILE"));
+            }
+            return Ok(None);
+        };
         let mut config = ServerTlsConfig::new()
             .identity(identity)
             .timeout(handshake_timeout);
-        let client_ca = ca(env, "GRPC_TLS_CLIENT_CA_FILE")?;
+        let client_ca = client_ca.map(certificates).transpose()?;
         let mutual = client_ca.is_some();
         if let Some(client_ca) = client_ca {
             // Required, not optional: a client without a certificate is refused.
@@ -128,13 +128,17 @@ impl ClientTls {
     /// from) and, for mutual TLS, `GRPC_CLIENT_TLS_CERT_FILE` with
     /// `GRPC_CLIENT_TLS_KEY_FILE`; `None` when no CA is configured.
     pub fn from_env(env: &Env) -> Result<Option<Self>, ConfigError> {
-        let identity = identity(env, "GRPC_CLIENT_TLS_CERT_FILE", "GRPC_CLIENT_TLS_KEY_FILE")?;
-        let Some(ca) = ca(env, "GRPC_CLIENT_TLS_CA_FILE")? else {
+        let ca = env.file("GRPC_CLIENT_TLS_CA_FILE")?;
+        let cert = env.file("GRPC_CLIENT_TLS_CERT_FILE")?;
+        let key = env.file("GRPC_CLIENT_TLS_KEY_FILE")?;
+        let (cert_var, key_var) = ("GRPC_CLIENT_TLS_CERT_FILE", "GRPC_CLIENT_TLS_KEY_FILE");
+        let identity = identity(cert, key, cert_var, key_var)?;
+        let Some(ca) = ca.map(certificates).transpose()? else {
             if identity.is_some() {
-                return Err(requires(
+                return Err(invalid(
                     env,
-                    "GRPC_CLIENT_TLS_CERT_FILE",
-                    "GRPC_CLIENT_TLS_CA_FILE",
+                    cert_var,
+                    "to be set together with GRPC_CLIENT_TLS_CA_FILE",
                 ));
             }
             return Ok(None);
@@ -196,67 +200,46 @@ pub(crate) fn is_valid_server_name(uri: &Uri) -> bool {
     ServerName::try_from(host).is_ok()
 }
 
-/// The identity in `cert_var` and `key_var`: both or neither.
-fn identity(env: &Env, cert_var: &str, key_var: &str) -> Result<Option<Identity>, ConfigError> {
-    match (env.get(cert_var), env.get(key_var)) {
+/// The identity in a certificate and a key file: both or neither.
+fn identity(
+    cert: Option<ConfigFile>,
+    key: Option<ConfigFile>,
+    cert_var: &str,
+    key_var: &str,
+) -> Result<Option<Identity>, ConfigError> {
+    match (cert, key) {
         (None, None) => Ok(None),
-        (Some(_), None) => Err(requires(env, cert_var, key_var)),
-        (None, Some(_)) => Err(requires(env, key_var, cert_var)),
-        (Some(_), Some(_)) => {
-            let cert = certificates(env, cert_var)?;
-            let key = read(env, key_var)?;
-            PrivateKeyDer::from_pem_slice(&key).map_err(|error| {
-                invalid(
-                    env,
-                    key_var,
-                    format!("a PEM private key (PKCS#8, PKCS#1 or SEC1): {error}"),
-                )
+        (Some(cert), None) => Err(cert.invalid(format!("to be set together with {key_var}"))),
+        (None, Some(key)) => Err(key.invalid(format!("to be set together with {cert_var}"))),
+        (Some(cert), Some(key)) => {
+            let cert = certificates(cert)?;
+            PrivateKeyDer::from_pem_slice(&key.contents).map_err(|error| {
+                key.invalid(format!(
+                    "a PEM private key (PKCS#8, PKCS#1 or SEC1): {error}"
+                ))
             })?;
-            Ok(Some(Identity::from_pem(cert, key)))
+            Ok(Some(Identity::from_pem(cert.into_inner(), key.contents)))
         }
     }
 }
 
-/// The CA certificates in `var`, if set.
-fn ca(env: &Env, var: &str) -> Result<Option<Certificate>, ConfigError> {
-    match env.get(var) {
-        None => Ok(None),
-        Some(_) => Ok(Some(Certificate::from_pem(certificates(env, var)?))),
-    }
-}
-
-/// The contents of `var`'s file, holding one or more PEM certificates.
-fn certificates(env: &Env, var: &str) -> Result<Vec<u8>, ConfigError> {
-    let pem = read(env, var)?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
+/// The certificates of `file`: one or more in PEM.
+fn certificates(file: ConfigFile) -> Result<Certificate, ConfigError> {
+    let certs = CertificateDer::pem_slice_iter(&file.contents)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|error| invalid(env, var, format!("PEM certificates: {error}")))?;
+        .map_err(|error| file.invalid(format!("PEM certificates: {error}")))?;
     if certs.is_empty() {
-        return Err(invalid(
-            env,
-            var,
-            "a PEM file with at least one CERTIFICATE".into(),
-        ));
+        return Err(file.invalid("a PEM file with at least one CERTIFICATE"));
     }
-    Ok(pem)
+    Ok(Certificate::from_pem(file.contents))
 }
 
-fn read(env: &Env, var: &str) -> Result<Vec<u8>, ConfigError> {
-    let path = env.get(var).unwrap_or_default();
-    std::fs::read(Path::new(path))
-        .map_err(|error| invalid(env, var, format!("a readable PEM file ({error})")))
-}
-
-fn invalid(env: &Env, var: &str, expected: String) -> ConfigError {
+fn invalid(env: &Env, var: &str, expected: impl Into<String>) -> ConfigError {
     ConfigError {
         var: var.to_owned(),
         value: env.get(var).unwrap_or_default().to_owned(),
-        expected,
+        expected: expected.into(),
     }
-}
-
-fn requires(env: &Env, var: &str, other: &str) -> ConfigError {
-    invalid(env, var, format!("to be set together with {other}"))
 }
 
 /// `endpoint` ready for its URL: TLS with `config.tls` for `https://`, unchanged for
