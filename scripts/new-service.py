@@ -171,6 +171,20 @@ def plan(name: str) -> tuple[dict[Path, str], dict[str, str]]:
     edit("stack/src/lib.rs", stack)
     edit("k8s/base/kustomization.yaml",
          lambda p, t: insert_after_last(p, t, r"^  - [a-z0-9-]+\.yaml$", f"  - {name}.yaml\n"))
+    # Its own certificate's Secret in the TLS component (marked for remove-service).
+    tls = "k8s/components/tls/identities.yaml"
+    if (ROOT / tls).exists():
+        identity = (f"# remove-service: {name} {{\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n"
+                    f"  name: {name}\nspec:\n  template:\n    spec:\n      volumes:\n        - name: tls\n"
+                    f"          secret:\n            secretName: {name}-tls\n            defaultMode: 288\n"
+                    f"# remove-service: {name} }}\n")
+        edit(tls, lambda p, t: insert_before_anchor(p, t, identity, f"{ANCHOR} `make new-service` adds each new"))
+    production = "k8s/overlays/production/kustomization.yaml"
+    if (ROOT / production).exists():
+        edit(production, lambda p, t: insert_after_last(
+            p, t, r"^    digest: sha256:[0-9a-f]+$",
+            f"  - name: {name}\n    newName: registry.example.com/grpc-rust-template/{name}\n"
+            f"    digest: sha256:{'0' * 64}\n"))
     kind = "k8s/overlays/kind/kustomization.yaml"
     if (ROOT / kind).exists():
         edit(kind, lambda p, t: insert_after_last(p, t, r"^    newTag: dev$", f"  - name: {name}\n    newTag: dev\n"))

@@ -13,13 +13,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use contracts::notifications::v1::notification_service_client::NotificationServiceClient;
-use contracts::notifications::v1::notification_service_server::{
-    NotificationService, NotificationServiceServer,
-};
-use contracts::notifications::v1::{
-    ListNotificationsRequest, ListNotificationsResponse, StreamNotificationsRequest,
-    StreamNotificationsResponse,
+use contracts::inventory::v1 as pb;
+use contracts::inventory::v1::inventory_service_client::InventoryServiceClient;
+use contracts::inventory::v1::inventory_service_server::{
+    InventoryService, InventoryServiceServer,
 };
 use contracts::orders::v1::order_service_client::OrderServiceClient;
 use contracts::orders::v1::{OrderItem, OrderStatus, PlaceOrderRequest};
@@ -76,8 +73,8 @@ async fn mutual_tls_refuses_clients_without_a_valid_certificate_before_any_handl
     let plaintext = Endpoint::from_shared(format!("http://{}", server.addr))
         .unwrap()
         .connect_lazy();
-    let status = NotificationServiceClient::new(plaintext)
-        .list_notifications(ListNotificationsRequest::default())
+    let status = InventoryServiceClient::new(plaintext)
+        .list_products(pb::ListProductsRequest::default())
         .await
         .expect_err("plaintext client");
     assert!(
@@ -95,12 +92,7 @@ async fn the_plaintext_health_port_serves_health_and_nothing_else() {
     let server = MtlsServer::start(&pki).await;
     let health_port = plaintext(server.health_addr);
 
-    for name in [
-        "",
-        "readiness",
-        "liveness",
-        "notifications.v1.NotificationService",
-    ] {
+    for name in ["", "readiness", "liveness", "inventory.v1.InventoryService"] {
         let status = check(health_port.clone(), name).await.unwrap();
         assert_eq!(status, ServingStatus::Serving, "{name:?}");
     }
@@ -108,8 +100,8 @@ async fn the_plaintext_health_port_serves_health_and_nothing_else() {
     let refused = check(plaintext(server.addr), "").await;
     assert!(refused.is_err(), "{refused:?}");
     // Anything but Health is UNIMPLEMENTED on the health port, and runs no handler.
-    let status = NotificationServiceClient::new(health_port.clone())
-        .list_notifications(ListNotificationsRequest::default())
+    let status = InventoryServiceClient::new(health_port.clone())
+        .list_products(pb::ListProductsRequest::default())
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
@@ -304,8 +296,8 @@ async fn the_services_call_each_other_over_mutual_tls() {
     stack.stop().await.unwrap();
 }
 
-/// A server of the test's NotificationService, which counts the calls that reach it,
-/// built through `shared::Server` with mutual TLS.
+/// A server of the test's InventoryService, which counts the calls that reach it, built
+/// through `shared::Server` with mutual TLS.
 struct MtlsServer {
     server: TestServer,
     addr: SocketAddr,
@@ -327,7 +319,7 @@ impl MtlsServer {
         assert!(config.tls.as_ref().is_some_and(|tls| tls.is_mutual()));
         let calls = Arc::new(AtomicUsize::new(0));
         let server = shared::Server::builder("mtls-test", &config)
-            .add_service(NotificationServiceServer::new(Counting {
+            .add_service(InventoryServiceServer::new(Counting {
                 calls: calls.clone(),
             }))
             .bind()
@@ -348,12 +340,12 @@ impl MtlsServer {
     }
 
     /// One call over `https://localhost`, as configured by `env`.
-    async fn call(&self, env: Env) -> Result<Response<ListNotificationsResponse>, Status> {
+    async fn call(&self, env: Env) -> Result<Response<pb::ListProductsResponse>, Status> {
         let uri = format!("https://localhost:{}", self.addr.port());
         let config = ClientConfig::from_env(&env).unwrap();
         let channel = shared::client::channel(uri.parse().unwrap(), &config);
-        NotificationServiceClient::new(channel)
-            .list_notifications(ListNotificationsRequest::default())
+        InventoryServiceClient::new(channel)
+            .list_products(pb::ListProductsRequest::default())
             .await
     }
 
@@ -362,29 +354,61 @@ impl MtlsServer {
     }
 }
 
+/// Counts every call that reaches a handler; only `ListProducts` answers.
 struct Counting {
     calls: Arc<AtomicUsize>,
 }
 
-#[tonic::async_trait]
-impl NotificationService for Counting {
-    async fn list_notifications(
-        &self,
-        _: Request<ListNotificationsRequest>,
-    ) -> Result<Response<ListNotificationsResponse>, Status> {
+impl Counting {
+    fn reached<T>(&self) -> Result<Response<T>, Status> {
         self.calls.fetch_add(1, Ordering::SeqCst);
-        Ok(Response::new(ListNotificationsResponse::default()))
+        Err(Status::unimplemented("not part of the test"))
+    }
+}
+
+#[tonic::async_trait]
+impl InventoryService for Counting {
+    async fn list_products(
+        &self,
+        _: Request<pb::ListProductsRequest>,
+    ) -> Result<Response<pb::ListProductsResponse>, Status> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        Ok(Response::new(pb::ListProductsResponse::default()))
     }
 
-    type StreamNotificationsStream =
-        tokio_stream::Empty<Result<StreamNotificationsResponse, Status>>;
-
-    async fn stream_notifications(
+    async fn get_product(
         &self,
-        _: Request<StreamNotificationsRequest>,
-    ) -> Result<Response<Self::StreamNotificationsStream>, Status> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        Ok(Response::new(tokio_stream::empty()))
+        _: Request<pb::GetProductRequest>,
+    ) -> Result<Response<pb::GetProductResponse>, Status> {
+        self.reached()
+    }
+
+    async fn reserve_stock(
+        &self,
+        _: Request<pb::ReserveStockRequest>,
+    ) -> Result<Response<pb::ReserveStockResponse>, Status> {
+        self.reached()
+    }
+
+    async fn commit_reservation(
+        &self,
+        _: Request<pb::CommitReservationRequest>,
+    ) -> Result<Response<pb::CommitReservationResponse>, Status> {
+        self.reached()
+    }
+
+    async fn release_reservation(
+        &self,
+        _: Request<pb::ReleaseReservationRequest>,
+    ) -> Result<Response<pb::ReleaseReservationResponse>, Status> {
+        self.reached()
+    }
+
+    async fn restock_products(
+        &self,
+        _: Request<tonic::Streaming<pb::RestockProductsRequest>>,
+    ) -> Result<Response<pb::RestockProductsResponse>, Status> {
+        self.reached()
     }
 }
 

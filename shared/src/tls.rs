@@ -272,7 +272,14 @@ pub(crate) fn server_builder(
 ) -> Result<tonic::transport::Server, tonic::transport::Error> {
     let builder = tonic::transport::Server::builder();
     match tls {
-        Some(tls) => builder.tls_config(tls.config()),
+        Some(tls) => {
+            tracing::info!(
+                mutual = tls.mutual,
+                handshake_timeout = ?tls.handshake_timeout,
+                "serving TLS"
+            );
+            builder.tls_config(tls.config())
+        }
         None => Ok(builder),
     }
 }

@@ -137,21 +137,20 @@ impl Stack {
         let notifications = notifications::build(config, &bus).await?;
         // remove-service: notifications }
 
+        // The services' upstream URIs: https:// when they call each other over TLS.
+        let uri = |addr| upstream(env, addr);
         let inventory_for_orders = wiring
             .inventory_for_orders
             .unwrap_or(inventory.local_addr());
         let orders_env = listen(orders::config::PORT, orders::config::ADMIN_PORT)
-            .with("INVENTORY_ADDR", upstream(env, inventory_for_orders))
-            .with("PAYMENTS_ADDR", upstream(env, payments.local_addr()));
+            .with("INVENTORY_ADDR", uri(inventory_for_orders))
+            .with("PAYMENTS_ADDR", uri(payments.local_addr()));
         let orders = orders::build(orders::Config::from_env(&orders_env)?, &bus).await?;
 
         let gateway_env = listen(gateway::config::PORT, gateway::config::ADMIN_PORT)
-            .with("ORDERS_ADDR", upstream(env, orders.local_addr()))
-            .with(
-                "NOTIFICATIONS_ADDR",
-                upstream(env, notifications.local_addr()),
-            ) // remove-service: notifications
-            .with("INVENTORY_ADDR", upstream(env, inventory.local_addr()));
+            .with("ORDERS_ADDR", uri(orders.local_addr()))
+            .with("NOTIFICATIONS_ADDR", uri(notifications.local_addr())) // remove-service: notifications
+            .with("INVENTORY_ADDR", uri(inventory.local_addr()));
         let gateway = gateway::build(gateway::Config::from_env(&gateway_env)?).await?;
 
         Ok(Self {
