@@ -87,6 +87,35 @@ async fn mutual_tls_refuses_clients_without_a_valid_certificate_before_any_handl
 }
 
 #[tokio::test]
+async fn the_server_certificate_is_checked_against_the_upstream_name_not_the_dialled_address() {
+    let pki = Pki::new("names");
+    let server = MtlsServer::start(&pki).await;
+    let client = pki.issue("client", &[], Validity::Current);
+    let config = ClientConfig::from_env(&client_env(&pki, Some(&client))).unwrap();
+    // An address, as a load balancer over resolved endpoints dials; the certificate
+    // names localhost only.
+    let dialled = Endpoint::from_shared(format!("https://{}", server.addr)).unwrap();
+    let call = |name: &'static str| {
+        let endpoint = shared::tls::client_endpoint(dialled.clone(), name, &config);
+        async move {
+            InventoryServiceClient::new(endpoint.connect_lazy())
+                .list_products(pb::ListProductsRequest::default())
+                .await
+        }
+    };
+    assert!(call("localhost").await.is_ok());
+    let status = call("inventory")
+        .await
+        .expect_err("a name the certificate lacks");
+    assert!(
+        matches!(status.code(), Code::Unavailable | Code::Unknown),
+        "{status:?}"
+    );
+    assert_eq!(server.calls(), 1);
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn the_plaintext_health_port_serves_health_and_nothing_else() {
     let pki = Pki::new("health");
     let server = MtlsServer::start(&pki).await;

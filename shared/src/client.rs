@@ -26,6 +26,6 @@ pub fn channel(uri: Uri, config: &ClientConfig) -> Channel {
         .http2_keep_alive_interval(std::time::Duration::from_secs(30))
         .keep_alive_timeout(std::time::Duration::from_secs(10));
     // TLS for https:// upstreams (GRPC_CLIENT_TLS_*); http:// ones stay plaintext.
-    let channel = crate::tls::client_endpoint(endpoint, config).connect_lazy();
+    let channel = crate::tls::client_endpoint(endpoint, &host, config).connect_lazy();
     ClientRpc::new(channel, &host, port)
 }

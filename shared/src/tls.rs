@@ -170,14 +170,22 @@ impl ClientTls {
     }
 
     /// `endpoint`, whose URL is `https://`, speaking TLS: the server's certificate must
-    /// come from the CA and be valid for the URL's host, sent as SNI; the handshake is
-    /// bounded by `handshake_timeout`. (`http://` URLs stay plaintext either way.)
+    /// come from the CA and be valid for `server_name`, which is also sent as SNI; the
+    /// handshake is bounded by `handshake_timeout`. The name is the upstream's host as
+    /// configured, not the endpoint's: behind a load balancer over resolved addresses, an
+    /// endpoint's URL holds an IP while the certificate names the Service.
     pub fn apply(
         &self,
         endpoint: Endpoint,
+        server_name: &str,
         handshake_timeout: Duration,
     ) -> Result<Endpoint, tonic::transport::Error> {
-        endpoint.tls_config(self.config.clone().timeout(handshake_timeout))
+        let config = self
+            .config
+            .clone()
+            .domain_name(unbracketed(server_name))
+            .timeout(handshake_timeout);
+        endpoint.tls_config(config)
     }
 }
 
@@ -189,15 +197,16 @@ impl fmt::Debug for ClientTls {
     }
 }
 
-/// Whether `uri`'s host can name a TLS server: a DNS name or an IP address (an IPv6
-/// one without its brackets, as tonic sends it).
+/// Whether `uri`'s host can name a TLS server: a DNS name or an IP address.
 pub(crate) fn is_valid_server_name(uri: &Uri) -> bool {
-    let host = uri.host().unwrap_or_default();
-    let host = host
-        .strip_prefix('[')
+    ServerName::try_from(unbracketed(uri.host().unwrap_or_default())).is_ok()
+}
+
+/// A URI host as a TLS server name: an IPv6 address without its brackets.
+fn unbracketed(host: &str) -> &str {
+    host.strip_prefix('[')
         .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    ServerName::try_from(host).is_ok()
+        .unwrap_or(host)
 }
 
 /// The identity in a certificate and a key file: both or neither.
@@ -242,12 +251,17 @@ fn invalid(env: &Env, var: &str, expected: impl Into<String>) -> ConfigError {
     }
 }
 
-/// `endpoint` ready for its URL: TLS with `config.tls` for `https://`, unchanged for
-/// `http://`. The handshake is bounded by `GRPC_CLIENT_CONNECT_TIMEOUT`, like the TCP
-/// connect before it. An `https://` endpoint without client TLS (which
+/// `endpoint` ready for its URL: TLS with `config.tls` for `https://`, checking the
+/// server's certificate against `server_name` (the upstream's configured host), or
+/// unchanged for `http://`. The handshake is bounded by `GRPC_CLIENT_CONNECT_TIMEOUT`,
+/// like the TCP connect before it. An `https://` endpoint without client TLS (which
 /// [`Env::upstream`] does not let through) fails every call rather than falling back to
 /// plaintext.
-pub fn client_endpoint(endpoint: Endpoint, config: &crate::ClientConfig) -> Endpoint {
+pub fn client_endpoint(
+    endpoint: Endpoint,
+    server_name: &str,
+    config: &crate::ClientConfig,
+) -> Endpoint {
     if endpoint.uri().scheme_str() != Some("https") {
         return endpoint;
     }
@@ -255,10 +269,10 @@ pub fn client_endpoint(endpoint: Endpoint, config: &crate::ClientConfig) -> Endp
         tracing::error!(uri = %endpoint.uri(), "https upstream without GRPC_CLIENT_TLS_CA_FILE: calls will fail");
         return endpoint;
     };
-    match tls.apply(endpoint.clone(), config.connect_timeout) {
+    match tls.apply(endpoint.clone(), server_name, config.connect_timeout) {
         Ok(endpoint) => endpoint,
-        // Checked at start-up (ClientTls::from_env): this cannot happen with a
-        // configuration read from the environment.
+        // Checked at start-up (ClientTls::from_env, Env::upstream): this cannot happen
+        // with a configuration read from the environment.
         Err(error) => {
             tracing::error!(uri = %endpoint.uri(), %error, "cannot configure TLS: calls will fail");
             endpoint
