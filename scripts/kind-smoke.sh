@@ -2,7 +2,8 @@
 # Smoke test of the system running in kind (`make kind-smoke`; scripts/kind-up.sh runs it):
 #   - each gRPC service through `kubectl port-forward`: grpcurl lists its services
 #     (reflection), and gRPC health answers SERVING for "", liveness, readiness and
-#     each service by its full name;
+#     each service by its full name; over mutual TLS where the service serves it
+#     (KIND_TLS=1), with the service's own certificate from its Secret <service>-tls;
 #   - nats, where the overlay runs it: its health with JetStream, through port-forward;
 #   - the gateway through the kind port mapping (http://127.0.0.1:30080): /healthz,
 #     /readyz, then one order (POST /v1/orders) that must be CONFIRMED and read back.
@@ -68,9 +69,26 @@ stop_forward() {
   forward_pid=""
 }
 
+# Sets grpc_flags for service $1: -plaintext, or TLS flags when its Deployment serves
+# TLS (k8s/components/tls): the CA and a client certificate (its own: it is good for
+# client authentication too) from its Secret, and its name for the server certificate.
+tls_flags() {
+  local service="$1" key file
+  local jsonpath='{.spec.template.spec.containers[0].env[?(@.name=="GRPC_TLS_CERT_FILE")].value}'
+  grpc_flags=(-plaintext)
+  [[ -n "$("${kctl[@]}" get deployment "$service" -o jsonpath="$jsonpath" 2>/dev/null)" ]] || return 0
+  for key in ca.crt tls.crt tls.key; do
+    file="$tmp/$service-$key"
+    (umask 077 && "${kctl[@]}" get secret "$service-tls" -o jsonpath="{.data.${key//./\\.}}" | base64 -d >"$file") ||
+      die "cannot read key $key of Secret $service-tls"
+  done
+  grpc_flags=(-cacert "$tmp/$service-ca.crt" -cert "$tmp/$service-tls.crt" -key "$tmp/$service-tls.key"
+    -servername "$service")
+}
+
 health() {
   local addr="$1" name="$2" answer
-  answer="$(grpcurl -plaintext -max-time 5 -d "{\"service\": \"$name\"}" "$addr" grpc.health.v1.Health/Check 2>&1)" ||
+  answer="$(grpcurl "${grpc_flags[@]}" -max-time 5 -d "{\"service\": \"$name\"}" "$addr" grpc.health.v1.Health/Check 2>&1)" ||
     die "grpc.health.v1.Health/Check {service: \"$name\"} at $addr failed: $answer"
   [[ $answer == *'"SERVING"'* ]] || die "health of \"$name\" at $addr is not SERVING: $answer"
 }
@@ -84,9 +102,10 @@ mapfile -t grpc_services < <("${kctl[@]}" get services \
 for entry in "${grpc_services[@]}"; do
   service="${entry% *}"
   port="${entry#* }"
+  tls_flags "$service"
   port_forward "$service" "$port"
   addr="127.0.0.1:$local_port"
-  listed="$(grpcurl -plaintext -max-time 5 "$addr" list 2>&1)" || die "grpcurl list of $service failed: $listed"
+  listed="$(grpcurl "${grpc_flags[@]}" -max-time 5 "$addr" list 2>&1)" || die "grpcurl list of $service failed: $listed"
   mapfile -t names < <(grep -v '^grpc\.' <<<"$listed")
   ((${#names[@]})) || die "$service lists no service of its own through reflection: $listed"
   for name in "" liveness readiness "${names[@]}"; do

@@ -15,7 +15,10 @@
 # kubeconfig are not touched.
 #
 # Environment: KIND_CLUSTER (default: grpc-template), KIND_NODE_IMAGE (the node image
-# of a new cluster; default: your kind's), ROLLOUT_TIMEOUT (default: 180s).
+# of a new cluster; default: your kind's), ROLLOUT_TIMEOUT (default: 180s), KIND_TLS=1
+# (mutual TLS between the services: the overlay with k8s/components/tls, and before it
+# a development CA with one certificate per service, made by scripts/tls-certs.sh into
+# the Secrets <service>-tls, never into the repository; existing Secrets are kept).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -33,6 +36,12 @@ overlay=k8s/overlays/kind
 kind_tested=0.33.0
 # The native `sleep` preStop action is on by default from Kubernetes 1.30.
 k8s_minimum_minor=30
+# Mutual TLS between the services (k8s/components/tls) when KIND_TLS=1.
+tls="${KIND_TLS:-0}"
+[[ $tls == 0 || $tls == 1 ]] || {
+  echo "kind-up: ERROR: KIND_TLS is 0 or 1, not $tls" >&2
+  exit 1
+}
 # The passwords of PostgreSQL (k8s/overlays/kind/durable/postgres.yaml): its superuser's
 # and one per service's role. Never in the repository; k8s/tests/check.py checks that
 # every secretKeyRef of the manifests names one of these keys.
@@ -152,6 +161,10 @@ deploy() {
     echo "kind: Kustomization"
     echo "resources:"
     echo "  - ../../../$overlay"
+    if [[ $tls == 1 ]]; then
+      echo "components:"
+      echo "  - ../../../k8s/components/tls"
+    fi
     echo "images:"
     for entry in "${tags[@]}"; do
       printf '  - name: %s\n    newTag: "%s"\n' "${entry%%=*}" "${entry#*=}"
@@ -201,6 +214,34 @@ create_secrets() {
   log "secret $db_secret created with random passwords: ${db_secret_keys[*]}"
 }
 
+# With KIND_TLS=1: the Secret <service>-tls of every service (tls.crt, tls.key, ca.crt),
+# from a CA made for this cluster. Kept when they all exist; otherwise all are made
+# anew under a new CA (the services load them at start: the rollout restarts them).
+create_tls_secrets() {
+  [[ $tls == 1 ]] || return 0
+  local kctl=(kubectl --context "$context" -n "$namespace") service dir absent=0
+  for service in "${services[@]}"; do
+    "${kctl[@]}" get secret "$service-tls" >/dev/null 2>&1 || absent=1
+  done
+  if ((absent == 0)); then
+    log "TLS secrets exist: keeping them (delete them to renew: kubectl delete secret -l app.kubernetes.io/component=tls)"
+    return 0
+  fi
+  command -v openssl >/dev/null || die "openssl not found: KIND_TLS=1 makes the certificates with it"
+  dir="$(mktemp -d)"
+  "$root/scripts/tls-certs.sh" "$dir" "$namespace" >/dev/null
+  for service in "${services[@]}"; do
+    "${kctl[@]}" create secret generic "$service-tls" --from-file="$dir/$service" --dry-run=client -o yaml |
+      kubectl label --local -f - -o yaml app.kubernetes.io/part-of=grpc-rust-template \
+        app.kubernetes.io/component=tls |
+      "${kctl[@]}" apply -f - >/dev/null
+  done
+  rm -rf "$dir"
+  log "TLS secrets created (a new CA; its key is gone): ${services[*]/%/-tls}"
+  # Pods of an earlier rollout hold the old certificates.
+  "${kctl[@]}" rollout restart deployment >/dev/null 2>&1 || true
+}
+
 diagnose() {
   local workload="$1" name="${1#*/}"
   echo "--- pods" >&2
@@ -236,6 +277,7 @@ progress "images: ${services[*]}"
 build_and_load
 progress "apply $overlay (namespace $namespace)"
 create_secrets
+create_tls_secrets
 deploy
 progress "rollouts"
 wait_for_rollouts
@@ -246,6 +288,6 @@ printf '\nkind-up: the system runs in kind (context %s, namespace %s):\n' "$cont
 cat <<EOF
   curl -s http://127.0.0.1:30080/v1/products
   kubectl --context $context -n $namespace get pods
-  kubectl --context $context -n $namespace port-forward svc/inventory 50052:50052   # then grpcurl -plaintext 127.0.0.1:50052 list
+  kubectl --context $context -n $namespace port-forward svc/inventory 50052:50052   # then grpcurl -plaintext 127.0.0.1:50052 list (KIND_TLS=1: see README, Security)
   make kind-down   # deletes the cluster
 EOF

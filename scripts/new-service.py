@@ -8,7 +8,8 @@ Writes, from scripts/templates/service/:
 and registers the service where the anchors `new-service:` say: the root Cargo.toml
 ([workspace.dependencies]), stack/Cargo.toml and stack/src/lib.rs (the stack launcher),
 tests/acceptance/specs.rs (its acceptance spec, appended), plus
-k8s/base/kustomization.yaml, the kind overlay's images and the inline lists of every
+k8s/base/kustomization.yaml, the kind and production overlays' images, its Secret in
+k8s/components/tls/identities.yaml, and the inline lists of every
 service in k8s/ (`values: [gateway, orders, …]`), and the README's services table and
 grpcurl cookbook (an example, run by the acceptance tests). The spec and the
 example are marked `remove-service: NAME`, so that `make remove-service` undoes it all. The service gets the next free local ports (gRPC 5005x, admin 910x).
@@ -171,6 +172,24 @@ def plan(name: str) -> tuple[dict[Path, str], dict[str, str]]:
     edit("stack/src/lib.rs", stack)
     edit("k8s/base/kustomization.yaml",
          lambda p, t: insert_after_last(p, t, r"^  - [a-z0-9-]+\.yaml$", f"  - {name}.yaml\n"))
+    # Its own certificate's Secret in the TLS component (marked for remove-service).
+    tls = "k8s/components/tls/identities.yaml"
+    if (ROOT / tls).exists():
+        identity = (f"# remove-service: {name} {{\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n"
+                    f"  name: {name}\nspec:\n  template:\n    spec:\n      volumes:\n        - name: tls\n"
+                    f"          secret:\n            secretName: {name}-tls\n            defaultMode: 288\n"
+                    f"# remove-service: {name} }}\n")
+        edit(tls, lambda p, t: insert_before_anchor(p, t, identity, f"{ANCHOR} `make new-service` adds each new"))
+    production = "k8s/overlays/production/kustomization.yaml"
+    if (ROOT / production).exists():
+        def pin_image(p: str, t: str) -> str:
+            # In the registry of the images listed before (the placeholder digest too).
+            registries = re.findall(r"^    newName: (\S+)/[a-z0-9-]+$", t, re.M)
+            registry = registries[-1] if registries else "registry.example.com"
+            return insert_after_last(p, t, r"^    digest: sha256:[0-9a-f]+$",
+                                     f"  - name: {name}\n    newName: {registry}/{name}\n"
+                                     f"    digest: sha256:{'0' * 64}\n")
+        edit(production, pin_image)
     kind = "k8s/overlays/kind/kustomization.yaml"
     if (ROOT / kind).exists():
         edit(kind, lambda p, t: insert_after_last(p, t, r"^    newTag: dev$", f"  - name: {name}\n    newTag: dev\n"))

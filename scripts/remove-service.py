@@ -194,6 +194,7 @@ def plan(name: str) -> tuple[dict[Path, str], list[Path]]:
             new = re.sub(rf"^  - {name}\.yaml\n", "", new, flags=re.M)
         if rel.parts[0] == "k8s" and path.suffix == ".yaml":
             new = re.sub(rf"^  - name: {name}\n    newTag: \S+\n", "", new, flags=re.M)
+            new = re.sub(rf"^  - name: {name}\n    newName: \S+\n    digest: \S+\n", "", new, flags=re.M)
             new = remove_yaml_items(new, name)
             # Label values listed inline (`values: [gateway, NAME]`), and call-graph
             # comments (`#   gateway → orders:50051, NAME:50054`).

@@ -30,6 +30,12 @@ Contract, for each Deployment (one per service, named like services/<name>):
 - network: every pod is isolated both ways; the policies allow exactly the calls the
   upstream addresses (and NATS_URL, DATABASE_URL) make, DNS to kube-dns for the pods that have upstreams, and
   outside traffic to the gateway only — nothing else;
+- TLS: an `https://` upstream is called with a CA (GRPC_CLIENT_TLS_CA_FILE) and
+  answered with TLS (GRPC_TLS_CERT_FILE); an `http://` one never reaches a TLS port;
+  every volumeMount names a volume of its pod; in the production overlay
+  (PRODUCTION), every gRPC service runs mutual TLS with reflection off, its probes on
+  the health-only port, every upstream is `https://`, and nothing is exposed outside
+  the cluster and no Secret is rendered (the operator creates them);
 - shutdown: terminationGracePeriodSeconds > preStop sleep + SHUTDOWN_DELAY +
   SHUTDOWN_GRACE_PERIOD + MARGIN; the preStop hook is the native `sleep`;
 - security: Pod Security Standards `restricted` fields, no service account token,
@@ -87,6 +93,10 @@ SCRAPER = "prometheus"
 # Pods that call the Kubernetes API and so need a token: Prometheus (kubernetes_sd).
 API_CLIENTS = {"prometheus"}
 SHARED_SRC = ROOT / "shared" / "src"
+# The overlay that must prove its hardening (k8s/overlays/production).
+PRODUCTION = "production"
+# Values shared::config::Env::flag reads as false.
+FALSE = {"false", "0", "no", "off"}
 
 
 def validate_schemas(m: Manifests, failures: Failures) -> None:
@@ -313,12 +323,69 @@ def check_upstreams(m: Manifests, d: dict, read: envvars.ServiceEnv, f: Failures
         if resolved is None:
             continue
         target, cport, sport = resolved
+        check_tls_upstream(m, d, f, var, env[var], target)
         grpc = cport.get("name") in ("grpc", "otlp-grpc")
         f.check(sport.get("appProtocol") == ("grpc" if grpc else "http"), w,
                 f"{var}: Service {host} port {port} has appProtocol {sport.get('appProtocol')!r}")
         calls.append((target, cport["containerPort"]))
     calls += check_url_upstreams(m, d, read, f)
     return calls
+
+
+def check_tls_upstream(m: Manifests, d: dict, f: Failures, var: str, url: str, target: dict) -> None:
+    """https:// is called with a CA and answered with TLS; http:// never meets a TLS port."""
+    w = f"{m.label}: {where(d)}"
+    tls_server = "GRPC_TLS_CERT_FILE" in env_of(container(target))
+    if url.startswith("https://"):
+        f.check("GRPC_CLIENT_TLS_CA_FILE" in env_of(container(d)), w,
+                f"{var}={url} is https://, but GRPC_CLIENT_TLS_CA_FILE is not set: the service refuses to start")
+        f.check(tls_server, w, f"{var}={url} is https://, but {target['metadata']['name']} serves plaintext "
+                "(no GRPC_TLS_CERT_FILE)")
+    else:
+        f.check(not tls_server, w, f"{var}={url} is plaintext, but {target['metadata']['name']} serves TLS "
+                "(GRPC_TLS_CERT_FILE): use https://")
+
+
+def check_volumes(m: Manifests, workload: dict, f: Failures) -> None:
+    """Every volumeMount names a volume of the pod (a component may add the mount and an
+    identity patch the volume: a service without the latter would never start)."""
+    spec = pod_spec(workload)
+    volumes = {v["name"] for v in spec.get("volumes") or []}
+    for c in spec["containers"] + (spec.get("initContainers") or []):
+        for mount in c.get("volumeMounts") or []:
+            f.check(mount["name"] in volumes, f"{m.label}: {where(workload)}",
+                    f"container {c['name']} mounts volume {mount['name']!r}, which the pod does not define")
+
+
+def check_production(m: Manifests, f: Failures) -> None:
+    """The production overlay's promises: mutual TLS and no reflection on every gRPC
+    service, probes on the health-only port, no entry but through your ingress, no Secret."""
+    for d in m.deployments:
+        name, w = d["metadata"]["name"], f"{m.label}: {where(d)}"
+        if name in OBSERVABILITY or not (ROOT / "services" / name / "src").exists():
+            continue
+        c = container(d)
+        env = env_of(c)
+        for var, value in env.items():
+            if var.endswith("_ADDR") and "://" in value:
+                f.check(value.startswith("https://"), w, f"{var}={value}: production calls go over TLS")
+        if not grpc_services(name):
+            continue
+        f.check(env.get("GRPC_REFLECTION", "true").lower() in FALSE, w,
+                "GRPC_REFLECTION is not false: reflection would describe every API to anyone who reaches the port")
+        for var in ("GRPC_TLS_CERT_FILE", "GRPC_TLS_KEY_FILE", "GRPC_TLS_CLIENT_CA_FILE"):
+            f.check(bool(env.get(var)), w, f"{var} is not set: production serves mutual TLS only")
+        health = env.get("HEALTH_LISTEN_ADDR", "").rpartition(":")[2]
+        for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+            port = ((c.get(kind) or {}).get("grpc") or {}).get("port")
+            f.check(health.isdigit() and port == int(health), w,
+                    f"{kind} asks port {port}, not the plaintext health port (HEALTH_LISTEN_ADDR={health or 'unset'}):"
+                    " Kubernetes' gRPC probes cannot speak TLS")
+    for svc in m.services:
+        f.check(svc["spec"].get("type", "ClusterIP") == "ClusterIP", f"{m.label}: {where(svc)}",
+                f"is a {svc['spec'].get('type')}: production exposes the gateway through your ingress only")
+    for secret in m.of_kind("Secret"):
+        f.add(f"{m.label}: {where(secret)}", "a Secret in the rendered manifests: its values would be in the repository")
 
 
 def check_url_upstreams(m: Manifests, d: dict, read: envvars.ServiceEnv, f: Failures) -> list[tuple[dict, int]]:
@@ -495,6 +562,7 @@ def check(m: Manifests, f: Failures, schemas: bool = True) -> None:
         if not (ROOT / "services" / name / "src").exists():
             continue  # reported by check_names
         read = check_env(m, d, f)
+        check_volumes(m, d, f)
         check_ports(m, d, f)
         check_probes(m, d, f)
         check_shutdown(m, d, f)
@@ -511,6 +579,8 @@ def check(m: Manifests, f: Failures, schemas: bool = True) -> None:
     check_network(m, calls, f)
     check_annotations(m, f)
     check_namespaces(m, f)
+    if m.label == PRODUCTION:
+        check_production(m, f)
 
 
 def main(paths: list[str]) -> int:

@@ -131,7 +131,7 @@ def service_dns_names(service: dict) -> set[str]:
     return {name, f"{name}.{namespace}", f"{name}.{namespace}.svc", f"{name}.{namespace}.svc.cluster.local"}
 
 
-_UPSTREAM = re.compile(r"http://([A-Za-z0-9.-]+):(\d+)/?")
+_UPSTREAM = re.compile(r"https?://([A-Za-z0-9.-]+):(\d+)/?")
 
 
 def parse_upstream(value: str) -> tuple[str, int] | None:

@@ -35,8 +35,8 @@ DURABLE_READS = {"orders": {"NATS_URL", "DATABASE_URL"}, "notifications": {"NATS
                  "inventory": {"DATABASE_URL"}, "payments": {"DATABASE_URL"}}
 
 
-def render() -> list:
-    out = subprocess.run(["kubectl", "kustomize", str(ROOT / "k8s" / "overlays" / "kind")],
+def render(overlay: str = "kind") -> list:
+    out = subprocess.run(["kubectl", "kustomize", str(ROOT / "k8s" / "overlays" / overlay)],
                          check=True, capture_output=True, text=True).stdout
     return [d for d in yaml.safe_load_all(out) if d]
 
@@ -252,6 +252,73 @@ class ContractTest(unittest.TestCase):
         def typo(m):
             container(m.get("Deployment", "orders"))["startupProbe"]["failureTreshold"] = 3
         self.assertFails(typo, "invalid for Kubernetes 1.37", "'failureTreshold' was unexpected", schemas=True)
+
+
+class ProductionTest(unittest.TestCase):
+    """The production overlay's promises (mutual TLS, no reflection, probes on the
+    health-only port, nothing exposed, no Secret) and the TLS rules of every overlay."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.docs = render(check.PRODUCTION)
+
+    def failures(self, mutate=None, schemas=False) -> list[str]:
+        m = Manifests(check.PRODUCTION, copy.deepcopy(self.docs))
+        if mutate:
+            mutate(m)
+        f = Failures()
+        check.check(m, f, schemas=schemas)
+        return f.messages
+
+    assertFails = ContractTest.assertFails
+
+    @staticmethod
+    def set_env(m, name, var, value):
+        for e in container(m.get("Deployment", name))["env"]:
+            if e["name"] == var:
+                e["value"] = value
+
+    def test_the_overlay_passes(self):
+        self.assertEqual(self.failures(), [])
+
+    def test_reflection_on(self):
+        self.assertFails(lambda m: self.set_env(m, "inventory", "GRPC_REFLECTION", "true"),
+                         "GRPC_REFLECTION is not false")
+
+    def test_tls_off(self):
+        def plaintext(m):
+            c = container(m.get("Deployment", "inventory"))
+            c["env"] = [e for e in c["env"] if e["name"] != "GRPC_TLS_CERT_FILE"]
+        self.assertFails(plaintext, "GRPC_TLS_CERT_FILE is not set",
+                         "INVENTORY_ADDR=https://inventory:50052 is https://, but inventory serves plaintext")
+
+    def test_a_plaintext_call_to_a_tls_port(self):
+        self.assertFails(lambda m: self.set_env(m, "orders", "INVENTORY_ADDR", "http://inventory:50052"),
+                         "is plaintext, but inventory serves TLS",
+                         "INVENTORY_ADDR=http://inventory:50052: production calls go over TLS")
+
+    def test_https_without_a_ca(self):
+        def no_ca(m):
+            c = container(m.get("Deployment", "orders"))
+            c["env"] = [e for e in c["env"] if e["name"] != "GRPC_CLIENT_TLS_CA_FILE"]
+        self.assertFails(no_ca, "GRPC_CLIENT_TLS_CA_FILE is not set: the service refuses to start")
+
+    def test_probes_on_the_tls_port(self):
+        def tls_port(m):
+            container(m.get("Deployment", "payments"))["readinessProbe"]["grpc"]["port"] = 50053
+        self.assertFails(tls_port, "readinessProbe asks port 50053, not the plaintext health port")
+
+    def test_a_mount_without_its_volume(self):
+        self.assertFails(lambda m: pod_spec(m.get("Deployment", "payments")).pop("volumes"),
+                         "mounts volume 'tls', which the pod does not define")
+
+    def test_exposed_or_secret(self):
+        def expose(m):
+            m.get("Service", "gateway")["spec"]["type"] = "NodePort"
+            m.docs.append({"apiVersion": "v1", "kind": "Secret",
+                           "metadata": {"name": "orders-tls", "namespace": "grpc-template"}})
+        self.assertFails(expose, "production exposes the gateway through your ingress only",
+                         "a Secret in the rendered manifests")
 
 
 if __name__ == "__main__":

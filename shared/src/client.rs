@@ -18,13 +18,14 @@ pub type Channel = ClientRpc<tonic::transport::Channel>;
 pub fn channel(uri: Uri, config: &ClientConfig) -> Channel {
     let host = uri.host().unwrap_or_default().to_owned();
     let port = uri.port_u16();
-    let channel = Endpoint::from(uri)
+    let endpoint = Endpoint::from(uri)
         .connect_timeout(config.connect_timeout)
         .timeout(config.request_timeout)
         .tcp_nodelay(true)
         // Detect dead peers (a node gone without a FIN) instead of waiting for TCP.
         .http2_keep_alive_interval(std::time::Duration::from_secs(30))
-        .keep_alive_timeout(std::time::Duration::from_secs(10))
-        .connect_lazy();
+        .keep_alive_timeout(std::time::Duration::from_secs(10));
+    // TLS for https:// upstreams (GRPC_CLIENT_TLS_*); http:// ones stay plaintext.
+    let channel = crate::tls::client_endpoint(endpoint, &host, config).connect_lazy();
     ClientRpc::new(channel, &host, port)
 }

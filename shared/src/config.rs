@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use http::Uri;
 
+use crate::tls::{ClientTls, ServerTls};
+
 /// A snapshot of environment variables. Empty values count as unset, because
 /// Kubernetes manifests and shells often set `VAR=""` to mean "use the default".
 #[derive(Clone, Debug, Default)]
@@ -118,21 +120,90 @@ impl Env {
         })
     }
 
-    /// The address of another service, e.g. `http://inventory:50052`.
+    /// The contents of the file whose path is in `name` (a PEM certificate, a key), or
+    /// `None` when unset. Read whole at start-up: a missing or unreadable file fails
+    /// there, naming the variable, and so do the errors of [`ConfigFile::invalid`].
+    pub fn file(&self, name: &str) -> Result<Option<ConfigFile>, ConfigError> {
+        let Some(path) = self.get(name) else {
+            return Ok(None);
+        };
+        let file = ConfigFile {
+            var: name.to_owned(),
+            path: path.to_owned(),
+            contents: Vec::new(),
+        };
+        match std::fs::read(path) {
+            Ok(contents) => Ok(Some(ConfigFile { contents, ..file })),
+            Err(error) => Err(file.invalid(format!("a readable file ({error})"))),
+        }
+    }
+
+    /// The address of another service: `http://inventory:50052`, or with TLS
+    /// `https://inventory:50052`, which needs `GRPC_CLIENT_TLS_CA_FILE` (the CA its
+    /// certificate must come from) and a host that can name a TLS server.
     pub fn upstream(&self, name: &str, default: &str) -> Result<Uri, ConfigError> {
+        let https_allowed = self.get("GRPC_CLIENT_TLS_CA_FILE").is_some();
+        let expected = if https_allowed {
+            "an address like http://inventory:50052 or https://inventory:50052"
+        } else {
+            "an address like http://inventory:50052 (https:// needs GRPC_CLIENT_TLS_CA_FILE)"
+        };
         let default = default
             .parse()
             .expect("default upstream address is a valid URI");
-        self.parse_with(
-            name,
-            default,
-            "an address like http://inventory:50052",
-            |v| {
-                let uri: Uri = v.parse().ok()?;
-                let scheme_ok = uri.scheme_str() == Some("http");
-                (scheme_ok && uri.host().is_some() && uri.port_u16().is_some()).then_some(uri)
-            },
-        )
+        self.parse_with(name, default, expected, |v| {
+            let uri: Uri = v.parse().ok()?;
+            let scheme_ok = match uri.scheme_str() {
+                Some("http") => true,
+                Some("https") => https_allowed && crate::tls::is_valid_server_name(&uri),
+                _ => false,
+            };
+            (scheme_ok && uri.host().is_some() && uri.port_u16().is_some()).then_some(uri)
+        })
+    }
+
+    /// Like [`Env::upstream`], but plaintext `http://` only: for clients that are not
+    /// built on [`crate::client::channel`] and so cannot speak TLS (the OTLP exporter).
+    pub fn http_upstream(&self, name: &str, default: &str) -> Result<Uri, ConfigError> {
+        let uri = self.upstream(name, default)?;
+        if uri.scheme_str() == Some("http") {
+            return Ok(uri);
+        }
+        Err(ConfigError {
+            var: name.to_owned(),
+            value: self.get(name).unwrap_or_default().to_owned(),
+            expected: "an address like http://127.0.0.1:4317 (plaintext only)".to_owned(),
+        })
+    }
+}
+
+/// A file named by a variable ([`Env::file`]).
+#[derive(Clone)]
+pub struct ConfigFile {
+    /// The variable holding the path.
+    pub var: String,
+    pub path: String,
+    pub contents: Vec<u8>,
+}
+
+impl ConfigFile {
+    /// An error saying what this file should have held.
+    pub fn invalid(&self, expected: impl Into<String>) -> ConfigError {
+        ConfigError {
+            var: self.var.clone(),
+            value: self.path.clone(),
+            expected: expected.into(),
+        }
+    }
+}
+
+/// Paths only: the contents may be secret.
+impl fmt::Debug for ConfigFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConfigFile")
+            .field("var", &self.var)
+            .field("path", &self.path)
+            .finish_non_exhaustive()
     }
 }
 
@@ -147,7 +218,7 @@ impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Env {
     }
 }
 
-fn parse_duration(value: &str) -> Option<Duration> {
+pub(crate) fn parse_duration(value: &str) -> Option<Duration> {
     let split = value
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(value.len());
@@ -202,12 +273,25 @@ pub struct ServerConfig {
     /// `SHUTDOWN_GRACE_PERIOD`: how long in-flight calls may take to finish once the
     /// server stops accepting (default `10s`).
     pub shutdown_grace_period: Duration,
+    /// `GRPC_TLS_*`: TLS, or mutual TLS, on the gRPC port (default off).
+    pub tls: Option<ServerTls>,
+    /// `HEALTH_LISTEN_ADDR`: a plaintext port serving `grpc.health.v1.Health` and
+    /// nothing else, for probes that cannot speak TLS (Kubernetes' gRPC probes). Served
+    /// only with TLS, at `0.0.0.0:<admin port + 100>` by default; without TLS the
+    /// probes use the gRPC port and this is `None`.
+    pub health_addr: Option<SocketAddr>,
 }
 
 impl ServerConfig {
     /// Reads the server settings; `port` and `admin_port` are the service's local ports.
     pub fn from_env(env: &Env, port: u16, admin_port: u16) -> Result<Self, ConfigError> {
         let any = |port| SocketAddr::from(([0, 0, 0, 0], port));
+        let tls = ServerTls::from_env(env)?;
+        // Port 0 (tests) stays 0: a free port, like the others.
+        let health_port = match admin_port {
+            0 => 0,
+            port => port.saturating_add(100),
+        };
         Ok(Self {
             listen_addr: env.socket_addr("LISTEN_ADDR", any(port))?,
             admin_addr: env.socket_addr("ADMIN_LISTEN_ADDR", any(admin_port))?,
@@ -229,6 +313,11 @@ impl ServerConfig {
             shutdown_delay: env.duration("SHUTDOWN_DELAY", Duration::ZERO)?,
             shutdown_grace_period: env
                 .duration("SHUTDOWN_GRACE_PERIOD", Duration::from_secs(10))?,
+            tls: tls.clone(),
+            health_addr: {
+                let addr = env.socket_addr("HEALTH_LISTEN_ADDR", any(health_port))?;
+                tls.is_some().then_some(addr)
+            },
         })
     }
 }
@@ -245,6 +334,9 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// `GRPC_CLIENT_TIMEOUT`: deadline of each outgoing call (default `5s`).
     pub request_timeout: Duration,
+    /// `GRPC_CLIENT_TLS_*`: how `https://` upstreams are called (default: none, and
+    /// [`Env::upstream`] refuses `https://`).
+    pub tls: Option<ClientTls>,
 }
 
 impl ClientConfig {
@@ -252,6 +344,7 @@ impl ClientConfig {
         Ok(Self {
             connect_timeout: env.duration("GRPC_CLIENT_CONNECT_TIMEOUT", Duration::from_secs(2))?,
             request_timeout: env.duration("GRPC_CLIENT_TIMEOUT", Duration::from_secs(5))?,
+            tls: ClientTls::from_env(env)?,
         })
     }
 }
@@ -288,6 +381,20 @@ mod tests {
         assert_eq!(config.max_connection_age, None);
         assert_eq!(config.keepalive_interval, None);
         assert_eq!(config.tcp_keepalive, None);
+    }
+
+    #[test]
+    fn no_health_only_port_without_tls() {
+        let config = ServerConfig::from_env(&env(&[]), 1, 2).unwrap();
+        // Without TLS, probes use the gRPC port: no health-only port, even if set.
+        assert!(config.tls.is_none());
+        let e = env(&[("HEALTH_LISTEN_ADDR", "127.0.0.1:0")]);
+        assert!(
+            ServerConfig::from_env(&e, 1, 2)
+                .unwrap()
+                .health_addr
+                .is_none()
+        );
     }
 
     #[test]
@@ -341,6 +448,10 @@ mod tests {
             Some("inventory")
         );
         assert!(e.upstream("B", "http://127.0.0.1:1").is_err());
+        // https:// only with a CA to check the server's certificate against.
+        let https = env(&[("A", "https://inventory:50052")]);
+        let err = https.upstream("A", "http://127.0.0.1:1").unwrap_err();
+        assert!(err.to_string().contains("GRPC_CLIENT_TLS_CA_FILE"), "{err}");
         assert!(e.upstream("C", "http://127.0.0.1:1").is_err());
         assert_eq!(
             e.upstream("UNSET", "http://127.0.0.1:1")

@@ -12,13 +12,16 @@
 //! final NOT_SERVING so that a draining server is not held open by its watchers.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::WatchStream;
+use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_server::{self, HealthServer};
@@ -102,6 +105,26 @@ impl Health {
     pub fn service(&self) -> HealthServer<Self> {
         HealthServer::new(self.clone())
     }
+}
+
+/// Serves `health` (and nothing else: any other service is UNIMPLEMENTED) in plaintext
+/// on `listener` until `shutdown` resolves. This is the port for probes that cannot
+/// speak TLS while the gRPC port does: it shares the registry, so probes see readiness
+/// flip and the drain; [`Health::close`] ends its `Watch` streams with the others.
+pub async fn serve_plaintext(
+    listener: TcpListener,
+    health: Health,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    tonic::transport::Server::builder()
+        // Probes make one call at a time; a handful of streams is plenty, and the
+        // same guard against reset floods as the gRPC port.
+        .max_concurrent_streams(Some(16))
+        .http2_max_local_error_reset_streams(Some(1024))
+        .add_service(health.service())
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
 }
 
 #[tonic::async_trait]

@@ -8,6 +8,7 @@
 //! - [`server`]: the gRPC server: health, reflection, limits, deadlines, a span per
 //!   call, and graceful shutdown ([`Server`]).
 //! - [`client`]: channels for calling other services.
+//! - [`tls`]: TLS and mutual TLS between services (`GRPC_TLS_*`, `GRPC_CLIENT_TLS_*`).
 //! - [`db`]: PostgreSQL when `DATABASE_URL` is set: a pool in the service's schema,
 //!   migrated at start-up.
 //! - [`events`]: publishing and consuming events: NATS JetStream when `NATS_URL` is
@@ -37,6 +38,7 @@ pub mod shutdown;
 pub mod status;
 pub mod telemetry;
 pub mod testing;
+pub mod tls;
 pub mod validation;
 
 pub use config::{ClientConfig, ConfigError, Env, ServerConfig};

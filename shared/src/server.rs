@@ -17,7 +17,7 @@ use tower::Service;
 use crate::deadline::DeadlineLayer;
 use crate::limit::LoadShedLayer;
 use crate::rpc::ServerLayer;
-use crate::{Error, Health, ServerConfig, lifecycle};
+use crate::{Error, Health, ServerConfig, health, lifecycle};
 
 const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
 const REFLECTION_V1: &str = "grpc.reflection.v1.ServerReflection";
@@ -71,6 +71,10 @@ impl ServerBuilder {
 
         let (listener, local_addr) = bind(self.config.listen_addr).await?;
         let (admin_listener, admin_addr) = bind(self.config.admin_addr).await?;
+        let health_listener = match self.config.health_addr {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
         Ok(Server {
             name: self.name,
             config: self.config,
@@ -78,6 +82,7 @@ impl ServerBuilder {
             local_addr,
             admin_listener,
             admin_addr,
+            health_listener,
             routes: self.routes.routes(),
             services: self.services,
             health,
@@ -121,6 +126,8 @@ pub struct Server {
     local_addr: SocketAddr,
     admin_listener: TcpListener,
     admin_addr: SocketAddr,
+    /// The plaintext health-only port (`HEALTH_LISTEN_ADDR`), when there is one.
+    health_listener: Option<(TcpListener, SocketAddr)>,
     routes: Routes,
     /// The application services, by full name.
     services: Vec<&'static str>,
@@ -150,6 +157,11 @@ impl Server {
         self.admin_addr
     }
 
+    /// The bound address of the plaintext health-only port, if it is served.
+    pub fn health_addr(&self) -> Option<SocketAddr> {
+        self.health_listener.as_ref().map(|(_, addr)| *addr)
+    }
+
     /// The health registry, e.g. for a test that watches the shutdown sequence.
     pub fn health(&self) -> &Health {
         &self.health
@@ -170,6 +182,7 @@ impl Server {
             local_addr: addr,
             admin_listener,
             admin_addr,
+            health_listener,
             routes,
             services,
             health,
@@ -178,7 +191,9 @@ impl Server {
         let incoming = TcpIncoming::from(listener)
             .with_nodelay(Some(true))
             .with_keepalive(config.tcp_keepalive);
-        let mut server = tonic::transport::Server::builder()
+        // TLS (or mutual TLS) when GRPC_TLS_CERT_FILE is set; handshakes are bounded.
+        let mut server = crate::tls::server_builder(config.tls.as_ref())
+            .map_err(|source| Error::Serve { addr, source })?
             // tonic advertises no limit by default: one client could open unbounded
             // streams on a single connection.
             .max_concurrent_streams(config.max_concurrent_streams)
@@ -220,13 +235,32 @@ impl Server {
                 draining.cancel();
             },
         };
-        let serve = |drain: oneshot::Receiver<()>| {
-            server.serve_with_incoming_shutdown(incoming, async {
+        let probes = health.clone();
+        let serve = |drain: oneshot::Receiver<()>| async move {
+            // One drain signal for the gRPC port and the health-only port.
+            let stop = CancellationToken::new();
+            let relay = async {
                 let _ = drain.await;
-            })
+                stop.cancel();
+                Ok(())
+            };
+            let grpc = async {
+                server
+                    .serve_with_incoming_shutdown(incoming, stop.cancelled())
+                    .await
+                    .map_err(|source| Error::Serve { addr, source })
+            };
+            let health_port = async {
+                let Some((listener, addr)) = health_listener else {
+                    return Ok(());
+                };
+                tracing::info!(service = name, %addr, "serving plaintext health");
+                health::serve_plaintext(listener, probes, stop.cancelled())
+                    .await
+                    .map_err(|source| Error::Serve { addr, source })
+            };
+            tokio::try_join!(grpc, health_port, relay).map(|_| ())
         };
-        lifecycle::run(name, &config, admin_listener, shutdown, serve, hooks)
-            .await
-            .map_err(|source| Error::Serve { addr, source })
+        lifecycle::run(name, &config, admin_listener, shutdown, serve, hooks).await
     }
 }

@@ -149,7 +149,7 @@ impl TracingConfig {
         };
         let endpoint = match endpoint_var {
             Some(var) => {
-                env.upstream(var, "http://127.0.0.1:4317")?;
+                env.http_upstream(var, "http://127.0.0.1:4317")?;
                 env.get(var).map(str::to_owned)
             }
             None => None,

@@ -75,11 +75,12 @@ impl TestServer {
 }
 
 /// An environment for a test server: free ports on 127.0.0.1 (`LISTEN_ADDR`,
-/// `ADMIN_LISTEN_ADDR`) plus `pairs`.
+/// `ADMIN_LISTEN_ADDR`, and `HEALTH_LISTEN_ADDR` used with TLS) plus `pairs`.
 pub fn env<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Env {
     [
         ("LISTEN_ADDR", "127.0.0.1:0"),
         ("ADMIN_LISTEN_ADDR", "127.0.0.1:0"),
+        ("HEALTH_LISTEN_ADDR", "127.0.0.1:0"),
     ]
     .into_iter()
     .chain(pairs)

@@ -108,6 +108,8 @@ impl Stack {
             env.clone()
                 .with("LISTEN_ADDR", ports.listen_addr(port))
                 .with("ADMIN_LISTEN_ADDR", ports.listen_addr(admin_port))
+                // Served with TLS only: the plaintext health-only port.
+                .with("HEALTH_LISTEN_ADDR", ports.listen_addr(admin_port + 100))
         };
 
         // Upstreams first: a service's upstream addresses are the bound ones.
@@ -135,6 +137,8 @@ impl Stack {
         let notifications = notifications::build(config, &bus).await?;
         // remove-service: notifications }
 
+        // The services' upstream URIs: https:// when they call each other over TLS.
+        let uri = |addr| upstream(env, addr);
         let inventory_for_orders = wiring
             .inventory_for_orders
             .unwrap_or(inventory.local_addr());
@@ -270,9 +274,19 @@ fn dial(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-/// The upstream URI of a bound service, for `*_ADDR` variables.
+/// The URI of a bound service.
 fn uri(addr: SocketAddr) -> String {
     format!("http://{}", dial(addr))
+}
+
+/// The upstream URI of a bound gRPC service, for `*_ADDR` variables: `https://` when
+/// the services call each other over TLS (`GRPC_CLIENT_TLS_CA_FILE` is set).
+fn upstream(env: &Env, addr: SocketAddr) -> String {
+    let scheme = match env.get("GRPC_CLIENT_TLS_CA_FILE") {
+        Some(_) => "https",
+        None => "http",
+    };
+    format!("{scheme}://{}", dial(addr))
 }
 
 #[cfg(test)]
