@@ -102,28 +102,29 @@ fn auth(env: &Env) -> Result<Option<Auth>, ConfigError> {
         value: value.to_owned(),
         expected,
     };
+    let (issuer, audience) = (env.get(ISSUER), env.get(AUDIENCE));
     let Some(path) = env.get(KEYS) else {
         // Half a configuration would silently leave the gateway open.
-        for var in [ISSUER, AUDIENCE] {
-            if let Some(value) = env.get(var) {
-                return Err(error(var, value, format!("to be unset while {KEYS} is")));
-            }
+        if let Some((var, value)) = [(ISSUER, issuer), (AUDIENCE, audience)]
+            .into_iter()
+            .find_map(|(var, value)| Some((var, value?)))
+        {
+            return Err(error(var, value, format!("to be unset while {KEYS} is")));
         }
         return Ok(None);
     };
     let required = |var: &str| {
-        env.get(var).map(str::to_owned).ok_or_else(|| {
-            error(
-                var,
-                "",
-                format!("the value tokens must carry: required with {KEYS}"),
-            )
-        })
+        error(
+            var,
+            "",
+            format!("the value tokens must carry: required with {KEYS}"),
+        )
     };
-    let (issuer, audience) = (required(ISSUER)?, required(AUDIENCE)?);
+    let issuer = issuer.ok_or_else(|| required(ISSUER))?;
+    let audience = audience.ok_or_else(|| required(AUDIENCE))?;
     let jwks = std::fs::read_to_string(path)
         .map_err(|e| error(KEYS, path, format!("a readable JWKS file ({e})")))?;
-    let authenticator = Authenticator::from_jwks(&jwks, &issuer, &audience).map_err(|e| {
+    let authenticator = Authenticator::from_jwks(&jwks, issuer, audience).map_err(|e| {
         error(
             KEYS,
             path,
