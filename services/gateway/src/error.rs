@@ -47,7 +47,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::response::{IntoResponse, Response};
 use http::header::{RETRY_AFTER, WWW_AUTHENTICATE};
-use http::{HeaderMap, HeaderValue, StatusCode};
+use http::{HeaderName, HeaderValue, StatusCode};
 use serde::Serialize;
 use shared::ValidationError;
 use tonic::{Code, Status};
@@ -61,8 +61,9 @@ pub(crate) struct ApiError {
     message: String,
     details: Vec<Detail>,
     /// Headers the status calls for: `WWW-Authenticate` on 401 and 403 (RFC 6750),
-    /// `Retry-After` on 429.
-    headers: HeaderMap,
+    /// `Retry-After` on 429. (A list, not a `HeaderMap`: this error is the `Err` of
+    /// every handler, and small is cheap to return.)
+    headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 /// One entry of `details`.
@@ -228,17 +229,15 @@ impl ApiError {
             code,
             message: message.into(),
             details: Vec::new(),
-            headers: HeaderMap::new(),
+            headers: Vec::new(),
         }
     }
 
     /// The same error with header `name` set to `value`, which is made of visible
     /// ASCII by every caller.
-    fn with_header(mut self, name: http::HeaderName, value: String) -> Self {
+    fn with_header(mut self, name: HeaderName, value: String) -> Self {
         match HeaderValue::try_from(value) {
-            Ok(value) => {
-                self.headers.insert(name, value);
-            }
+            Ok(value) => self.headers.push((name, value)),
             Err(error) => tracing::error!(%name, %error, "an error header that is no header value"),
         }
         self
@@ -416,8 +415,9 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = Json(self.body()).into_response();
-        (self.http, self.headers, body).into_response()
+        let mut response = (self.http, Json(self.body())).into_response();
+        response.headers_mut().extend(self.headers);
+        response
     }
 }
 
