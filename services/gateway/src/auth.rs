@@ -45,7 +45,7 @@ use crate::rate_limit::{Client, RateLimiter};
 /// Clock skew allowed between the token's issuer and the gateway, on `exp` and `nbf`.
 pub const LEEWAY_SECONDS: u64 = 30;
 
-/// The scopes of the gateway's own routes (notifications declares its own).
+/// The scopes of the routes of http.rs (a module of one upstream declares its own).
 pub(crate) const INVENTORY_READ: &str = "inventory:read";
 pub(crate) const ORDERS_READ: &str = "orders:read";
 pub(crate) const ORDERS_WRITE: &str = "orders:write";

@@ -279,12 +279,14 @@ async fn each_route_needs_its_scope() {
     let response = get(&http, &path, Some(&issuer.token("alice", "orders:read"))).await;
     assert_eq!(response.status, StatusCode::OK, "{:?}", response.body);
 
+    // remove-service: notifications {
     // Notifications: notifications:read.
     let path = "/v1/customers/cus-auth/notifications";
     let response = get(&http, path, Some(&issuer.token("alice", "orders:read"))).await;
     error(&response, StatusCode::FORBIDDEN, "PERMISSION_DENIED");
     let response = get(&http, path, Some(&everything)).await;
     assert_eq!(response.status, StatusCode::OK, "{:?}", response.body);
+    // remove-service: notifications }
 
     // With a valid token, an unknown route is a plain 404.
     let response = get(&http, "/v1/secrets", Some(&everything)).await;
