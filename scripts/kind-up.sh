@@ -5,7 +5,9 @@
 #   2. creates the cluster from k8s/kind-config.yaml unless it exists;
 #   3. builds one image per service from the Dockerfile and loads it into the node;
 #   4. creates the Secret of the database's passwords unless it exists (random values,
-#      kept by later runs: the database has them), then applies k8s/overlays/kind, each
+#      kept by later runs: the database has them) and the gateway's token keys unless
+#      they exist (a generated Ed25519 key pair: the public JWKS the gateway mounts,
+#      the private key kept apart for kind-smoke.sh), then applies k8s/overlays/kind, each
 #      image under a tag made of its image ID, so that a rebuilt image rolls out and an
 #      unchanged one does not;
 #   5. waits for every rollout, the broker and the database first (on failure: pods,
@@ -47,6 +49,10 @@ tls="${KIND_TLS:-0}"
 # every secretKeyRef of the manifests names one of these keys.
 db_secret=postgres-credentials
 db_secret_keys=(postgres-password orders-password inventory-password payments-password notifications-password)
+# The gateway's token keys (scripts/dev-jwt.sh keys): the JWKS it mounts (k8s/base/gateway.yaml)
+# and, in a Secret no pod mounts, the private key that kind-smoke.sh signs its tokens with.
+jwt_keys_secret=gateway-jwt-keys
+jwt_signer_secret=gateway-jwt-signer
 
 step=0
 steps=6
@@ -242,6 +248,34 @@ create_tls_secrets() {
   "${kctl[@]}" rollout restart deployment >/dev/null 2>&1 || true
 }
 
+# The gateway's key pair, unless both Secrets exist. A new pair replaces both, and a
+# gateway already running is restarted after the apply (it reads its keys at start-up).
+create_jwt_keys() {
+  local kctl=(kubectl --context "$context" -n "$namespace") dir
+  if "${kctl[@]}" get secret "$jwt_keys_secret" >/dev/null 2>&1 &&
+    "${kctl[@]}" get secret "$jwt_signer_secret" >/dev/null 2>&1; then
+    log "secrets $jwt_keys_secret and $jwt_signer_secret exist: keeping the gateway's token keys"
+    return 0
+  fi
+  dir="$(mktemp -d)"
+  "$root/scripts/dev-jwt.sh" keys "$dir"
+  "${kctl[@]}" create secret generic "$jwt_keys_secret" --from-file=jwks.json="$dir/jwks.json" \
+    --dry-run=client -o yaml |
+    kubectl label --local -f - -o yaml app.kubernetes.io/part-of=grpc-rust-template \
+      app.kubernetes.io/component=gateway |
+    "${kctl[@]}" apply -f - >/dev/null
+  "${kctl[@]}" create secret generic "$jwt_signer_secret" --from-file=private.pem="$dir/private.pem" \
+    --dry-run=client -o yaml |
+    kubectl label --local -f - -o yaml app.kubernetes.io/part-of=grpc-rust-template \
+      app.kubernetes.io/component=gateway |
+    "${kctl[@]}" apply -f - >/dev/null
+  rm -rf "$dir"
+  if "${kctl[@]}" get deployment gateway >/dev/null 2>&1; then
+    restart_gateway=1
+  fi
+  log "secrets $jwt_keys_secret (JWKS) and $jwt_signer_secret (its private key) created from a new Ed25519 key pair"
+}
+
 diagnose() {
   local workload="$1" name="${1#*/}"
   echo "--- pods" >&2
@@ -276,9 +310,15 @@ create_cluster
 progress "images: ${services[*]}"
 build_and_load
 progress "apply $overlay (namespace $namespace)"
+restart_gateway=0
 create_secrets
 create_tls_secrets
+create_jwt_keys
 deploy
+if ((restart_gateway)); then
+  log "new token keys: restarting the gateway"
+  kubectl --context "$context" -n "$namespace" rollout restart deployment/gateway
+fi
 progress "rollouts"
 wait_for_rollouts
 progress "smoke test"
@@ -286,7 +326,10 @@ KIND_CLUSTER="$cluster" "$root/scripts/kind-smoke.sh"
 
 printf '\nkind-up: the system runs in kind (context %s, namespace %s):\n' "$context" "$namespace"
 cat <<EOF
-  curl -s http://127.0.0.1:30080/v1/products
+  # a token for the gateway (scripts/dev-jwt.sh; k8s/base/gateway.yaml names its issuer and audience):
+  kubectl --context $context -n $namespace get secret $jwt_signer_secret -o jsonpath='{.data.private\.pem}' | base64 -d >target/kind-jwt.pem
+  TOKEN=\$(scripts/dev-jwt.sh token target/kind-jwt.pem https://issuer.grpc-template.local grpc-template-gateway me "inventory:read orders:read orders:write")
+  curl -s -H "Authorization: Bearer \$TOKEN" http://127.0.0.1:30080/v1/products
   kubectl --context $context -n $namespace get pods
   kubectl --context $context -n $namespace port-forward svc/inventory 50052:50052   # then grpcurl -plaintext 127.0.0.1:50052 list (KIND_TLS=1: see README, Security)
   make kind-down   # deletes the cluster

@@ -207,6 +207,9 @@ impl Launcher {
             ("LOG_FORMAT", "json".to_owned()),
             ("RUST_LOG", "info".to_owned()),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", self.otlp.clone()),
+            // The load generator is one client at thousands of requests per second:
+            // the gateway's limit per client (read by it alone) would measure itself.
+            ("GATEWAY_RATE_LIMIT", "0".to_owned()),
         ];
         if sampler == SDK_DISABLED {
             env.push(("OTEL_SDK_DISABLED", "true".to_owned()));

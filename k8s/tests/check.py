@@ -11,7 +11,8 @@ Contract, for each Deployment (one per service, named like services/<name>):
 - env: every variable set is one the binary reads, or one that a later variable the
   binary reads expands as `$(NAME)`; every required one is set (k8s/tests/envvars.py
   derives both from the Rust source); values are literal or a `secretKeyRef` (whose
-  Secret is in the manifests or made by scripts/kind-up.sh); every `$(NAME)` names a
+  Secret is in the manifests or made by scripts/kind-up.sh; so are the Secrets mounted
+  as volumes, whose `items` name their keys); every `$(NAME)` names a
   variable defined earlier in the list (Kubernetes leaves the others unexpanded);
   StatefulSets (the broker, the database) have readiness and liveness probes;
 - ports: the serving port is named `grpc` for a service with protos, else `http`, and
@@ -184,6 +185,25 @@ def check_expansion(m: Manifests, workload: dict, f: Failures) -> None:
             made = KIND_UP.read_text() if KIND_UP.exists() else ""
             f.check(all(re.search(r"(?<![\w-])%s(?![\w-])" % re.escape(word), made) for word in (secret, key)), w,
                     f"env {var}: Secret {secret} (key {key}) is neither in the manifests nor made by scripts/kind-up.sh")
+    # Secrets mounted as files: likewise, each key the volume names.
+    for volume in pod_spec(workload).get("volumes") or []:
+        secret = (volume.get("secret") or {}).get("secretName")
+        if secret is None:
+            continue
+        keys = [item["key"] for item in volume["secret"].get("items") or []]
+        f.check(bool(keys), w, f"volume {volume['name']}: Secret {secret} without `items`: list the keys the "
+                "container reads, so that the checks and the manifest-driven run know them")
+        obj = m.get("Secret", secret)
+        if obj is not None:
+            present = set(obj.get("data") or {}) | set(obj.get("stringData") or {})
+            for key in keys:
+                f.check(key in present, w, f"volume {volume['name']}: Secret {secret} has no key {key}")
+            continue
+        made = KIND_UP.read_text() if KIND_UP.exists() else ""
+        for key in keys:
+            f.check(all(re.search(r"(?<![\w-])%s(?![\w-])" % re.escape(word), made) for word in (secret, key)), w,
+                    f"volume {volume['name']}: Secret {secret} (key {key}) is neither in the manifests nor made by "
+                    "scripts/kind-up.sh")
 
 
 def listening_ports(name: str, env: dict[str, str]) -> dict[int, str]:

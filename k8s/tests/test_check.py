@@ -123,6 +123,13 @@ class ContractTest(unittest.TestCase):
             self.assertFails(edit, "Secret postgres-credentials (key order-password) is neither in the manifests "
                              "nor made by scripts/kind-up.sh", "uses valueFrom ['configMapKeyRef']")
 
+    def test_secret_volumes_come_from_kind_up_or_the_manifests(self):
+        def edit(m):
+            for volume in pod_spec(m.get("Deployment", "gateway"))["volumes"]:
+                volume["secret"]["items"][0]["key"] = "keys.json"
+        self.assertFails(edit, "Secret gateway-jwt-keys (key keys.json) is neither in the manifests nor made by "
+                         "scripts/kind-up.sh")
+
     def test_statefulsets_are_checked(self):
         def edit(m):
             s = m.get("StatefulSet", "postgres")

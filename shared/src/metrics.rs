@@ -14,7 +14,9 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, Registry, TextEncoder};
+use prometheus::{Encoder, HistogramOpts, HistogramVec, Opts, Registry, TextEncoder};
+
+pub use prometheus::IntCounterVec;
 
 /// Which end of a call is measured.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,6 +101,19 @@ fn code_label(code: i32) -> &'static str {
         .and_then(|i| CODES.get(i))
         .copied()
         .unwrap_or("2")
+}
+
+/// A counter family of a service's own, registered in the process's registry so that
+/// `/metrics` shows it. Call it once per name (e.g. in a `LazyLock`): a second
+/// registration of the same name panics. Keep label values to a fixed set.
+pub fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let counter =
+        IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+    metrics()
+        .registry
+        .register(Box::new(counter.clone()))
+        .expect("metric registered once");
+    counter
 }
 
 /// Every metric in the Prometheus text exposition format (version 0.0.4).

@@ -1,7 +1,11 @@
 //! Settings, read once at start-up.
 
+use std::path::PathBuf;
+
 use http::Uri;
 use shared::{ClientConfig, ConfigError, Env, ServerConfig};
+
+use crate::auth::Authenticator;
 
 /// The local HTTP port, and the default of `LISTEN_ADDR`.
 pub const PORT: u16 = 8080;
@@ -11,6 +15,10 @@ pub const ADMIN_PORT: u16 = 9100;
 
 /// Default of `GATEWAY_MAX_BODY_BYTES`: an order of 100 items is about 5 KiB.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 << 10;
+
+/// Default of `GATEWAY_RATE_LIMIT`: requests per second per client, well above what
+/// one person clicking through an app sends, well below what one client's flood would.
+pub const DEFAULT_RATE_LIMIT: f64 = 100.0;
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -23,6 +31,33 @@ pub struct Config {
     /// `GATEWAY_MAX_BODY_BYTES`: largest request body accepted; larger ones get 413
     /// (default 64 KiB).
     pub max_body_bytes: usize,
+    /// Bearer tokens required on every route but the probes, when
+    /// `GATEWAY_JWT_KEYS_FILE` is set; `None`: authentication is off.
+    pub auth: Option<Auth>,
+    /// The rate limit per client; `None` when `GATEWAY_RATE_LIMIT` is 0.
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// JWT authentication (see `auth.rs`).
+#[derive(Clone, Debug)]
+pub struct Auth {
+    /// `GATEWAY_JWT_KEYS_FILE`: the JWKS file the keys were read from (e.g. a mounted
+    /// Secret), for the start-up log.
+    pub keys_file: PathBuf,
+    /// The keys of that file, and `GATEWAY_JWT_ISSUER` and `GATEWAY_JWT_AUDIENCE`,
+    /// which tokens must name (both required with the file).
+    pub authenticator: Authenticator,
+}
+
+/// A token bucket per client (see `rate_limit.rs`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RateLimit {
+    /// `GATEWAY_RATE_LIMIT`: requests per second, sustained (default 100; 0 turns the
+    /// limit off; fractions such as 0.5 allowed).
+    pub per_second: f64,
+    /// `GATEWAY_RATE_LIMIT_BURST`: requests at once after a quiet period (default:
+    /// twice the rate, at least 1).
+    pub burst: u32,
 }
 
 /// Where the services the gateway calls listen.
@@ -52,8 +87,67 @@ impl Config {
                 1024,
                 16 << 20,
             )?,
+            auth: auth(env)?,
+            rate_limit: rate_limit(env)?,
         })
     }
+}
+
+fn auth(env: &Env) -> Result<Option<Auth>, ConfigError> {
+    const KEYS: &str = "GATEWAY_JWT_KEYS_FILE";
+    const ISSUER: &str = "GATEWAY_JWT_ISSUER";
+    const AUDIENCE: &str = "GATEWAY_JWT_AUDIENCE";
+    let error = |var: &str, value: &str, expected: String| ConfigError {
+        var: var.to_owned(),
+        value: value.to_owned(),
+        expected,
+    };
+    let (issuer, audience) = (env.get(ISSUER), env.get(AUDIENCE));
+    let Some(path) = env.get(KEYS) else {
+        // Half a configuration would silently leave the gateway open.
+        if let Some((var, value)) = [(ISSUER, issuer), (AUDIENCE, audience)]
+            .into_iter()
+            .find_map(|(var, value)| Some((var, value?)))
+        {
+            return Err(error(var, value, format!("to be unset while {KEYS} is")));
+        }
+        return Ok(None);
+    };
+    let required = |var: &str| {
+        error(
+            var,
+            "",
+            format!("the value tokens must carry: required with {KEYS}"),
+        )
+    };
+    let issuer = issuer.ok_or_else(|| required(ISSUER))?;
+    let audience = audience.ok_or_else(|| required(AUDIENCE))?;
+    let jwks = std::fs::read_to_string(path)
+        .map_err(|e| error(KEYS, path, format!("a readable JWKS file ({e})")))?;
+    let authenticator = Authenticator::from_jwks(&jwks, issuer, audience).map_err(|e| {
+        error(
+            KEYS,
+            path,
+            format!("a JWKS file (RFC 7517) of public signing keys ({e})"),
+        )
+    })?;
+    Ok(Some(Auth {
+        keys_file: path.into(),
+        authenticator,
+    }))
+}
+
+fn rate_limit(env: &Env) -> Result<Option<RateLimit>, ConfigError> {
+    let per_second = env.parse_with(
+        "GATEWAY_RATE_LIMIT",
+        DEFAULT_RATE_LIMIT,
+        "requests per second per client: a number from 0 (no limit) to 1000000",
+        |v| v.parse::<f64>().ok().filter(|n| (0.0..=1e6).contains(n)),
+    )?;
+    // Twice the rate: room for a page that fires its requests at once.
+    let default_burst = (per_second * 2.0).ceil().max(1.0) as u32;
+    let burst = env.int_in("GATEWAY_RATE_LIMIT_BURST", default_burst, 1, 1_000_000)?;
+    Ok((per_second > 0.0).then_some(RateLimit { per_second, burst }))
 }
 
 #[cfg(test)]
@@ -68,6 +162,62 @@ mod tests {
         assert_eq!(config.upstreams.inventory.port_u16(), Some(50052));
         assert_eq!(config.upstreams.notifications.port_u16(), Some(50054)); // remove-service: notifications
         assert_eq!(config.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+        assert!(config.auth.is_none());
+        let limit = config.rate_limit.unwrap();
+        assert_eq!((limit.per_second, limit.burst), (DEFAULT_RATE_LIMIT, 200));
+    }
+
+    #[test]
+    fn a_rate_of_zero_turns_the_limit_off() {
+        let env: Env = [("GATEWAY_RATE_LIMIT", "0")].into_iter().collect();
+        assert!(Config::from_env(&env).unwrap().rate_limit.is_none());
+        let env: Env = [("GATEWAY_RATE_LIMIT", "0.5")].into_iter().collect();
+        let limit = Config::from_env(&env).unwrap().rate_limit.unwrap();
+        assert_eq!((limit.per_second, limit.burst), (0.5, 1));
+    }
+
+    #[test]
+    fn auth_needs_all_three_variables() {
+        let dir = std::env::temp_dir().join(format!("gateway-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let keys = dir.join("jwks.json");
+        let jwks = r#"{"keys": [{"kty": "OKP", "crv": "Ed25519", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#;
+        std::fs::write(&keys, jwks).unwrap();
+        let not_json = dir.join("not.json");
+        std::fs::write(&not_json, "-----BEGIN PUBLIC KEY-----").unwrap();
+        let (keys, not_json) = (keys.to_str().unwrap(), not_json.to_str().unwrap());
+        let all = [
+            ("GATEWAY_JWT_KEYS_FILE", keys),
+            ("GATEWAY_JWT_ISSUER", "https://issuer.example"),
+            ("GATEWAY_JWT_AUDIENCE", "gateway"),
+        ];
+        let config = Config::from_env(&all.into_iter().collect()).unwrap();
+        assert_eq!(config.auth.unwrap().authenticator.key_count(), 1);
+        // Each one missing, and the file unreadable or not a JWKS: named in the error.
+        for (i, var) in [
+            "GATEWAY_JWT_ISSUER",
+            "GATEWAY_JWT_AUDIENCE",
+            "GATEWAY_JWT_KEYS_FILE",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut some = all.to_vec();
+            some.remove((i + 1) % 3);
+            let message = Config::from_env(&some.into_iter().collect())
+                .unwrap_err()
+                .to_string();
+            assert!(message.contains(var), "{message}");
+        }
+        for path in ["/nonexistent/jwks.json", not_json] {
+            let mut env = all.to_vec();
+            env[0].1 = path;
+            let message = Config::from_env(&env.into_iter().collect())
+                .unwrap_err()
+                .to_string();
+            assert!(message.contains("GATEWAY_JWT_KEYS_FILE"), "{message}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -75,6 +225,9 @@ mod tests {
         for (var, value) in [
             ("ORDERS_ADDR", "orders:50051"),
             ("GATEWAY_MAX_BODY_BYTES", "1"),
+            ("GATEWAY_RATE_LIMIT", "-1"),
+            ("GATEWAY_RATE_LIMIT", "fast"),
+            ("GATEWAY_RATE_LIMIT_BURST", "0"),
         ] {
             let env: Env = [(var, value)].into_iter().collect();
             let message = Config::from_env(&env).unwrap_err().to_string();

@@ -42,9 +42,12 @@
 //! address, a panic message), so the caller gets a fixed message and the log gets
 //! the status.
 
+use std::time::Duration;
+
 use axum::Json;
 use axum::response::{IntoResponse, Response};
-use http::StatusCode;
+use http::header::{RETRY_AFTER, WWW_AUTHENTICATE};
+use http::{HeaderName, HeaderValue, StatusCode};
 use serde::Serialize;
 use shared::ValidationError;
 use tonic::{Code, Status};
@@ -57,6 +60,10 @@ pub(crate) struct ApiError {
     code: Code,
     message: String,
     details: Vec<Detail>,
+    /// Headers the status calls for: `WWW-Authenticate` on 401 and 403 (RFC 6750),
+    /// `Retry-After` on 429. (A list, not a `HeaderMap`: this error is the `Err` of
+    /// every handler, and small is cheap to return.)
+    headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 /// One entry of `details`.
@@ -154,6 +161,50 @@ impl ApiError {
         Self::new(StatusCode::METHOD_NOT_ALLOWED, Code::Unimplemented, message)
     }
 
+    /// 401 UNAUTHENTICATED. `problem` is `None` when the request carries no bearer
+    /// token at all: RFC 6750 (section 3.1) then asks for a bare challenge, without an
+    /// error code. Otherwise it is a short reason (e.g. "expired") that says which rule
+    /// the token breaks, never what the cryptography found.
+    pub(crate) fn unauthenticated(problem: Option<&str>) -> Self {
+        let (message, challenge) = match problem {
+            None => (
+                "this route requires a bearer token (Authorization: Bearer <JWT>)".to_owned(),
+                r#"Bearer realm="gateway""#.to_owned(),
+            ),
+            Some(problem) => (
+                format!("the bearer token is invalid: {problem}"),
+                format!(
+                    r#"Bearer realm="gateway", error="invalid_token", error_description="{problem}""#
+                ),
+            ),
+        };
+        Self::new(StatusCode::UNAUTHORIZED, Code::Unauthenticated, message)
+            .with_header(WWW_AUTHENTICATE, challenge)
+    }
+
+    /// 403 PERMISSION_DENIED: the token is valid but does not grant `scope`.
+    pub(crate) fn insufficient_scope(scope: &str) -> Self {
+        let message = format!("the bearer token does not grant the scope {scope:?}");
+        let challenge =
+            format!(r#"Bearer realm="gateway", error="insufficient_scope", scope="{scope}""#);
+        Self::new(StatusCode::FORBIDDEN, Code::PermissionDenied, message)
+            .with_header(WWW_AUTHENTICATE, challenge)
+    }
+
+    /// 429 RESOURCE_EXHAUSTED: the client sent more than its rate; it may try again
+    /// after `retry_after` (sent in whole seconds, rounded up).
+    pub(crate) fn rate_limited(retry_after: Duration) -> Self {
+        let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+        let seconds = seconds.max(1);
+        let message = format!("too many requests; try again in {seconds} s");
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            Code::ResourceExhausted,
+            message,
+        )
+        .with_header(RETRY_AFTER, seconds.to_string())
+    }
+
     /// The same error with each field path rewritten by `rename`, e.g. from the proto
     /// field names a service reports to the names of the JSON body.
     pub(crate) fn rename_fields(mut self, rename: impl Fn(&str) -> String) -> Self {
@@ -178,7 +229,18 @@ impl ApiError {
             code,
             message: message.into(),
             details: Vec::new(),
+            headers: Vec::new(),
         }
+    }
+
+    /// The same error with header `name` set to `value`, which is made of visible
+    /// ASCII by every caller.
+    fn with_header(mut self, name: HeaderName, value: String) -> Self {
+        match HeaderValue::try_from(value) {
+            Ok(value) => self.headers.push((name, value)),
+            Err(error) => tracing::error!(%name, %error, "an error header that is no header value"),
+        }
+        self
     }
 
     fn with_details(mut self, details: Vec<Detail>) -> Self {
@@ -353,7 +415,9 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.http, Json(self.body())).into_response()
+        let mut response = (self.http, Json(self.body())).into_response();
+        response.headers_mut().extend(self.headers);
+        response
     }
 }
 

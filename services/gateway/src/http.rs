@@ -1,14 +1,19 @@
 //! The REST routes: JSON in, one gRPC call, JSON out. The only file that sees axum's
 //! routing and extractors.
 //!
-//! | route | upstream call |
-//! |---|---|
-//! | `GET /v1/products?page_size=&page_token=` | `inventory.v1.InventoryService/ListProducts` |
-//! | `GET /v1/products/{sku}` | `inventory.v1.InventoryService/GetProduct` |
-//! | `POST /v1/orders` (`Idempotency-Key` header) | `orders.v1.OrderService/PlaceOrder` |
-//! | `GET /v1/orders/{id}` | `orders.v1.OrderService/GetOrder` |
-//! | `GET /healthz` | — (liveness: the process serves) |
-//! | `GET /readyz` | `grpc.health.v1.Health/Check` of each upstream |
+//! | route | scope | upstream call |
+//! |---|---|---|
+//! | `GET /v1/products?page_size=&page_token=` | `inventory:read` | `inventory.v1.InventoryService/ListProducts` |
+//! | `GET /v1/products/{sku}` | `inventory:read` | `inventory.v1.InventoryService/GetProduct` |
+//! | `POST /v1/orders` (`Idempotency-Key` header) | `orders:write` | `orders.v1.OrderService/PlaceOrder` |
+//! | `GET /v1/orders/{id}` | `orders:read` | `orders.v1.OrderService/GetOrder` |
+//! | `GET /healthz` | — | — (liveness: the process serves) |
+//! | `GET /readyz` | — | `grpc.health.v1.Health/Check` of each upstream |
+//!
+//! Every route but the two probes goes through admission (`auth.rs`): a bearer token
+//! when authentication is on (401), the client's rate (429), then the route's scope
+//! (403). The probes are answered whatever the load and without a token: the kubelet
+//! and load balancers have none.
 //!
 //! Routes that only one upstream backs live in a module named after it, merged here by
 //! one line, so that `make remove-service` takes them away with the service.
@@ -39,6 +44,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tracing::Instrument as _;
 
+use crate::auth::{self, Admission, INVENTORY_READ, ORDERS_READ, ORDERS_WRITE, scoped};
 use crate::dto::{self, NewOrder, Order, PageQuery, Product, ProductPage};
 use crate::error::ApiError;
 use crate::upstream::Upstreams;
@@ -60,24 +66,31 @@ pub(crate) fn router(
     upstreams: Upstreams,
     draining: CancellationToken,
     max_body_bytes: usize,
+    admission: Admission,
 ) -> Router {
     let state = AppState {
         upstreams,
         draining,
         max_body_bytes,
     };
-    Router::new()
-        .route("/v1/products", get(list_products))
-        .route("/v1/products/{sku}", get(get_product))
-        .route("/v1/orders", post(place_order))
-        .route("/v1/orders/{id}", get(get_order))
+    let api = Router::new()
+        .route("/v1/products", scoped(INVENTORY_READ, get(list_products)))
+        .route(
+            "/v1/products/{sku}",
+            scoped(INVENTORY_READ, get(get_product)),
+        )
+        .route("/v1/orders", scoped(ORDERS_WRITE, post(place_order)))
+        .route("/v1/orders/{id}", scoped(ORDERS_READ, get(get_order)))
         .merge(crate::notifications::routes()) // remove-service: notifications
+        // Unknown paths and methods get the JSON error shape too (axum keeps the
+        // `Allow` header on 405); behind admission, so that no route can be probed
+        // for without a token.
+        .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed);
+    // Authentication, rate and scope on every route above; none on the probes.
+    auth::Admission::layer(admission, api)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        // Unknown paths and methods get the JSON error shape too (axum keeps the
-        // `Allow` header on 405).
-        .fallback(no_route)
-        .method_not_allowed_fallback(method_not_allowed)
         // Bodies are read up to this many bytes, never more: beyond it, 413.
         .layer(DefaultBodyLimit::max(max_body_bytes))
         // One span per request; every line logged while handling it carries its fields.
@@ -109,6 +122,8 @@ async fn http_span(request: Request, next: Next) -> Response {
         http.route = route.as_deref(),
         url.path = request.uri().path(),
         http.response.status_code = tracing::field::Empty,
+        // The token's subject, when the request carries a valid one (auth.rs).
+        enduser.id = tracing::field::Empty,
     );
     shared::rpc::continue_trace(&span, request.headers());
     let response = next.run(request).instrument(span.clone()).await;

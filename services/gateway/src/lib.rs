@@ -4,6 +4,8 @@
 //!
 //! - `config.rs`: settings from the environment.
 //! - `http.rs`: the routes and their handlers (the only axum routing code).
+//! - `auth.rs`: bearer JWTs, scopes per route, and the admission of each request.
+//! - `rate_limit.rs`: the rate limit per client (GCRA).
 //! - `dto.rs`: the JSON shapes of requests and responses, and their proto conversions.
 //! - `error.rs`: the one mapping from gRPC statuses to HTTP errors, and the JSON error.
 //! - `upstream.rs`: a channel to each upstream service, and readiness over all of them.
@@ -13,14 +15,18 @@
 //! - `testing.rs`: an HTTP client for tests of the REST API.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod config;
 mod dto;
 mod error;
 mod http;
 mod notifications; // remove-service: notifications
+mod rate_limit;
 mod server;
 pub mod testing;
 mod upstream;
+
+use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
@@ -34,6 +40,29 @@ pub const NAME: &str = "gateway";
 pub async fn build(config: Config) -> Result<Server, shared::Error> {
     let draining = CancellationToken::new();
     let upstreams = upstream::Upstreams::new(&config.upstreams, &config.client);
-    let router = http::router(upstreams, draining.clone(), config.max_body_bytes);
+    match &config.auth {
+        Some(auth) => tracing::info!(
+            keys_file = %auth.keys_file.display(),
+            keys = auth.authenticator.key_count(),
+            "authentication on: bearer JWTs required on every route but /healthz and /readyz"
+        ),
+        None => tracing::warn!(
+            "authentication OFF: GATEWAY_JWT_KEYS_FILE is not set, so every route is open \
+             to anyone; set it (with GATEWAY_JWT_ISSUER and GATEWAY_JWT_AUDIENCE) anywhere \
+             but on your own machine"
+        ),
+    }
+    let admission = auth::Admission {
+        authenticator: config.auth.map(|auth| auth.authenticator),
+        limiter: config
+            .rate_limit
+            .map(|limit| Arc::new(rate_limit::RateLimiter::new(limit.per_second, limit.burst))),
+    };
+    let router = http::router(
+        upstreams,
+        draining.clone(),
+        config.max_body_bytes,
+        admission,
+    );
     Server::bind(NAME, &config.server, router, draining).await
 }

@@ -3,9 +3,9 @@
 //! the module in `lib.rs`, the routes in `http.rs`, the upstream in `upstream.rs`, and
 //! `NOTIFICATIONS_ADDR` in `config.rs`.
 //!
-//! | route | upstream call |
-//! |---|---|
-//! | `GET /v1/customers/{id}/notifications?page_size=&page_token=` | `notifications.v1.NotificationService/ListNotifications` |
+//! | route | scope | upstream call |
+//! |---|---|---|
+//! | `GET /v1/customers/{id}/notifications?page_size=&page_token=` | `notifications:read` | `notifications.v1.NotificationService/ListNotifications` |
 
 use axum::extract::State;
 use axum::routing::get;
@@ -15,6 +15,7 @@ use contracts::notifications::v1::{self as proto, ListNotificationsRequest};
 use serde::Serialize;
 use shared::client::Channel;
 
+use crate::auth::scoped;
 use crate::dto::PageQuery;
 use crate::error::ApiError;
 use crate::http::{AppState, PathParam, QueryParams};
@@ -24,8 +25,14 @@ use crate::upstream::Upstreams;
 pub(crate) const SERVICE: &str =
     contracts::notifications::v1::notification_service_server::SERVICE_NAME;
 
+/// The scope of its routes.
+pub(crate) const NOTIFICATIONS_READ: &str = "notifications:read";
+
 pub(crate) fn routes() -> Router<AppState> {
-    Router::new().route("/v1/customers/{id}/notifications", get(list_notifications))
+    Router::new().route(
+        "/v1/customers/{id}/notifications",
+        scoped(NOTIFICATIONS_READ, get(list_notifications)),
+    )
 }
 
 impl Upstreams {

@@ -86,7 +86,9 @@ impl Server {
             draining: || {},
         };
         let serve = |drain: oneshot::Receiver<()>| {
-            axum::serve(listener, router)
+            // The peer's address, for the rate limit of clients without a token.
+            let service = router.into_make_service_with_connect_info::<SocketAddr>();
+            axum::serve(listener, service)
                 .with_graceful_shutdown(async {
                     let _ = drain.await;
                 })

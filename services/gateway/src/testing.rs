@@ -1,5 +1,6 @@
 //! An HTTP client of the REST API for tests, built on the hyper client that tonic
-//! already brings into the build, so tests need no other HTTP crate.
+//! already brings into the build, so tests need no other HTTP crate; and a token
+//! issuer, to test the gateway with authentication on.
 //!
 //! ```ignore
 //! let http = HttpClient::new(gateway.local_addr());
@@ -9,13 +10,21 @@
 //! ```
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as BASE64URL;
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use ring::rand::SystemRandom;
+use ring::signature::{Ed25519KeyPair, KeyPair as _};
+use serde_json::{Value, json};
 
 /// A client of one server, keeping its connections open between requests. Cheap to
 /// clone: clones share the connections. Panics, naming the request, when the server
@@ -118,4 +127,120 @@ impl HttpClient {
             body,
         }
     }
+}
+
+/// An identity provider for tests: an Ed25519 key pair generated for the test, its
+/// public key as a JWKS file, and tokens signed with it (EdDSA).
+///
+/// ```ignore
+/// let issuer = TokenIssuer::new("test-key");
+/// let env = [("GATEWAY_JWT_KEYS_FILE", issuer.jwks_file()), …issuer.env()];
+/// let token = issuer.token("alice", "orders:read");
+/// http.send(Method::GET, "/v1/orders/1", &[("authorization", &format!("Bearer {token}"))], "").await;
+/// ```
+#[derive(Debug)]
+pub struct TokenIssuer {
+    kid: String,
+    key_pair: Ed25519KeyPair,
+    jwks_file: PathBuf,
+}
+
+/// The `iss` of [`TokenIssuer`]'s tokens, and the `GATEWAY_JWT_ISSUER` of [`TokenIssuer::env`].
+pub const TEST_ISSUER: &str = "https://issuer.test";
+/// The `aud` of [`TokenIssuer`]'s tokens, and the `GATEWAY_JWT_AUDIENCE` of [`TokenIssuer::env`].
+pub const TEST_AUDIENCE: &str = "gateway";
+
+impl TokenIssuer {
+    /// A new key pair of key id `kid`; its JWKS is written to a file of the system's
+    /// temporary directory, removed when the issuer is dropped.
+    pub fn new(kid: &str) -> Self {
+        static FILES: AtomicU32 = AtomicU32::new(0);
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).expect("a new key");
+        let key_pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).expect("the key just made");
+        let jwks_file = std::env::temp_dir().join(format!(
+            "gateway-jwks-{}-{}.json",
+            std::process::id(),
+            FILES.fetch_add(1, Ordering::Relaxed)
+        ));
+        let issuer = Self {
+            kid: kid.to_owned(),
+            key_pair,
+            jwks_file,
+        };
+        let jwks = json!({"keys": [issuer.jwk()]});
+        std::fs::write(&issuer.jwks_file, jwks.to_string())
+            .unwrap_or_else(|e| panic!("writing {}: {e}", issuer.jwks_file.display()));
+        issuer
+    }
+
+    /// The public key as a JWK (RFC 8037).
+    pub fn jwk(&self) -> Value {
+        let x = BASE64URL.encode(self.key_pair.public_key().as_ref());
+        json!({"kty": "OKP", "crv": "Ed25519", "x": x, "kid": self.kid, "alg": "EdDSA", "use": "sig"})
+    }
+
+    /// The JWKS file of the public key.
+    pub fn jwks_file(&self) -> &Path {
+        &self.jwks_file
+    }
+
+    /// The gateway's settings that accept this issuer's tokens.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            (
+                "GATEWAY_JWT_KEYS_FILE",
+                self.jwks_file
+                    .to_str()
+                    .expect("a UTF-8 temp dir")
+                    .to_owned(),
+            ),
+            ("GATEWAY_JWT_ISSUER", TEST_ISSUER.to_owned()),
+            ("GATEWAY_JWT_AUDIENCE", TEST_AUDIENCE.to_owned()),
+        ]
+    }
+
+    /// A valid token of `subject` granting `scope` (space-separated), for an hour.
+    pub fn token(&self, subject: &str, scope: &str) -> String {
+        let now = now();
+        self.sign(&json!({
+            "iss": TEST_ISSUER, "aud": TEST_AUDIENCE, "sub": subject, "scope": scope,
+            "iat": now, "exp": now + 3600,
+        }))
+    }
+
+    /// A token with exactly `claims`, signed with the usual header.
+    pub fn sign(&self, claims: &Value) -> String {
+        self.sign_with_header(
+            &json!({"alg": "EdDSA", "typ": "JWT", "kid": self.kid}),
+            claims,
+        )
+    }
+
+    /// A token with exactly `header` and `claims`, signed by this issuer's key whatever
+    /// the header says (to test what the gateway makes of a lying header).
+    pub fn sign_with_header(&self, header: &Value, claims: &Value) -> String {
+        let message = unsigned(header, claims);
+        let signature = self.key_pair.sign(message.as_bytes());
+        format!("{message}.{}", BASE64URL.encode(signature.as_ref()))
+    }
+}
+
+impl Drop for TokenIssuer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.jwks_file);
+    }
+}
+
+/// `base64url(header).base64url(claims)`: the signed part of a JWT.
+pub fn unsigned(header: &Value, claims: &Value) -> String {
+    let encode = |value: &Value| BASE64URL.encode(value.to_string());
+    format!("{}.{}", encode(header), encode(claims))
+}
+
+/// Seconds since the Unix epoch, as JWT claims count time.
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("the clock is after 1970")
+        .as_secs()
 }
