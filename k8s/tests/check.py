@@ -85,6 +85,7 @@ URL_UPSTREAMS = {"NATS_URL": ("nats",), "DATABASE_URL": ("postgres", "postgresql
 # Secrets that are not in the repository: scripts/kind-up.sh creates them, with every
 # key a secretKeyRef names (checked against the script's text).
 KIND_UP = ROOT / "scripts" / "kind-up.sh"
+PRODUCTION_KUSTOMIZATION = ROOT / "k8s" / "overlays" / "production" / "kustomization.yaml"
 # The edges of the observability stack that no env variable names: (from, to, port).
 # Prometheus' scrapes (to every service's `metrics` port) and its API discovery are
 # added by check_network, by pod IP: no DNS.
@@ -162,6 +163,15 @@ def check_env(m: Manifests, d: dict, f: Failures) -> envvars.ServiceEnv:
     return read
 
 
+def made_elsewhere(m: Manifests, secret: str, key: str) -> bool:
+    """A Secret the manifests refer to but do not contain: scripts/kind-up.sh makes it
+    (it names the Secret and the key), or, in the production overlay, the operator does:
+    no Secret is rendered there, and its kustomization.yaml names each one and its keys."""
+    source = PRODUCTION_KUSTOMIZATION if m.label == PRODUCTION else KIND_UP
+    made = source.read_text() if source.exists() else ""
+    return all(re.search(r"(?<![\w-])%s(?![\w-])" % re.escape(word), made) for word in (secret, key))
+
+
 def check_expansion(m: Manifests, workload: dict, f: Failures) -> None:
     """`$(NAME)` refers to an earlier variable; valueFrom is a secretKeyRef whose Secret exists."""
     w = f"{m.label}: {where(workload)}"
@@ -182,8 +192,7 @@ def check_expansion(m: Manifests, workload: dict, f: Failures) -> None:
                 keys = set(obj.get("data") or {}) | set(obj.get("stringData") or {})
                 f.check(key in keys, w, f"env {var}: Secret {secret} has no key {key}")
                 continue
-            made = KIND_UP.read_text() if KIND_UP.exists() else ""
-            f.check(all(re.search(r"(?<![\w-])%s(?![\w-])" % re.escape(word), made) for word in (secret, key)), w,
+            f.check(made_elsewhere(m, secret, key), w,
                     f"env {var}: Secret {secret} (key {key}) is neither in the manifests nor made by scripts/kind-up.sh")
     # Secrets mounted as files: likewise, each key the volume names.
     for volume in pod_spec(workload).get("volumes") or []:
@@ -199,9 +208,8 @@ def check_expansion(m: Manifests, workload: dict, f: Failures) -> None:
             for key in keys:
                 f.check(key in present, w, f"volume {volume['name']}: Secret {secret} has no key {key}")
             continue
-        made = KIND_UP.read_text() if KIND_UP.exists() else ""
         for key in keys:
-            f.check(all(re.search(r"(?<![\w-])%s(?![\w-])" % re.escape(word), made) for word in (secret, key)), w,
+            f.check(made_elsewhere(m, secret, key), w,
                     f"volume {volume['name']}: Secret {secret} (key {key}) is neither in the manifests nor made by "
                     "scripts/kind-up.sh")
 
