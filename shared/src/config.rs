@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
-use http::Uri;
+use crate::client::Upstream;
 
 /// A snapshot of environment variables. Empty values count as unset, because
 /// Kubernetes manifests and shells often set `VAR=""` to mean "use the default".
@@ -118,20 +118,17 @@ impl Env {
         })
     }
 
-    /// The address of another service, e.g. `http://inventory:50052`.
-    pub fn upstream(&self, name: &str, default: &str) -> Result<Uri, ConfigError> {
-        let default = default
-            .parse()
-            .expect("default upstream address is a valid URI");
+    /// The address of another service, e.g. `http://inventory:50052`, or several
+    /// separated by commas (`http://10.0.0.7:50052,http://10.0.0.8:50052`): the
+    /// channel spreads calls over all of them, and over every address a host name
+    /// resolves to (see `shared::client`).
+    pub fn upstream(&self, name: &str, default: &str) -> Result<Upstream, ConfigError> {
+        let default = Upstream::parse(default).expect("default upstream address is valid");
         self.parse_with(
             name,
             default,
-            "an address like http://inventory:50052",
-            |v| {
-                let uri: Uri = v.parse().ok()?;
-                let scheme_ok = uri.scheme_str() == Some("http");
-                (scheme_ok && uri.host().is_some() && uri.port_u16().is_some()).then_some(uri)
-            },
+            "addresses like http://inventory:50052, separated by commas",
+            Upstream::parse,
         )
     }
 }
@@ -205,21 +202,82 @@ impl ServerConfig {
     }
 }
 
-/// Settings of the channels a service uses to call others.
+/// Settings of the channels a service uses to call others; each downstream (each
+/// `*_ADDR`) gets its own breaker, bulkhead and retry budget with these settings.
+/// See `shared::client` for what each does.
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
     /// `GRPC_CLIENT_CONNECT_TIMEOUT`: bound on establishing a connection (default `2s`).
     pub connect_timeout: Duration,
-    /// `GRPC_CLIENT_TIMEOUT`: deadline of each outgoing call (default `5s`).
+    /// `GRPC_CLIENT_TIMEOUT`: deadline of each outgoing call, retries included; a
+    /// shorter deadline of the call being served wins (default `5s`).
     pub request_timeout: Duration,
+    /// `GRPC_CLIENT_RETRY_MAX_ATTEMPTS`: attempts of a retry-safe call, the first
+    /// included; `1` turns retries off (default `3`, at most `5` as in gRFC A6).
+    pub retry_max_attempts: u32,
+    /// `GRPC_CLIENT_RETRY_BACKOFF`: the bound of the first retry's random pause; it
+    /// doubles with each retry (default `50ms`).
+    pub retry_backoff: Duration,
+    /// `GRPC_CLIENT_RETRY_MAX_BACKOFF`: the largest bound of a retry's pause (default `1s`).
+    pub retry_max_backoff: Duration,
+    /// `GRPC_CLIENT_RETRY_BUDGET`: the retry budget's tokens (gRFC A6 `maxTokens`):
+    /// each failed attempt takes one, and retries stop while half or fewer are left
+    /// (default `10`).
+    pub retry_budget: u32,
+    /// `GRPC_CLIENT_RETRY_BUDGET_RATIO`: tokens each answered attempt gives back
+    /// (gRFC A6 `tokenRatio`, default `0.1`: once the budget is drawn down, about one
+    /// retry per ten answered calls).
+    pub retry_budget_ratio: f64,
+    /// `GRPC_CLIENT_BREAKER_FAILURES`: consecutive failed attempts (UNAVAILABLE,
+    /// DEADLINE_EXCEEDED, no connection) that open the circuit breaker; `0` turns it
+    /// off (default `5`).
+    pub breaker_failures: u32,
+    /// `GRPC_CLIENT_BREAKER_OPEN`: how long an open breaker fails calls at once before
+    /// it lets one probe through (default `5s`).
+    pub breaker_open: Duration,
+    /// `GRPC_CLIENT_MAX_CONCURRENCY`: calls in flight to one downstream; more fail at
+    /// once with RESOURCE_EXHAUSTED (default `200`).
+    pub max_concurrency: usize,
+    /// `GRPC_CLIENT_DNS_REFRESH`: how often host names in `*_ADDR` are resolved again,
+    /// so that calls spread over every address (every pod of a headless Service)
+    /// (default `30s`).
+    pub dns_refresh: Duration,
 }
 
 impl ClientConfig {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
-        Ok(Self {
+        let config = Self {
             connect_timeout: env.duration("GRPC_CLIENT_CONNECT_TIMEOUT", Duration::from_secs(2))?,
             request_timeout: env.duration("GRPC_CLIENT_TIMEOUT", Duration::from_secs(5))?,
-        })
+            retry_max_attempts: env.int_in("GRPC_CLIENT_RETRY_MAX_ATTEMPTS", 3, 1, 5)?,
+            retry_backoff: env.duration("GRPC_CLIENT_RETRY_BACKOFF", Duration::from_millis(50))?,
+            retry_max_backoff: env
+                .duration("GRPC_CLIENT_RETRY_MAX_BACKOFF", Duration::from_secs(1))?,
+            retry_budget: env.int_in("GRPC_CLIENT_RETRY_BUDGET", 10, 1, 1000)?,
+            retry_budget_ratio: env.parse_with(
+                "GRPC_CLIENT_RETRY_BUDGET_RATIO",
+                0.1,
+                "a number from 0.001 to 1 like 0.1",
+                |v| v.parse().ok().filter(|r| (0.001..=1.0).contains(r)),
+            )?,
+            breaker_failures: env.int_in("GRPC_CLIENT_BREAKER_FAILURES", 5, 0, 1000)?,
+            breaker_open: env.duration("GRPC_CLIENT_BREAKER_OPEN", Duration::from_secs(5))?,
+            max_concurrency: env.int_in("GRPC_CLIENT_MAX_CONCURRENCY", 200, 1, 100_000)?,
+            dns_refresh: env.duration("GRPC_CLIENT_DNS_REFRESH", Duration::from_secs(30))?,
+        };
+        for (var, value) in [
+            ("GRPC_CLIENT_TIMEOUT", config.request_timeout),
+            ("GRPC_CLIENT_DNS_REFRESH", config.dns_refresh),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError {
+                    var: var.to_owned(),
+                    value: "0".to_owned(),
+                    expected: "a duration above zero".to_owned(),
+                });
+            }
+        }
+        Ok(config)
     }
 }
 
@@ -283,19 +341,47 @@ mod tests {
             ("A", "http://inventory:50052"),
             ("B", "inventory:50052"),
             ("C", "http://x"),
+            ("D", "http://10.0.0.7:50052, http://10.0.0.8:50052"),
+            ("E", "http://10.0.0.7:50052,"),
         ]);
         assert_eq!(
-            e.upstream("A", "http://127.0.0.1:1").unwrap().host(),
-            Some("inventory")
+            e.upstream("A", "http://127.0.0.1:1").unwrap().to_string(),
+            "http://inventory:50052/"
         );
         assert!(e.upstream("B", "http://127.0.0.1:1").is_err());
         assert!(e.upstream("C", "http://127.0.0.1:1").is_err());
         assert_eq!(
+            e.upstream("D", "http://127.0.0.1:1").unwrap().to_string(),
+            "http://10.0.0.7:50052/,http://10.0.0.8:50052/"
+        );
+        assert!(e.upstream("E", "http://127.0.0.1:1").is_err());
+        assert_eq!(
             e.upstream("UNSET", "http://127.0.0.1:1")
                 .unwrap()
-                .port_u16(),
-            Some(1)
+                .to_string(),
+            "http://127.0.0.1:1/"
         );
+    }
+
+    #[test]
+    fn client_settings_are_checked() {
+        let config = ClientConfig::from_env(&env(&[])).unwrap();
+        assert_eq!(config.retry_max_attempts, 3);
+        assert_eq!(config.breaker_failures, 5);
+        for (var, value, expected) in [
+            ("GRPC_CLIENT_RETRY_MAX_ATTEMPTS", "6", "from 1 to 5"),
+            ("GRPC_CLIENT_RETRY_BUDGET_RATIO", "2", "from 0.001 to 1"),
+            ("GRPC_CLIENT_TIMEOUT", "0", "above zero"),
+            ("GRPC_CLIENT_MAX_CONCURRENCY", "0", "from 1 to 100000"),
+        ] {
+            let message = ClientConfig::from_env(&env(&[(var, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                message.contains(var) && message.contains(expected),
+                "{message}"
+            );
+        }
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Settings, read once at start-up.
 
-use http::Uri;
+use shared::client::Upstream;
 use shared::{ClientConfig, ConfigError, Env, ServerConfig};
 
 /// The local HTTP port, and the default of `LISTEN_ADDR`.
@@ -29,11 +29,11 @@ pub struct Config {
 #[derive(Clone, Debug)]
 pub struct Upstreams {
     /// `ORDERS_ADDR` (default `http://127.0.0.1:50051`).
-    pub orders: Uri,
+    pub orders: Upstream,
     /// `INVENTORY_ADDR` (default `http://127.0.0.1:50052`).
-    pub inventory: Uri,
+    pub inventory: Upstream,
     /// `NOTIFICATIONS_ADDR` (default `http://127.0.0.1:50054`).
-    pub notifications: Uri, // remove-service: notifications
+    pub notifications: Upstream, // remove-service: notifications
 }
 
 impl Config {

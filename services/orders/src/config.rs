@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use http::Uri;
+use shared::client::Upstream;
 use shared::db::DbConfig;
 use shared::events::EventsConfig;
 use shared::{ClientConfig, ConfigError, Env, ServerConfig};
@@ -19,9 +19,9 @@ pub struct Config {
     /// Timeouts of the calls to inventory and payments.
     pub client: ClientConfig,
     /// `INVENTORY_ADDR`: the inventory service (default `http://127.0.0.1:50052`).
-    pub inventory_addr: Uri,
+    pub inventory_addr: Upstream,
     /// `PAYMENTS_ADDR`: the payments service (default `http://127.0.0.1:50053`).
-    pub payments_addr: Uri,
+    pub payments_addr: Upstream,
     /// Where order events go: JetStream when `NATS_URL` is set.
     pub events: EventsConfig,
     /// `DATABASE_URL` and the other `DATABASE_*` variables: PostgreSQL keeps the orders
