@@ -250,11 +250,19 @@ impl Downstream {
         let result = backend.channel.clone().oneshot(request).await;
         let ticket = guard.take();
         Ok(match result {
+            // tonic's own timer, set from the `grpc-timeout` header: our deadline.
+            Err(error) if error_chain_has::<tonic::TimeoutExpired>(&error) => {
+                ticket.failure(Instant::now());
+                return Err(Status::deadline_exceeded(format!(
+                    "{} at {}: no answer before the deadline",
+                    self.name, backend.addr
+                )));
+            }
             Err(error) => {
                 ticket.failure(Instant::now());
                 self.budget.failed();
                 self.endpoints.eject(&backend, Instant::now());
-                let never_sent = is_connect_error(&error);
+                let never_sent = error_chain_has::<tonic::ConnectError>(&error);
                 Attempt::NotProcessed {
                     status: Status::unavailable(format!(
                         "{} at {}: {}",
@@ -345,11 +353,14 @@ fn grpc_status(headers: &http::HeaderMap) -> Option<Code> {
     Some(Code::from(code))
 }
 
-/// Whether `error` is a failure to connect: nothing of the call was sent.
-fn is_connect_error(error: &(dyn std::error::Error + 'static)) -> bool {
+/// Whether `E` is among the causes of `error`: [`tonic::ConnectError`] says that
+/// nothing of the call was sent.
+fn error_chain_has<E: std::error::Error + 'static>(
+    error: &(dyn std::error::Error + 'static),
+) -> bool {
     let mut source = Some(error);
     while let Some(error) = source {
-        if error.is::<tonic::ConnectError>() {
+        if error.is::<E>() {
             return true;
         }
         source = error.source();
