@@ -21,6 +21,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 /// What the proxy does to the traffic; [`Faults::default`] forwards it untouched.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -191,13 +192,16 @@ async fn connection(client: TcpStream, mut faults: watch::Receiver<Faults>, shar
     let _ = server.set_nodelay(true);
     let (client_read, client_write) = client.into_split();
     let (server_read, server_write) = server.into_split();
+    // A reset of either side (or by the proxy) resets both at once.
+    let broken = CancellationToken::new();
     let up = pump(
         client_read,
         server_write,
         faults.clone(),
+        &broken,
         Some(shared.clone()),
     );
-    let down = pump(server_read, client_write, faults, None);
+    let down = pump(server_read, client_write, faults, &broken, None);
     let ((client_read, server_write, up_end), (server_read, client_write, down_end)) =
         tokio::join!(up, down);
     if up_end == End::Reset || down_end == End::Reset {
@@ -230,10 +234,14 @@ async fn pump(
     mut from: OwnedReadHalf,
     mut to: OwnedWriteHalf,
     mut faults: watch::Receiver<Faults>,
+    broken: &CancellationToken,
     count: Option<Arc<Shared>>,
 ) -> (OwnedReadHalf, OwnedWriteHalf, End) {
     let mut buffer = vec![0; 16 * 1024];
     let end = loop {
+        if broken.is_cancelled() {
+            break End::Reset;
+        }
         if !forwarding(&mut faults).await {
             break End::Reset;
         }
@@ -241,6 +249,7 @@ async fn pump(
             read = from.read(&mut buffer) => read,
             // A change of faults is applied even to an idle connection.
             _ = faults.changed() => continue,
+            () = broken.cancelled() => break End::Reset,
         };
         let n = match read {
             Ok(0) => {
@@ -262,6 +271,7 @@ async fn pump(
         let sent = tokio::select! {
             sent = send => sent,
             _ = faults.wait_for(|f| f.mode == Mode::Reset) => break End::Reset,
+            () = broken.cancelled() => break End::Reset,
         };
         if sent.is_err() {
             break End::Reset;
@@ -270,6 +280,9 @@ async fn pump(
             shared.sent.fetch_add(n as u64, Ordering::SeqCst);
         }
     };
+    if end == End::Reset {
+        broken.cancel();
+    }
     (from, to, end)
 }
 
@@ -348,6 +361,24 @@ mod tests {
         // New connections are reset too.
         let mut again = TcpStream::connect(proxy.addr()).await.unwrap();
         assert!(round_trip(&mut again, b"x").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_server_that_dies_resets_its_clients() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy = FaultProxy::start(listener.local_addr().unwrap()).await;
+        let mut client = TcpStream::connect(proxy.addr()).await.unwrap();
+        client.write_all(b"unread").await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        // Closed with unread data: the kernel sends an RST, as when a process dies.
+        while proxy.sent() < 6 {
+            tokio::task::yield_now().await;
+        }
+        drop(server);
+        let mut buffer = [0; 1];
+        let read = tokio::time::timeout(Duration::from_secs(5), client.read(&mut buffer)).await;
+        let read = read.expect("the client is told, it does not hang");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
     }
 
     #[tokio::test]
