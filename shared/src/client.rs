@@ -20,9 +20,12 @@
 //!   consecutive failed attempts, calls fail at once with UNAVAILABLE, without
 //!   touching the network, for `GRPC_CLIENT_BREAKER_OPEN`; then one probe goes
 //!   through, and its success closes the breaker.
-//! - **A bulkhead**: at most `GRPC_CLIENT_MAX_CONCURRENCY` calls in flight; more fail
-//!   at once with RESOURCE_EXHAUSTED rather than queue, so that one slow downstream
-//!   cannot hold every task of the caller.
+//! - **A bulkhead**: at most `GRPC_CLIENT_MAX_CONCURRENCY` calls waiting for their
+//!   answer (a stream counts until its first response headers); more fail at once
+//!   with RESOURCE_EXHAUSTED rather than queue, so that one slow downstream cannot
+//!   hold every task of the caller. RESOURCE_EXHAUSTED rather than UNAVAILABLE: the
+//!   caller's own resource ran out, the downstream may be fine, and retrying at once
+//!   would not help (it is neither retried nor counted by the breaker).
 //! - **Load balancing** ([`balance`]): round robin over every address of the
 //!   downstream — a comma-separated list in `*_ADDR`, and every address its host
 //!   names resolve to, resolved again every `GRPC_CLIENT_DNS_REFRESH` (a Kubernetes

@@ -127,7 +127,7 @@ impl Env {
         self.parse_with(
             name,
             default,
-            "addresses like http://inventory:50052, separated by commas",
+            "an address like http://inventory:50052, or several separated by commas",
             Upstream::parse,
         )
     }
@@ -235,8 +235,9 @@ pub struct ClientConfig {
     /// `GRPC_CLIENT_BREAKER_OPEN`: how long an open breaker fails calls at once before
     /// it lets one probe through (default `5s`).
     pub breaker_open: Duration,
-    /// `GRPC_CLIENT_MAX_CONCURRENCY`: calls in flight to one downstream; more fail at
-    /// once with RESOURCE_EXHAUSTED (default `200`).
+    /// `GRPC_CLIENT_MAX_CONCURRENCY`: calls to one downstream waiting for their answer
+    /// (a stream counts until it starts); more fail at once with RESOURCE_EXHAUSTED
+    /// (default `200`).
     pub max_concurrency: usize,
     /// `GRPC_CLIENT_DNS_REFRESH`: how often host names in `*_ADDR` are resolved again,
     /// so that calls spread over every address (every pod of a headless Service)

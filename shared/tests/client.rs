@@ -322,3 +322,29 @@ async fn calls_spread_over_every_address_and_go_on_when_one_dies() {
     assert_eq!(b.calls() - before, 20);
     server_b.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn an_address_whose_connections_are_reset_is_set_aside() {
+    let (a, b) = (Fake::default(), Fake::default());
+    let (server_a, server_b) = (serve(&a).await, serve(&b).await);
+    // A reaches its server through a proxy that will reset every connection, as a
+    // crashed pod's node would.
+    let proxy = shared::testing::proxy::FaultProxy::start(server_a.addr).await;
+    let channel = channel(
+        &format!("http://{},http://{}", proxy.addr(), server_b.addr),
+        &[],
+    );
+    for _ in 0..10 {
+        get(&channel).await.unwrap();
+    }
+    assert_eq!((a.calls(), b.calls()), (5, 5), "round robin");
+
+    proxy.set(shared::testing::proxy::Faults::reset());
+    for _ in 0..20 {
+        get(&channel).await.expect("retried on the other address");
+    }
+    assert_eq!(a.calls(), 5);
+    assert_eq!(b.calls(), 25);
+    server_a.stop().await.unwrap();
+    server_b.stop().await.unwrap();
+}

@@ -64,9 +64,18 @@ mod tests {
     fn defaults_are_the_local_ports() {
         let config = Config::from_env(&Env::default()).unwrap();
         assert_eq!(config.server.listen_addr.port(), PORT);
-        assert_eq!(config.upstreams.orders.port_u16(), Some(50051));
-        assert_eq!(config.upstreams.inventory.port_u16(), Some(50052));
-        assert_eq!(config.upstreams.notifications.port_u16(), Some(50054)); // remove-service: notifications
+        assert_eq!(
+            config.upstreams.orders.to_string(),
+            "http://127.0.0.1:50051/"
+        );
+        assert_eq!(
+            config.upstreams.inventory.to_string(),
+            "http://127.0.0.1:50052/"
+        );
+        assert_eq!(
+            config.upstreams.notifications.to_string(),
+            "http://127.0.0.1:50054/"
+        ); // remove-service: notifications
         assert_eq!(config.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
     }
 

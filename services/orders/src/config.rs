@@ -136,8 +136,8 @@ mod tests {
     fn upstreams_default_to_their_local_ports_and_bad_ones_are_named() {
         let config = Config::from_env(&Env::default()).unwrap();
         assert_eq!(config.server.listen_addr.port(), PORT);
-        assert_eq!(config.inventory_addr, "http://127.0.0.1:50052");
-        assert_eq!(config.payments_addr, "http://127.0.0.1:50053");
+        assert_eq!(config.inventory_addr.to_string(), "http://127.0.0.1:50052/");
+        assert_eq!(config.payments_addr.to_string(), "http://127.0.0.1:50053/");
 
         let env: Env = [("PAYMENTS_ADDR", "payments:50053")].into_iter().collect();
         let message = Config::from_env(&env).unwrap_err().to_string();

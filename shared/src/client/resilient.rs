@@ -7,10 +7,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
-use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tonic::body::Body;
 use tonic::{Code, Status};
@@ -147,23 +145,23 @@ impl Downstream {
                 "the deadline of the call being served has passed; not sent",
             ));
         }
-        let Ok(permit) = Arc::clone(&self.bulkhead).try_acquire_owned() else {
+        // Held until the answer starts (its headers): a stream that then stays open
+        // for hours is not a call waiting on the downstream.
+        let Ok(_permit) = self.bulkhead.try_acquire() else {
             metrics::client_rejected(&self.name, "bulkhead_full");
             return Err(Status::resource_exhausted(format!(
                 "{} calls to {} in flight already (GRPC_CLIENT_MAX_CONCURRENCY)",
                 self.max_concurrency, self.name
             )));
         };
-        let response = tokio::time::timeout_at(deadline, self.attempts(request, deadline))
+        tokio::time::timeout_at(deadline, self.attempts(request, deadline))
             .await
             .unwrap_or_else(|_| {
                 Err(Status::deadline_exceeded(format!(
                     "{}: no answer before the deadline",
                     self.name
                 )))
-            })?;
-        // The permit lives as long as the response body: a stream counts until it ends.
-        Ok(response.map(|inner| Body::new(Guarded { inner, permit })))
+            })
     }
 
     async fn attempts(
@@ -366,33 +364,6 @@ fn error_chain_has<E: std::error::Error + 'static>(
         source = error.source();
     }
     false
-}
-
-/// A response body that holds a bulkhead permit until it is dropped.
-struct Guarded {
-    inner: Body,
-    #[allow(dead_code, reason = "held for its Drop")]
-    permit: OwnedSemaphorePermit,
-}
-
-impl http_body::Body for Guarded {
-    type Data = Bytes;
-    type Error = Status;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
 }
 
 #[cfg(test)]
