@@ -227,7 +227,7 @@ async fn a_hung_downstream_trips_the_breaker_which_closes_after_it_recovers() {
         &[
             ("GRPC_CLIENT_TIMEOUT", "300ms"),
             ("GRPC_CLIENT_BREAKER_FAILURES", "3"),
-            ("GRPC_CLIENT_BREAKER_OPEN", "500ms"),
+            ("GRPC_CLIENT_BREAKER_OPEN", "2s"),
         ],
     );
     let breaker = client.breaker();
@@ -248,6 +248,7 @@ async fn a_hung_downstream_trips_the_breaker_which_closes_after_it_recovers() {
         let start = Instant::now();
         let code = get().await.unwrap_err().code();
         let took = start.elapsed();
+        eprintln!("hung inventory: DEADLINE_EXCEEDED after {took:?} (deadline {timeout:?})");
         assert_eq!(code, Code::DeadlineExceeded);
         assert!(
             took >= timeout && took < timeout + Duration::from_millis(700),
@@ -257,7 +258,7 @@ async fn a_hung_downstream_trips_the_breaker_which_closes_after_it_recovers() {
     assert_eq!(breaker.state(), BreakerState::Open);
 
     // Open: every call fails at once, without the network.
-    let n: u32 = 2000;
+    let n: u32 = 1000;
     let start = Instant::now();
     for _ in 0..n {
         assert_eq!(get().await.unwrap_err().code(), Code::Unavailable);

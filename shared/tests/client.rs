@@ -232,7 +232,7 @@ async fn the_breaker_opens_on_a_hung_server_fails_fast_and_closes_after_a_probe(
     let settings = [
         ("GRPC_CLIENT_TIMEOUT", "200ms"),
         ("GRPC_CLIENT_BREAKER_FAILURES", "3"),
-        ("GRPC_CLIENT_BREAKER_OPEN", "300ms"),
+        ("GRPC_CLIENT_BREAKER_OPEN", "2s"),
     ];
     let channel = channel(&format!("http://{}", server.addr), &settings);
     let breaker = channel.breaker();
