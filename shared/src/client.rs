@@ -26,7 +26,7 @@
 //!   hold every task of the caller. RESOURCE_EXHAUSTED rather than UNAVAILABLE: the
 //!   caller's own resource ran out, the downstream may be fine, and retrying at once
 //!   would not help (it is neither retried nor counted by the breaker).
-//! - **Load balancing** ([`balance`]): round robin over every address of the
+//! - **Load balancing** (`client/balance.rs`): round robin over every address of the
 //!   downstream — a comma-separated list in `*_ADDR`, and every address its host
 //!   names resolve to, resolved again every `GRPC_CLIENT_DNS_REFRESH` (a Kubernetes
 //!   headless Service lists one per ready pod). An address that refuses connections
@@ -48,7 +48,7 @@ use tonic::transport::Endpoint;
 use crate::ClientConfig;
 use crate::rpc::ClientRpc;
 
-pub mod balance;
+mod balance;
 pub mod policy;
 mod resilient;
 

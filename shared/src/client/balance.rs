@@ -21,11 +21,11 @@ use super::{Target, Upstream, endpoint};
 use crate::ClientConfig;
 
 /// How long an address whose connection failed is skipped, unless every address is.
-pub const EJECTION: Duration = Duration::from_secs(2);
+pub(crate) const EJECTION: Duration = Duration::from_secs(2);
 
 /// The addresses of one downstream, each with its own lazily connected channel.
 #[derive(Debug)]
-pub struct Endpoints {
+pub(crate) struct Endpoints {
     backends: RwLock<Vec<Arc<Backend>>>,
     next: AtomicUsize,
     /// Changes when the first resolution is done, so that calls made before it wait.
@@ -34,9 +34,9 @@ pub struct Endpoints {
 
 /// One address of the downstream.
 #[derive(Debug)]
-pub struct Backend {
-    pub addr: SocketAddr,
-    pub channel: tonic::transport::Channel,
+pub(crate) struct Backend {
+    pub(crate) addr: SocketAddr,
+    pub(crate) channel: tonic::transport::Channel,
     ejected_until: Mutex<Option<Instant>>,
 }
 
@@ -62,7 +62,7 @@ impl Endpoints {
     /// The addresses of `upstream`: its IP addresses at once, the addresses of its
     /// host names once a task resolves them (again every `config.dns_refresh`, for as
     /// long as the returned value lives).
-    pub fn new(upstream: &Upstream, config: &ClientConfig) -> Arc<Self> {
+    pub(crate) fn new(upstream: &Upstream, config: &ClientConfig) -> Arc<Self> {
         let mut fixed = Vec::new();
         let mut names = Vec::new();
         for target in upstream.targets() {
@@ -84,11 +84,11 @@ impl Endpoints {
     }
 
     /// How many addresses there are now.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.read().len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
@@ -97,13 +97,13 @@ impl Endpoints {
     }
 
     /// Waits until the host names were resolved once (at once when there are none).
-    pub async fn wait_resolved(&self) {
+    pub(crate) async fn wait_resolved(&self) {
         let _ = self.resolved.subscribe().wait_for(|done| *done).await;
     }
 
     /// The next address in turn that is not set aside (any, when all are); `None` if
     /// there is no address at all.
-    pub fn pick(&self, now: Instant) -> Option<Arc<Backend>> {
+    pub(crate) fn pick(&self, now: Instant) -> Option<Arc<Backend>> {
         let backends = self.read();
         let n = backends.len();
         if n == 0 {
@@ -118,7 +118,7 @@ impl Endpoints {
     }
 
     /// Sets `backend` aside for [`EJECTION`]: its connection failed.
-    pub fn eject(&self, backend: &Backend, now: Instant) {
+    pub(crate) fn eject(&self, backend: &Backend, now: Instant) {
         *backend
             .ejected_until
             .lock()
