@@ -4,6 +4,10 @@
 //! protox is a pure-Rust protobuf compiler, so a fresh clone builds without `protoc`.
 //! It also bundles the well-known types (`google/protobuf/*.proto`): the descriptor set
 //! includes every imported file, so reflection clients can resolve `Timestamp` & co.
+//!
+//! It also writes `retry_safe.rs`: the methods whose proto says
+//! `option idempotency_level = IDEMPOTENT;` (or `NO_SIDE_EFFECTS`), which the shared
+//! channel may send again (`contracts::RETRY_SAFE_METHODS`).
 
 use std::path::{Path, PathBuf};
 use std::{env, fs, io};
@@ -33,11 +37,53 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         compiler.encode_file_descriptor_set(),
     )?;
 
+    fs::write(
+        out_dir.join("retry_safe.rs"),
+        retry_safe_methods(&compiler.file_descriptor_set()),
+    )?;
+
     tonic_prost_build::configure()
         // One generated file that nests every package as modules: `inventory::v1`, …
         .include_file("packages.rs")
         .compile_fds(compiler.file_descriptor_set())?;
     Ok(())
+}
+
+/// `pub const RETRY_SAFE_METHODS: &[&str]`: the paths (`/package.Service/Method`) of
+/// our own methods marked IDEMPOTENT or NO_SIDE_EFFECTS, sorted. Client-streaming
+/// methods are left out whatever they say: the channel would have to keep the whole
+/// stream to send it again.
+fn retry_safe_methods(set: &prost_types::FileDescriptorSet) -> String {
+    use prost_types::method_options::IdempotencyLevel;
+    let mut paths = Vec::new();
+    // The well-known types come along as imports; they declare no services.
+    for file in &set.file {
+        for service in &file.service {
+            for method in &service.method {
+                let level = method
+                    .options
+                    .as_ref()
+                    .map_or(IdempotencyLevel::IdempotencyUnknown, |o| {
+                        o.idempotency_level()
+                    });
+                if level != IdempotencyLevel::IdempotencyUnknown && !method.client_streaming() {
+                    paths.push(format!(
+                        "/{}.{}/{}",
+                        file.package(),
+                        service.name(),
+                        method.name()
+                    ));
+                }
+            }
+        }
+    }
+    paths.sort();
+    let mut out = String::from("&[\n");
+    for path in paths {
+        out.push_str(&format!("    {path:?},\n"));
+    }
+    out.push(']');
+    out
 }
 
 fn collect_protos(dir: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {

@@ -24,6 +24,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,
 };
+use shared::client::Upstream;
 use shared::testing::TestServer;
 use shared::{ClientConfig, Env, ServerConfig};
 use tokio::io::AsyncReadExt;
@@ -278,7 +279,7 @@ async fn bad_tls_files_stop_start_up_naming_the_variable() {
     let uri = env
         .upstream("INVENTORY_ADDR", "http://127.0.0.1:50052")
         .unwrap();
-    assert_eq!(uri.scheme_str(), Some("https"));
+    assert!(uri.uses_tls());
 }
 
 #[tokio::test]
@@ -298,7 +299,7 @@ async fn the_services_call_each_other_over_mutual_tls() {
     let stack = stack::testing::TestStack::start(&env, &stack::Wiring::default()).await;
 
     // Orders reserve at inventory and charge at payments: both over mutual TLS.
-    let orders_uri = format!("https://{}", stack.addr("orders")).parse().unwrap();
+    let orders_uri = Upstream::parse(&format!("https://{}", stack.addr("orders"))).unwrap();
     let channel = shared::client::channel(orders_uri, &ClientConfig::from_env(&env).unwrap());
     let placed = OrderServiceClient::new(channel)
         .place_order(PlaceOrderRequest {
@@ -372,7 +373,7 @@ impl MtlsServer {
     async fn call(&self, env: Env) -> Result<Response<pb::ListProductsResponse>, Status> {
         let uri = format!("https://localhost:{}", self.addr.port());
         let config = ClientConfig::from_env(&env).unwrap();
-        let channel = shared::client::channel(uri.parse().unwrap(), &config);
+        let channel = shared::client::channel(Upstream::parse(&uri).unwrap(), &config);
         InventoryServiceClient::new(channel)
             .list_products(pb::ListProductsRequest::default())
             .await

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use http::Uri;
 
+use crate::client::Upstream;
 use crate::tls::{ClientTls, ServerTls};
 
 /// A snapshot of environment variables. Empty values count as unset, because
@@ -138,42 +139,38 @@ impl Env {
         }
     }
 
-    /// The address of another service: `http://inventory:50052`, or with TLS
-    /// `https://inventory:50052`, which needs `GRPC_CLIENT_TLS_CA_FILE` (the CA its
-    /// certificate must come from) and a host that can name a TLS server.
-    pub fn upstream(&self, name: &str, default: &str) -> Result<Uri, ConfigError> {
+    /// The address of another service, e.g. `http://inventory:50052`, or several
+    /// separated by commas (`http://10.0.0.7:50052,http://10.0.0.8:50052`): the
+    /// channel spreads calls over all of them, and over every address a host name
+    /// resolves to (see `shared::client`). `https://` addresses (TLS) need
+    /// `GRPC_CLIENT_TLS_CA_FILE`, the CA their certificates must come from.
+    pub fn upstream(&self, name: &str, default: &str) -> Result<Upstream, ConfigError> {
         let https_allowed = self.get("GRPC_CLIENT_TLS_CA_FILE").is_some();
         let expected = if https_allowed {
-            "an address like http://inventory:50052 or https://inventory:50052"
+            "an address like http://inventory:50052 or https://inventory:50052, or several separated by commas"
         } else {
-            "an address like http://inventory:50052 (https:// needs GRPC_CLIENT_TLS_CA_FILE)"
+            "an address like http://inventory:50052, or several separated by commas (https:// needs GRPC_CLIENT_TLS_CA_FILE)"
         };
-        let default = default
-            .parse()
-            .expect("default upstream address is a valid URI");
+        let default = Upstream::parse(default).expect("default upstream address is valid");
         self.parse_with(name, default, expected, |v| {
-            let uri: Uri = v.parse().ok()?;
-            let scheme_ok = match uri.scheme_str() {
-                Some("http") => true,
-                Some("https") => https_allowed && crate::tls::is_valid_server_name(&uri),
-                _ => false,
-            };
-            (scheme_ok && uri.host().is_some() && uri.port_u16().is_some()).then_some(uri)
+            Upstream::parse(v).filter(|upstream| https_allowed || !upstream.uses_tls())
         })
     }
 
-    /// Like [`Env::upstream`], but plaintext `http://` only: for clients that are not
-    /// built on [`crate::client::channel`] and so cannot speak TLS (the OTLP exporter).
+    /// One plaintext `http://host:port` address: for clients that are not built on
+    /// [`crate::client::channel`] and so cannot speak TLS (the OTLP exporter).
     pub fn http_upstream(&self, name: &str, default: &str) -> Result<Uri, ConfigError> {
-        let uri = self.upstream(name, default)?;
-        if uri.scheme_str() == Some("http") {
-            return Ok(uri);
-        }
-        Err(ConfigError {
-            var: name.to_owned(),
-            value: self.get(name).unwrap_or_default().to_owned(),
-            expected: "an address like http://127.0.0.1:4317 (plaintext only)".to_owned(),
-        })
+        let default = default.parse().expect("default address is a valid URI");
+        self.parse_with(
+            name,
+            default,
+            "an address like http://127.0.0.1:4317 (plaintext only)",
+            |v| {
+                let uri: Uri = v.parse().ok()?;
+                let plain = uri.scheme_str() == Some("http");
+                (plain && uri.host().is_some() && uri.port_u16().is_some()).then_some(uri)
+            },
+        )
     }
 }
 
@@ -327,13 +324,47 @@ fn non_zero(duration: Duration) -> Option<Duration> {
     (!duration.is_zero()).then_some(duration)
 }
 
-/// Settings of the channels a service uses to call others.
+/// Settings of the channels a service uses to call others; each downstream (each
+/// `*_ADDR`) gets its own breaker, bulkhead and retry budget with these settings.
+/// See `shared::client` for what each does.
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
     /// `GRPC_CLIENT_CONNECT_TIMEOUT`: bound on establishing a connection (default `2s`).
     pub connect_timeout: Duration,
-    /// `GRPC_CLIENT_TIMEOUT`: deadline of each outgoing call (default `5s`).
+    /// `GRPC_CLIENT_TIMEOUT`: deadline of each outgoing call, retries included; a
+    /// shorter deadline of the call being served wins (default `5s`).
     pub request_timeout: Duration,
+    /// `GRPC_CLIENT_RETRY_MAX_ATTEMPTS`: attempts of a retry-safe call, the first
+    /// included; `1` turns retries off (default `3`, at most `5` as in gRFC A6).
+    pub retry_max_attempts: u32,
+    /// `GRPC_CLIENT_RETRY_BACKOFF`: the bound of the first retry's random pause; it
+    /// doubles with each retry (default `50ms`).
+    pub retry_backoff: Duration,
+    /// `GRPC_CLIENT_RETRY_MAX_BACKOFF`: the largest bound of a retry's pause (default `1s`).
+    pub retry_max_backoff: Duration,
+    /// `GRPC_CLIENT_RETRY_BUDGET`: the retry budget's tokens (gRFC A6 `maxTokens`):
+    /// each failed attempt takes one, and retries stop while half or fewer are left
+    /// (default `10`).
+    pub retry_budget: u32,
+    /// `GRPC_CLIENT_RETRY_BUDGET_RATIO`: tokens each answered attempt gives back
+    /// (gRFC A6 `tokenRatio`, default `0.1`: once the budget is drawn down, about one
+    /// retry per ten answered calls).
+    pub retry_budget_ratio: f64,
+    /// `GRPC_CLIENT_BREAKER_FAILURES`: consecutive failed attempts (UNAVAILABLE,
+    /// DEADLINE_EXCEEDED, no connection) that open the circuit breaker; `0` turns it
+    /// off (default `5`).
+    pub breaker_failures: u32,
+    /// `GRPC_CLIENT_BREAKER_OPEN`: how long an open breaker fails calls at once before
+    /// it lets one probe through (default `5s`).
+    pub breaker_open: Duration,
+    /// `GRPC_CLIENT_MAX_CONCURRENCY`: calls to one downstream waiting for their answer
+    /// (a stream counts until it starts); more fail at once with RESOURCE_EXHAUSTED
+    /// (default `200`).
+    pub max_concurrency: usize,
+    /// `GRPC_CLIENT_DNS_REFRESH`: how often host names in `*_ADDR` are resolved again,
+    /// so that calls spread over every address (every pod of a headless Service)
+    /// (default `30s`).
+    pub dns_refresh: Duration,
     /// `GRPC_CLIENT_TLS_*`: how `https://` upstreams are called (default: none, and
     /// [`Env::upstream`] refuses `https://`).
     pub tls: Option<ClientTls>,
@@ -341,11 +372,39 @@ pub struct ClientConfig {
 
 impl ClientConfig {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
-        Ok(Self {
+        let config = Self {
             connect_timeout: env.duration("GRPC_CLIENT_CONNECT_TIMEOUT", Duration::from_secs(2))?,
             request_timeout: env.duration("GRPC_CLIENT_TIMEOUT", Duration::from_secs(5))?,
+            retry_max_attempts: env.int_in("GRPC_CLIENT_RETRY_MAX_ATTEMPTS", 3, 1, 5)?,
+            retry_backoff: env.duration("GRPC_CLIENT_RETRY_BACKOFF", Duration::from_millis(50))?,
+            retry_max_backoff: env
+                .duration("GRPC_CLIENT_RETRY_MAX_BACKOFF", Duration::from_secs(1))?,
+            retry_budget: env.int_in("GRPC_CLIENT_RETRY_BUDGET", 10, 1, 1000)?,
+            retry_budget_ratio: env.parse_with(
+                "GRPC_CLIENT_RETRY_BUDGET_RATIO",
+                0.1,
+                "a number from 0.001 to 1 like 0.1",
+                |v| v.parse().ok().filter(|r| (0.001..=1.0).contains(r)),
+            )?,
+            breaker_failures: env.int_in("GRPC_CLIENT_BREAKER_FAILURES", 5, 0, 1000)?,
+            breaker_open: env.duration("GRPC_CLIENT_BREAKER_OPEN", Duration::from_secs(5))?,
+            max_concurrency: env.int_in("GRPC_CLIENT_MAX_CONCURRENCY", 200, 1, 100_000)?,
+            dns_refresh: env.duration("GRPC_CLIENT_DNS_REFRESH", Duration::from_secs(30))?,
             tls: ClientTls::from_env(env)?,
-        })
+        };
+        for (var, value) in [
+            ("GRPC_CLIENT_TIMEOUT", config.request_timeout),
+            ("GRPC_CLIENT_DNS_REFRESH", config.dns_refresh),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError {
+                    var: var.to_owned(),
+                    value: "0".to_owned(),
+                    expected: "a duration above zero".to_owned(),
+                });
+            }
+        }
+        Ok(config)
     }
 }
 
@@ -442,10 +501,12 @@ mod tests {
             ("A", "http://inventory:50052"),
             ("B", "inventory:50052"),
             ("C", "http://x"),
+            ("D", "http://10.0.0.7:50052, http://10.0.0.8:50052"),
+            ("E", "http://10.0.0.7:50052,"),
         ]);
         assert_eq!(
-            e.upstream("A", "http://127.0.0.1:1").unwrap().host(),
-            Some("inventory")
+            e.upstream("A", "http://127.0.0.1:1").unwrap().to_string(),
+            "http://inventory:50052/"
         );
         assert!(e.upstream("B", "http://127.0.0.1:1").is_err());
         // https:// only with a CA to check the server's certificate against.
@@ -454,11 +515,37 @@ mod tests {
         assert!(err.to_string().contains("GRPC_CLIENT_TLS_CA_FILE"), "{err}");
         assert!(e.upstream("C", "http://127.0.0.1:1").is_err());
         assert_eq!(
+            e.upstream("D", "http://127.0.0.1:1").unwrap().to_string(),
+            "http://10.0.0.7:50052/,http://10.0.0.8:50052/"
+        );
+        assert!(e.upstream("E", "http://127.0.0.1:1").is_err());
+        assert_eq!(
             e.upstream("UNSET", "http://127.0.0.1:1")
                 .unwrap()
-                .port_u16(),
-            Some(1)
+                .to_string(),
+            "http://127.0.0.1:1/"
         );
+    }
+
+    #[test]
+    fn client_settings_are_checked() {
+        let config = ClientConfig::from_env(&env(&[])).unwrap();
+        assert_eq!(config.retry_max_attempts, 3);
+        assert_eq!(config.breaker_failures, 5);
+        for (var, value, expected) in [
+            ("GRPC_CLIENT_RETRY_MAX_ATTEMPTS", "6", "from 1 to 5"),
+            ("GRPC_CLIENT_RETRY_BUDGET_RATIO", "2", "from 0.001 to 1"),
+            ("GRPC_CLIENT_TIMEOUT", "0", "above zero"),
+            ("GRPC_CLIENT_MAX_CONCURRENCY", "0", "from 1 to 100000"),
+        ] {
+            let message = ClientConfig::from_env(&env(&[(var, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                message.contains(var) && message.contains(expected),
+                "{message}"
+            );
+        }
     }
 
     #[test]

@@ -1,14 +1,36 @@
 //! Bounds every call by the client's deadline and the server's own limit, and answers
 //! DEADLINE_EXCEEDED when it runs out, as the gRPC spec says. (tonic's built-in
 //! `Server::timeout` answers CANCELLED, which clients treat as their own cancellation.)
+//!
+//! The deadline is also made known to the handler's task ([`current`]), so that the
+//! calls the handler makes to other services are bounded by it (`shared::client`
+//! sends what is left of it on as their `grpc-timeout`).
 
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use tokio::time::Instant;
 use tonic::Status;
 use tower::{Layer, Service};
+
+tokio::task_local! {
+    static DEADLINE: Instant;
+}
+
+/// The deadline of the call this task is serving, if it serves one. Tasks spawned
+/// from a handler do not inherit it: work that must outlive the call (orders' saga)
+/// runs in a task of its own for that reason.
+pub fn current() -> Option<Instant> {
+    DEADLINE.try_with(|deadline| *deadline).ok()
+}
+
+/// Runs `future` as if serving a call due at `deadline` (what [`Deadline`] does for
+/// every call): calls made through `shared::client` inside it are bounded by it.
+pub async fn scope<F: Future>(deadline: Instant, future: F) -> F::Output {
+    DEADLINE.scope(deadline, future).await
+}
 
 /// Applies [`Deadline`] to a service.
 #[derive(Clone, Copy, Debug)]
@@ -57,9 +79,10 @@ where
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
         let timeout = grpc_timeout(request.headers()).map_or(self.limit, |t| t.min(self.limit));
-        let response = self.inner.call(request);
+        let deadline = Instant::now() + timeout;
+        let response = DEADLINE.scope(deadline, self.inner.call(request));
         Box::pin(async move {
-            match tokio::time::timeout(timeout, response).await {
+            match tokio::time::timeout_at(deadline, response).await {
                 Ok(result) => result,
                 Err(_) => Ok(Status::deadline_exceeded("deadline exceeded").into_http()),
             }
@@ -68,7 +91,7 @@ where
 }
 
 /// The `grpc-timeout` header: at most 8 digits and a unit (H, M, S, m, u, n).
-fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+pub(crate) fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
     let value = headers.get("grpc-timeout")?.to_str().ok()?;
     let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
     if digits.is_empty() || digits.len() > 8 {

@@ -7,7 +7,8 @@
 //!   ends, W3C trace context propagation, and `/metrics` on the admin port.
 //! - [`server`]: the gRPC server: health, reflection, limits, deadlines, a span per
 //!   call, and graceful shutdown ([`Server`]).
-//! - [`client`]: channels for calling other services.
+//! - [`client`]: channels for calling other services: deadline propagation, retries
+//!   under a budget, circuit breaker, bulkhead and load balancing, per downstream.
 //! - [`tls`]: TLS and mutual TLS between services (`GRPC_TLS_*`, `GRPC_CLIENT_TLS_*`).
 //! - [`db`]: PostgreSQL when `DATABASE_URL` is set: a pool in the service's schema,
 //!   migrated at start-up.
@@ -15,7 +16,7 @@
 //!   set, an in-process bus otherwise.
 //! - [`validation`], [`status`], [`pagination`], [`money`], [`id`]: request rules and
 //!   error statuses that every service shares.
-//! - [`testing`]: in-process test servers.
+//! - [`testing`]: in-process test servers, and a fault-injection TCP proxy.
 #![forbid(unsafe_code)]
 
 pub mod admin;

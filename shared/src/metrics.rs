@@ -5,6 +5,16 @@
 //!   a histogram of the calls served; its `_count` is the request count and the
 //!   non-zero status codes are the errors.
 //! - `rpc_client_call_duration_seconds{…}`: the same for calls made to other services.
+//! - `rpc_client_attempts_total{upstream}`: attempts sent to a downstream (calls and
+//!   their retries); `rpc_client_retries_total{upstream}` the retries among them,
+//!   `rpc_client_retries_throttled_total{upstream}` the retries the budget refused,
+//!   `rpc_client_transparent_retries_total{upstream}` calls sent again at once to
+//!   another address because they could not connect.
+//! - `rpc_client_rejected_total{upstream, reason}`: calls failed without being sent,
+//!   `reason` = `breaker_open` (UNAVAILABLE) or `bulkhead_full` (RESOURCE_EXHAUSTED).
+//! - `rpc_client_breaker_state{upstream}` (0 closed, 1 half-open, 2 open) and
+//!   `rpc_client_breaker_transitions_total{upstream, state}` (the state entered).
+//!   `upstream` is the address as configured (`*_ADDR`).
 //! - `process_*`: CPU seconds, resident and virtual memory, open file descriptors,
 //!   threads and start time (Linux).
 //!
@@ -14,9 +24,11 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
 pub use prometheus::IntCounterVec;
+
+use crate::client::policy::BreakerState;
 
 /// Which end of a call is measured.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,6 +55,13 @@ struct Metrics {
     registry: Registry,
     server: HistogramVec,
     client: HistogramVec,
+    attempts: IntCounterVec,
+    retries: IntCounterVec,
+    throttled: IntCounterVec,
+    transparent: IntCounterVec,
+    rejected: IntCounterVec,
+    breaker_state: IntGaugeVec,
+    breaker_transitions: IntCounterVec,
 }
 
 fn metrics() -> &'static Metrics {
@@ -65,6 +84,55 @@ fn metrics() -> &'static Metrics {
             "rpc_client_call_duration_seconds",
             "Duration of RPCs made to other services, by service, method and gRPC status code.",
         );
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let counter = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(counter.clone()))
+                .expect("metric registered once");
+            counter
+        };
+        let upstream = &["upstream"];
+        let attempts = counter(
+            "rpc_client_attempts_total",
+            "Attempts sent to a downstream: calls and their retries.",
+            upstream,
+        );
+        let retries = counter(
+            "rpc_client_retries_total",
+            "Retries sent to a downstream, by the channel or by callers that retry on their own.",
+            upstream,
+        );
+        let throttled = counter(
+            "rpc_client_retries_throttled_total",
+            "Retries not sent because the downstream's retry budget was spent.",
+            upstream,
+        );
+        let transparent = counter(
+            "rpc_client_transparent_retries_total",
+            "Calls sent again at once to another address because they could not connect.",
+            upstream,
+        );
+        let rejected = counter(
+            "rpc_client_rejected_total",
+            "Calls failed without being sent: breaker_open or bulkhead_full.",
+            &["upstream", "reason"],
+        );
+        let breaker_transitions = counter(
+            "rpc_client_breaker_transitions_total",
+            "Circuit breaker state changes, by the state entered.",
+            &["upstream", "state"],
+        );
+        let breaker_state = IntGaugeVec::new(
+            Opts::new(
+                "rpc_client_breaker_state",
+                "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
+            ),
+            upstream,
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(breaker_state.clone()))
+            .expect("metric registered once");
         #[cfg(target_os = "linux")]
         registry
             .register(Box::new(
@@ -75,6 +143,13 @@ fn metrics() -> &'static Metrics {
             registry,
             server,
             client,
+            attempts,
+            retries,
+            throttled,
+            transparent,
+            rejected,
+            breaker_state,
+            breaker_transitions,
         }
     })
 }
@@ -89,6 +164,47 @@ pub(crate) fn record_call(side: Side, service: &str, method: &str, code: i32, du
     histogram
         .with_label_values(&["grpc", service, method, code_label(code)])
         .observe(duration.as_secs_f64());
+}
+
+pub(crate) fn client_attempt(upstream: &str) {
+    metrics().attempts.with_label_values(&[upstream]).inc();
+}
+
+pub(crate) fn client_retry(upstream: &str) {
+    metrics().retries.with_label_values(&[upstream]).inc();
+}
+
+pub(crate) fn client_retry_throttled(upstream: &str) {
+    metrics().throttled.with_label_values(&[upstream]).inc();
+}
+
+pub(crate) fn client_transparent_retry(upstream: &str) {
+    metrics().transparent.with_label_values(&[upstream]).inc();
+}
+
+pub(crate) fn client_rejected(upstream: &str, reason: &'static str) {
+    let rejected = &metrics().rejected;
+    rejected.with_label_values(&[upstream, reason]).inc();
+}
+
+/// The breaker of `upstream` is in `state`: set at its creation, and on each change.
+pub(crate) fn client_breaker_state(upstream: &str, state: BreakerState, changed: bool) {
+    let metrics = metrics();
+    let value = match state {
+        BreakerState::Closed => 0,
+        BreakerState::HalfOpen => 1,
+        BreakerState::Open => 2,
+    };
+    metrics
+        .breaker_state
+        .with_label_values(&[upstream])
+        .set(value);
+    if changed {
+        metrics
+            .breaker_transitions
+            .with_label_values(&[upstream, state.name()])
+            .inc();
+    }
 }
 
 /// The label of a gRPC status code (0 to 16), without formatting on the hot path.

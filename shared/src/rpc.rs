@@ -262,6 +262,10 @@ impl<S> ClientRpc<S> {
             port,
         }
     }
+
+    pub(crate) fn inner(&self) -> &S {
+        &self.inner
+    }
 }
 
 impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for ClientRpc<S>

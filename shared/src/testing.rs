@@ -7,7 +7,9 @@
 //! server.stop().await?;
 //! ```
 //!
-//! [`NatsServer`] runs a real `nats-server` with JetStream for the event tests.
+//! [`NatsServer`] runs a real `nats-server` with JetStream for the event tests;
+//! [`proxy::FaultProxy`] puts network faults (latency, bandwidth, resets, a black
+//! hole) between a client and a server.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -20,6 +22,8 @@ use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::health_client::HealthClient;
 
 use crate::{Env, Error, Server};
+
+pub mod proxy;
 
 /// A server serving on `127.0.0.1:<free port>` in a background task.
 #[derive(Debug)]

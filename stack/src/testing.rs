@@ -59,11 +59,8 @@ impl TestStack {
 
     /// A channel to gRPC service `name`, for its generated client.
     pub fn channel(&self, name: &str) -> Channel {
-        let uri = format!("http://{}", self.addr(name))
-            .parse()
-            .expect("a socket address makes a valid URI");
         client::channel(
-            uri,
+            self.addr(name),
             &ClientConfig::from_env(&Env::default()).expect("the defaults are valid"),
         )
     }

@@ -18,6 +18,9 @@ pub(crate) struct Method {
     pub(crate) output: String,
     pub(crate) client_streaming: bool,
     pub(crate) server_streaming: bool,
+    /// Whether the RPC declares options (`idempotency_level`): grpcurl then opens a
+    /// block for them instead of ending the line with `;`.
+    pub(crate) has_options: bool,
 }
 
 impl Method {
@@ -25,12 +28,13 @@ impl Method {
     pub(crate) fn describe_line(&self) -> String {
         let stream = |yes: bool| if yes { "stream " } else { "" };
         format!(
-            "rpc {} ( {}.{} ) returns ( {}.{} );",
+            "rpc {} ( {}.{} ) returns ( {}.{} ){}",
             self.name,
             stream(self.client_streaming),
             self.input,
             stream(self.server_streaming),
-            self.output
+            self.output,
+            if self.has_options { " {" } else { ";" }
         )
     }
 }
@@ -97,6 +101,7 @@ impl Schema {
                             output: m.output_type().trim_start_matches('.').to_owned(),
                             client_streaming: m.client_streaming(),
                             server_streaming: m.server_streaming(),
+                            has_options: m.options.is_some(),
                         })
                         .collect(),
                 });

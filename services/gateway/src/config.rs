@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use http::Uri;
+use shared::client::Upstream;
 use shared::{ClientConfig, ConfigError, Env, ServerConfig};
 
 use crate::auth::Authenticator;
@@ -64,11 +64,11 @@ pub struct RateLimit {
 #[derive(Clone, Debug)]
 pub struct Upstreams {
     /// `ORDERS_ADDR` (default `http://127.0.0.1:50051`).
-    pub orders: Uri,
+    pub orders: Upstream,
     /// `INVENTORY_ADDR` (default `http://127.0.0.1:50052`).
-    pub inventory: Uri,
+    pub inventory: Upstream,
     /// `NOTIFICATIONS_ADDR` (default `http://127.0.0.1:50054`).
-    pub notifications: Uri, // remove-service: notifications
+    pub notifications: Upstream, // remove-service: notifications
 }
 
 impl Config {
@@ -158,9 +158,18 @@ mod tests {
     fn defaults_are_the_local_ports() {
         let config = Config::from_env(&Env::default()).unwrap();
         assert_eq!(config.server.listen_addr.port(), PORT);
-        assert_eq!(config.upstreams.orders.port_u16(), Some(50051));
-        assert_eq!(config.upstreams.inventory.port_u16(), Some(50052));
-        assert_eq!(config.upstreams.notifications.port_u16(), Some(50054)); // remove-service: notifications
+        assert_eq!(
+            config.upstreams.orders.to_string(),
+            "http://127.0.0.1:50051/"
+        );
+        assert_eq!(
+            config.upstreams.inventory.to_string(),
+            "http://127.0.0.1:50052/"
+        );
+        assert_eq!(
+            config.upstreams.notifications.to_string(),
+            "http://127.0.0.1:50054/"
+        ); // remove-service: notifications
         assert_eq!(config.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
         assert!(config.auth.is_none());
         let limit = config.rate_limit.unwrap();

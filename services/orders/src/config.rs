@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use http::Uri;
+use shared::client::Upstream;
 use shared::db::DbConfig;
 use shared::events::EventsConfig;
 use shared::{ClientConfig, ConfigError, Env, ServerConfig};
@@ -19,9 +19,9 @@ pub struct Config {
     /// Timeouts of the calls to inventory and payments.
     pub client: ClientConfig,
     /// `INVENTORY_ADDR`: the inventory service (default `http://127.0.0.1:50052`).
-    pub inventory_addr: Uri,
+    pub inventory_addr: Upstream,
     /// `PAYMENTS_ADDR`: the payments service (default `http://127.0.0.1:50053`).
-    pub payments_addr: Uri,
+    pub payments_addr: Upstream,
     /// Where order events go: JetStream when `NATS_URL` is set.
     pub events: EventsConfig,
     /// `DATABASE_URL` and the other `DATABASE_*` variables: PostgreSQL keeps the orders
@@ -136,8 +136,8 @@ mod tests {
     fn upstreams_default_to_their_local_ports_and_bad_ones_are_named() {
         let config = Config::from_env(&Env::default()).unwrap();
         assert_eq!(config.server.listen_addr.port(), PORT);
-        assert_eq!(config.inventory_addr, "http://127.0.0.1:50052");
-        assert_eq!(config.payments_addr, "http://127.0.0.1:50053");
+        assert_eq!(config.inventory_addr.to_string(), "http://127.0.0.1:50052/");
+        assert_eq!(config.payments_addr.to_string(), "http://127.0.0.1:50053/");
 
         let env: Env = [("PAYMENTS_ADDR", "payments:50053")].into_iter().collect();
         let message = Config::from_env(&env).unwrap_err().to_string();

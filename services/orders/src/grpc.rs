@@ -13,8 +13,8 @@ use contracts::inventory::v1::{
 use contracts::orders::v1::order_service_server::{OrderService, OrderServiceServer};
 use contracts::orders::v1::{self as pb};
 use contracts::payments::v1::{self as payments_pb, payment_service_client::PaymentServiceClient};
-use http::Uri;
-use shared::client::Channel;
+use shared::client::policy::RetryBudget;
+use shared::client::{Channel, NoRetry, Upstream};
 use shared::{ClientConfig, Money, ServerConfig};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::WatchStream;
@@ -186,7 +186,7 @@ impl From<Order> for pb::Order {
 /// wrong one. The detail names the call, for the logs.
 fn upstream_error(
     upstream: &'static str,
-    addr: &Uri,
+    addr: &Upstream,
     method: &str,
     status: &Status,
 ) -> UpstreamError {
@@ -205,7 +205,7 @@ fn upstream_error(
 }
 
 /// An answer without the field it must have: a bug, not a refusal.
-fn malformed(upstream: &'static str, addr: &Uri, method: &str) -> UpstreamError {
+fn malformed(upstream: &'static str, addr: &Upstream, method: &str) -> UpstreamError {
     UpstreamError::Failed {
         upstream,
         detail: format!(
@@ -214,17 +214,29 @@ fn malformed(upstream: &'static str, addr: &Uri, method: &str) -> UpstreamError 
     }
 }
 
+/// A call the saga retries on its own (see `saga.rs`): the channel must not.
+fn saga_call<T>(message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request.extensions_mut().insert(NoRetry);
+    request
+}
+
 /// Inventory over gRPC.
 #[derive(Clone, Debug)]
 pub(crate) struct InventoryClient {
     client: InventoryServiceClient<Channel>,
-    addr: Uri,
+    budget: Arc<RetryBudget>,
+    addr: Upstream,
 }
 
 impl InventoryClient {
-    pub(crate) fn new(addr: Uri, config: &ClientConfig) -> Self {
-        let client = InventoryServiceClient::new(shared::client::channel(addr.clone(), config));
-        Self { client, addr }
+    pub(crate) fn new(addr: Upstream, config: &ClientConfig) -> Self {
+        let channel = shared::client::channel(addr.clone(), config);
+        Self {
+            budget: channel.retry_budget(),
+            client: InventoryServiceClient::new(channel),
+            addr,
+        }
     }
 
     fn error(&self, method: &str, status: &Status) -> UpstreamError {
@@ -261,7 +273,7 @@ impl Inventory for InventoryClient {
                 })
                 .collect(),
         };
-        match self.client.clone().reserve_stock(request).await {
+        match self.client.clone().reserve_stock(saga_call(request)).await {
             Ok(_) => Ok(()),
             // Too little stock, or a product gone since it was priced; the message says which.
             Err(status) if matches!(status.code(), Code::FailedPrecondition | Code::NotFound) => {
@@ -275,7 +287,12 @@ impl Inventory for InventoryClient {
         let request = inventory_pb::CommitReservationRequest {
             reservation_id: reservation_id.to_owned(),
         };
-        match self.client.clone().commit_reservation(request).await {
+        match self
+            .client
+            .clone()
+            .commit_reservation(saga_call(request))
+            .await
+        {
             Ok(_) => Ok(()),
             Err(status) => Err(self.error("CommitReservation", &status)),
         }
@@ -285,7 +302,12 @@ impl Inventory for InventoryClient {
         let request = inventory_pb::ReleaseReservationRequest {
             reservation_id: reservation_id.to_owned(),
         };
-        match self.client.clone().release_reservation(request).await {
+        match self
+            .client
+            .clone()
+            .release_reservation(saga_call(request))
+            .await
+        {
             Ok(_) => Ok(Release::Released),
             // The one precondition of a release: the reservation is not committed.
             Err(status) if status.code() == Code::FailedPrecondition => {
@@ -294,19 +316,28 @@ impl Inventory for InventoryClient {
             Err(status) => Err(self.error("ReleaseReservation", &status)),
         }
     }
+
+    fn may_retry(&self) -> bool {
+        self.budget.try_retry()
+    }
 }
 
 /// Payments over gRPC.
 #[derive(Clone, Debug)]
 pub(crate) struct PaymentsClient {
     client: PaymentServiceClient<Channel>,
-    addr: Uri,
+    budget: Arc<RetryBudget>,
+    addr: Upstream,
 }
 
 impl PaymentsClient {
-    pub(crate) fn new(addr: Uri, config: &ClientConfig) -> Self {
-        let client = PaymentServiceClient::new(shared::client::channel(addr.clone(), config));
-        Self { client, addr }
+    pub(crate) fn new(addr: Upstream, config: &ClientConfig) -> Self {
+        let channel = shared::client::channel(addr.clone(), config);
+        Self {
+            budget: channel.retry_budget(),
+            client: PaymentServiceClient::new(channel),
+            addr,
+        }
     }
 
     fn error(&self, method: &str, status: &Status) -> UpstreamError {
@@ -327,7 +358,7 @@ impl Payments for PaymentsClient {
             amount: Some(charge.amount.clone().into()),
             card_token: charge.card_token.clone(),
         };
-        match self.client.clone().charge(request).await {
+        match self.client.clone().charge(saga_call(request)).await {
             Ok(response) => {
                 let payment = response.into_inner().payment;
                 let payment = payment.ok_or_else(|| malformed("payments", &self.addr, "Charge"))?;
@@ -349,7 +380,7 @@ impl Payments for PaymentsClient {
             payment_id: payment_id.to_owned(),
             reason: reason.to_owned(),
         };
-        match self.client.clone().refund(request).await {
+        match self.client.clone().refund(saga_call(request)).await {
             Ok(_) => Ok(()),
             Err(status) => Err(self.error("Refund", &status)),
         }
@@ -364,7 +395,7 @@ impl Payments for PaymentsClient {
                 page_size: 0,
                 page_token,
             };
-            let page = match self.client.clone().list_payments(request).await {
+            let page = match self.client.clone().list_payments(saga_call(request)).await {
                 Ok(response) => response.into_inner(),
                 Err(status) => return Err(self.error("ListPayments", &status)),
             };
@@ -381,5 +412,9 @@ impl Payments for PaymentsClient {
             }
             page_token = page.next_page_token;
         }
+    }
+
+    fn may_retry(&self) -> bool {
+        self.budget.try_retry()
     }
 }

@@ -18,6 +18,16 @@
 //! undo took effect. A compensation that still fails is logged as an error naming the
 //! order, for someone to finish by hand.
 //!
+//! The saga retries its own calls rather than leaving it to the channel (which retries
+//! only what was not processed): a lost answer (DEADLINE_EXCEEDED) is safe to retry
+//! here thanks to the keys, and compensations deserve more tries than steps. Its
+//! calls tell the channel not to retry them too (`shared::client::NoRetry`), so
+//! attempts never multiply, and each retry asks the downstream's retry budget first
+//! ([`Inventory::may_retry`]): one budget bounds every retry sent to a downstream.
+//! The saga runs in a task of its own, detached from the PlaceOrder call's deadline on
+//! purpose: each of its calls is bounded by `GRPC_CLIENT_TIMEOUT`, and a caller that
+//! gives up must not stop it halfway.
+//!
 //! A process that dies mid-saga (killed, out of memory, its node lost) leaves its order
 //! PENDING, perhaps with stock reserved or the card charged. Since every step is
 //! idempotent, running the saga again from the stored order finishes it: each process
@@ -63,6 +73,11 @@ pub(crate) trait Inventory: Send + Sync + 'static {
     /// reservation it has not seen, and a late reserve with that id then holds nothing:
     /// releasing is right after a reserve whose answer was lost.
     async fn release(&self, reservation_id: &str) -> Result<Release, UpstreamError>;
+
+    /// Whether inventory's retry budget allows one more retry (counted if so).
+    fn may_retry(&self) -> bool {
+        true
+    }
 }
 
 /// What releasing a reservation found.
@@ -85,6 +100,11 @@ pub(crate) trait Payments: Send + Sync + 'static {
     /// The ids of the captured (charged, not refunded) payments of `order_id`: how a
     /// charge whose answer was lost is found.
     async fn captured(&self, order_id: &str) -> Result<Vec<String>, UpstreamError>;
+
+    /// Whether payments' retry budget allows one more retry (counted if so).
+    fn may_retry(&self) -> bool {
+        true
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -346,7 +366,13 @@ impl Saga {
         let key = order.id.clone();
         let items = order.items();
 
-        if let Err(error) = retry(STEP, || self.inventory.reserve(&key, &items)).await {
+        if let Err(error) = retry(
+            STEP,
+            || self.inventory.may_retry(),
+            || self.inventory.reserve(&key, &items),
+        )
+        .await
+        {
             tracing::warn!(order_id = %key, %error, "reserving stock failed");
             if !matches!(error, UpstreamError::Refused(_)) {
                 self.release(order).await;
@@ -363,7 +389,13 @@ impl Saga {
             amount: order.total.clone(),
             card_token: order.card_token.clone(),
         };
-        let payment_id = match retry(STEP, || self.payments.charge(&charge)).await {
+        let payment_id = match retry(
+            STEP,
+            || self.payments.may_retry(),
+            || self.payments.charge(&charge),
+        )
+        .await
+        {
             Ok(payment_id) => payment_id,
             Err(error) => {
                 tracing::warn!(order_id = %key, %error, "charging the card failed");
@@ -381,7 +413,13 @@ impl Saga {
         // Still pending: no event to record.
         self.store.update(order, None).await?;
 
-        let Err(error) = retry(STEP, || self.inventory.commit(&key)).await else {
+        let Err(error) = retry(
+            STEP,
+            || self.inventory.may_retry(),
+            || self.inventory.commit(&key),
+        )
+        .await
+        else {
             return Ok(Status::Confirmed);
         };
         tracing::warn!(order_id = %key, %error, "committing the reservation failed");
@@ -397,7 +435,13 @@ impl Saga {
     /// Compensation: gives the order's stock back. `None` if inventory could not be
     /// told, which is logged for someone to release the reservation by hand.
     async fn release(&self, order: &Order) -> Option<Release> {
-        match retry(COMPENSATION, || self.inventory.release(&order.id)).await {
+        match retry(
+            COMPENSATION,
+            || self.inventory.may_retry(),
+            || self.inventory.release(&order.id),
+        )
+        .await
+        {
             Ok(release) => Some(release),
             Err(error) => {
                 tracing::error!(
@@ -417,7 +461,13 @@ impl Saga {
     async fn refund(&self, order: &Order, reason: &str) {
         let payment_ids = match &order.payment_id {
             Some(payment_id) => vec![payment_id.clone()],
-            None => match retry(COMPENSATION, || self.payments.captured(&order.id)).await {
+            None => match retry(
+                COMPENSATION,
+                || self.payments.may_retry(),
+                || self.payments.captured(&order.id),
+            )
+            .await
+            {
                 Ok(payment_ids) => payment_ids,
                 Err(error) => {
                     tracing::error!(
@@ -431,8 +481,12 @@ impl Saga {
         };
         let reason = format!("order {} failed: {reason}", order.id);
         for payment_id in payment_ids {
-            if let Err(error) =
-                retry(COMPENSATION, || self.payments.refund(&payment_id, &reason)).await
+            if let Err(error) = retry(
+                COMPENSATION,
+                || self.payments.may_retry(),
+                || self.payments.refund(&payment_id, &reason),
+            )
+            .await
             {
                 tracing::error!(
                     order_id = %order.id,
@@ -446,18 +500,26 @@ impl Saga {
 }
 
 /// Makes `call` until it answers, retrying only when it got no answer (safe: every
-/// call of the saga is idempotent).
-async fn retry<T, F>(policy: Retry, mut call: impl FnMut() -> F) -> Result<T, UpstreamError>
+/// call of the saga is idempotent) and while `may_retry` (the downstream's retry
+/// budget) allows, after a random pause that doubles its bound each time.
+async fn retry<T, F>(
+    policy: Retry,
+    may_retry: impl Fn() -> bool,
+    mut call: impl FnMut() -> F,
+) -> Result<T, UpstreamError>
 where
     F: Future<Output = Result<T, UpstreamError>>,
 {
-    let mut backoff = policy.backoff;
-    for _ in 1..policy.attempts {
+    let backoff = shared::client::policy::Backoff {
+        initial: policy.backoff,
+        max: policy.backoff * 2u32.pow(policy.attempts),
+    };
+    for retry in 1..policy.attempts {
         match call().await {
-            Err(error @ UpstreamError::Unavailable { .. }) => {
-                tracing::debug!(%error, ?backoff, "no answer; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff *= 2;
+            Err(error @ UpstreamError::Unavailable { .. }) if may_retry() => {
+                let pause = backoff.delay(retry);
+                tracing::debug!(%error, ?pause, "no answer; retrying");
+                tokio::time::sleep(pause).await;
             }
             answered => return answered,
         }

@@ -1,0 +1,350 @@
+//! The resilient channel (`shared::client`) against in-process servers whose answers
+//! the tests script: retries, budget, deadlines, breaker, bulkhead, load balancing.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use contracts::inventory::v1::inventory_service_client::InventoryServiceClient;
+use contracts::inventory::v1::inventory_service_server::{
+    InventoryService, InventoryServiceServer,
+};
+use contracts::inventory::v1::{self as pb};
+use shared::client::policy::BreakerState;
+use shared::client::{Channel, NoRetry};
+use shared::testing::{TestServer, eventually};
+use shared::{ClientConfig, Env, Server, ServerConfig};
+use tokio::sync::watch;
+use tonic::{Code, Request, Response, Status, Streaming};
+
+/// An inventory whose `GetProduct` answers as scripted: each call takes the next code
+/// of `script` (OK when it is empty) and waits while `hang` is set.
+#[derive(Clone, Default)]
+struct Fake {
+    calls: Arc<AtomicUsize>,
+    script: Arc<Mutex<VecDeque<Code>>>,
+    hang: Arc<watch::Sender<bool>>,
+    in_flight: Arc<watch::Sender<usize>>,
+    /// The `grpc-timeout` of the last call.
+    timeout: Arc<Mutex<Option<String>>>,
+}
+
+impl Fake {
+    fn script(&self, codes: impl IntoIterator<Item = Code>) {
+        self.script.lock().unwrap().extend(codes);
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    fn hang(&self, hang: bool) {
+        self.hang.send_replace(hang);
+    }
+
+    async fn in_flight(&self, n: usize) {
+        let mut in_flight = self.in_flight.subscribe();
+        in_flight.wait_for(|i| *i >= n).await.unwrap();
+    }
+}
+
+#[tonic::async_trait]
+impl InventoryService for Fake {
+    async fn get_product(
+        &self,
+        request: Request<pb::GetProductRequest>,
+    ) -> Result<Response<pb::GetProductResponse>, Status> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let timeout = request.metadata().get("grpc-timeout");
+        *self.timeout.lock().unwrap() = timeout.and_then(|t| t.to_str().ok()).map(str::to_owned);
+        self.in_flight.send_modify(|i| *i += 1);
+        let _ = self.hang.subscribe().wait_for(|hang| !*hang).await;
+        self.in_flight.send_modify(|i| *i -= 1);
+        let code = self.script.lock().unwrap().pop_front();
+        match code {
+            None | Some(Code::Ok) => Ok(Response::new(pb::GetProductResponse {
+                product: Some(pb::Product {
+                    sku: request.into_inner().sku,
+                    ..Default::default()
+                }),
+            })),
+            Some(code) => Err(Status::new(code, "scripted")),
+        }
+    }
+
+    async fn list_products(
+        &self,
+        _: Request<pb::ListProductsRequest>,
+    ) -> Result<Response<pb::ListProductsResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn reserve_stock(
+        &self,
+        _: Request<pb::ReserveStockRequest>,
+    ) -> Result<Response<pb::ReserveStockResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn commit_reservation(
+        &self,
+        _: Request<pb::CommitReservationRequest>,
+    ) -> Result<Response<pb::CommitReservationResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn release_reservation(
+        &self,
+        _: Request<pb::ReleaseReservationRequest>,
+    ) -> Result<Response<pb::ReleaseReservationResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn restock_products(
+        &self,
+        _: Request<Streaming<pb::RestockProductsRequest>>,
+    ) -> Result<Response<pb::RestockProductsResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+}
+
+async fn serve(fake: &Fake) -> TestServer {
+    let config = ServerConfig::from_env(&shared::testing::env([]), 0, 0).unwrap();
+    let server = Server::builder("fake-inventory", &config)
+        .add_service(InventoryServiceServer::new(fake.clone()))
+        .bind()
+        .await
+        .unwrap();
+    TestServer::start(server)
+}
+
+/// A channel to `addrs` with the defaults and `settings`.
+fn channel(addrs: &str, settings: &[(&str, &str)]) -> Channel {
+    let env: Env = settings.iter().copied().collect();
+    let config = ClientConfig::from_env(&env).unwrap();
+    shared::client::channel(shared::client::Upstream::parse(addrs).unwrap(), &config)
+}
+
+async fn get(channel: &Channel) -> Result<(), Status> {
+    let request = pb::GetProductRequest { sku: "SKU".into() };
+    InventoryServiceClient::new(channel.clone())
+        .get_product(request)
+        .await
+        .map(drop)
+}
+
+#[tokio::test]
+async fn unavailable_answers_of_retry_safe_methods_are_retried() {
+    let fake = Fake::default();
+    let server = serve(&fake).await;
+    let channel = channel(&format!("http://{}", server.addr), &[]);
+
+    fake.script([Code::Unavailable, Code::Unavailable]);
+    get(&channel).await.expect("the third attempt answers");
+    assert_eq!(fake.calls(), 3);
+
+    // A code that means "processed" is never retried.
+    fake.script([Code::Internal]);
+    assert_eq!(get(&channel).await.unwrap_err().code(), Code::Internal);
+    assert_eq!(fake.calls(), 4);
+
+    // At most GRPC_CLIENT_RETRY_MAX_ATTEMPTS (3) attempts.
+    fake.script([Code::Unavailable; 5]);
+    assert_eq!(get(&channel).await.unwrap_err().code(), Code::Unavailable);
+    assert_eq!(fake.calls(), 7);
+    fake.script.lock().unwrap().clear();
+
+    // A caller that retries on its own turns the channel's retries off.
+    fake.script([Code::Unavailable]);
+    let mut request = Request::new(pb::GetProductRequest { sku: "SKU".into() });
+    request.extensions_mut().insert(NoRetry);
+    let answer = InventoryServiceClient::new(channel.clone())
+        .get_product(request)
+        .await;
+    assert_eq!(answer.unwrap_err().code(), Code::Unavailable);
+    assert_eq!(fake.calls(), 8);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_budget_bounds_retries_when_everything_fails() {
+    let fake = Fake::default();
+    let server = serve(&fake).await;
+    let settings = [
+        ("GRPC_CLIENT_RETRY_MAX_ATTEMPTS", "5"),
+        ("GRPC_CLIENT_RETRY_BACKOFF", "1ms"),
+        ("GRPC_CLIENT_RETRY_BUDGET", "10"),
+        ("GRPC_CLIENT_BREAKER_FAILURES", "0"),
+    ];
+    let channel = channel(&format!("http://{}", server.addr), &settings);
+    fake.script([Code::Unavailable; 1000]);
+    for _ in 0..50 {
+        assert_eq!(get(&channel).await.unwrap_err().code(), Code::Unavailable);
+    }
+    // 50 calls; without a budget, 250 attempts. With 10 tokens, retries stop once
+    // 5 are left: 4 retries in all.
+    assert_eq!(fake.calls(), 54);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_deadline_of_the_call_being_served_bounds_outgoing_calls() {
+    let fake = Fake::default();
+    let server = serve(&fake).await;
+    let channel = channel(&format!("http://{}", server.addr), &[]);
+
+    // No call being served: the channel's own 5 s.
+    get(&channel).await.unwrap();
+    let sent = fake.timeout.lock().unwrap().clone().unwrap();
+    assert!(sent.starts_with('4') && sent.len() == 8, "{sent}");
+
+    // Serving a call due in 300 ms: what is left of it goes on, and bounds the wait.
+    let due = tokio::time::Instant::now() + Duration::from_millis(300);
+    shared::deadline::scope(due, get(&channel)).await.unwrap();
+    let sent = fake.timeout.lock().unwrap().clone().unwrap();
+    let micros: u64 = sent.trim_end_matches('u').parse().unwrap();
+    assert!((200_000..=300_000).contains(&micros), "{sent}");
+
+    fake.hang(true);
+    let start = Instant::now();
+    let due = tokio::time::Instant::now() + Duration::from_millis(300);
+    let answer = shared::deadline::scope(due, get(&channel)).await;
+    let took = start.elapsed();
+    let error = answer.unwrap_err();
+    assert_eq!(error.code(), Code::DeadlineExceeded, "{error:?}");
+    assert!(took < Duration::from_secs(1), "{took:?}");
+
+    // A deadline already passed: not even sent.
+    let calls = fake.calls();
+    let passed = tokio::time::Instant::now();
+    let answer = shared::deadline::scope(passed, get(&channel)).await;
+    assert_eq!(answer.unwrap_err().code(), Code::DeadlineExceeded);
+    assert_eq!(fake.calls(), calls);
+    fake.hang(false);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_breaker_opens_on_a_hung_server_fails_fast_and_closes_after_a_probe() {
+    let fake = Fake::default();
+    let server = serve(&fake).await;
+    let settings = [
+        ("GRPC_CLIENT_TIMEOUT", "200ms"),
+        ("GRPC_CLIENT_BREAKER_FAILURES", "3"),
+        ("GRPC_CLIENT_BREAKER_OPEN", "2s"),
+    ];
+    let channel = channel(&format!("http://{}", server.addr), &settings);
+    let breaker = channel.breaker();
+    get(&channel).await.unwrap();
+
+    fake.hang(true);
+    for _ in 0..3 {
+        let start = Instant::now();
+        assert_eq!(
+            get(&channel).await.unwrap_err().code(),
+            Code::DeadlineExceeded
+        );
+        let took = start.elapsed();
+        assert!(took >= Duration::from_millis(200), "{took:?}");
+        assert!(took < Duration::from_secs(1), "{took:?}");
+    }
+    assert_eq!(breaker.state(), BreakerState::Open);
+
+    // Open: fails at once, without reaching the server.
+    let calls = fake.calls();
+    let n = 1000;
+    let start = Instant::now();
+    for _ in 0..n {
+        assert_eq!(get(&channel).await.unwrap_err().code(), Code::Unavailable);
+    }
+    let per_call = start.elapsed() / n;
+    eprintln!("breaker open: {per_call:?} per call over {n} calls");
+    assert!(per_call < Duration::from_millis(1), "{per_call:?} per call");
+    assert_eq!(fake.calls(), calls);
+
+    // Still hung when the probe goes: open again. Then it recovers: closed.
+    fake.hang(false);
+    eventually("a probe closes the breaker", || async {
+        get(&channel).await.is_ok()
+    })
+    .await;
+    assert_eq!(breaker.state(), BreakerState::Closed);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_bulkhead_fails_calls_beyond_its_limit_at_once() {
+    let fake = Fake::default();
+    let server = serve(&fake).await;
+    let settings = [("GRPC_CLIENT_MAX_CONCURRENCY", "2")];
+    let channel = channel(&format!("http://{}", server.addr), &settings);
+    fake.hang(true);
+    let held: Vec<_> = (0..2)
+        .map(|_| {
+            tokio::spawn({
+                let channel = channel.clone();
+                async move { get(&channel).await }
+            })
+        })
+        .collect();
+    fake.in_flight(2).await;
+    let start = Instant::now();
+    let answer = get(&channel).await;
+    assert_eq!(answer.unwrap_err().code(), Code::ResourceExhausted);
+    assert!(start.elapsed() < Duration::from_millis(100));
+    fake.hang(false);
+    for call in held {
+        call.await.unwrap().unwrap();
+    }
+    get(&channel).await.unwrap();
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn calls_spread_over_every_address_and_go_on_when_one_dies() {
+    let (a, b) = (Fake::default(), Fake::default());
+    let (server_a, server_b) = (serve(&a).await, serve(&b).await);
+    let channel = channel(
+        &format!("http://{},http://{}", server_a.addr, server_b.addr),
+        &[],
+    );
+    for _ in 0..10 {
+        get(&channel).await.unwrap();
+    }
+    assert_eq!((a.calls(), b.calls()), (5, 5), "round robin");
+
+    server_a.stop().await.unwrap();
+    let before = b.calls();
+    for _ in 0..20 {
+        get(&channel).await.expect("the other address answers");
+    }
+    assert_eq!(b.calls() - before, 20);
+    server_b.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_address_whose_connections_are_reset_is_set_aside() {
+    let (a, b) = (Fake::default(), Fake::default());
+    let (server_a, server_b) = (serve(&a).await, serve(&b).await);
+    // A reaches its server through a proxy that will reset every connection, as a
+    // crashed pod's node would.
+    let proxy = shared::testing::proxy::FaultProxy::start(server_a.addr).await;
+    let channel = channel(
+        &format!("http://{},http://{}", proxy.addr(), server_b.addr),
+        &[],
+    );
+    for _ in 0..10 {
+        get(&channel).await.unwrap();
+    }
+    assert_eq!((a.calls(), b.calls()), (5, 5), "round robin");
+
+    proxy.set(shared::testing::proxy::Faults::reset());
+    for _ in 0..20 {
+        get(&channel).await.expect("retried on the other address");
+    }
+    assert_eq!(a.calls(), 5);
+    assert_eq!(b.calls(), 25);
+    server_a.stop().await.unwrap();
+    server_b.stop().await.unwrap();
+}
