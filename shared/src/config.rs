@@ -178,6 +178,12 @@ pub struct ServerConfig {
     pub max_concurrent_streams: u32,
     /// `GRPC_MAX_MESSAGE_SIZE`: largest message received or sent, in bytes (default 4 MiB).
     pub max_message_size: usize,
+    /// `GRPC_MAX_HEADER_LIST_SIZE`: largest request metadata (the HTTP/2 header list), in
+    /// bytes; a larger one is refused with HTTP 431 (default 16 KiB).
+    pub max_header_list_size: u32,
+    /// `GRPC_MAX_LOCAL_ERROR_RESETS`: how many malformed streams one connection may
+    /// open before it is closed with GOAWAY `ENHANCE_YOUR_CALM` (default 1024).
+    pub max_local_error_resets: usize,
     /// `SHUTDOWN_DELAY`: how long to keep serving after health turned NOT_SERVING, so
     /// load balancers that poll health stop routing here first (default `0s`; in
     /// Kubernetes a `preStop` sleep does this job).
@@ -198,6 +204,13 @@ impl ServerConfig {
             request_timeout: env.duration("GRPC_REQUEST_TIMEOUT", Duration::from_secs(30))?,
             max_concurrent_streams: env.int_in("GRPC_MAX_CONCURRENT_STREAMS", 100, 1, 10_000)?,
             max_message_size: env.int_in("GRPC_MAX_MESSAGE_SIZE", 4 << 20, 1024, 64 << 20)?,
+            max_header_list_size: env.int_in(
+                "GRPC_MAX_HEADER_LIST_SIZE",
+                16 << 10,
+                1024,
+                1 << 20,
+            )?,
+            max_local_error_resets: env.int_in("GRPC_MAX_LOCAL_ERROR_RESETS", 1024, 1, 1 << 20)?,
             shutdown_delay: env.duration("SHUTDOWN_DELAY", Duration::ZERO)?,
             shutdown_grace_period: env
                 .duration("SHUTDOWN_GRACE_PERIOD", Duration::from_secs(10))?,
@@ -238,6 +251,8 @@ mod tests {
         assert_eq!(config.admin_addr, "0.0.0.0:9102".parse().unwrap());
         assert!(config.reflection);
         assert_eq!(config.shutdown_grace_period, Duration::from_secs(10));
+        assert_eq!(config.max_header_list_size, 16 << 10);
+        assert_eq!(config.max_local_error_resets, 1024);
     }
 
     #[test]
@@ -248,6 +263,8 @@ mod tests {
             ("SHUTDOWN_GRACE_PERIOD", "1500ms"),
             ("GRPC_REQUEST_TIMEOUT", "2m"),
             ("GRPC_MAX_CONCURRENT_STREAMS", "8"),
+            ("GRPC_MAX_HEADER_LIST_SIZE", "8192"),
+            ("GRPC_MAX_LOCAL_ERROR_RESETS", "10"),
         ]);
         let config = ServerConfig::from_env(&e, 50052, 9102).unwrap();
         assert_eq!(config.listen_addr, "127.0.0.1:0".parse().unwrap());
@@ -255,6 +272,8 @@ mod tests {
         assert_eq!(config.shutdown_grace_period, Duration::from_millis(1500));
         assert_eq!(config.request_timeout, Duration::from_secs(120));
         assert_eq!(config.max_concurrent_streams, 8);
+        assert_eq!(config.max_header_list_size, 8192);
+        assert_eq!(config.max_local_error_resets, 10);
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! - [`rpc`], [`metrics`], [`admin`]: a span and a metric sample per call, on both
 //!   ends, W3C trace context propagation, and `/metrics` on the admin port.
 //! - [`server`]: the gRPC server: health, reflection, limits, deadlines, a span per
-//!   call, and graceful shutdown ([`Server`]).
+//!   call, and graceful shutdown ([`Server`]); [`protocol`]: the statuses the gRPC
+//!   spec asks for where tonic's differ.
 //! - [`client`]: channels for calling other services.
 //! - [`db`]: PostgreSQL when `DATABASE_URL` is set: a pool in the service's schema,
 //!   migrated at start-up.
@@ -30,6 +31,7 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod money;
 pub mod pagination;
+pub mod protocol;
 pub mod rpc;
 pub mod server;
 pub mod shutdown;

@@ -16,6 +16,7 @@ use tonic::transport::server::TcpIncoming;
 use tower::Service;
 
 use crate::deadline::DeadlineLayer;
+use crate::protocol::ProtocolLayer;
 use crate::rpc::ServerLayer;
 use crate::{Error, Health, ServerConfig, lifecycle};
 
@@ -184,7 +185,9 @@ impl Server {
             .max_concurrent_streams(config.max_concurrent_streams)
             // h2 disables its limit on locally reset streams by default, so a client
             // sending malformed requests never gets a GOAWAY.
-            .http2_max_local_error_reset_streams(Some(1024))
+            .http2_max_local_error_reset_streams(Some(config.max_local_error_resets))
+            // Metadata is held in memory while the call runs: bound it (HTTP 431 beyond).
+            .http2_max_header_list_size(config.max_header_list_size)
             // Find dead clients (a node gone without a FIN) and free their streams.
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
@@ -194,7 +197,9 @@ impl Server {
                     // call; every log line of the handler carries the span's fields.
                     .layer(ServerLayer::new(name, services.iter().copied()))
                     // The client's deadline, capped by ours, answered with DEADLINE_EXCEEDED.
-                    .layer(DeadlineLayer::new(config.request_timeout)),
+                    .layer(DeadlineLayer::new(config.request_timeout))
+                    // HTTP 415 for non-gRPC requests, RESOURCE_EXHAUSTED for size limits.
+                    .layer(ProtocolLayer),
             )
             .add_routes(routes);
 
