@@ -157,13 +157,20 @@ async fn bad_messages_get_the_status_the_spec_documents() {
     let invalid_utf8 = frame(0, &get_product(&[0xff, 0xfe, 0x41]));
     let mut truncated = frame(0, &sku);
     truncated.truncate(truncated.len() - 3);
-    let cases: [(&str, &str, &[(&str, &str)], &[u8], Code); 9] = [
+    let cases: [(&str, &str, &[(&str, &str)], &[u8], Code); 10] = [
         (
             "a frame cut short",
             GET_PRODUCT,
             &[],
             &truncated,
             Code::Internal,
+        ),
+        (
+            "a unary call without a message",
+            GET_PRODUCT,
+            &[],
+            &[],
+            Code::Unimplemented,
         ),
         (
             "a frame header cut short",

@@ -6,7 +6,10 @@
 //!   does not look at the header and decodes whatever comes;
 //! - a message over the size limit (`GRPC_MAX_MESSAGE_SIZE`), received or sent, ends
 //!   the call with RESOURCE_EXHAUSTED (statuscodes.md); tonic says OUT_OF_RANGE, which
-//!   clients read as "asked past the end of something", not "too big".
+//!   clients read as "asked past the end of something", not "too big";
+//! - a unary call whose request stream ends without a message gets UNIMPLEMENTED, the
+//!   spec's code for a request cardinality violation; tonic says INTERNAL (found by
+//!   fuzzing, `fuzz/`).
 //!
 //! Deadlines are the job of [`crate::deadline`].
 
@@ -22,14 +25,25 @@ use http_body_util::BodyExt;
 use tonic::body::Body;
 use tower::{Layer, Service};
 
-/// The messages of tonic's size checks (`tonic::codec`, decoding and encoding). A
-/// tonic upgrade that rewords them is caught by the bad-input tests (`tests/bad_input.rs`).
-const TOO_LARGE: [&str; 2] = [
-    "Error, decoded message length too large",
-    "Error, encoded message length too large",
+/// The answers of tonic that the spec words otherwise: tonic's code (`grpc-status`)
+/// and the start of its message (`tonic::codec` and `tonic::server::grpc`), the code
+/// the spec gives. A tonic upgrade that rewords them is caught by the bad-input tests
+/// (`tests/bad_input.rs`).
+static REWRITES: [(&str, &str, HeaderValue); 3] = [
+    (
+        "11",
+        "Error, decoded message length too large",
+        RESOURCE_EXHAUSTED,
+    ),
+    (
+        "11",
+        "Error, encoded message length too large",
+        RESOURCE_EXHAUSTED,
+    ),
+    ("13", "Missing request message", UNIMPLEMENTED),
 ];
-const OUT_OF_RANGE: &str = "11";
 const RESOURCE_EXHAUSTED: HeaderValue = HeaderValue::from_static("8");
+const UNIMPLEMENTED: HeaderValue = HeaderValue::from_static("12");
 
 /// Applies [`Protocol`] to a service.
 #[derive(Clone, Copy, Debug, Default)]
@@ -75,9 +89,9 @@ where
         Box::pin(async move {
             let mut response = response.await?;
             // A trailers-only response (a request too large, or any early error)...
-            size_status(response.headers_mut());
+            spec_status(response.headers_mut());
             // ...or the trailers after the messages (a response too large).
-            Ok(response.map(|body| Body::new(body.map_frame(trailers_size_status))))
+            Ok(response.map(|body| Body::new(body.map_frame(trailers_spec_status))))
         })
     }
 }
@@ -95,27 +109,36 @@ fn is_grpc(headers: &HeaderMap) -> bool {
         && matches!(value.get(GRPC.len()), None | Some(b'+' | b';'))
 }
 
-fn trailers_size_status(frame: Frame<Bytes>) -> Frame<Bytes> {
+fn trailers_spec_status(frame: Frame<Bytes>) -> Frame<Bytes> {
     match frame.into_trailers() {
         Ok(mut trailers) => {
-            size_status(&mut trailers);
+            spec_status(&mut trailers);
             Frame::trailers(trailers)
         }
         Err(frame) => frame,
     }
 }
 
-/// OUT_OF_RANGE from tonic's size checks becomes RESOURCE_EXHAUSTED; the message stays.
-/// OUT_OF_RANGE that a handler returns is left alone.
-fn size_status(headers: &mut HeaderMap) {
-    if headers.get("grpc-status").map(HeaderValue::as_bytes) != Some(OUT_OF_RANGE.as_bytes()) {
-        return;
+/// Applies [`REWRITES`]; the message stays.
+fn spec_status(headers: &mut HeaderMap) {
+    if let Some(code) = spec_code(headers) {
+        headers.insert("grpc-status", code.clone());
     }
-    let too_large = tonic::Status::from_header_map(headers)
-        .is_some_and(|status| TOO_LARGE.iter().any(|m| status.message().starts_with(m)));
-    if too_large {
-        headers.insert("grpc-status", RESOURCE_EXHAUSTED);
+}
+
+/// The spec's code where it differs from tonic's. The same code with another message
+/// (an OUT_OF_RANGE that a handler returns) is left alone.
+fn spec_code(headers: &HeaderMap) -> Option<&'static HeaderValue> {
+    let code = headers.get("grpc-status")?;
+    // Most calls end with OK: decode the message only when a rewrite may apply.
+    if !REWRITES.iter().any(|(from, ..)| code == from) {
+        return None;
     }
+    let status = tonic::Status::from_header_map(headers)?;
+    REWRITES
+        .iter()
+        .find(|(from, message, _)| code == from && status.message().starts_with(message))
+        .map(|(.., to)| to)
 }
 
 #[cfg(test)]
@@ -154,13 +177,13 @@ mod tests {
     }
 
     #[test]
-    fn size_limits_become_resource_exhausted_and_other_out_of_range_stays() {
+    fn tonic_answers_get_the_spec_codes_and_handler_answers_stay() {
         let tonic_limit = tonic::Status::out_of_range(
             "Error, decoded message length too large: found 2000 bytes, the limit is: 1024 bytes",
         );
         let mut map = HeaderMap::new();
         tonic_limit.add_header(&mut map).unwrap();
-        size_status(&mut map);
+        spec_status(&mut map);
         let status = tonic::Status::from_header_map(&map).unwrap();
         assert_eq!(status.code(), tonic::Code::ResourceExhausted);
         assert_eq!(status.message(), tonic_limit.message());
@@ -168,9 +191,17 @@ mod tests {
         let mut map = HeaderMap::new();
         let handler = tonic::Status::out_of_range("page 7 is past the end");
         handler.add_header(&mut map).unwrap();
-        size_status(&mut map);
+        spec_status(&mut map);
         let status = tonic::Status::from_header_map(&map).unwrap();
         assert_eq!(status.code(), tonic::Code::OutOfRange);
+
+        let mut map = HeaderMap::new();
+        tonic::Status::internal("Missing request message.")
+            .add_header(&mut map)
+            .unwrap();
+        spec_status(&mut map);
+        let status = tonic::Status::from_header_map(&map).unwrap();
+        assert_eq!(status.code(), tonic::Code::Unimplemented);
     }
 
     /// Through tonic's real encoder: a health answer over a 1-byte limit.

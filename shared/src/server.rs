@@ -151,6 +151,14 @@ impl Server {
         self.admin_addr
     }
 
+    /// The gRPC services (health and reflection included) as one `tower::Service`, for
+    /// the fuzz targets of `fuzz/`, which call them in-process: what
+    /// [`serve`](Server::serve) serves, without HTTP/2 and the layers.
+    #[doc(hidden)]
+    pub fn routes(&self) -> Routes {
+        self.routes.clone()
+    }
+
     /// The health registry, e.g. for a test that watches the shutdown sequence.
     pub fn health(&self) -> &Health {
         &self.health

@@ -16,6 +16,8 @@
 pub mod config;
 mod dto;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod http;
 mod notifications; // remove-service: notifications
 mod server;
