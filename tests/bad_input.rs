@@ -141,6 +141,10 @@ fn assert_grpc(answer: &Answer, code: Code, what: &str) {
     assert_eq!(status.code(), code, "{what}: {status:?}");
 }
 
+/// What a bad request is, its path, headers on top of a valid request's, its body, and
+/// the code it must get.
+type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], &'a [u8], Code);
+
 #[tokio::test]
 async fn bad_messages_get_the_status_the_spec_documents() {
     let server = start().await;
@@ -157,7 +161,7 @@ async fn bad_messages_get_the_status_the_spec_documents() {
     let invalid_utf8 = frame(0, &get_product(&[0xff, 0xfe, 0x41]));
     let mut truncated = frame(0, &sku);
     truncated.truncate(truncated.len() - 3);
-    let cases: [(&str, &str, &[(&str, &str)], &[u8], Code); 10] = [
+    let cases: [Case; 10] = [
         (
             "a frame cut short",
             GET_PRODUCT,
