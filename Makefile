@@ -33,7 +33,8 @@ test: lint ## Everything CI checks: lint, every test (grpcurl/buf acceptance inc
 
 # Cheapest first, so that a mistake fails before clippy compiles everything. cargo deny
 # checks licenses, bans and sources (deny.toml); advisories need GitHub, see deny.toml.
-lint: tools ## Check formatting, shell scripts, protos (buf) and clippy
+# The fuzz crate is a workspace of its own: checked in target/, it reuses the workspace's.
+lint: tools ## Check formatting, shell scripts, protos (buf), dependencies (cargo deny) and clippy
 	cargo fmt --all -- --check
 	cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 	cargo deny check --hide-inclusion-graph licenses bans sources
@@ -41,6 +42,7 @@ lint: tools ## Check formatting, shell scripts, protos (buf) and clippy
 	scripts/proto-check.sh
 	.tools/venv/bin/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 	cargo clippy --workspace --all-targets -- -D warnings
+	CARGO_TARGET_DIR=$(CURDIR)/target cargo clippy --manifest-path fuzz/Cargo.toml --all-targets -- -D warnings
 
 fmt: tools ## Format the Rust code and the protos
 	cargo fmt --all

@@ -5,7 +5,8 @@
 //! touching this file); its second says how the rest is sent: as one gRPC message
 //! (even), or as the raw request body (odd: the fuzzer writes the frames itself,
 //! lengths, compression flags and several messages included). The call goes through
-//! [`shared::protocol`] and the service's router, as `Server::serve` runs them: tonic's
+//! [`shared::protocol`] and the service's router (`shared::Server::routes`: health and
+//! reflection included; the deadline and observability layers aside): tonic's
 //! decoding, the validation and the handlers, on the in-memory stores, with no HTTP/2.
 //!
 //! A call fails the target (panics) when its answer breaks the protocol or shows a
