@@ -4,10 +4,14 @@
 SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
 
-# The pinned tools of scripts/tools.sh (buf, grpcurl) come first, also for tests.
-export PATH := $(CURDIR)/.tools/venv/bin:$(PATH)
+# The pinned tools of scripts/tools.sh (buf, grpcurl, cargo-deny, cargo-fuzz) come
+# first, also for tests.
+export PATH := $(CURDIR)/.tools/venv/bin:$(CURDIR)/.tools/cargo/bin:$(PATH)
 
-.PHONY: help run test lint fmt tools bench bench-build kind-up kind-down kind-smoke new-service remove-service rename 
+# Seconds each fuzz target runs in `make fuzz`, thus in `make test` (CI).
+FUZZ_SECONDS ?= 30
+
+.PHONY: help run test lint fmt fuzz tools bench bench-build kind-up kind-down kind-smoke new-service remove-service rename 
 
 help: ## List the targets
 	@awk -F ':.*## ' '/^[a-z-]+:.*## / { printf "  make %-15s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
@@ -25,18 +29,28 @@ test: lint ## Everything CI checks: lint, every test (grpcurl/buf acceptance inc
 	fi
 	scripts/k8s-check.sh
 	scripts/with-postgres.sh scripts/template-check.sh
+	scripts/fuzz.sh $(FUZZ_SECONDS)
 
-# Cheapest first, so that a mistake fails before clippy compiles everything.
-lint: tools ## Check formatting, shell scripts, protos (buf) and clippy
+# Cheapest first, so that a mistake fails before clippy compiles everything. cargo deny
+# checks licenses, bans and sources (deny.toml); advisories need GitHub, see deny.toml.
+# The fuzz crate is a workspace of its own: checked in target/, it reuses the workspace's.
+lint: tools ## Check formatting, shell scripts, protos (buf), dependencies (cargo deny) and clippy
 	cargo fmt --all -- --check
+	cargo fmt --manifest-path fuzz/Cargo.toml -- --check
+	cargo deny check --hide-inclusion-graph licenses bans sources
 	scripts/lint-shell.sh
 	scripts/proto-check.sh
 	.tools/venv/bin/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 	cargo clippy --workspace --all-targets -- -D warnings
+	CARGO_TARGET_DIR=$(CURDIR)/target cargo clippy --manifest-path fuzz/Cargo.toml --all-targets -- -D warnings
 
 fmt: tools ## Format the Rust code and the protos
 	cargo fmt --all
+	cargo fmt --manifest-path fuzz/Cargo.toml
 	buf format --write
+
+fuzz: tools ## Run every fuzz target FUZZ_SECONDS (default 30) each: make fuzz FUZZ_SECONDS=600
+	scripts/fuzz.sh $(FUZZ_SECONDS)
 
 tools: ## Install the pinned external tools into .tools/ (scripts/tools.sh)
 	scripts/tools.sh

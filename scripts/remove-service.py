@@ -170,7 +170,7 @@ def plan(name: str) -> tuple[dict[Path, str], list[Path]]:
     delete = [p for p in (ROOT / "proto" / name, ROOT / "services" / name, ROOT / "k8s" / "base" / f"{name}.yaml")
               if p.exists()]
     for pattern in (f"services/*/src/{name}.rs", f"services/*/tests/{name}.rs", f"stack/src/{name}.rs",
-                    f"tests/{name}.rs"):
+                    f"tests/{name}.rs", f"fuzz/fuzz_targets/grpc_{name}.rs", f"fuzz/seeds/grpc_{name}"):
         delete.extend(p for p in sorted(ROOT.glob(pattern)) if p.parts[-3:-1] != ("services", name))
     for path in sorted(ROOT.rglob("*")):
         rel = path.relative_to(ROOT)

@@ -6,7 +6,10 @@
 #     venv .tools/venv: run them as .tools/venv/bin/buf, or put that folder on PATH
 #     (the Makefile does);
 #   - Debian packages from DEBIAN_PACKAGES, when missing and we can install them
-#     (root with apt-get); elsewhere it names them for you to install.
+#     (root with apt-get); elsewhere it names them for you to install;
+#   - cargo subcommands from CARGO_TOOLS (cargo-deny, cargo-fuzz), built from crates.io
+#     into the git-ignored .tools/cargo/bin (the Makefile puts it on PATH), only when the
+#     pinned version is missing there and on PATH.
 #
 # Idempotent. Once everything is in place a re-run only compares a stamp, well under
 # a second. Set PYTHON to choose the interpreter for the venv (default: python3).
@@ -21,10 +24,19 @@ DEBIAN_PACKAGES=(
   nghttp2-client # h2load, the closed-loop load of scripts/bench.sh
 )
 
+# Cargo subcommands, pinned: `cargo install --locked` builds them with the lock file
+# they were released with. A first build takes minutes (measured on 2 busy cores:
+# cargo-fuzz 2 min, cargo-deny 9 min); CI caches .tools/cargo.
+CARGO_TOOLS=(
+  cargo-deny@0.20.2 # make lint: licenses, bans, sources (deny.toml)
+  cargo-fuzz@0.13.2 # make fuzz: the fuzz targets of fuzz/
+)
+
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$root/.tools/venv"
 requirements="$root/scripts/requirements.txt"
 stamp="$venv/.installed"
+cargo_root="$root/.tools/cargo"
 
 log() { printf 'tools: %s\n' "$*"; }
 
@@ -104,6 +116,20 @@ install_python_tools() {
   wanted_stamp >"$stamp"
 }
 
+# `cargo-deny --version` prints `cargo-deny 0.20.2`; so does cargo-fuzz.
+install_cargo_tools() {
+  local tool name version
+  for tool in "${CARGO_TOOLS[@]}"; do
+    name="${tool%@*}" version="${tool#*@}"
+    if [[ "$(PATH="$cargo_root/bin:$PATH" "$name" --version 2>/dev/null)" == "$name $version" ]]; then
+      continue
+    fi
+    log "building $tool into .tools/cargo (cargo install, a few minutes)"
+    cargo install --locked --quiet --root "$cargo_root" "$tool"
+  done
+  log "cargo tools up to date: ${CARGO_TOOLS[*]}"
+}
+
 # Tools that no registry the project uses provides: named, with where to get them.
 check_other_tools() {
   if ! command -v kubectl >/dev/null; then
@@ -114,4 +140,5 @@ check_other_tools() {
 
 install_debian_packages "${DEBIAN_PACKAGES[@]}"
 install_python_tools
+install_cargo_tools
 check_other_tools

@@ -263,6 +263,12 @@ pub struct ServerConfig {
     /// `GRPC_TCP_KEEPALIVE`: idle time before the kernel probes a connection (TCP
     /// keepalive), for peers that HTTP/2 pings cannot reach (default `60s`; `0s`: off).
     pub tcp_keepalive: Option<Duration>,
+    /// `GRPC_MAX_HEADER_LIST_SIZE`: largest request metadata (the HTTP/2 header list), in
+    /// bytes; a larger one is refused with HTTP 431 (default 16 KiB).
+    pub max_header_list_size: u32,
+    /// `GRPC_MAX_LOCAL_ERROR_RESETS`: how many malformed streams one connection may
+    /// open before it is closed with GOAWAY `ENHANCE_YOUR_CALM` (default 1024).
+    pub max_local_error_resets: usize,
     /// `SHUTDOWN_DELAY`: how long to keep serving after health turned NOT_SERVING, so
     /// load balancers that poll health stop routing here first (default `0s`; in
     /// Kubernetes a `preStop` sleep does this job).
@@ -307,6 +313,13 @@ impl ServerConfig {
             tcp_keepalive: env
                 .duration("GRPC_TCP_KEEPALIVE", Duration::from_secs(60))
                 .map(non_zero)?,
+            max_header_list_size: env.int_in(
+                "GRPC_MAX_HEADER_LIST_SIZE",
+                16 << 10,
+                1024,
+                1 << 20,
+            )?,
+            max_local_error_resets: env.int_in("GRPC_MAX_LOCAL_ERROR_RESETS", 1024, 1, 1 << 20)?,
             shutdown_delay: env.duration("SHUTDOWN_DELAY", Duration::ZERO)?,
             shutdown_grace_period: env
                 .duration("SHUTDOWN_GRACE_PERIOD", Duration::from_secs(10))?,
@@ -427,6 +440,8 @@ mod tests {
         assert_eq!(config.max_connection_age, Some(Duration::from_secs(600)));
         assert_eq!(config.keepalive_interval, Some(Duration::from_secs(30)));
         assert_eq!(config.tcp_keepalive, Some(Duration::from_secs(60)));
+        assert_eq!(config.max_header_list_size, 16 << 10);
+        assert_eq!(config.max_local_error_resets, 1024);
     }
 
     #[test]
@@ -464,6 +479,8 @@ mod tests {
             ("SHUTDOWN_GRACE_PERIOD", "1500ms"),
             ("GRPC_REQUEST_TIMEOUT", "2m"),
             ("GRPC_MAX_CONCURRENT_STREAMS", "8"),
+            ("GRPC_MAX_HEADER_LIST_SIZE", "8192"),
+            ("GRPC_MAX_LOCAL_ERROR_RESETS", "10"),
         ]);
         let config = ServerConfig::from_env(&e, 50052, 9102).unwrap();
         assert_eq!(config.listen_addr, "127.0.0.1:0".parse().unwrap());
@@ -471,6 +488,8 @@ mod tests {
         assert_eq!(config.shutdown_grace_period, Duration::from_millis(1500));
         assert_eq!(config.request_timeout, Duration::from_secs(120));
         assert_eq!(config.max_concurrent_streams, 8);
+        assert_eq!(config.max_header_list_size, 8192);
+        assert_eq!(config.max_local_error_resets, 10);
     }
 
     #[test]

@@ -32,6 +32,9 @@ pub async fn scope<F: Future>(deadline: Instant, future: F) -> F::Output {
     DEADLINE.scope(deadline, future).await
 }
 
+/// How much earlier than the client's deadline a call is ended; see [`Deadline::call`].
+const TONIC_MARGIN: Duration = Duration::from_millis(2);
+
 /// Applies [`Deadline`] to a service.
 #[derive(Clone, Copy, Debug)]
 pub struct DeadlineLayer {
@@ -78,7 +81,13 @@ where
     }
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
-        let timeout = grpc_timeout(request.headers()).map_or(self.limit, |t| t.min(self.limit));
+        let timeout = match grpc_timeout(request.headers()) {
+            // tonic's own timer on the client's deadline runs outside this layer, started
+            // a moment earlier, and answers CANCELLED: end just before it, so that the
+            // answer is always ours. (Both fire on millisecond ticks.)
+            Some(client) if client < self.limit => client.saturating_sub(TONIC_MARGIN),
+            _ => self.limit,
+        };
         let deadline = Instant::now() + timeout;
         let response = DEADLINE.scope(deadline, self.inner.call(request));
         Box::pin(async move {

@@ -16,6 +16,7 @@ use tower::Service;
 
 use crate::deadline::DeadlineLayer;
 use crate::limit::LoadShedLayer;
+use crate::protocol::ProtocolLayer;
 use crate::rpc::ServerLayer;
 use crate::{Error, Health, ServerConfig, health, lifecycle};
 
@@ -162,6 +163,14 @@ impl Server {
         self.health_listener.as_ref().map(|(_, addr)| *addr)
     }
 
+    /// The gRPC services (health and reflection included) as one `tower::Service`, for
+    /// the fuzz targets of `fuzz/`, which call them in-process: what
+    /// [`serve`](Server::serve) serves, without HTTP/2 and the layers.
+    #[doc(hidden)]
+    pub fn routes(&self) -> Routes {
+        self.routes.clone()
+    }
+
     /// The health registry, e.g. for a test that watches the shutdown sequence.
     pub fn health(&self) -> &Health {
         &self.health
@@ -199,7 +208,9 @@ impl Server {
             .max_concurrent_streams(config.max_concurrent_streams)
             // h2 disables its limit on locally reset streams by default, so a client
             // sending malformed requests never gets a GOAWAY.
-            .http2_max_local_error_reset_streams(Some(1024))
+            .http2_max_local_error_reset_streams(Some(config.max_local_error_resets))
+            // Metadata is held in memory while the call runs: bound it (HTTP 431 beyond).
+            .http2_max_header_list_size(config.max_header_list_size)
             // Find dead clients (a node gone without a FIN) and free their streams.
             .http2_keepalive_interval(config.keepalive_interval)
             .http2_keepalive_timeout(Some(config.keepalive_timeout));
@@ -220,7 +231,9 @@ impl Server {
                     // RESOURCE_EXHAUSTED rather than queue it (health checks pass).
                     .layer(LoadShedLayer::new(config.concurrency_limit))
                     // The client's deadline, capped by ours, answered with DEADLINE_EXCEEDED.
-                    .layer(DeadlineLayer::new(config.request_timeout)),
+                    .layer(DeadlineLayer::new(config.request_timeout))
+                    // HTTP 415 for non-gRPC requests, RESOURCE_EXHAUSTED for size limits.
+                    .layer(ProtocolLayer),
             )
             .add_routes(routes);
 

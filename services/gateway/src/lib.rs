@@ -19,6 +19,8 @@ pub mod auth;
 pub mod config;
 mod dto;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod http;
 mod notifications; // remove-service: notifications
 mod rate_limit;
