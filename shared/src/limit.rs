@@ -154,7 +154,7 @@ mod tests {
             }
         });
         // tonic makes one service per connection from the same layer.
-        let mut first = layer.layer(handler.clone());
+        let mut first = layer.layer(handler);
         let mut second = layer.layer(handler);
         let request = || http::Request::builder().uri(APP).body(()).unwrap();
         let held = first.ready().await.unwrap().call(request());
