@@ -158,18 +158,15 @@ mod tests {
     fn defaults_are_the_local_ports() {
         let config = Config::from_env(&Env::default()).unwrap();
         assert_eq!(config.server.listen_addr.port(), PORT);
+        let addr = |upstream: &Upstream| upstream.to_string();
+        assert_eq!(addr(&config.upstreams.orders), "http://127.0.0.1:50051/");
+        assert_eq!(addr(&config.upstreams.inventory), "http://127.0.0.1:50052/");
+        // remove-service: notifications {
         assert_eq!(
-            config.upstreams.orders.to_string(),
-            "http://127.0.0.1:50051/"
-        );
-        assert_eq!(
-            config.upstreams.inventory.to_string(),
-            "http://127.0.0.1:50052/"
-        );
-        assert_eq!(
-            config.upstreams.notifications.to_string(),
+            addr(&config.upstreams.notifications),
             "http://127.0.0.1:50054/"
-        ); // remove-service: notifications
+        );
+        // remove-service: notifications }
         assert_eq!(config.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
         assert!(config.auth.is_none());
         let limit = config.rate_limit.unwrap();
