@@ -190,6 +190,7 @@ async fn overload_is_shed_quickly_and_what_is_accepted_stays_fast() {
     let mut shed = latencies(&outcomes, Code::ResourceExhausted);
     let shed_share = shed.len() as f64 / outcomes.len() as f64;
     let (accepted_p99, shed_p99) = (quantile(&mut accepted, 0.99), quantile(&mut shed, 0.99));
+    let shed_p50 = quantile(&mut shed, 0.5);
     let slowest_probe = probes.iter().map(|(_, latency)| *latency).max().unwrap();
     eprintln!(
         "{} calls in 3 s: {} accepted (p50 {:?}, p99 {accepted_p99:?}), {} shed ({:.0}%, p50 {:?}, p99 {shed_p99:?}); {} health checks, slowest {slowest_probe:?}",
@@ -198,7 +199,7 @@ async fn overload_is_shed_quickly_and_what_is_accepted_stays_fast() {
         quantile(&mut accepted, 0.5),
         shed.len(),
         shed_share * 100.0,
-        quantile(&mut shed, 0.5),
+        shed_p50,
         probes.len(),
     );
     // At three times capacity, two calls in three cannot be served; allow for a slow machine.
@@ -210,9 +211,12 @@ async fn overload_is_shed_quickly_and_what_is_accepted_stays_fast() {
         accepted_p99 < Duration::from_millis(500),
         "{accepted_p99:?}"
     );
+    // Refused without waiting for the bottleneck: faster than one query, as a rule.
+    // (Bounds generous enough for a CI machine running other tests beside this one.)
+    assert!(shed_p50 < QUERY, "refused quickly: p50 {shed_p50:?}");
     assert!(
-        shed_p99 < Duration::from_millis(100),
-        "refused quickly: {shed_p99:?}"
+        shed_p99 < Duration::from_millis(500),
+        "refused quickly: p99 {shed_p99:?}"
     );
     assert!(
         probes.iter().all(|(serving, _)| *serving),
