@@ -178,6 +178,10 @@ def plan(name: str) -> tuple[dict[Path, str], dict[str, str]]:
         identity = (f"# remove-service: {name} {{\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n"
                     f"  name: {name}\nspec:\n  template:\n    spec:\n      volumes:\n        - name: tls\n"
                     f"          secret:\n            secretName: {name}-tls\n            defaultMode: 288\n"
+                    "            items:\n"
+                    "              - key: tls.crt\n                path: tls.crt\n"
+                    "              - key: tls.key\n                path: tls.key\n"
+                    "              - key: ca.crt\n                path: ca.crt\n"
                     f"# remove-service: {name} }}\n")
         edit(tls, lambda p, t: insert_before_anchor(p, t, identity, f"{ANCHOR} `make new-service` adds each new"))
     production = "k8s/overlays/production/kustomization.yaml"
