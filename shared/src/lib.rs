@@ -7,7 +7,8 @@
 //!   ends, W3C trace context propagation, and `/metrics` on the admin port.
 //! - [`server`]: the gRPC server: health, reflection, limits, deadlines, a span per
 //!   call, and graceful shutdown ([`Server`]); [`protocol`]: the statuses the gRPC
-//!   spec asks for where tonic's differ; [`limit`]: load shedding.
+//!   spec asks for where tonic's differ; [`limit`]: load shedding; [`panic`]: a
+//!   panicking handler costs one call or one delivery, and is logged.
 //! - [`client`]: channels for calling other services: deadline propagation, retries
 //!   under a budget, circuit breaker, bulkhead and load balancing, per downstream.
 //! - [`tls`]: TLS and mutual TLS between services (`GRPC_TLS_*`, `GRPC_CLIENT_TLS_*`).
@@ -34,6 +35,7 @@ pub mod limit;
 pub mod metrics;
 pub mod money;
 pub mod pagination;
+pub mod panic;
 pub mod protocol;
 pub mod rpc;
 pub mod server;

@@ -6,6 +6,10 @@
 //! so streaming calls are measured to their last message, and the span stays current
 //! while the response stream is polled: log lines written by a streaming handler carry
 //! the call's span and trace id too.
+//!
+//! A handler that panics, before answering or while streaming, ends its call with
+//! INTERNAL ("internal error"; the panic message stays in the logs), not a reset
+//! stream: the panic costs that one call, and the metrics count it ([`crate::panic`]).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -14,7 +18,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::HeaderMap;
+use http::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 use http_body::{Body, Frame, SizeHint};
 use opentelemetry::propagation::{Extractor, Injector};
 use tonic::transport::server::TcpConnectInfo;
@@ -23,6 +27,7 @@ use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::metrics::{self, Side};
+use crate::panic::{self, Panic};
 use crate::telemetry;
 
 /// The span attribute naming the service (`orders`, `gateway`, …) that made a server,
@@ -40,6 +45,7 @@ const SERVER_ERRORS: [i32; 6] = [2, 4, 12, 13, 14, 15];
 const UNIMPLEMENTED: i32 = 12;
 const CANCELLED: i32 = 1;
 const UNKNOWN: i32 = 2;
+const INTERNAL: i32 = 13;
 
 /// One call in flight.
 #[derive(Debug)]
@@ -80,8 +86,34 @@ impl Call {
             }
             None => Some(self),
         };
-        response.map(|inner| Observed { inner, call })
+        response.map(|inner| Observed {
+            inner: Some(inner),
+            call,
+        })
     }
+
+    /// Ends the call of a handler that panicked before answering: a trailers-only
+    /// INTERNAL response.
+    fn panicked<B>(self, panic: &Panic) -> http::Response<Observed<B>> {
+        tracing::error!(parent: &self.span, %panic, "handler panicked: answered INTERNAL");
+        self.finish(INTERNAL);
+        let mut response = http::Response::new(Observed {
+            inner: None,
+            call: None,
+        });
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        headers.extend(internal_status());
+        response
+    }
+}
+
+/// The status of a call whose handler panicked: INTERNAL, with no detail for the client.
+fn internal_status() -> HeaderMap {
+    let mut status = HeaderMap::with_capacity(2);
+    status.insert("grpc-status", HeaderValue::from(INTERNAL));
+    status.insert("grpc-message", HeaderValue::from_static("internal error"));
+    status
 }
 
 fn grpc_status(headers: &HeaderMap) -> Option<i32> {
@@ -96,9 +128,12 @@ fn split_path(path: &str) -> (&str, &str, &str) {
 }
 
 /// A response body that finishes its call when it ends, and runs inside the call's span.
+/// A panic while polling it ends the call with INTERNAL trailers.
 #[derive(Debug)]
 pub struct Observed<B> {
-    inner: B,
+    /// `None` once there is nothing more to poll: after a panic, or for the empty body
+    /// of a call whose handler panicked before answering.
+    inner: Option<B>,
     call: Option<Call>,
 }
 
@@ -114,10 +149,20 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.get_mut();
+        let Some(inner) = &mut this.inner else {
+            return Poll::Ready(None);
+        };
         let polled = {
             let _entered = this.call.as_ref().map(|call| call.span.enter());
-            Pin::new(&mut this.inner).poll_frame(cx)
+            panic::catch(|| Pin::new(inner).poll_frame(cx))
         };
+        let polled = polled.unwrap_or_else(|panic| {
+            this.inner = None;
+            if let Some(call) = &this.call {
+                tracing::error!(parent: &call.span, %panic, "handler panicked: answered INTERNAL");
+            }
+            Poll::Ready(Some(Ok(Frame::trailers(internal_status()))))
+        });
         let code = match &polled {
             Poll::Ready(Some(Ok(frame))) => frame
                 .trailers_ref()
@@ -135,11 +180,13 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
     }
 }
 
@@ -240,7 +287,12 @@ where
             start: Instant::now(),
         };
         let response = self.inner.call(request).instrument(span);
-        Box::pin(async move { Ok(call.observe(response.await?)) })
+        Box::pin(async move {
+            match panic::catch_unwind(response).await {
+                Ok(response) => Ok(call.observe(response?)),
+                Err(panic) => Ok(call.panicked(&panic)),
+            }
+        })
     }
 }
 
@@ -493,6 +545,66 @@ mod tests {
         assert_eq!(grpc_status(&headers), Some(5));
         headers.insert("grpc-status", "five".parse().unwrap());
         assert_eq!(grpc_status(&headers), None);
+    }
+
+    /// A response body of one message, then a panic on the next poll.
+    struct PanicsAfterOneFrame(bool);
+
+    impl Body for PanicsAfterOneFrame {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            assert!(!self.0, "a bug in the stream");
+            self.0 = true;
+            Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"message")))))
+        }
+    }
+
+    fn status_of(headers: &HeaderMap) -> (Option<i32>, Option<&str>) {
+        let message = headers.get("grpc-message").and_then(|m| m.to_str().ok());
+        (grpc_status(headers), message)
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_ends_its_call_with_internal() {
+        use http_body_util::BodyExt as _;
+        use tower::ServiceExt as _;
+
+        let before_answering = tower::service_fn(|request: http::Request<()>| async move {
+            tokio::task::yield_now().await;
+            assert_ne!(request.uri().path(), "/x.v1.S/M", "a bug in the handler");
+            Ok::<_, std::convert::Infallible>(http::Response::new(PanicsAfterOneFrame(false)))
+        });
+        let rpc = ServerLayer::new("test", ["x.v1.S"]).layer(before_answering);
+        let request = http::Request::builder().uri("/x.v1.S/M").body(()).unwrap();
+        let response = rpc.oneshot(request).await.expect("an answer, not a panic");
+        assert_eq!(
+            status_of(response.headers()),
+            (Some(INTERNAL), Some("internal error"))
+        );
+        assert_eq!(response.headers()[CONTENT_TYPE], "application/grpc");
+        let body = response.into_body().collect().await.unwrap();
+        assert!(body.to_bytes().is_empty());
+
+        let while_streaming = tower::service_fn(|_: http::Request<()>| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(PanicsAfterOneFrame(false)))
+        });
+        let rpc = ServerLayer::new("test", ["x.v1.S"]).layer(while_streaming);
+        let request = http::Request::builder().uri("/x.v1.S/M").body(()).unwrap();
+        let mut body = rpc.oneshot(request).await.unwrap().into_body();
+        let first = body.frame().await.unwrap().unwrap();
+        assert_eq!(first.into_data().unwrap(), "message");
+        let last = body.frame().await.unwrap().unwrap();
+        let trailers = last.into_trailers().expect("trailers after the panic");
+        assert_eq!(
+            status_of(&trailers),
+            (Some(INTERNAL), Some("internal error"))
+        );
+        assert!(body.frame().await.is_none() && body.is_end_stream());
     }
 
     #[test]

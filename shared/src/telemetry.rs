@@ -247,7 +247,8 @@ impl Telemetry {
     }
 }
 
-/// Installs the process-wide logging and tracing for `service`. Fails on a bad
+/// Installs the process-wide logging and tracing for `service`, panics logged as
+/// errors ([`crate::panic::install_hook`]) included. Fails on a bad
 /// variable, or if a subscriber is already installed. Must run inside the Tokio runtime.
 pub fn init(service: &str, env: &Env) -> Result<Telemetry, ConfigError> {
     let config = TelemetryConfig::from_env(service, env)?;
@@ -287,6 +288,7 @@ pub fn init(service: &str, env: &Env) -> Result<Telemetry, ConfigError> {
         value: config.log_filter.clone(),
         expected: format!("a single logging set-up per process ({e})"),
     })?;
+    crate::panic::install_hook();
     if provider.is_some() {
         opentelemetry::global::set_text_map_propagator(
             opentelemetry::propagation::TextMapCompositePropagator::new(vec![

@@ -7,6 +7,7 @@
 //! - [`HandleError::Retry`] → deliver it again after a backoff that doubles per
 //!   attempt; after [`RetryPolicy::max_deliver`] attempts, dead-letter it.
 //! - [`HandleError::Reject`] → dead-letter it now: delivering it again cannot help.
+//! - a panic of the handler → as [`HandleError::Retry`] (the consumer goes on).
 //!
 //! A dead letter is the original payload and headers, on
 //! [`dead_letter_subject`]`(consumer, subject)`, plus the `Dead-Letter-*` headers saying
@@ -223,7 +224,11 @@ pub(super) async fn handle(
 ) -> Result<(), HandleError> {
     let span = super::consumer_span(app, event);
     async {
-        let outcome = handler.handle(event).await;
+        // A panic is a bug that may depend on state: retried, then dead-lettered, like
+        // any failure, and the loop goes on with the next event.
+        let outcome = crate::panic::catch_unwind(handler.handle(event))
+            .await
+            .unwrap_or_else(|panic| Err(HandleError::retry(panic)));
         if let Err(error) = &outcome {
             tracing::warn!(event_id = %event.id, attempt, error = %ErrorChain(error), "event not processed");
         }
@@ -355,8 +360,8 @@ mod tests {
         assert_eq!(policy.delay(u32::MAX), Duration::from_secs(60));
     }
 
-    /// Fails `failures` times per event id, rejects payloads `b"poison"`, records the
-    /// rest.
+    /// Fails `failures` times per event id, rejects payloads `b"poison"`, panics on
+    /// `b"panic"`, records the rest.
     #[derive(Default)]
     struct Flaky {
         failures: u32,
@@ -370,6 +375,7 @@ mod tests {
             if event.payload.as_ref() == b"poison" {
                 return Err(HandleError::reject("undecodable"));
             }
+            assert_ne!(event.payload.as_ref(), b"panic", "a bug in the handler");
             if self.attempts.fetch_add(1, Ordering::SeqCst) < self.failures {
                 return retry();
             }
@@ -477,6 +483,41 @@ mod tests {
         assert_eq!(header(&letter, "traceparent"), Some("00-abc-def-01"));
         assert_eq!(header(&letter, DEAD_LETTER_ATTEMPTS), Some("3"));
         assert!(handler.done.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_is_retried_then_dead_lettered_and_the_loop_goes_on() {
+        let bus = InProcessBus::new();
+        let mut dead = bus.subscribe(&dead_letter_subject("test", "s"));
+        let handler = std::sync::Arc::new(Flaky::default());
+        let draining = CancellationToken::new();
+        let consumer = tokio::spawn(consume(
+            "test",
+            source(&bus),
+            draining.clone(),
+            handler.clone(),
+        ));
+        for event in [
+            Event::new("s", "evt_panic", "panic"),
+            Event::new("s", "evt_1", "1"),
+        ] {
+            bus.publish(event).await.unwrap();
+        }
+        let letter = next(&mut dead).await;
+        crate::testing::eventually("the event after the panic", || {
+            std::future::ready(!handler.done.lock().unwrap().is_empty())
+        })
+        .await;
+        draining.cancel();
+        consumer.await.expect("the loop survives the panic");
+        assert_eq!(*handler.done.lock().unwrap(), ["evt_1"]);
+        assert_eq!(letter.id, "evt_panic");
+        assert_eq!(header(&letter, DEAD_LETTER_ATTEMPTS), Some("3"));
+        let reason = header(&letter, DEAD_LETTER_REASON).unwrap();
+        assert!(
+            reason.contains("panicked") && reason.contains("a bug in the handler"),
+            "{reason}"
+        );
     }
 
     #[tokio::test]
