@@ -2,11 +2,11 @@
 //! raw HTTP/2 (the `h2` crate) and raw TCP, the way no well-behaved client would: each
 //! gets the answer the gRPC spec documents (README, "Bad input") or a clean close,
 //! never a panic, and health stays SERVING. A flood of malformed streams on one
-//! connection ends in GOAWAY.
+//! connection ends in GOAWAY. A deadline that runs out is DEADLINE_EXCEEDED.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::StatusCode;
@@ -16,6 +16,8 @@ use tokio::net::TcpStream;
 use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
+
+mod support;
 
 const GET_PRODUCT: &str = "/inventory.v1.InventoryService/GetProduct";
 const MAX_MESSAGE_SIZE: usize = 1024;
@@ -387,4 +389,36 @@ async fn a_flood_of_malformed_streams_ends_in_goaway() {
     flood.await.expect("the flood task ends");
     assert_healthy(&server, "a flood of malformed streams").await;
     server.stop().await.expect("clean shutdown");
+}
+
+/// The deadline a client sends (`grpc-timeout`) ends the call with DEADLINE_EXCEEDED,
+/// as the spec says, every time and never early: tonic's own timer on the same header
+/// answers CANCELLED, and must never win the race (`shared::deadline`). Over raw
+/// HTTP/2, because a tonic client runs a timer of its own too, and reports CANCELLED
+/// when it fires first (`shared::client` reads that as DEADLINE_EXCEEDED).
+#[tokio::test]
+async fn a_deadline_that_runs_out_is_deadline_exceeded() {
+    let held = support::InventoryProxy::start().await;
+    held.hold_reservations();
+    let path = "/inventory.v1.InventoryService/ReserveStock";
+    for call_number in 1..=50 {
+        let start = Instant::now();
+        let answer = call(
+            held.addr(),
+            path,
+            &[("grpc-timeout", "10m")],
+            &frame(0, b""),
+        )
+        .await;
+        let elapsed = start.elapsed();
+        assert_grpc(
+            &answer,
+            Code::DeadlineExceeded,
+            &format!("call {call_number}"),
+        );
+        assert!(
+            elapsed >= Duration::from_millis(10),
+            "call {call_number} ended after {elapsed:?}, before its deadline"
+        );
+    }
 }

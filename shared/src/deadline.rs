@@ -32,9 +32,6 @@ pub async fn scope<F: Future>(deadline: Instant, future: F) -> F::Output {
     DEADLINE.scope(deadline, future).await
 }
 
-/// How much earlier than the client's deadline a call is ended; see [`Deadline::call`].
-const TONIC_MARGIN: Duration = Duration::from_millis(2);
-
 /// Applies [`Deadline`] to a service.
 #[derive(Clone, Copy, Debug)]
 pub struct DeadlineLayer {
@@ -82,12 +79,13 @@ where
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
         let timeout = match grpc_timeout(request.headers()) {
-            // tonic's own timer on the client's deadline runs outside this layer, started
-            // a moment earlier, and answers CANCELLED: end just before it, so that the
-            // answer is always ours. (Both fire on millisecond ticks.)
-            Some(client) if client < self.limit => client.saturating_sub(TONIC_MARGIN),
+            Some(client) if client < self.limit => client,
             _ => self.limit,
         };
+        // tonic runs a timer of its own on the client's deadline, outside this layer,
+        // and answers CANCELLED. Its timer starts after this call returns, and it polls
+        // this layer's future before its timer: so this deadline is never later, and
+        // when both fire at once, the answer is this one (tests/bad_input.rs).
         let deadline = Instant::now() + timeout;
         let response = DEADLINE.scope(deadline, self.inner.call(request));
         Box::pin(async move {

@@ -45,6 +45,7 @@ pub(crate) enum Backend {
 ///     #[tokio::test] a_confirmed_order_sells_the_stock,
 /// }
 /// ```
+#[allow(unused_macros, reason = "each test file is a crate of its own")]
 macro_rules! on_both_backends {
     ($(#[$attribute:meta] $test:ident),+ $(,)?) => {
         mod embedded {
@@ -65,6 +66,7 @@ macro_rules! on_both_backends {
         }
     };
 }
+#[allow(unused_imports, reason = "each test file is a crate of its own")]
 pub(crate) use on_both_backends;
 
 /// The whole system on free ports, with a client of each service that the order flow
