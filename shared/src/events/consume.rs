@@ -385,14 +385,62 @@ mod tests {
         }
     }
 
-    fn source(bus: &InProcessBus) -> Source {
-        Source {
-            consumer: "test".into(),
-            policy: POLICY,
-            kind: SourceKind::InProcess {
-                subscription: bus.subscribe("s"),
-                bus: bus.clone(),
-            },
+    /// Consumer `test` of subject `s` on an in-process bus, running a [`Flaky`].
+    struct Running {
+        bus: InProcessBus,
+        /// Its dead letters.
+        dead: Subscription,
+        handler: std::sync::Arc<Flaky>,
+        draining: CancellationToken,
+        consumer: tokio::task::JoinHandle<()>,
+    }
+
+    impl Running {
+        fn start(failures: u32) -> Self {
+            let bus = InProcessBus::new();
+            let dead = bus.subscribe(&dead_letter_subject("test", "s"));
+            let handler = std::sync::Arc::new(Flaky {
+                failures,
+                ..Flaky::default()
+            });
+            let source = Source {
+                consumer: "test".into(),
+                policy: POLICY,
+                kind: SourceKind::InProcess {
+                    subscription: bus.subscribe("s"),
+                    bus: bus.clone(),
+                },
+            };
+            let draining = CancellationToken::new();
+            let consumer = tokio::spawn(consume("test", source, draining.clone(), handler.clone()));
+            Self {
+                bus,
+                dead,
+                handler,
+                draining,
+                consumer,
+            }
+        }
+
+        async fn publish(&self, events: impl IntoIterator<Item = Event>) {
+            for event in events {
+                self.bus.publish(event).await.unwrap();
+            }
+        }
+
+        /// Waits until `n` events are done.
+        async fn done(&self, n: usize) {
+            crate::testing::eventually("events done", || {
+                std::future::ready(self.handler.done.lock().unwrap().len() >= n)
+            })
+            .await;
+        }
+
+        /// Drains, and checks that the loop ended by itself.
+        async fn stop(self) -> std::sync::Arc<Flaky> {
+            self.draining.cancel();
+            self.consumer.await.expect("the loop ends cleanly");
+            self.handler
         }
     }
 
@@ -414,33 +462,17 @@ mod tests {
 
     #[tokio::test]
     async fn in_process_retries_in_place_and_dead_letters_what_is_rejected() {
-        let bus = InProcessBus::new();
-        let mut dead = bus.subscribe(&dead_letter_subject("test", "s"));
-        let handler = std::sync::Arc::new(Flaky {
-            failures: 2,
-            ..Flaky::default()
-        });
-        let draining = CancellationToken::new();
-        let consumer = tokio::spawn(consume(
-            "test",
-            source(&bus),
-            draining.clone(),
-            handler.clone(),
-        ));
-        for event in [
-            Event::new("s", "evt_1", "1"),
-            Event::new("s", "evt_poison", "poison"),
-            Event::new("s", "evt_2", "2"),
-        ] {
-            bus.publish(event).await.unwrap();
-        }
-        let letter = next(&mut dead).await;
-        crate::testing::eventually("both good events", || {
-            std::future::ready(handler.done.lock().unwrap().len() == 2)
-        })
-        .await;
-        draining.cancel();
-        consumer.await.unwrap();
+        let mut running = Running::start(2);
+        running
+            .publish([
+                Event::new("s", "evt_1", "1"),
+                Event::new("s", "evt_poison", "poison"),
+                Event::new("s", "evt_2", "2"),
+            ])
+            .await;
+        let letter = next(&mut running.dead).await;
+        running.done(2).await;
+        let handler = running.stop().await;
         // Two failures then success: retried in place; the poison did not block evt_2.
         assert_eq!(*handler.done.lock().unwrap(), ["evt_1", "evt_2"]);
         assert_eq!(
@@ -458,27 +490,14 @@ mod tests {
 
     #[tokio::test]
     async fn in_process_dead_letters_after_max_deliver_with_the_original_headers() {
-        let bus = InProcessBus::new();
-        let mut dead = bus.subscribe(&dead_letter_subject("test", "s"));
-        let handler = std::sync::Arc::new(Flaky {
-            failures: u32::MAX,
-            ..Flaky::default()
-        });
-        let draining = CancellationToken::new();
-        let consumer = tokio::spawn(consume(
-            "test",
-            source(&bus),
-            draining.clone(),
-            handler.clone(),
-        ));
+        let mut running = Running::start(u32::MAX);
         let mut event = Event::new("s", "evt_1", "1");
         event
             .headers
             .push(("traceparent".into(), "00-abc-def-01".into()));
-        bus.publish(event).await.unwrap();
-        let letter = next(&mut dead).await;
-        draining.cancel();
-        consumer.await.unwrap();
+        running.publish([event]).await;
+        let letter = next(&mut running.dead).await;
+        let handler = running.stop().await;
         assert_eq!(handler.attempts.load(Ordering::SeqCst), POLICY.max_deliver);
         assert_eq!(header(&letter, "traceparent"), Some("00-abc-def-01"));
         assert_eq!(header(&letter, DEAD_LETTER_ATTEMPTS), Some("3"));
@@ -487,29 +506,16 @@ mod tests {
 
     #[tokio::test]
     async fn a_panicking_handler_is_retried_then_dead_lettered_and_the_loop_goes_on() {
-        let bus = InProcessBus::new();
-        let mut dead = bus.subscribe(&dead_letter_subject("test", "s"));
-        let handler = std::sync::Arc::new(Flaky::default());
-        let draining = CancellationToken::new();
-        let consumer = tokio::spawn(consume(
-            "test",
-            source(&bus),
-            draining.clone(),
-            handler.clone(),
-        ));
-        for event in [
-            Event::new("s", "evt_panic", "panic"),
-            Event::new("s", "evt_1", "1"),
-        ] {
-            bus.publish(event).await.unwrap();
-        }
-        let letter = next(&mut dead).await;
-        crate::testing::eventually("the event after the panic", || {
-            std::future::ready(!handler.done.lock().unwrap().is_empty())
-        })
-        .await;
-        draining.cancel();
-        consumer.await.expect("the loop survives the panic");
+        let mut running = Running::start(0);
+        running
+            .publish([
+                Event::new("s", "evt_panic", "panic"),
+                Event::new("s", "evt_1", "1"),
+            ])
+            .await;
+        let letter = next(&mut running.dead).await;
+        running.done(1).await;
+        let handler = running.stop().await;
         assert_eq!(*handler.done.lock().unwrap(), ["evt_1"]);
         assert_eq!(letter.id, "evt_panic");
         assert_eq!(header(&letter, DEAD_LETTER_ATTEMPTS), Some("3"));
@@ -522,15 +528,6 @@ mod tests {
 
     #[tokio::test]
     async fn the_loop_stops_when_draining() {
-        let bus = InProcessBus::new();
-        let draining = CancellationToken::new();
-        let consumer = tokio::spawn(consume(
-            "test",
-            source(&bus),
-            draining.clone(),
-            std::sync::Arc::new(Flaky::default()),
-        ));
-        draining.cancel();
-        consumer.await.unwrap();
+        Running::start(0).stop().await;
     }
 }
