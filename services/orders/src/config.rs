@@ -40,6 +40,10 @@ pub struct OutboxConfig {
     pub poll_interval: Duration,
     /// `OUTBOX_BATCH_SIZE` (default 100): most events claimed and published per pass.
     pub batch_size: usize,
+    /// `OUTBOX_RETENTION` (default `24h`): how long a published event stays in the
+    /// outbox table, to look into, before the relay deletes it (`0s`: at its next
+    /// pruning, within a minute).
+    pub retention: Duration,
 }
 
 impl Default for OutboxConfig {
@@ -47,6 +51,7 @@ impl Default for OutboxConfig {
         Self {
             poll_interval: Duration::from_secs(1),
             batch_size: 100,
+            retention: Duration::from_secs(24 * 60 * 60),
         }
     }
 }
@@ -57,6 +62,7 @@ impl OutboxConfig {
         Ok(Self {
             poll_interval: env.duration("OUTBOX_POLL_INTERVAL", default.poll_interval)?,
             batch_size: env.int_in("OUTBOX_BATCH_SIZE", default.batch_size, 1, 10_000)?,
+            retention: env.duration("OUTBOX_RETENTION", default.retention)?,
         })
     }
 }

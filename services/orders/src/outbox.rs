@@ -12,6 +12,8 @@
 //!   publishes those).
 //! - Delivery is at least once: a publication whose "sent" mark is lost is repeated.
 //!   The broker de-duplicates by event id, and consumers are idempotent.
+//! - Published events are kept `OUTBOX_RETENTION` to look into, then deleted: every
+//!   replica's relay prunes them every [`PRUNE_EVERY`], in batches.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +30,10 @@ use crate::store::Store;
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// The longest pause between passes while the bus or the database fails.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// How often the relay deletes the events published longer than the retention ago.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// Most events deleted by one statement, so that no delete holds locks for long.
+const PRUNE_BATCH: usize = 1000;
 
 /// What one pass of the relay did.
 #[derive(Debug, Default)]
@@ -48,9 +54,19 @@ pub(crate) async fn run(
     config: OutboxConfig,
     draining: CancellationToken,
 ) {
-    tracing::info!(poll_interval = ?config.poll_interval, batch_size = config.batch_size, "relaying order events");
+    tracing::info!(
+        poll_interval = ?config.poll_interval,
+        batch_size = config.batch_size,
+        retention = ?config.retention,
+        "relaying order events"
+    );
     let mut failures: u32 = 0;
+    let mut next_prune = tokio::time::Instant::now();
     while !draining.is_cancelled() {
+        if tokio::time::Instant::now() >= next_prune {
+            prune(store.as_ref(), config.retention).await;
+            next_prune = tokio::time::Instant::now() + PRUNE_EVERY;
+        }
         let backoff = match pass(store.as_ref(), publisher.as_ref(), config.batch_size).await {
             Ok(sent) => {
                 failures = 0;
@@ -98,6 +114,29 @@ async fn pass(
             tracing::warn!(error = %ErrorChain(&error), "reading the outbox failed; retrying");
             Err(())
         }
+    }
+}
+
+/// Deletes the events published `retention` ago or earlier, batch after batch.
+/// Failures are logged: the next pruning tries again.
+async fn prune(store: &dyn Store, retention: Duration) {
+    let mut pruned = 0;
+    loop {
+        match store.prune_published(retention, PRUNE_BATCH).await {
+            Ok(deleted) => {
+                pruned += deleted;
+                if deleted < PRUNE_BATCH as u64 {
+                    break;
+                }
+            }
+            Err(error) => {
+                tracing::warn!(error = %ErrorChain(&error), "pruning published order events failed");
+                break;
+            }
+        }
+    }
+    if pruned > 0 {
+        tracing::info!(pruned, ?retention, "pruned published order events");
     }
 }
 

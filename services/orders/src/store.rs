@@ -62,6 +62,10 @@ pub(crate) trait Store: Send + Sync + 'static {
     /// Notified after each commit that recorded an event: wakes the relay.
     fn outbox_signal(&self) -> &Notify;
 
+    /// Deletes up to `limit` events published `retention` ago or earlier; how many.
+    /// Pending events are never deleted. The in-memory store keeps no published event.
+    async fn prune_published(&self, retention: Duration, limit: usize) -> Result<u64, Error>;
+
     /// Claims for `owner`, until `lease` from now, up to `limit` pending orders (oldest
     /// first) whose saga no process is known to run: those whose claim lapsed, and
     /// those nobody claimed that have not changed for `stale_after` (their creator runs
@@ -243,6 +247,10 @@ impl Store for MemoryStore {
 
     fn outbox_signal(&self) -> &Notify {
         &self.outbox_signal
+    }
+
+    async fn prune_published(&self, _: Duration, _: usize) -> Result<u64, Error> {
+        Ok(0)
     }
 
     async fn claim_stranded(
@@ -628,6 +636,33 @@ mod tests {
         let bus = FlakyBus::default();
         assert_eq!(relay_all(&after, &bus).await, 2);
         assert_eq!(bus.ids(), ["ord_1.placed", "ord_1.confirmed"]);
+    }
+
+    #[tokio::test]
+    async fn published_events_are_deleted_after_the_retention_and_pending_ones_never() {
+        let config = shared::testing::fresh_db_config().await;
+        let store = PgStore::connect(&config).await.unwrap();
+        let bus = FlakyBus::default();
+        let placed = order("ord_1", "req-1", "cus-1");
+        create(&store, placed.clone()).await.unwrap();
+        confirm(&store, placed).await;
+        assert_eq!(relay_all(&store, &bus).await, 2);
+        create(&store, order("ord_2", "req-2", "cus-1"))
+            .await
+            .unwrap();
+
+        let hour = Duration::from_secs(3600);
+        let prune = |retention, limit| store.prune_published(retention, limit);
+        assert_eq!(prune(hour, 100).await.unwrap(), 0, "published just now");
+        assert_eq!(prune(Duration::ZERO, 1).await.unwrap(), 1, "one batch");
+        assert_eq!(prune(Duration::ZERO, 100).await.unwrap(), 1, "the other");
+        assert_eq!(prune(Duration::ZERO, 100).await.unwrap(), 0);
+        assert_eq!(store.pending_events().await.unwrap(), 1, "pending stays");
+        assert_eq!(relay_all(&store, &bus).await, 1);
+        assert_eq!(
+            bus.ids(),
+            ["ord_1.placed", "ord_1.confirmed", "ord_2.placed"]
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

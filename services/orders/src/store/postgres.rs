@@ -521,6 +521,19 @@ impl Store for PgStore {
         &self.outbox_signal
     }
 
+    async fn prune_published(&self, retention: Duration, limit: usize) -> Result<u64, Error> {
+        let deleted = sqlx::query(
+            "DELETE FROM outbox WHERE position IN ( \
+                 SELECT position FROM outbox \
+                 WHERE sent_time <= now() - $1 * INTERVAL '1 microsecond' LIMIT $2)",
+        )
+        .bind(duration_micros(retention))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .execute(&self.pool)
+        .await?;
+        Ok(deleted.rows_affected())
+    }
+
     async fn claim_stranded(
         &self,
         owner: &str,
