@@ -99,6 +99,21 @@ impl Env {
         )
     }
 
+    /// A duration like [`Self::duration`] but above zero: for a timeout or an interval,
+    /// where zero would refuse everything or spin.
+    pub fn positive_duration(
+        &self,
+        name: &str,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        self.parse_with(
+            name,
+            default,
+            "a duration above zero like 10s or 500ms",
+            |v| parse_duration(v).filter(|d| !d.is_zero()),
+        )
+    }
+
     /// `true`/`false` (also `1`/`0`, `yes`/`no`, `on`/`off`).
     pub fn flag(&self, name: &str, default: bool) -> Result<bool, ConfigError> {
         self.parse_with(name, default, "true or false", |v| {
@@ -385,9 +400,10 @@ pub struct ClientConfig {
 
 impl ClientConfig {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
-        let config = Self {
+        Ok(Self {
             connect_timeout: env.duration("GRPC_CLIENT_CONNECT_TIMEOUT", Duration::from_secs(2))?,
-            request_timeout: env.duration("GRPC_CLIENT_TIMEOUT", Duration::from_secs(5))?,
+            request_timeout: env
+                .positive_duration("GRPC_CLIENT_TIMEOUT", Duration::from_secs(5))?,
             retry_max_attempts: env.int_in("GRPC_CLIENT_RETRY_MAX_ATTEMPTS", 3, 1, 5)?,
             retry_backoff: env.duration("GRPC_CLIENT_RETRY_BACKOFF", Duration::from_millis(50))?,
             retry_max_backoff: env
@@ -402,22 +418,10 @@ impl ClientConfig {
             breaker_failures: env.int_in("GRPC_CLIENT_BREAKER_FAILURES", 5, 0, 1000)?,
             breaker_open: env.duration("GRPC_CLIENT_BREAKER_OPEN", Duration::from_secs(5))?,
             max_concurrency: env.int_in("GRPC_CLIENT_MAX_CONCURRENCY", 200, 1, 100_000)?,
-            dns_refresh: env.duration("GRPC_CLIENT_DNS_REFRESH", Duration::from_secs(30))?,
+            dns_refresh: env
+                .positive_duration("GRPC_CLIENT_DNS_REFRESH", Duration::from_secs(30))?,
             tls: ClientTls::from_env(env)?,
-        };
-        for (var, value) in [
-            ("GRPC_CLIENT_TIMEOUT", config.request_timeout),
-            ("GRPC_CLIENT_DNS_REFRESH", config.dns_refresh),
-        ] {
-            if value.is_zero() {
-                return Err(ConfigError {
-                    var: var.to_owned(),
-                    value: "0".to_owned(),
-                    expected: "a duration above zero".to_owned(),
-                });
-            }
-        }
-        Ok(config)
+        })
     }
 }
 

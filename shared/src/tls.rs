@@ -49,12 +49,8 @@ impl ServerTls {
         let cert = env.file("GRPC_TLS_CERT_FILE")?;
         let key = env.file("GRPC_TLS_KEY_FILE")?;
         let client_ca = env.file("GRPC_TLS_CLIENT_CA_FILE")?;
-        let handshake_timeout = env.parse_with(
-            "GRPC_TLS_HANDSHAKE_TIMEOUT",
-            DEFAULT_HANDSHAKE_TIMEOUT,
-            "a duration above zero like 10s or 500ms",
-            |v| crate::config::parse_duration(v).filter(|d| !d.is_zero()),
-        )?;
+        let handshake_timeout =
+            env.positive_duration("GRPC_TLS_HANDSHAKE_TIMEOUT", DEFAULT_HANDSHAKE_TIMEOUT)?;
         let Some(identity) = identity(cert, key, "GRPC_TLS_CERT_FILE", "GRPC_TLS_KEY_FILE")? else {
             if let Some(client_ca) = client_ca {
                 return Err(client_ca.invalid("to be set together with GRPC_TLS_CERT_FILE"));
