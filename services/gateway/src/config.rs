@@ -1,6 +1,7 @@
 //! Settings, read once at start-up.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use shared::client::Upstream;
 use shared::{ClientConfig, ConfigError, Env, ServerConfig};
@@ -36,6 +37,13 @@ pub struct Config {
     pub auth: Option<Auth>,
     /// The rate limit per client; `None` when `GATEWAY_RATE_LIMIT` is 0.
     pub rate_limit: Option<RateLimit>,
+    /// `GATEWAY_CONCURRENCY_LIMIT`: API requests in flight at once, over all clients;
+    /// one more is answered 503 at once (default 512; the probes are never refused).
+    pub concurrency_limit: usize,
+    /// `GATEWAY_REQUEST_TIMEOUT`: longest time from a request to the head of its
+    /// answer; past it, 504 (default `10s`). Its upstream calls get what is left as
+    /// their deadline, each also bounded by `GRPC_CLIENT_TIMEOUT`.
+    pub request_timeout: Duration,
 }
 
 /// JWT authentication (see `auth.rs`).
@@ -89,6 +97,9 @@ impl Config {
             )?,
             auth: auth(env)?,
             rate_limit: rate_limit(env)?,
+            concurrency_limit: env.int_in("GATEWAY_CONCURRENCY_LIMIT", 512, 1, 1_000_000)?,
+            request_timeout: env
+                .positive_duration("GATEWAY_REQUEST_TIMEOUT", Duration::from_secs(10))?,
         })
     }
 }

@@ -205,6 +205,23 @@ impl ApiError {
         .with_header(RETRY_AFTER, seconds.to_string())
     }
 
+    /// 503 UNAVAILABLE: the gateway has `GATEWAY_CONCURRENCY_LIMIT` requests in flight;
+    /// the client may try again in a second.
+    pub(crate) fn overloaded() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Code::Unavailable,
+            generic_message(Code::Unavailable),
+        )
+        .with_header(RETRY_AFTER, "1".to_owned())
+    }
+
+    /// 504 DEADLINE_EXCEEDED: the request outlasted `GATEWAY_REQUEST_TIMEOUT`, as an
+    /// upstream call that outlasts its deadline is answered.
+    pub(crate) fn timed_out() -> Self {
+        Self::from(Status::deadline_exceeded("GATEWAY_REQUEST_TIMEOUT"))
+    }
+
     /// The same error with each field path rewritten by `rename`, e.g. from the proto
     /// field names a service reports to the names of the JSON body.
     pub(crate) fn rename_fields(mut self, rename: impl Fn(&str) -> String) -> Self {

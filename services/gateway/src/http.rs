@@ -10,7 +10,8 @@
 //! | `GET /healthz` | — | — (liveness: the process serves) |
 //! | `GET /readyz` | — | `grpc.health.v1.Health/Check` of each upstream |
 //!
-//! Every route but the two probes goes through admission (`auth.rs`): a bearer token
+//! Every route but the two probes is bounded (`limits.rs`: requests in flight, 503;
+//! time, 504), then goes through admission (`auth.rs`): a bearer token
 //! when authentication is on (401), the client's rate (429), then the route's scope
 //! (403). The probes are answered whatever the load and without a token: the kubelet
 //! and load balancers have none.
@@ -47,6 +48,7 @@ use tracing::Instrument as _;
 use crate::auth::{self, Admission, INVENTORY_READ, ORDERS_READ, ORDERS_WRITE, scoped};
 use crate::dto::{self, NewOrder, Order, PageQuery, Product, ProductPage};
 use crate::error::ApiError;
+use crate::limits::Limits;
 use crate::upstream::Upstreams;
 
 /// The header whose value becomes the order's `request_id` (AIP-155).
@@ -66,6 +68,7 @@ pub(crate) fn router(
     upstreams: Upstreams,
     draining: CancellationToken,
     max_body_bytes: usize,
+    limits: Limits,
     admission: Admission,
 ) -> Router {
     let state = AppState {
@@ -87,9 +90,10 @@ pub(crate) fn router(
         // for without a token.
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed);
-    // Authentication, rate and scope on every route above; none on the probes.
-    auth::Admission::layer(admission, api)
-        .route("/healthz", get(healthz))
+    // The limits, then authentication, rate and scope on every route above; none on
+    // the probes.
+    let api = limits.layer(auth::Admission::layer(admission, api));
+    api.route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         // Bodies are read up to this many bytes, never more: beyond it, 413.
         .layer(DefaultBodyLimit::max(max_body_bytes))

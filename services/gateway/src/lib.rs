@@ -22,6 +22,7 @@ mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 mod http;
+mod limits;
 mod notifications; // remove-service: notifications
 mod rate_limit;
 mod server;
@@ -64,6 +65,7 @@ pub async fn build(config: Config) -> Result<Server, shared::Error> {
         upstreams,
         draining.clone(),
         config.max_body_bytes,
+        limits::Limits::new(config.concurrency_limit, config.request_timeout),
         admission,
     );
     Server::bind(NAME, &config.server, router, draining).await

@@ -5,6 +5,7 @@
 mod support;
 
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use gateway::testing::HttpClient;
 use http::{Method, StatusCode};
@@ -12,6 +13,7 @@ use serde_json::json;
 use shared::testing::eventually;
 use stack::testing::TestStack;
 use support::{error, fields, order, place, start};
+use tokio::io::AsyncWriteExt as _;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -427,4 +429,65 @@ async fn shutdown_waits_for_in_flight_requests() {
     let response = in_flight.await.unwrap();
     error(&response, StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE");
     gateway.task.await.unwrap().expect("a clean stop");
+}
+
+/// A request that outlasts `GATEWAY_REQUEST_TIMEOUT` is 504 on time, although the
+/// upstream call's own deadline (`GRPC_CLIENT_TIMEOUT`) is far off: the request's
+/// deadline bounds the calls it makes.
+#[tokio::test]
+async fn a_request_over_the_timeout_is_504_on_time() {
+    // An "orders" that accepts connections and never answers.
+    let black_hole = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let orders = url(black_hole.local_addr().unwrap());
+    let gateway = TestGateway::start(&[
+        ("ORDERS_ADDR", &orders),
+        ("GATEWAY_REQUEST_TIMEOUT", "300ms"),
+        ("GRPC_CLIENT_TIMEOUT", "30s"),
+        ("GRPC_CLIENT_CONNECT_TIMEOUT", "30s"),
+    ])
+    .await;
+    let start = Instant::now();
+    let response = gateway.http.get("/v1/orders/ord_1").await;
+    let elapsed = start.elapsed();
+    error(&response, StatusCode::GATEWAY_TIMEOUT, "DEADLINE_EXCEEDED");
+    assert!(
+        elapsed >= Duration::from_millis(300) && elapsed < Duration::from_secs(5),
+        "{elapsed:?}"
+    );
+}
+
+/// Past `GATEWAY_CONCURRENCY_LIMIT` requests in flight, the next is 503 at once with
+/// `Retry-After`, the probes still answer, and once the load is gone requests are
+/// served again.
+#[tokio::test]
+async fn past_the_concurrency_limit_requests_are_503_and_the_probes_still_answer() {
+    let stack = start().await;
+    let gateway = TestGateway::in_front_of(&stack, &[("GATEWAY_CONCURRENCY_LIMIT", "2")]).await;
+    // Two orders whose bodies never arrive: in flight until their clients hang up.
+    let mut slow = Vec::new();
+    for key in ["slow-1", "slow-2"] {
+        let mut tcp = TcpStream::connect(gateway.addr).await.unwrap();
+        let head = format!(
+            "POST /v1/orders HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\n\
+             idempotency-key: {key}\r\ncontent-length: 100\r\n\r\n{{"
+        );
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        slow.push(tcp);
+    }
+    let product = "/v1/products/SKU-001";
+    eventually("a request over the limit to be refused", || async {
+        gateway.http.get(product).await.status == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
+    let refused = gateway.http.get(product).await;
+    error(&refused, StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE");
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    assert_eq!(gateway.http.get("/healthz").await.status, StatusCode::OK);
+    assert_eq!(gateway.http.get("/readyz").await.status, StatusCode::OK);
+
+    drop(slow);
+    eventually("requests to be served again", || async {
+        gateway.http.get(product).await.status == StatusCode::OK
+    })
+    .await;
 }

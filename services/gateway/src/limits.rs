@@ -1,0 +1,80 @@
+//! What bounds every API request at the edge, before admission (`auth.rs`), so that a
+//! flood or a slow upstream costs the gateway a bounded amount:
+//!
+//! - **Load shedding**: past `GATEWAY_CONCURRENCY_LIMIT` requests in flight, the next
+//!   one is answered 503 with `Retry-After: 1` at once, rather than queued behind the
+//!   others. The probes (`/healthz`, `/readyz`) are never refused.
+//! - **A deadline per request**: `GATEWAY_REQUEST_TIMEOUT` bounds each request up to
+//!   the head of its answer, reading its body included; past it, 504. The gRPC calls
+//!   the handler makes get what is left as their deadline (`shared::deadline`), so
+//!   none outlives the request.
+//! - **Panics**: a handler that panics gets 500, logged; the connection and its other
+//!   requests live on (`shared::panic`).
+//!
+//! A streamed answer (`StreamNotifications`) counts, and is bounded, until its head is
+//! sent: the stream itself runs as long as the client reads it.
+
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use shared::metrics::IntCounterVec;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use crate::error::ApiError;
+
+/// `gateway_requests_refused_total{reason}`: API requests the limits answered for.
+static REFUSED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    shared::metrics::counter(
+        "gateway_requests_refused_total",
+        "API requests the gateway answered without its handler finishing, by reason \
+         (overloaded: 503, timeout: 504, panic: 500).",
+        &["reason"],
+    )
+});
+
+/// The limits of every API request; see the module documentation.
+#[derive(Clone, Debug)]
+pub(crate) struct Limits {
+    in_flight: Arc<Semaphore>,
+    timeout: Duration,
+}
+
+impl Limits {
+    pub(crate) fn new(concurrency_limit: usize, timeout: Duration) -> Self {
+        Self {
+            in_flight: Arc::new(Semaphore::new(concurrency_limit)),
+            timeout,
+        }
+    }
+
+    /// The layer of every route but the health probes.
+    pub(crate) fn layer<S: Clone + Send + Sync + 'static>(self, router: Router<S>) -> Router<S> {
+        router.layer(middleware::from_fn_with_state(self, limit))
+    }
+}
+
+async fn limit(State(limits): State<Limits>, request: Request, next: Next) -> Response {
+    let Ok(_in_flight) = limits.in_flight.try_acquire() else {
+        REFUSED.with_label_values(&["overloaded"]).inc();
+        return ApiError::overloaded().into_response();
+    };
+    let deadline = Instant::now() + limits.timeout;
+    let handled = shared::deadline::scope(deadline, shared::panic::catch_unwind(next.run(request)));
+    match tokio::time::timeout_at(deadline, handled).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(panic)) => {
+            REFUSED.with_label_values(&["panic"]).inc();
+            ApiError::internal(&format!("handler {panic}")).into_response()
+        }
+        Err(_) => {
+            REFUSED.with_label_values(&["timeout"]).inc();
+            tracing::warn!(timeout = ?limits.timeout, "request over GATEWAY_REQUEST_TIMEOUT");
+            ApiError::timed_out().into_response()
+        }
+    }
+}
