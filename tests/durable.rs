@@ -9,6 +9,7 @@
 
 // remove-service: notifications {
 mod processes;
+mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -19,9 +20,7 @@ use contracts::inventory::v1::inventory_service_client::InventoryServiceClient;
 use contracts::notifications::v1::ListNotificationsRequest;
 use contracts::notifications::v1::notification_service_client::NotificationServiceClient;
 use contracts::orders::v1::order_service_client::OrderServiceClient;
-use contracts::orders::v1::{
-    GetOrderRequest, ListOrdersRequest, OrderItem, OrderStatus, PlaceOrderRequest,
-};
+use contracts::orders::v1::{GetOrderRequest, ListOrdersRequest, OrderStatus};
 use contracts::payments::v1::payment_service_client::PaymentServiceClient;
 use contracts::payments::v1::{ListPaymentsRequest, PaymentStatus};
 use processes::{PATIENCE, Process};
@@ -124,16 +123,7 @@ impl Durable {
     async fn place(&self, request_id: &str, customer: &str) -> String {
         let order = self
             .orders()
-            .place_order(PlaceOrderRequest {
-                request_id: request_id.into(),
-                customer_id: customer.into(),
-                items: vec![OrderItem {
-                    sku: "SKU-001".into(),
-                    quantity: 1,
-                    ..Default::default()
-                }],
-                card_token: "tok_visa".into(),
-            })
+            .place_order(support::place_order(request_id, customer, "SKU-001"))
             .await
             .unwrap_or_else(|status| panic!("PlaceOrder {request_id}: {status:?}"))
             .into_inner()
@@ -309,16 +299,7 @@ async fn an_order_whose_saga_died_with_orders_is_finished_after_a_restart() {
     let mut orders = system.orders();
     let placing = tokio::spawn(async move {
         orders
-            .place_order(PlaceOrderRequest {
-                request_id: "killed-1".into(),
-                customer_id: "cus_killed".into(),
-                items: vec![OrderItem {
-                    sku: "SKU-001".into(),
-                    quantity: 1,
-                    ..Default::default()
-                }],
-                card_token: "tok_visa".into(),
-            })
+            .place_order(support::place_order("killed-1", "cus_killed", "SKU-001"))
             .await
     });
     eventually("the order's stock reserved", || async {

@@ -4,13 +4,14 @@
 //! come back by itself.
 
 mod processes;
+mod support;
 
 use std::time::{Duration, Instant};
 
 use contracts::inventory::v1::GetProductRequest;
 use contracts::inventory::v1::inventory_service_client::InventoryServiceClient;
 use contracts::orders::v1::order_service_client::OrderServiceClient;
-use contracts::orders::v1::{OrderItem, OrderStatus, PlaceOrderRequest};
+use contracts::orders::v1::{OrderStatus, PlaceOrderRequest};
 use gateway::testing::HttpClient;
 use processes::Process;
 use shared::client::Channel;
@@ -52,16 +53,7 @@ async fn reserved(inventory: &Channel, sku: &str) -> i64 {
 }
 
 fn order(request_id: &str, sku: &str) -> PlaceOrderRequest {
-    PlaceOrderRequest {
-        request_id: request_id.into(),
-        customer_id: "cus_resilience".into(),
-        items: vec![OrderItem {
-            sku: sku.into(),
-            quantity: 1,
-            unit_price: None,
-        }],
-        card_token: "tok_visa".into(),
-    }
+    support::place_order(request_id, "cus_resilience", sku)
 }
 
 /// Test 1. Payments is SIGKILLed while orders' Charge call waits on it: the call fails

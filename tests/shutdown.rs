@@ -14,10 +14,7 @@ use std::time::{Duration, Instant};
 use contracts::inventory::v1::RestockProductsRequest;
 use contracts::inventory::v1::inventory_service_client::InventoryServiceClient;
 use contracts::orders::v1::order_service_client::OrderServiceClient;
-use contracts::orders::v1::{
-    GetOrderRequest, ListOrdersRequest, OrderItem, OrderStatus, PlaceOrderRequest,
-    WatchOrderRequest,
-};
+use contracts::orders::v1::{GetOrderRequest, ListOrdersRequest, OrderStatus, WatchOrderRequest};
 use processes::Process;
 use support::InventoryProxy;
 use tokio::task::JoinSet;
@@ -40,19 +37,6 @@ fn connect(uri: &str) -> Channel {
     Endpoint::from_shared(uri.to_owned())
         .unwrap()
         .connect_lazy()
-}
-
-fn order(request_id: String) -> PlaceOrderRequest {
-    PlaceOrderRequest {
-        request_id,
-        customer_id: "cus_sigterm".into(),
-        items: vec![OrderItem {
-            sku: "SKU-001".into(),
-            quantity: 1,
-            ..Default::default()
-        }],
-        card_token: "tok_visa".into(),
-    }
 }
 
 /// A `Watch` on the `readiness` health name, after its first answer (SERVING).
@@ -98,7 +82,15 @@ async fn sigterm_under_load_fails_no_call_and_ends_within_the_grace_period() {
     let mut placing = JoinSet::new();
     for n in 0..HELD_ORDERS {
         let mut client = client.clone();
-        placing.spawn(async move { client.place_order(order(format!("sigterm-{n}"))).await });
+        placing.spawn(async move {
+            client
+                .place_order(support::place_order(
+                    &format!("sigterm-{n}"),
+                    "cus_sigterm",
+                    "SKU-001",
+                ))
+                .await
+        });
     }
     proxy.reservations_held(HELD_ORDERS).await;
     let pending = client

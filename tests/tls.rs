@@ -7,6 +7,8 @@
 //!
 //! The certificates are made here, in a temporary folder, by a CA of the test.
 
+mod support;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,8 +20,8 @@ use contracts::inventory::v1::inventory_service_client::InventoryServiceClient;
 use contracts::inventory::v1::inventory_service_server::{
     InventoryService, InventoryServiceServer,
 };
+use contracts::orders::v1::OrderStatus;
 use contracts::orders::v1::order_service_client::OrderServiceClient;
-use contracts::orders::v1::{OrderItem, OrderStatus, PlaceOrderRequest};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,
@@ -302,16 +304,7 @@ async fn the_services_call_each_other_over_mutual_tls() {
     let orders_uri = Upstream::parse(&format!("https://{}", stack.addr("orders"))).unwrap();
     let channel = shared::client::channel(orders_uri, &ClientConfig::from_env(&env).unwrap());
     let placed = OrderServiceClient::new(channel)
-        .place_order(PlaceOrderRequest {
-            request_id: "mtls-1".into(),
-            customer_id: "cus_mtls".into(),
-            items: vec![OrderItem {
-                sku: "SKU-001".into(),
-                quantity: 1,
-                ..Default::default()
-            }],
-            card_token: "tok_visa".into(),
-        })
+        .place_order(support::place_order("mtls-1", "cus_mtls", "SKU-001"))
         .await
         .unwrap()
         .into_inner()

@@ -15,7 +15,7 @@ use contracts::inventory::v1::inventory_service_server::{
 };
 use contracts::inventory::v1::{self as inventory_pb, GetProductRequest};
 use contracts::orders::v1::order_service_client::OrderServiceClient;
-use contracts::orders::v1::{ListOrdersRequest, Order};
+use contracts::orders::v1::{ListOrdersRequest, Order, OrderItem, PlaceOrderRequest};
 use contracts::payments::v1::payment_service_client::PaymentServiceClient;
 use contracts::payments::v1::{ListPaymentsRequest, Payment};
 use gateway::testing::HttpClient;
@@ -26,6 +26,21 @@ use stack::Wiring;
 use stack::testing::TestStack;
 use tokio::sync::watch;
 use tonic::{Request, Response, Status, Streaming};
+
+/// A `PlaceOrder` of one `sku` for `customer_id`, paid with the card that always goes
+/// through.
+pub(crate) fn place_order(request_id: &str, customer_id: &str, sku: &str) -> PlaceOrderRequest {
+    PlaceOrderRequest {
+        request_id: request_id.into(),
+        customer_id: customer_id.into(),
+        items: vec![OrderItem {
+            sku: sku.into(),
+            quantity: 1,
+            ..Default::default()
+        }],
+        card_token: "tok_visa".into(),
+    }
+}
 
 /// What the services keep their state and pass their events in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
