@@ -5,8 +5,10 @@ Writes, from scripts/templates/service/:
   proto/NAME/v1/NAME.proto        package NAME.v1, service <Name>Service, one example RPC
   services/NAME/                  the standard files and tests/api.rs
   k8s/base/NAME.yaml              the same objects as every service, from the template
+  fuzz/fuzz_targets/grpc_NAME.rs  its fuzz target, with a seed for GetItem (fuzz/seeds/)
 and registers the service where the anchors `new-service:` say: the root Cargo.toml
 ([workspace.dependencies]), stack/Cargo.toml and stack/src/lib.rs (the stack launcher),
+fuzz/Cargo.toml (its crate and its target),
 tests/acceptance/specs.rs (its acceptance spec, appended), plus
 k8s/base/kustomization.yaml, the kind and production overlays' images, its Secret in
 k8s/components/tls/identities.yaml, and the inline lists of every
@@ -131,7 +133,7 @@ def insert_after_last(path: str, text: str, pattern: str, lines: str) -> str:
     return text[:end] + lines + text[end:]
 
 
-def plan(name: str) -> tuple[dict[Path, str], dict[str, str]]:
+def plan(name: str) -> tuple[dict[Path, str | bytes], dict[str, str]]:
     check_name(name)
     check_free(name)
     values = {
@@ -141,10 +143,14 @@ def plan(name: str) -> tuple[dict[Path, str], dict[str, str]]:
         "port": str(next_port(r"^pub const PORT: u16 = (\d+);", 50050, 50099)),
         "admin_port": str(next_port(r"^pub const ADMIN_PORT: u16 = (\d+);", 9100, 9199)),
     }
-    files: dict[Path, str] = {}
+    files: dict[Path, str | bytes] = {}
     # New files from the templates.
     files[ROOT / "proto" / name / "v1" / f"{name}.proto"] = render((TEMPLATES / "service.proto").read_text(), values)
     files[ROOT / "k8s" / "base" / f"{name}.yaml"] = render((TEMPLATES / "k8s.yaml").read_text(), values)
+    # Its fuzz target, and a seed: method 0 (GetItem), mode 0 (one message), then
+    # GetItemRequest{item_id: "item-1"} (fuzz/src/lib.rs).
+    files[ROOT / "fuzz" / "fuzz_targets" / f"grpc_{name}.rs"] = render((TEMPLATES / "fuzz.rs").read_text(), values)
+    files[ROOT / "fuzz" / "seeds" / f"grpc_{name}" / "GetItem"] = b"\x00\x00\x0a\x06item-1"
     for template in sorted(TEMPLATES.rglob("*")):
         rel = template.relative_to(TEMPLATES)
         if template.is_file() and rel.parts[0] in ("src", "tests", "Cargo.toml"):
@@ -159,6 +165,13 @@ def plan(name: str) -> tuple[dict[Path, str], dict[str, str]]:
 
     edit("Cargo.toml", lambda p, t: insert_before_anchor(p, t, f'{name} = {{ path = "services/{name}" }}\n'))
     edit("stack/Cargo.toml", lambda p, t: insert_before_anchor(p, t, f"{name}.workspace = true\n"))
+    fuzz_target = (f"# remove-service: {name} {{\n[[bin]]\nname = \"grpc_{name}\"\n"
+                   f"path = \"fuzz_targets/grpc_{name}.rs\"\ntest = false\ndoc = false\nbench = false\n\n"
+                   f"# remove-service: {name} }}\n")
+    edit("fuzz/Cargo.toml", lambda p, t: insert_before_anchor(
+        p, insert_before_anchor(p, t, f'{name} = {{ path = "../services/{name}" }} # remove-service: {name}\n',
+                                f"{ANCHOR} `make new-service` adds each new service's crate"),
+        fuzz_target, f"{ANCHOR} `make new-service` adds each new service's target"))
 
     def stack(p: str, t: str) -> str:
         t = insert_before_anchor(p, t, (
@@ -241,9 +254,12 @@ def main(argv: list[str]) -> int:
         print(f"new-service: refused, nothing changed: {e}", file=sys.stderr)
         return 1
     existed = {path for path in files if path.exists()}
-    for path, text in files.items():
+    for path, content in files.items():
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content)
     # The generated Rust is formatted as `cargo fmt` would (names change line lengths).
     rustfmt = shutil.which("rustfmt")
     if rustfmt:

@@ -175,6 +175,8 @@ if leftover="$(cd "$copy" && grep -rnE 'grpc-rust-template|grpc-template' --excl
 fi
 step "shell scripts after rename" scripts/lint-shell.sh
 step "cargo build after rename" cargo build --quiet --workspace
+step "clippy of the fuzz targets: shipping's, none of notifications" \
+  cargo clippy --quiet --manifest-path fuzz/Cargo.toml --all-targets -- -D warnings
 step "scripts/k8s-check.sh: shipping, no notifications, renamed (contract, checkov, manifest-driven run)" \
   sh -c 'scripts/k8s-check.sh && grep -q "namespace: acme-shop" target/k8s/kind.yaml'
 log "ok: new-service, remove-service and rename in $((SECONDS - started))s"
