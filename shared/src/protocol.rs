@@ -98,7 +98,7 @@ where
 
 /// `application/grpc`, alone or followed by `+codec` or `;parameters`; media types
 /// compare case-insensitively.
-fn is_grpc(headers: &HeaderMap) -> bool {
+pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
     const GRPC: &[u8] = b"application/grpc";
     let Some(value) = headers.get(CONTENT_TYPE) else {
         return false;

@@ -7,6 +7,9 @@
 //! while the response stream is polled: log lines written by a streaming handler carry
 //! the call's span and trace id too.
 //!
+//! A request that is not gRPC (its `content-type`) is no call: it is passed on
+//! unobserved, and [`crate::protocol`] answers it.
+//!
 //! A handler that panics, before answering or while streaming, ends its call with
 //! INTERNAL ("internal error"; the panic message stays in the logs), not a reset
 //! stream: the panic costs that one call, and the metrics count it ([`crate::panic`]).
@@ -255,6 +258,17 @@ where
     }
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+        if !crate::protocol::is_grpc(request.headers()) {
+            // Not a call (`crate::protocol` answers HTTP 415): no span and no sample,
+            // so that no path a client makes up becomes a metric label.
+            let response = self.inner.call(request);
+            return Box::pin(async move {
+                Ok(response.await?.map(|inner| Observed {
+                    inner: Some(inner),
+                    call: None,
+                }))
+            });
+        }
         let (name, service, method) = split_path(request.uri().path());
         let service = self
             .services
@@ -569,6 +583,14 @@ mod tests {
         (grpc_status(headers), message)
     }
 
+    fn grpc_request(path: &str) -> http::Request<()> {
+        http::Request::builder()
+            .uri(path)
+            .header(CONTENT_TYPE, "application/grpc")
+            .body(())
+            .unwrap()
+    }
+
     #[tokio::test]
     async fn a_panicking_handler_ends_its_call_with_internal() {
         use http_body_util::BodyExt as _;
@@ -580,7 +602,7 @@ mod tests {
             Ok::<_, std::convert::Infallible>(http::Response::new(PanicsAfterOneFrame(false)))
         });
         let rpc = ServerLayer::new("test", ["x.v1.S"]).layer(before_answering);
-        let request = http::Request::builder().uri("/x.v1.S/M").body(()).unwrap();
+        let request = grpc_request("/x.v1.S/M");
         let response = rpc.oneshot(request).await.expect("an answer, not a panic");
         assert_eq!(
             status_of(response.headers()),
@@ -594,7 +616,7 @@ mod tests {
             Ok::<_, std::convert::Infallible>(http::Response::new(PanicsAfterOneFrame(false)))
         });
         let rpc = ServerLayer::new("test", ["x.v1.S"]).layer(while_streaming);
-        let request = http::Request::builder().uri("/x.v1.S/M").body(()).unwrap();
+        let request = grpc_request("/x.v1.S/M");
         let mut body = rpc.oneshot(request).await.unwrap().into_body();
         let first = body.frame().await.unwrap().unwrap();
         assert_eq!(first.into_data().unwrap(), "message");
@@ -605,6 +627,33 @@ mod tests {
             (Some(INTERNAL), Some("internal error"))
         );
         assert!(body.frame().await.is_none() && body.is_end_stream());
+    }
+
+    #[tokio::test]
+    async fn requests_that_are_not_grpc_are_not_calls() {
+        use tower::ServiceExt as _;
+
+        let answer = tower::service_fn(|request: http::Request<()>| async move {
+            let mut response = http::Response::new(http_body_util::Empty::<Bytes>::new());
+            if request.headers().contains_key(CONTENT_TYPE) {
+                response
+                    .headers_mut()
+                    .insert("grpc-status", HeaderValue::from(0));
+            } else {
+                *response.status_mut() = http::StatusCode::UNSUPPORTED_MEDIA_TYPE;
+            }
+            Ok::<_, std::convert::Infallible>(response)
+        });
+        let rpc = ServerLayer::new("test", ["x.v1.S"]).layer(answer);
+        let path = "/x.v1.S/MadeUpByAClient";
+        let request = http::Request::builder().uri(path).body(()).unwrap();
+        let response = rpc.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), http::StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        drop(response);
+        assert!(!metrics::render().contains("MadeUpByAClient"));
+
+        drop(rpc.oneshot(grpc_request(path)).await.unwrap());
+        assert!(metrics::render().contains("MadeUpByAClient"), "a call");
     }
 
     #[test]
