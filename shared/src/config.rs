@@ -316,7 +316,8 @@ impl ServerConfig {
             listen_addr: env.socket_addr("LISTEN_ADDR", any(port))?,
             admin_addr: env.socket_addr("ADMIN_LISTEN_ADDR", any(admin_port))?,
             reflection: env.flag("GRPC_REFLECTION", true)?,
-            request_timeout: env.duration("GRPC_REQUEST_TIMEOUT", Duration::from_secs(30))?,
+            request_timeout: env
+                .positive_duration("GRPC_REQUEST_TIMEOUT", Duration::from_secs(30))?,
             max_concurrent_streams: env.int_in("GRPC_MAX_CONCURRENT_STREAMS", 100, 1, 10_000)?,
             max_message_size: env.int_in("GRPC_MAX_MESSAGE_SIZE", 4 << 20, 1024, 64 << 20)?,
             concurrency_limit: env.int_in("GRPC_CONCURRENCY_LIMIT", 512, 1, 1_000_000)?,
@@ -326,7 +327,8 @@ impl ServerConfig {
             keepalive_interval: env
                 .duration("GRPC_KEEPALIVE_INTERVAL", Duration::from_secs(30))
                 .map(non_zero)?,
-            keepalive_timeout: env.duration("GRPC_KEEPALIVE_TIMEOUT", Duration::from_secs(10))?,
+            keepalive_timeout: env
+                .positive_duration("GRPC_KEEPALIVE_TIMEOUT", Duration::from_secs(10))?,
             tcp_keepalive: env
                 .duration("GRPC_TCP_KEEPALIVE", Duration::from_secs(60))
                 .map(non_zero)?,
@@ -413,13 +415,15 @@ pub struct ClientConfig {
 impl ClientConfig {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         Ok(Self {
-            connect_timeout: env.duration("GRPC_CLIENT_CONNECT_TIMEOUT", Duration::from_secs(2))?,
+            connect_timeout: env
+                .positive_duration("GRPC_CLIENT_CONNECT_TIMEOUT", Duration::from_secs(2))?,
             request_timeout: env
                 .positive_duration("GRPC_CLIENT_TIMEOUT", Duration::from_secs(5))?,
             retry_max_attempts: env.int_in("GRPC_CLIENT_RETRY_MAX_ATTEMPTS", 3, 1, 5)?,
-            retry_backoff: env.duration("GRPC_CLIENT_RETRY_BACKOFF", Duration::from_millis(50))?,
+            retry_backoff: env
+                .positive_duration("GRPC_CLIENT_RETRY_BACKOFF", Duration::from_millis(50))?,
             retry_max_backoff: env
-                .duration("GRPC_CLIENT_RETRY_MAX_BACKOFF", Duration::from_secs(1))?,
+                .positive_duration("GRPC_CLIENT_RETRY_MAX_BACKOFF", Duration::from_secs(1))?,
             retry_budget: env.int_in("GRPC_CLIENT_RETRY_BUDGET", 10, 1, 1000)?,
             retry_budget_ratio: env.parse_with(
                 "GRPC_CLIENT_RETRY_BUDGET_RATIO",
@@ -428,7 +432,8 @@ impl ClientConfig {
                 |v| v.parse().ok().filter(|r| (0.001..=1.0).contains(r)),
             )?,
             breaker_failures: env.int_in("GRPC_CLIENT_BREAKER_FAILURES", 5, 0, 1000)?,
-            breaker_open: env.duration("GRPC_CLIENT_BREAKER_OPEN", Duration::from_secs(5))?,
+            breaker_open: env
+                .positive_duration("GRPC_CLIENT_BREAKER_OPEN", Duration::from_secs(5))?,
             max_concurrency: env.int_in("GRPC_CLIENT_MAX_CONCURRENCY", 200, 1, 100_000)?,
             dns_refresh: env
                 .positive_duration("GRPC_CLIENT_DNS_REFRESH", Duration::from_secs(30))?,
@@ -519,6 +524,8 @@ mod tests {
             ("GRPC_MAX_MESSAGE_SIZE", "-1", "integer"),
             ("GRPC_CONCURRENCY_LIMIT", "0", "from 1 to 1000000"),
             ("GRPC_MAX_CONNECTION_AGE", "forever", "duration"),
+            ("GRPC_REQUEST_TIMEOUT", "0", "above zero"),
+            ("GRPC_KEEPALIVE_TIMEOUT", "0s", "above zero"),
             ("GRPC_MAX_HEADER_LIST_SIZE", "4096", "from 8192 to 1048576"),
         ];
         for (var, value, expected) in cases {
@@ -581,6 +588,11 @@ mod tests {
             ("GRPC_CLIENT_RETRY_MAX_ATTEMPTS", "6", "from 1 to 5"),
             ("GRPC_CLIENT_RETRY_BUDGET_RATIO", "2", "from 0.001 to 1"),
             ("GRPC_CLIENT_TIMEOUT", "0", "above zero"),
+            ("GRPC_CLIENT_CONNECT_TIMEOUT", "0ms", "above zero"),
+            ("GRPC_CLIENT_RETRY_BACKOFF", "0", "above zero"),
+            ("GRPC_CLIENT_RETRY_MAX_BACKOFF", "0s", "above zero"),
+            ("GRPC_CLIENT_BREAKER_OPEN", "0", "above zero"),
+            ("GRPC_CLIENT_DNS_REFRESH", "0", "above zero"),
             ("GRPC_CLIENT_MAX_CONCURRENCY", "0", "from 1 to 100000"),
             ("GRPC_MAX_HEADER_LIST_SIZE", "1024", "from 8192 to 1048576"),
         ] {

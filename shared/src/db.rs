@@ -76,8 +76,10 @@ impl DbConfig {
             // sqlx logs every statement at INFO by default: far too chatty for a service.
             options: options.log_statements(log::LevelFilter::Debug),
             max_connections: env.int_in("DATABASE_MAX_CONNECTIONS", 10, 1, 1000)?,
-            connect_timeout: env.duration("DATABASE_CONNECT_TIMEOUT", Duration::from_secs(30))?,
-            acquire_timeout: env.duration("DATABASE_ACQUIRE_TIMEOUT", Duration::from_secs(5))?,
+            connect_timeout: env
+                .positive_duration("DATABASE_CONNECT_TIMEOUT", Duration::from_secs(30))?,
+            acquire_timeout: env
+                .positive_duration("DATABASE_ACQUIRE_TIMEOUT", Duration::from_secs(5))?,
         }))
     }
 
@@ -319,6 +321,22 @@ mod tests {
             DbConfig::from_env(&env).unwrap_err().var,
             "DATABASE_MAX_CONNECTIONS"
         );
+    }
+
+    #[test]
+    fn zero_timeouts_are_refused_by_name() {
+        for name in ["DATABASE_CONNECT_TIMEOUT", "DATABASE_ACQUIRE_TIMEOUT"] {
+            let env = Env::default()
+                .with(DATABASE_URL, "postgres://db/orders")
+                .with(name, "0ms");
+            let error = DbConfig::from_env(&env).unwrap_err();
+            assert_eq!(error.var, name);
+            let message = error.to_string();
+            assert!(
+                message.contains(name) && message.contains("above zero"),
+                "{message}"
+            );
+        }
     }
 
     #[test]
