@@ -90,18 +90,39 @@ impl DbConfig {
     }
 }
 
-/// `url` with the password, if any, replaced by `***`.
-fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
+/// `url` with every password in it replaced by `***`: the one of the user info
+/// (`user:password@`) and any query parameter whose name holds `password`
+/// (`?password=…`, which libpq and sqlx accept too). For every message and log line
+/// that shows a database URL.
+pub fn redact(url: &str) -> String {
+    let (url, query) = match url.split_once('?') {
+        Some((url, query)) => (url, Some(query)),
+        None => (url, None),
     };
-    let Some((credentials, host)) = rest.rsplit_once('@') else {
-        return url.to_owned();
-    };
-    match credentials.split_once(':') {
-        Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
+    let mut redacted = match url.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((credentials, host)) => match credentials.split_once(':') {
+                Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
+                None => format!("{scheme}://{rest}"),
+            },
+            None => format!("{scheme}://{rest}"),
+        },
         None => url.to_owned(),
+    };
+    if let Some(query) = query {
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _)) if key.to_ascii_lowercase().contains("password") => {
+                    format!("{key}=***")
+                }
+                _ => pair.to_owned(),
+            })
+            .collect();
+        redacted.push('?');
+        redacted.push_str(&pairs.join("&"));
     }
+    redacted
 }
 
 /// The database could not be used at start-up.
@@ -345,5 +366,33 @@ mod tests {
         assert_eq!(redact("postgres://u@h/d"), "postgres://u@h/d");
         assert_eq!(redact("postgres://u:p@ss@h/d"), "postgres://u:***@h/d");
         assert_eq!(redact("not a url"), "not a url");
+        assert_eq!(
+            redact("postgres://u@h/d?sslmode=require&password=s3cret&application_name=x"),
+            "postgres://u@h/d?sslmode=require&password=***&application_name=x"
+        );
+        assert_eq!(
+            redact("postgres://u:p@h/d?PASSWORD=a&sslpassword=b"),
+            "postgres://u:***@h/d?PASSWORD=***&sslpassword=***"
+        );
+        assert_eq!(redact("postgres://h/d?password"), "postgres://h/d?password");
+    }
+
+    #[test]
+    fn a_password_given_as_a_query_parameter_is_never_echoed() {
+        // Refused (the scheme), then accepted: neither the error nor Debug shows it.
+        let bad = "mysql://db/orders?sslmode=disable&password=s3cret";
+        let error = DbConfig::from_env(&Env::default().with(DATABASE_URL, bad)).unwrap_err();
+        let message = error.to_string();
+        assert!(!message.contains("s3cret"), "{message}");
+        assert!(message.contains("password=***"), "{message}");
+        let debug = format!("{error:?}");
+        assert!(!debug.contains("s3cret"), "{debug}");
+        let bad_port = "postgres://db:99999/orders?password=s3cret";
+        let error = DbConfig::from_url(bad_port).unwrap_err();
+        assert!(!format!("{error} {error:?}").contains("s3cret"), "{error}");
+
+        let config = DbConfig::from_url("postgres://db/orders?password=s3cret").unwrap();
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("s3cret"), "{debug}");
     }
 }
