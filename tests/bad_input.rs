@@ -21,7 +21,7 @@ mod support;
 
 const GET_PRODUCT: &str = "/inventory.v1.InventoryService/GetProduct";
 const MAX_MESSAGE_SIZE: usize = 1024;
-const MAX_HEADER_LIST_SIZE: usize = 4096;
+const MAX_HEADER_LIST_SIZE: usize = 8192;
 const MAX_LOCAL_ERROR_RESETS: usize = 100;
 
 /// Panics anywhere in this test process (each test runs in its own under nextest),

@@ -11,7 +11,9 @@
 //! - **Retries** ([`policy`]): only of methods whose proto says
 //!   `option idempotency_level = IDEMPOTENT;` or `NO_SIDE_EFFECTS`
 //!   ([`contracts::RETRY_SAFE_METHODS`]), only when the attempt was not processed
-//!   (UNAVAILABLE, or no connection), with exponential backoff and full jitter, within
+//!   (UNAVAILABLE, or no connection: [`outcome::classify`] is the one table of what is
+//!   retried and what counts against the downstream; a caller's own fault never
+//!   does), with exponential backoff and full jitter, within
 //!   the deadline and under a retry budget (gRFC A6 retry throttling): when a
 //!   downstream fails most calls, retries stop instead of multiplying its load. A call
 //!   that could not even connect to one address is sent again at once to another
@@ -49,6 +51,7 @@ use crate::ClientConfig;
 use crate::rpc::ClientRpc;
 
 mod balance;
+pub mod outcome;
 pub mod policy;
 mod resilient;
 
@@ -84,6 +87,8 @@ pub(crate) fn endpoint(addr: SocketAddr, target: &Target, config: &ClientConfig)
         .origin(target.uri.clone())
         .connect_timeout(config.connect_timeout)
         .tcp_nodelay(true)
+        // The servers' limit (one variable): every answer a server may send is taken.
+        .http2_max_header_list_size(config.max_header_list_size)
         // Detect dead peers (a node gone without a FIN) instead of waiting for TCP.
         .http2_keep_alive_interval(std::time::Duration::from_secs(30))
         .keep_alive_timeout(std::time::Duration::from_secs(10));

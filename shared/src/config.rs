@@ -279,7 +279,9 @@ pub struct ServerConfig {
     /// keepalive), for peers that HTTP/2 pings cannot reach (default `60s`; `0s`: off).
     pub tcp_keepalive: Option<Duration>,
     /// `GRPC_MAX_HEADER_LIST_SIZE`: largest request metadata (the HTTP/2 header list), in
-    /// bytes; a larger one is refused with HTTP 431 (default 16 KiB).
+    /// bytes; a larger one is refused with HTTP 431 (default 16 KiB, at least 8 KiB so
+    /// that every error answer fits: see [`crate::status`]). Clients read the same
+    /// variable ([`ClientConfig::max_header_list_size`]).
     pub max_header_list_size: u32,
     /// `GRPC_MAX_LOCAL_ERROR_RESETS`: how many malformed streams one connection may
     /// open before it is closed with GOAWAY `ENHANCE_YOUR_CALM` (default 1024).
@@ -314,7 +316,8 @@ impl ServerConfig {
             listen_addr: env.socket_addr("LISTEN_ADDR", any(port))?,
             admin_addr: env.socket_addr("ADMIN_LISTEN_ADDR", any(admin_port))?,
             reflection: env.flag("GRPC_REFLECTION", true)?,
-            request_timeout: env.duration("GRPC_REQUEST_TIMEOUT", Duration::from_secs(30))?,
+            request_timeout: env
+                .positive_duration("GRPC_REQUEST_TIMEOUT", Duration::from_secs(30))?,
             max_concurrent_streams: env.int_in("GRPC_MAX_CONCURRENT_STREAMS", 100, 1, 10_000)?,
             max_message_size: env.int_in("GRPC_MAX_MESSAGE_SIZE", 4 << 20, 1024, 64 << 20)?,
             concurrency_limit: env.int_in("GRPC_CONCURRENCY_LIMIT", 512, 1, 1_000_000)?,
@@ -324,16 +327,12 @@ impl ServerConfig {
             keepalive_interval: env
                 .duration("GRPC_KEEPALIVE_INTERVAL", Duration::from_secs(30))
                 .map(non_zero)?,
-            keepalive_timeout: env.duration("GRPC_KEEPALIVE_TIMEOUT", Duration::from_secs(10))?,
+            keepalive_timeout: env
+                .positive_duration("GRPC_KEEPALIVE_TIMEOUT", Duration::from_secs(10))?,
             tcp_keepalive: env
                 .duration("GRPC_TCP_KEEPALIVE", Duration::from_secs(60))
                 .map(non_zero)?,
-            max_header_list_size: env.int_in(
-                "GRPC_MAX_HEADER_LIST_SIZE",
-                16 << 10,
-                1024,
-                1 << 20,
-            )?,
+            max_header_list_size: max_header_list_size(env)?,
             max_local_error_resets: env.int_in("GRPC_MAX_LOCAL_ERROR_RESETS", 1024, 1, 1 << 20)?,
             shutdown_delay: env.duration("SHUTDOWN_DELAY", Duration::ZERO)?,
             shutdown_grace_period: env
@@ -345,6 +344,16 @@ impl ServerConfig {
             },
         })
     }
+}
+
+/// `GRPC_MAX_HEADER_LIST_SIZE`, one limit for both ends: what a server accepts of a
+/// request and what a client accepts of an answer. At least [`MAX_ERROR_HEADERS`]:
+/// every error answer fits.
+///
+/// [`MAX_ERROR_HEADERS`]: crate::status::MAX_ERROR_HEADERS
+fn max_header_list_size(env: &Env) -> Result<u32, ConfigError> {
+    let least = crate::status::MAX_ERROR_HEADERS as u32;
+    env.int_in("GRPC_MAX_HEADER_LIST_SIZE", 16 << 10, least, 1 << 20)
 }
 
 /// `None` for a zero duration: the settings where `0s` means "never".
@@ -393,6 +402,11 @@ pub struct ClientConfig {
     /// so that calls spread over every address (every pod of a headless Service)
     /// (default `30s`).
     pub dns_refresh: Duration,
+    /// `GRPC_MAX_HEADER_LIST_SIZE`: largest answer metadata (the HTTP/2 header list,
+    /// trailers included) accepted, in bytes; the same limit as the servers' (default
+    /// 16 KiB). A larger answer fails the call with INTERNAL, as the client's own limit,
+    /// not the downstream's failure.
+    pub max_header_list_size: u32,
     /// `GRPC_CLIENT_TLS_*`: how `https://` upstreams are called (default: none, and
     /// [`Env::upstream`] refuses `https://`).
     pub tls: Option<ClientTls>,
@@ -401,13 +415,15 @@ pub struct ClientConfig {
 impl ClientConfig {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         Ok(Self {
-            connect_timeout: env.duration("GRPC_CLIENT_CONNECT_TIMEOUT", Duration::from_secs(2))?,
+            connect_timeout: env
+                .positive_duration("GRPC_CLIENT_CONNECT_TIMEOUT", Duration::from_secs(2))?,
             request_timeout: env
                 .positive_duration("GRPC_CLIENT_TIMEOUT", Duration::from_secs(5))?,
             retry_max_attempts: env.int_in("GRPC_CLIENT_RETRY_MAX_ATTEMPTS", 3, 1, 5)?,
-            retry_backoff: env.duration("GRPC_CLIENT_RETRY_BACKOFF", Duration::from_millis(50))?,
+            retry_backoff: env
+                .positive_duration("GRPC_CLIENT_RETRY_BACKOFF", Duration::from_millis(50))?,
             retry_max_backoff: env
-                .duration("GRPC_CLIENT_RETRY_MAX_BACKOFF", Duration::from_secs(1))?,
+                .positive_duration("GRPC_CLIENT_RETRY_MAX_BACKOFF", Duration::from_secs(1))?,
             retry_budget: env.int_in("GRPC_CLIENT_RETRY_BUDGET", 10, 1, 1000)?,
             retry_budget_ratio: env.parse_with(
                 "GRPC_CLIENT_RETRY_BUDGET_RATIO",
@@ -416,10 +432,12 @@ impl ClientConfig {
                 |v| v.parse().ok().filter(|r| (0.001..=1.0).contains(r)),
             )?,
             breaker_failures: env.int_in("GRPC_CLIENT_BREAKER_FAILURES", 5, 0, 1000)?,
-            breaker_open: env.duration("GRPC_CLIENT_BREAKER_OPEN", Duration::from_secs(5))?,
+            breaker_open: env
+                .positive_duration("GRPC_CLIENT_BREAKER_OPEN", Duration::from_secs(5))?,
             max_concurrency: env.int_in("GRPC_CLIENT_MAX_CONCURRENCY", 200, 1, 100_000)?,
             dns_refresh: env
                 .positive_duration("GRPC_CLIENT_DNS_REFRESH", Duration::from_secs(30))?,
+            max_header_list_size: max_header_list_size(env)?,
             tls: ClientTls::from_env(env)?,
         })
     }
@@ -506,6 +524,9 @@ mod tests {
             ("GRPC_MAX_MESSAGE_SIZE", "-1", "integer"),
             ("GRPC_CONCURRENCY_LIMIT", "0", "from 1 to 1000000"),
             ("GRPC_MAX_CONNECTION_AGE", "forever", "duration"),
+            ("GRPC_REQUEST_TIMEOUT", "0", "above zero"),
+            ("GRPC_KEEPALIVE_TIMEOUT", "0s", "above zero"),
+            ("GRPC_MAX_HEADER_LIST_SIZE", "4096", "from 8192 to 1048576"),
         ];
         for (var, value, expected) in cases {
             let err = ServerConfig::from_env(&env(&[(var, value)]), 1, 2).unwrap_err();
@@ -555,11 +576,25 @@ mod tests {
         let config = ClientConfig::from_env(&env(&[])).unwrap();
         assert_eq!(config.retry_max_attempts, 3);
         assert_eq!(config.breaker_failures, 5);
+        // The servers' limit: every answer a server may send is taken.
+        let server = ServerConfig::from_env(&env(&[]), 1, 2).unwrap();
+        assert_eq!(config.max_header_list_size, server.max_header_list_size);
+        let e = env(&[("GRPC_MAX_HEADER_LIST_SIZE", "32768")]);
+        assert_eq!(
+            ClientConfig::from_env(&e).unwrap().max_header_list_size,
+            32768
+        );
         for (var, value, expected) in [
             ("GRPC_CLIENT_RETRY_MAX_ATTEMPTS", "6", "from 1 to 5"),
             ("GRPC_CLIENT_RETRY_BUDGET_RATIO", "2", "from 0.001 to 1"),
             ("GRPC_CLIENT_TIMEOUT", "0", "above zero"),
+            ("GRPC_CLIENT_CONNECT_TIMEOUT", "0ms", "above zero"),
+            ("GRPC_CLIENT_RETRY_BACKOFF", "0", "above zero"),
+            ("GRPC_CLIENT_RETRY_MAX_BACKOFF", "0s", "above zero"),
+            ("GRPC_CLIENT_BREAKER_OPEN", "0", "above zero"),
+            ("GRPC_CLIENT_DNS_REFRESH", "0", "above zero"),
             ("GRPC_CLIENT_MAX_CONCURRENCY", "0", "from 1 to 100000"),
+            ("GRPC_MAX_HEADER_LIST_SIZE", "1024", "from 8192 to 1048576"),
         ] {
             let message = ClientConfig::from_env(&env(&[(var, value)]))
                 .unwrap_err()

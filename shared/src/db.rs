@@ -76,8 +76,10 @@ impl DbConfig {
             // sqlx logs every statement at INFO by default: far too chatty for a service.
             options: options.log_statements(log::LevelFilter::Debug),
             max_connections: env.int_in("DATABASE_MAX_CONNECTIONS", 10, 1, 1000)?,
-            connect_timeout: env.duration("DATABASE_CONNECT_TIMEOUT", Duration::from_secs(30))?,
-            acquire_timeout: env.duration("DATABASE_ACQUIRE_TIMEOUT", Duration::from_secs(5))?,
+            connect_timeout: env
+                .positive_duration("DATABASE_CONNECT_TIMEOUT", Duration::from_secs(30))?,
+            acquire_timeout: env
+                .positive_duration("DATABASE_ACQUIRE_TIMEOUT", Duration::from_secs(5))?,
         }))
     }
 
@@ -88,18 +90,39 @@ impl DbConfig {
     }
 }
 
-/// `url` with the password, if any, replaced by `***`.
-fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
+/// `url` with every password in it replaced by `***`: the one of the user info
+/// (`user:password@`) and any query parameter whose name holds `password`
+/// (`?password=…`, which libpq and sqlx accept too). For every message and log line
+/// that shows a database URL.
+pub fn redact(url: &str) -> String {
+    let (url, query) = match url.split_once('?') {
+        Some((url, query)) => (url, Some(query)),
+        None => (url, None),
     };
-    let Some((credentials, host)) = rest.rsplit_once('@') else {
-        return url.to_owned();
-    };
-    match credentials.split_once(':') {
-        Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
+    let mut redacted = match url.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((credentials, host)) => match credentials.split_once(':') {
+                Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
+                None => format!("{scheme}://{rest}"),
+            },
+            None => format!("{scheme}://{rest}"),
+        },
         None => url.to_owned(),
+    };
+    if let Some(query) = query {
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _)) if key.to_ascii_lowercase().contains("password") => {
+                    format!("{key}=***")
+                }
+                _ => pair.to_owned(),
+            })
+            .collect();
+        redacted.push('?');
+        redacted.push_str(&pairs.join("&"));
     }
+    redacted
 }
 
 /// The database could not be used at start-up.
@@ -322,10 +345,54 @@ mod tests {
     }
 
     #[test]
+    fn zero_timeouts_are_refused_by_name() {
+        for name in ["DATABASE_CONNECT_TIMEOUT", "DATABASE_ACQUIRE_TIMEOUT"] {
+            let env = Env::default()
+                .with(DATABASE_URL, "postgres://db/orders")
+                .with(name, "0ms");
+            let error = DbConfig::from_env(&env).unwrap_err();
+            assert_eq!(error.var, name);
+            let message = error.to_string();
+            assert!(
+                message.contains(name) && message.contains("above zero"),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
     fn redaction_keeps_everything_but_the_password() {
         assert_eq!(redact("postgres://u:p@h:1/d"), "postgres://u:***@h:1/d");
         assert_eq!(redact("postgres://u@h/d"), "postgres://u@h/d");
         assert_eq!(redact("postgres://u:p@ss@h/d"), "postgres://u:***@h/d");
         assert_eq!(redact("not a url"), "not a url");
+        assert_eq!(
+            redact("postgres://u@h/d?sslmode=require&password=s3cret&application_name=x"),
+            "postgres://u@h/d?sslmode=require&password=***&application_name=x"
+        );
+        assert_eq!(
+            redact("postgres://u:p@h/d?PASSWORD=a&sslpassword=b"),
+            "postgres://u:***@h/d?PASSWORD=***&sslpassword=***"
+        );
+        assert_eq!(redact("postgres://h/d?password"), "postgres://h/d?password");
+    }
+
+    #[test]
+    fn a_password_given_as_a_query_parameter_is_never_echoed() {
+        // Refused (the scheme), then accepted: neither the error nor Debug shows it.
+        let bad = "mysql://db/orders?sslmode=disable&password=s3cret";
+        let error = DbConfig::from_env(&Env::default().with(DATABASE_URL, bad)).unwrap_err();
+        let message = error.to_string();
+        assert!(!message.contains("s3cret"), "{message}");
+        assert!(message.contains("password=***"), "{message}");
+        let debug = format!("{error:?}");
+        assert!(!debug.contains("s3cret"), "{debug}");
+        let bad_port = "postgres://db:99999/orders?password=s3cret";
+        let error = DbConfig::from_url(bad_port).unwrap_err();
+        assert!(!format!("{error} {error:?}").contains("s3cret"), "{error}");
+
+        let config = DbConfig::from_url("postgres://db/orders?password=s3cret").unwrap();
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("s3cret"), "{debug}");
     }
 }

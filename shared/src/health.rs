@@ -138,7 +138,11 @@ impl health_server::Health for Health {
             Some(status) => Ok(Response::new(HealthCheckResponse {
                 status: status.into(),
             })),
-            None => Err(Status::not_found(format!("unknown service {service:?}"))),
+            // The name is the caller's, of any length: the message is bounded.
+            None => Err(crate::status::new(
+                tonic::Code::NotFound,
+                format!("unknown service {service:?}"),
+            )),
         }
     }
 
@@ -204,6 +208,14 @@ mod tests {
 
     async fn check(health: &Health, service: &str) -> Result<i32, Status> {
         Ok(health.check(request(service)).await?.into_inner().status)
+    }
+
+    #[tokio::test]
+    async fn an_unknown_service_of_any_length_gets_a_bounded_not_found() {
+        let health = Health::new(["a.v1.A"]);
+        let status = check(&health, &"x".repeat(1 << 20)).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::NotFound);
+        assert!(status.message().len() <= crate::status::MAX_MESSAGE_BYTES);
     }
 
     #[tokio::test]

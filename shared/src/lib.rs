@@ -52,4 +52,4 @@ pub use health::Health;
 pub use money::Money;
 pub use pagination::PageRequest;
 pub use server::Server;
-pub use validation::{ValidationError, Violations};
+pub use validation::{FieldViolation, ValidationError, Violations};

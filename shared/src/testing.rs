@@ -433,7 +433,10 @@ pub async fn fresh_database() -> String {
     };
     let mut connection = sqlx::PgConnection::connect(&admin)
         .await
-        .unwrap_or_else(|e| panic!("cannot connect to {TEST_DATABASE_URL}={admin}: {e}"));
+        .unwrap_or_else(|e| {
+            let admin = crate::db::redact(&admin);
+            panic!("cannot connect to {TEST_DATABASE_URL}={admin}: {e}")
+        });
     let name = format!("test_{}", uuid::Uuid::new_v4().simple());
     connection
         .execute(format!("CREATE DATABASE {name}").as_str())

@@ -2,7 +2,7 @@
 //! the tests script: retries, budget, deadlines, breaker, bulkhead, load balancing.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,9 @@ struct Fake {
     in_flight: Arc<watch::Sender<usize>>,
     /// The `grpc-timeout` of the last call.
     timeout: Arc<Mutex<Option<String>>>,
+    /// Scripted errors carry a 20 KB message, which no service of the project sends
+    /// (`shared::status` bounds them): over the client's header-list limit.
+    huge: Arc<AtomicBool>,
 }
 
 impl Fake {
@@ -69,6 +72,9 @@ impl InventoryService for Fake {
                     ..Default::default()
                 }),
             })),
+            Some(code) if self.huge.load(Ordering::SeqCst) => {
+                Err(Status::new(code, "x".repeat(20_000)))
+            }
             Some(code) => Err(Status::new(code, "scripted")),
         }
     }
@@ -164,6 +170,49 @@ async fn unavailable_answers_of_retry_safe_methods_are_retried() {
         .await;
     assert_eq!(answer.unwrap_err().code(), Code::Unavailable);
     assert_eq!(fake.calls(), 8);
+    server.stop().await.unwrap();
+}
+
+/// Issue 15: the caller's own faults, and answers this client refuses for its own
+/// limits, are neither retried nor counted against the downstream (the table of
+/// `shared::client::outcome`).
+#[tokio::test]
+async fn the_callers_own_faults_never_retry_nor_open_the_breaker() {
+    let fake = Fake::default();
+    let server = serve(&fake).await;
+    let settings = [("GRPC_CLIENT_BREAKER_FAILURES", "2")];
+    let channel = channel(&format!("http://{}", server.addr), &settings);
+    let breaker = channel.breaker();
+    let faults = [
+        Code::InvalidArgument,
+        Code::FailedPrecondition,
+        Code::NotFound,
+        Code::AlreadyExists,
+        Code::PermissionDenied,
+        Code::Unauthenticated,
+        Code::OutOfRange,
+        Code::ResourceExhausted,
+    ];
+    fake.script(faults);
+    for code in faults {
+        assert_eq!(get(&channel).await.unwrap_err().code(), code);
+    }
+    assert_eq!(fake.calls(), faults.len(), "each sent once");
+    assert_eq!(breaker.state(), BreakerState::Closed);
+
+    // Answered, but over the 16 KiB header list this client accepts: refused here,
+    // as the client's own limit, not sent again, not the downstream's failure.
+    fake.huge.store(true, Ordering::SeqCst);
+    fake.script([Code::InvalidArgument; 5]);
+    for _ in 0..5 {
+        let error = get(&channel).await.unwrap_err();
+        assert_eq!(error.code(), Code::Internal, "{error:?}");
+        assert!(error.message().contains("refused"), "{error:?}");
+    }
+    assert_eq!(fake.calls(), faults.len() + 5, "none retried");
+    assert_eq!(breaker.state(), BreakerState::Closed);
+    fake.huge.store(false, Ordering::SeqCst);
+    get(&channel).await.expect("the downstream still answers");
     server.stop().await.unwrap();
 }
 

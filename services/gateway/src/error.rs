@@ -271,6 +271,10 @@ impl ApiError {
             .details
             .iter()
             .filter_map(|d| match d {
+                // The request as a whole (e.g. how many more violations there are).
+                Detail::Field { field, description } if field.is_empty() => {
+                    Some(description.clone())
+                }
                 Detail::Field { field, description } => Some(format!("{field}: {description}")),
                 Detail::Precondition { .. } => None,
             })
@@ -343,9 +347,11 @@ impl From<ValidationError> for ApiError {
     /// reports its INVALID_ARGUMENT.
     fn from(error: ValidationError) -> Self {
         let message = error.to_string();
+        let more = (error.more > 0).then(|| shared::FieldViolation::more(error.more));
         let details = error
             .violations
             .into_iter()
+            .chain(more)
             .map(|v| Detail::Field {
                 field: v.field,
                 description: v.description,

@@ -298,6 +298,53 @@ async fn bad_orders_are_4xx_naming_what_to_fix() {
     assert_eq!(response.json()["status"], "CONFIRMED");
 }
 
+/// Issue 15: 110 empty items (about 400 bytes) got 503, and two such requests opened
+/// the breaker in front of orders for every client. The answer is 400 with a bounded
+/// list of violations; the breaker stays closed and valid orders go through.
+#[tokio::test]
+async fn many_empty_items_are_400_with_bounded_details_and_leave_the_breaker_closed() {
+    let stack = start().await;
+    let http = stack.http();
+    let empty = vec![json!({}); 110];
+    let body = json!({"customerId": "cus_gw_many", "items": empty, "cardToken": "tok_visa"});
+    // More than enough to open the breaker (5 failures), were any attempt counted.
+    for i in 0..6 {
+        let response = place(&http, &format!("gw-many-{i}"), &body).await;
+        let error = error(&response, StatusCode::BAD_REQUEST, "INVALID_ARGUMENT");
+        assert_eq!(fields(&error), ["items"], "{error}");
+    }
+    // 100 invalid items (each: no sku, no quantity, and the sku repeated but for the
+    // first: 299 violations): 20 of them, then how many more.
+    let bad_items = vec![json!({"sku": "", "quantity": 0}); 100];
+    let body = json!({"customerId": "cus_gw_many", "items": bad_items, "cardToken": "tok_visa"});
+    let response = place(&http, "gw-many-bad", &body).await;
+    let error = error(&response, StatusCode::BAD_REQUEST, "INVALID_ARGUMENT");
+    let details = error["details"].as_array().unwrap();
+    assert_eq!(details.len(), 21, "{error}");
+    assert_eq!(details[0]["field"], "items[0].sku");
+    assert_eq!(
+        details[20],
+        json!({"field": "", "description": "279 more violations not listed"})
+    );
+
+    let response = place(&http, "gw-many-ok", &order("cus_gw_many", "SKU-002", 1)).await;
+    assert_eq!(response.status, StatusCode::CREATED, "{:?}", response.body);
+    let orders = format!("{}/", stack.addr("orders"));
+    let metrics = shared::metrics::render();
+    let ours = |line: &&str| line.contains(&orders);
+    let state = metrics
+        .lines()
+        .filter(ours)
+        .find(|l| l.starts_with("rpc_client_breaker_state{"))
+        .unwrap_or_else(|| panic!("no breaker for {orders}:\n{metrics}"));
+    assert!(state.ends_with(" 0"), "closed: {state}");
+    let opened = metrics
+        .lines()
+        .filter(ours)
+        .find(|l| l.starts_with("rpc_client_breaker_transitions_total{") && l.contains("open\""));
+    assert_eq!(opened, None, "the breaker never opened");
+}
+
 #[tokio::test]
 async fn a_body_over_the_limit_is_413() {
     let stack = start().await;

@@ -78,18 +78,19 @@ pub(crate) fn validate_items(
     mut items: Vec<Item>,
     violations: &mut Violations,
 ) -> Vec<Item> {
+    // The list's length first: a list too long is one mistake, not one per item.
     if items.is_empty() {
         violations.add(field, "must have at least one item");
-    }
-    if items.len() > MAX_ITEMS {
+    } else if items.len() > MAX_ITEMS {
         violations.add(field, format!("must have at most {MAX_ITEMS} items"));
-    }
-    let mut seen = HashSet::new();
-    for (i, item) in items.iter().enumerate() {
-        violations.id(format!("{field}[{i}].sku"), &item.sku);
-        violations.quantity(format!("{field}[{i}].quantity"), item.quantity);
-        if !seen.insert(item.sku.as_str()) {
-            violations.add(format!("{field}[{i}].sku"), "appears more than once");
+    } else {
+        let mut seen = HashSet::new();
+        for (i, item) in items.iter().enumerate() {
+            violations.id(format!("{field}[{i}].sku"), &item.sku);
+            violations.quantity(format!("{field}[{i}].quantity"), item.quantity);
+            if !seen.insert(item.sku.as_str()) {
+                violations.add(format!("{field}[{i}].sku"), "appears more than once");
+            }
         }
     }
     items.sort();
@@ -243,6 +244,14 @@ mod tests {
         );
         let err = NewReservation::new("r".into(), vec![]).unwrap_err();
         assert_eq!(err.violations[0].field, "items");
+    }
+
+    #[test]
+    fn too_many_items_is_one_violation_not_one_per_item() {
+        let err = NewReservation::new("r".into(), vec![item("", 0); MAX_ITEMS + 10]).unwrap_err();
+        let fields: Vec<_> = err.violations.iter().map(|v| v.field.as_str()).collect();
+        assert_eq!(fields, ["items"]);
+        assert_eq!(err.more, 0);
     }
 
     #[test]

@@ -60,7 +60,7 @@ impl OutboxConfig {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let default = Self::default();
         Ok(Self {
-            poll_interval: env.duration("OUTBOX_POLL_INTERVAL", default.poll_interval)?,
+            poll_interval: env.positive_duration("OUTBOX_POLL_INTERVAL", default.poll_interval)?,
             batch_size: env.int_in("OUTBOX_BATCH_SIZE", default.batch_size, 1, 10_000)?,
             retention: env.duration("OUTBOX_RETENTION", default.retention)?,
         })
@@ -172,5 +172,14 @@ mod tests {
             assert!(message.contains(name), "{message}");
             assert!(message.contains("at least 100ms"), "{message}");
         }
+    }
+
+    #[test]
+    fn a_zero_outbox_poll_interval_is_refused_by_name() {
+        let env: Env = [("OUTBOX_POLL_INTERVAL", "0s")].into_iter().collect();
+        let error = Config::from_env(&env).unwrap_err();
+        let message = error.to_string();
+        assert!(message.contains("OUTBOX_POLL_INTERVAL"), "{message}");
+        assert!(message.contains("above zero"), "{message}");
     }
 }

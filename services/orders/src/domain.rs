@@ -39,18 +39,19 @@ impl NewOrder {
         let mut violations = Violations::new();
         violations.id("request_id", &request_id);
         violations.id("customer_id", &customer_id);
+        // The list's length first: a list too long is one mistake, not one per item.
         if items.is_empty() {
             violations.add("items", "must have at least one item");
-        }
-        if items.len() > MAX_ITEMS {
+        } else if items.len() > MAX_ITEMS {
             violations.add("items", format!("must have at most {MAX_ITEMS} items"));
-        }
-        let mut seen = HashSet::new();
-        for (i, item) in items.iter().enumerate() {
-            violations.id(format!("items[{i}].sku"), &item.sku);
-            violations.quantity(format!("items[{i}].quantity"), item.quantity);
-            if !seen.insert(item.sku.as_str()) {
-                violations.add(format!("items[{i}].sku"), "appears more than once");
+        } else {
+            let mut seen = HashSet::new();
+            for (i, item) in items.iter().enumerate() {
+                violations.id(format!("items[{i}].sku"), &item.sku);
+                violations.quantity(format!("items[{i}].quantity"), item.quantity);
+                if !seen.insert(item.sku.as_str()) {
+                    violations.add(format!("items[{i}].sku"), "appears more than once");
+                }
             }
         }
         violations.id("card_token", &card_token);
@@ -331,6 +332,14 @@ mod tests {
             .collect();
         let err = NewOrder::new("r".into(), "c".into(), many, "t".into()).unwrap_err();
         assert_eq!(fields(&err), ["items"]);
+    }
+
+    #[test]
+    fn too_many_items_is_one_violation_not_one_per_item() {
+        let empty = vec![item("", 0); MAX_ITEMS + 10];
+        let err = NewOrder::new("r".into(), "c".into(), empty, "t".into()).unwrap_err();
+        assert_eq!(fields(&err), ["items"]);
+        assert_eq!(err.more, 0);
     }
 
     #[test]

@@ -16,6 +16,7 @@ use tower::{Service, ServiceExt};
 
 use super::Upstream;
 use super::balance::Endpoints;
+use super::outcome::{self, Health, Outcome};
 use super::policy::{Backoff, Breaker, RetryBudget};
 use crate::{ClientConfig, metrics};
 
@@ -217,7 +218,8 @@ impl Downstream {
     }
 
     /// One attempt: admitted by the breaker, sent to the next address, and its
-    /// outcome reported to the breaker and the budget.
+    /// outcome judged by [`outcome::classify`] and reported to the breaker and the
+    /// budget.
     async fn attempt(
         &self,
         request: http::Request<Body>,
@@ -247,50 +249,73 @@ impl Downstream {
         };
         let result = backend.channel.clone().oneshot(request).await;
         let ticket = guard.take();
-        Ok(match result {
+        let (outcome, answer) = match result {
+            Ok(response) => match grpc_status(response.headers()) {
+                Some(code) => (Outcome::Answered(code), Ok(response)),
+                // Not trailers-only: the answer's status comes later, in its trailers,
+                // and the downstream is up.
+                None => (Outcome::Answered(Code::Ok), Ok(response)),
+            },
             // tonic's own timer, set from the `grpc-timeout` header: our deadline.
             Err(error) if error_chain_has::<tonic::TimeoutExpired>(&error) => {
-                ticket.failure(Instant::now());
+                (Outcome::TimedOut, Err(error))
+            }
+            Err(error) if error_chain_has::<tonic::ConnectError>(&error) => {
+                (Outcome::NotConnected, Err(error))
+            }
+            Err(error) if outcome::refused_by_this_client(&error) => (Outcome::Refused, Err(error)),
+            Err(error) => (Outcome::Broken, Err(error)),
+        };
+        let verdict = outcome::classify(outcome);
+        let now = Instant::now();
+        match verdict.health {
+            Health::Up => {
+                ticket.success();
+                self.budget.answered();
+            }
+            Health::Down => {
+                ticket.failure(now);
+                if verdict.retry {
+                    self.budget.failed();
+                }
+            }
+            // Dropped unreported: the breaker stays as it is.
+            Health::Unknown => drop(ticket),
+        }
+        if matches!(outcome, Outcome::NotConnected | Outcome::Broken) {
+            self.endpoints.eject(&backend, now);
+        }
+        let status = match (outcome, answer) {
+            (_, Ok(response)) if !verdict.retry => return Ok(Attempt::Answer(response)),
+            (_, Ok(response)) => Status::from_header_map(response.headers())
+                .unwrap_or_else(|| Status::unavailable("unavailable")),
+            (Outcome::TimedOut, Err(_)) => {
                 return Err(Status::deadline_exceeded(format!(
                     "{} at {}: no answer before the deadline",
                     self.name, backend.addr
                 )));
             }
-            Err(error) => {
-                ticket.failure(Instant::now());
-                self.budget.failed();
-                self.endpoints.eject(&backend, Instant::now());
-                let never_sent = error_chain_has::<tonic::ConnectError>(&error);
-                Attempt::NotProcessed {
-                    status: Status::unavailable(format!(
-                        "{} at {}: {}",
-                        self.name,
-                        backend.addr,
-                        crate::status::ErrorChain(&error)
-                    )),
-                    never_sent,
-                }
+            (Outcome::Refused, Err(error)) => {
+                // The downstream's answer broke this client's limits: the call was
+                // processed, and says nothing of the downstream; not sent again.
+                return Err(Status::internal(format!(
+                    "{} at {}: answer refused (over this client's limits, e.g. \
+                     GRPC_MAX_HEADER_LIST_SIZE): {}",
+                    self.name,
+                    backend.addr,
+                    crate::status::ErrorChain(&error)
+                )));
             }
-            Ok(response) => match grpc_status(response.headers()) {
-                Some(Code::Unavailable) => {
-                    ticket.failure(Instant::now());
-                    self.budget.failed();
-                    Attempt::NotProcessed {
-                        status: Status::from_header_map(response.headers())
-                            .unwrap_or_else(|| Status::unavailable("unavailable")),
-                        never_sent: false,
-                    }
-                }
-                Some(Code::DeadlineExceeded) => {
-                    ticket.failure(Instant::now());
-                    Attempt::Answer(response)
-                }
-                _ => {
-                    ticket.success();
-                    self.budget.answered();
-                    Attempt::Answer(response)
-                }
-            },
+            (_, Err(error)) => Status::unavailable(format!(
+                "{} at {}: {}",
+                self.name,
+                backend.addr,
+                crate::status::ErrorChain(&error)
+            )),
+        };
+        Ok(Attempt::NotProcessed {
+            status,
+            never_sent: outcome == Outcome::NotConnected,
         })
     }
 }

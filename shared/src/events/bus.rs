@@ -101,7 +101,7 @@ impl EventsConfig {
         let defaults = RetryPolicy::default();
         let retry = RetryPolicy {
             max_deliver: env.int_in("EVENTS_MAX_DELIVER", defaults.max_deliver, 1, 1000)?,
-            backoff: env.duration("EVENTS_RETRY_BACKOFF", defaults.backoff)?,
+            backoff: env.positive_duration("EVENTS_RETRY_BACKOFF", defaults.backoff)?,
             max_backoff: defaults.max_backoff,
         };
         let nats = match env.get(NATS_URL) {
@@ -115,9 +115,11 @@ impl EventsConfig {
                                like nats://nats:4222"
                         .to_owned(),
                 })?,
-                connect_timeout: env.duration("NATS_CONNECT_TIMEOUT", Duration::from_secs(30))?,
-                publish_timeout: env.duration("NATS_PUBLISH_TIMEOUT", Duration::from_secs(5))?,
-                ack_wait: env.duration("NATS_ACK_WAIT", Duration::from_secs(30))?,
+                connect_timeout: env
+                    .positive_duration("NATS_CONNECT_TIMEOUT", Duration::from_secs(30))?,
+                publish_timeout: env
+                    .positive_duration("NATS_PUBLISH_TIMEOUT", Duration::from_secs(5))?,
+                ack_wait: env.positive_duration("NATS_ACK_WAIT", Duration::from_secs(30))?,
             }),
         };
         Ok(Self { nats, retry })
@@ -241,6 +243,26 @@ mod tests {
         let config = EventsConfig::from_env(&env(&[(NATS_URL, "")])).unwrap();
         assert!(config.nats.is_none());
         assert_eq!(config.retry, RetryPolicy::default());
+    }
+
+    #[test]
+    fn zero_timeouts_and_backoffs_are_refused_by_name() {
+        for name in [
+            "NATS_CONNECT_TIMEOUT",
+            "NATS_PUBLISH_TIMEOUT",
+            "NATS_ACK_WAIT",
+            "EVENTS_RETRY_BACKOFF",
+        ] {
+            let error =
+                EventsConfig::from_env(&env(&[(NATS_URL, "nats://nats:4222"), (name, "0s")]))
+                    .unwrap_err();
+            assert_eq!(error.var, name);
+            let message = error.to_string();
+            assert!(
+                message.contains(name) && message.contains("above zero"),
+                "{message}"
+            );
+        }
     }
 
     #[test]
