@@ -97,8 +97,8 @@ pub(crate) trait Payments: Send + Sync + 'static {
 
     async fn refund(&self, payment_id: &str, reason: &str) -> Result<(), UpstreamError>;
 
-    /// The ids of the captured (charged, not refunded) payments of `order_id`: how a
-    /// charge whose answer was lost is found.
+    /// The ids of the captured (charged, not refunded) payments of `order_id`, and of
+    /// those still being authorized: how a charge whose answer was lost is found.
     async fn captured(&self, order_id: &str) -> Result<Vec<String>, UpstreamError>;
 
     /// Whether payments' retry budget allows one more retry (counted if so).
