@@ -3,7 +3,7 @@
 The rule (the manifests may set a variable only if it is in this set):
 
 1. A variable is read where an `Env` method of shared/src/config.rs (`get`, `parse`,
-   `parse_with`, `socket_addr`, `duration`, `flag`, `int_in`, `upstream`, `file`) is called
+   `parse_with`, `socket_addr`, `duration`, `positive_duration`, `flag`, `int_in`, `upstream`, `file`) is called
    with its name as first argument: an UPPER_SNAKE_CASE string literal, or a `const`
    of the same crate whose value is one (`const VAR: &str = "X"; env.get(VAR)`).
 2. A service reads the variables of `services/<name>/src/**/*.rs` (rule 1), plus those
@@ -28,7 +28,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ENV_METHODS = ("get", "parse", "parse_with", "socket_addr", "duration", "flag", "int_in", "upstream", "file")
+ENV_METHODS = ("get", "parse", "parse_with", "socket_addr", "duration", "positive_duration", "flag", "int_in", "upstream", "file")
 _NAME = r"[A-Z][A-Z0-9_]*"
 _LITERAL_CALL = re.compile(r"\.(%s)\(\s*\"(%s)\"" % ("|".join(ENV_METHODS), _NAME))
 _CONST_CALL = re.compile(r"\.(%s)\(\s*(%s)\s*[,)]" % ("|".join(ENV_METHODS), _NAME))

@@ -28,6 +28,10 @@ pub(crate) enum Error {
         #[source]
         source: tokio::task::JoinError,
     },
+    /// The order changed under a saga that no longer holds it: another process runs
+    /// (or ran) its saga.
+    #[error("the saga of order {order_id} is run by another process")]
+    Superseded { order_id: String },
     #[error("orders storage failed")]
     Storage(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The database is out of reach or overloaded: the caller may retry.
@@ -96,6 +100,7 @@ impl From<Error> for Status {
                 tracing::warn!(error = %ErrorChain(&error), "storage unavailable");
                 Status::unavailable(format!("{error}; try again"))
             }
+            Error::Superseded { .. } => Status::aborted(format!("{error}; get the order")),
             Error::Pricing(_)
             | Error::InvalidTransition { .. }
             | Error::SagaAborted { .. }

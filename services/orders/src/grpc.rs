@@ -399,8 +399,14 @@ impl Payments for PaymentsClient {
                 Ok(response) => response.into_inner(),
                 Err(status) => return Err(self.error("ListPayments", &status)),
             };
-            let is_captured =
-                |p: &payments_pb::Payment| p.status() == payments_pb::PaymentStatus::Captured;
+            // A pending payment may yet be captured: refunding it now applies when
+            // its authorization ends.
+            let is_captured = |p: &payments_pb::Payment| {
+                matches!(
+                    p.status(),
+                    payments_pb::PaymentStatus::Captured | payments_pb::PaymentStatus::Pending
+                )
+            };
             captured.extend(
                 page.payments
                     .into_iter()

@@ -39,7 +39,6 @@
 //! order from being resumed where it still runs.
 
 use std::collections::HashSet;
-use std::convert::Infallible;
 use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
@@ -97,8 +96,8 @@ pub(crate) trait Payments: Send + Sync + 'static {
 
     async fn refund(&self, payment_id: &str, reason: &str) -> Result<(), UpstreamError>;
 
-    /// The ids of the captured (charged, not refunded) payments of `order_id`: how a
-    /// charge whose answer was lost is found.
+    /// The ids of the captured (charged, not refunded) payments of `order_id`, and of
+    /// those still being authorized: how a charge whose answer was lost is found.
     async fn captured(&self, order_id: &str) -> Result<Vec<String>, UpstreamError>;
 
     /// Whether payments' retry budget allows one more retry (counted if so).
@@ -298,7 +297,12 @@ impl Saga {
                 request_id: request.request_id.clone(),
             });
         }
-        let mut changes = self.store.watch(&order.id).await?;
+        self.final_state(&order.id).await
+    }
+
+    /// Order `id` once final, whichever process finishes it.
+    async fn final_state(&self, id: &str) -> Result<Order, Error> {
+        let mut changes = self.store.watch(id).await?;
         let order = changes
             .wait_for(|order| order.status.is_final())
             .await
@@ -325,32 +329,48 @@ impl Saga {
     /// Runs the saga of a stored, pending `order` (new, or resumed from what was
     /// stored) and stores its final state with its event. Renews the order's claim
     /// while it runs, so that no other process resumes it meanwhile.
+    ///
+    /// A saga that loses its claim (another process took the order over after this
+    /// one could not renew it) stops before its next step, and so does one whose
+    /// update the store refuses ([`Error::Superseded`]): the order's end is then the
+    /// other process's, which this one waits for.
     async fn run(self: Arc<Self>, mut order: Order, _running: Running) -> Result<Order, Error> {
-        let claim = self.keep_claim(order.id.clone());
-        let status = tokio::select! {
-            status = self.steps(&mut order) => status?,
-            never = claim => match never {},
+        let id = order.id.clone();
+        let finished = tokio::select! {
+            finished = self.finish(&mut order) => finished,
+            () = self.keep_claim(id.clone()) => Err(Error::Superseded { order_id: id }),
         };
+        match finished {
+            Err(Error::Superseded { order_id }) => {
+                tracing::warn!(%order_id, "another process runs this order's saga now; this one stopped");
+                self.final_state(&order_id).await
+            }
+            Err(error) => Err(error),
+            Ok(()) => {
+                tracing::info!(order_id = %order.id, status = order.status.name(), "order final");
+                Ok(order)
+            }
+        }
+    }
+
+    /// The saga's steps, then the order's final state stored with its event.
+    async fn finish(&self, order: &mut Order) -> Result<(), Error> {
+        let status = self.steps(order).await?;
         order.finish(status, now())?;
-        let event = with_trace(order_event(&order));
-        self.store.update(&order, Some(event)).await?;
-        tracing::info!(order_id = %order.id, status = order.status.name(), "order final");
-        Ok(order)
+        let event = with_trace(order_event(order));
+        self.store.update(order, &self.owner, Some(event)).await
     }
 
     /// Renews the claim on order `id` a few times per `SAGA_RESUME_AFTER`, for as long
-    /// as it is polled. The first renewal claims the order: a saga that ends sooner
-    /// costs no claim at all.
-    async fn keep_claim(&self, id: String) -> Infallible {
+    /// as it is polled; returns once another process holds it. The first renewal
+    /// claims the order: a saga that ends sooner costs no claim at all.
+    async fn keep_claim(&self, id: String) {
         let lease = self.config.resume_after;
         loop {
             tokio::time::sleep(lease / 3).await;
             match self.store.renew_claim(&id, &self.owner, lease).await {
                 Ok(true) => {}
-                // Both run it: harmless, every step being idempotent.
-                Ok(false) => {
-                    tracing::warn!(order_id = %id, "another process claimed this order's saga");
-                }
+                Ok(false) => return,
                 Err(error) => {
                     tracing::warn!(order_id = %id, error = %shared::status::ErrorChain(&error), "renewing the claim on an order's saga failed");
                 }
@@ -411,7 +431,7 @@ impl Saga {
         };
         order.charged(payment_id, now())?;
         // Still pending: no event to record.
-        self.store.update(order, None).await?;
+        self.store.update(order, &self.owner, None).await?;
 
         let Err(error) = retry(
             STEP,
@@ -962,6 +982,54 @@ mod tests {
                 format!("{}.placed", order.id),
                 format!("{}.confirmed", order.id)
             ]
+        );
+    }
+
+    /// Two processes run one order's saga (this one's claim lapsed and the other took
+    /// the order over): the one without the claim stops at its first store update,
+    /// before committing, and answers the order as the other one ends it.
+    #[tokio::test]
+    async fn a_saga_without_the_claim_stops_and_answers_the_other_ones_outcome() {
+        let h = harness();
+        let other = Arc::new(Saga::new(
+            h.saga.store.clone(),
+            h.fake.clone(),
+            h.fake.clone(),
+            crate::config::SagaConfig::default(),
+        ));
+        let order = h.saga.price(&request("req-1")).await.unwrap();
+        h.saga
+            .store
+            .create(order.clone(), order_event(&order))
+            .await
+            .unwrap();
+        let lease = Duration::from_secs(60);
+        assert!(
+            h.saga
+                .store
+                .renew_claim(&order.id, &other.owner, lease)
+                .await
+                .unwrap()
+        );
+
+        let stale = tokio::spawn({
+            let (saga, order) = (h.saga.clone(), order.clone());
+            let running = saga.start(&order.id).unwrap();
+            async move { saga.run(order, running).await }
+        });
+        shared::testing::eventually("the stale saga to charge", || async {
+            h.fake.count("charge") == 1
+        })
+        .await;
+        let running = other.start(&order.id).unwrap();
+        let finished = other.clone().run(order, running).await.unwrap();
+        assert_eq!(finished.status, Status::Confirmed);
+
+        assert_eq!(stale.await.unwrap().unwrap(), finished);
+        assert_eq!(h.fake.count("commit"), 1, "committed by the claimant only");
+        assert_eq!(
+            h.fake.calls(),
+            ["price", "reserve", "charge", "reserve", "charge", "commit"]
         );
     }
 

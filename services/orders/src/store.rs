@@ -33,7 +33,12 @@ pub(crate) trait Store: Send + Sync + 'static {
     /// Replaces the order with `order.id` by `order` and records `event` (the event of
     /// the state it reached, if it reached one) at once, then tells its watchers. An
     /// event recorded before (same id) is not recorded again.
-    async fn update(&self, order: &Order, event: Option<Event>) -> Result<(), Error>;
+    ///
+    /// A compare-and-set, for the saga run by `owner`: only a pending order changes,
+    /// and only while no other process holds a live claim on its saga; otherwise
+    /// nothing changes and the answer is [`Error::Superseded`]. So a saga that lost
+    /// its claim can never turn a final order back, nor overwrite what another did.
+    async fn update(&self, order: &Order, owner: &str, event: Option<Event>) -> Result<(), Error>;
 
     /// One order; [`Error::OrderNotFound`] if unknown.
     async fn order(&self, id: &str) -> Result<Order, Error>;
@@ -177,9 +182,16 @@ impl Store for MemoryStore {
         Ok(Created::New(order))
     }
 
-    async fn update(&self, order: &Order, event: Option<Event>) -> Result<(), Error> {
+    async fn update(&self, order: &Order, owner: &str, event: Option<Event>) -> Result<(), Error> {
         let mut state = self.lock()?;
         let index = state.index(&order.id)?;
+        if state.orders[index].borrow().status.is_final()
+            || state.claimed_by_other(index, owner, Instant::now())
+        {
+            return Err(Error::Superseded {
+                order_id: order.id.clone(),
+            });
+        }
         state.orders[index].send_replace(order.clone());
         if order.status.is_final() {
             // A final order's saga is over: nothing to claim any more.
@@ -327,8 +339,11 @@ mod tests {
 
     /// Updates `order`, recording the event of its state, as the saga does.
     async fn update(store: &dyn Store, order: &Order) -> Result<(), Error> {
-        store.update(order, Some(order_event(order))).await
+        store.update(order, OWNER, Some(order_event(order))).await
     }
+
+    /// The saga owner of the tests' updates.
+    const OWNER: &str = "orders_test";
 
     fn order(id: &str, request_id: &str, customer_id: &str) -> Order {
         let items = vec![Item {
@@ -344,6 +359,41 @@ mod tests {
         .unwrap();
         let price = Some(Money::new("USD", 100));
         Order::new(id.into(), request, vec![price], now()).unwrap()
+    }
+
+    /// Every update is a compare-and-set: a final order never changes again, and a
+    /// saga that another process claimed changes nothing.
+    async fn updates_only_change_pending_orders_of_their_own_saga(store: Arc<dyn Store>) {
+        let placed = order("ord_1", "req-1", "cus-1");
+        create(&*store, placed.clone()).await.unwrap();
+        let lease = Duration::from_secs(60);
+        assert!(store.renew_claim("ord_1", "other", lease).await.unwrap());
+
+        let mut charged = placed.clone();
+        charged.payment_id = Some("pay_1".into());
+        let refused = store.update(&charged, OWNER, None).await;
+        assert!(
+            matches!(refused, Err(Error::Superseded { .. })),
+            "{refused:?}"
+        );
+        assert_eq!(store.order("ord_1").await.unwrap(), placed, "unchanged");
+
+        store.update(&charged, "other", None).await.unwrap();
+        let confirmed = confirm_as(&*store, charged.clone(), "other").await;
+        // A stale saga, its claim lapsed or not, cannot turn it back to PENDING.
+        let stale = store.update(&charged, OWNER, None).await;
+        assert!(matches!(stale, Err(Error::Superseded { .. })), "{stale:?}");
+        let stale = store.update(&charged, "other", None).await;
+        assert!(matches!(stale, Err(Error::Superseded { .. })), "{stale:?}");
+        assert_eq!(store.order("ord_1").await.unwrap(), confirmed);
+
+        let unknown = store
+            .update(&order("ord_9", "req-9", "cus-1"), OWNER, None)
+            .await;
+        assert!(
+            matches!(unknown, Err(Error::OrderNotFound { .. })),
+            "{unknown:?}"
+        );
     }
 
     async fn one_order_per_request_id(store: Arc<dyn Store>) {
@@ -443,9 +493,15 @@ mod tests {
     }
 
     /// Confirms `order` as the saga would, recording its event.
-    async fn confirm(store: &dyn Store, mut order: Order) -> Order {
+    async fn confirm(store: &dyn Store, order: Order) -> Order {
+        confirm_as(store, order, OWNER).await
+    }
+
+    /// Confirms `order` as the saga of `owner` would.
+    async fn confirm_as(store: &dyn Store, mut order: Order, owner: &str) -> Order {
         order.finish(Status::Confirmed, now()).unwrap();
-        update(store, &order).await.unwrap();
+        let event = order_event(&order);
+        store.update(&order, owner, Some(event)).await.unwrap();
         order
     }
 
@@ -477,7 +533,7 @@ mod tests {
             .unwrap();
         // A state change that records no event (the payment) adds nothing.
         store
-            .update(&order("ord_2", "req-2", "cus-1"), None)
+            .update(&order("ord_2", "req-2", "cus-1"), OWNER, None)
             .await
             .unwrap();
         assert!(store.relay(10, &bus).await.unwrap().failure.is_some());
@@ -503,8 +559,9 @@ mod tests {
             let placed = order(&format!("ord_{i}"), &format!("req-{i}"), "cus-1");
             create(&*store, placed.clone()).await.unwrap();
             let confirmed = confirm(&*store, placed).await;
-            // The same state again (a resumed saga) records nothing more.
-            update(&*store, &confirmed).await.unwrap();
+            // The same state again (a stale saga) is refused and records nothing more.
+            let again = update(&*store, &confirmed).await;
+            assert!(matches!(again, Err(Error::Superseded { .. })), "{again:?}");
         }
         assert_eq!(store.relay(4, &bus).await.unwrap().sent, 4);
         relay_all(&*store, &bus).await;
@@ -593,7 +650,7 @@ mod tests {
         assert!(store.renew_claim("ord_1", "b", LONG).await.unwrap());
 
         // A final order is nobody's to claim.
-        confirm(&*store, pending).await;
+        confirm_as(&*store, pending, "b").await;
         assert!(!store.renew_claim("ord_1", "b", LONG).await.unwrap());
         assert!(!store.renew_claim("nope", "b", LONG).await.unwrap());
     }
@@ -619,6 +676,7 @@ mod tests {
             events_are_relayed_in_batches_and_recorded_once,
             each_stranded_order_is_claimed_by_one_claimer,
             a_lapsed_claim_is_taken_again_and_a_renewed_one_is_not,
+            updates_only_change_pending_orders_of_their_own_saga,
         ]
     );
 

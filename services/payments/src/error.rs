@@ -14,6 +14,11 @@ pub(crate) enum Error {
     CardDeclined { payment_id: String, reason: String },
     #[error("request_id {request_id:?} was already used for a different charge")]
     RequestConflict { request_id: String },
+    #[error("a charge with request_id {request_id:?} is being authorized")]
+    ChargeInProgress { request_id: String },
+    /// The provider did not answer; the payment stays pending and is resumed.
+    #[error("the card provider did not answer")]
+    ProviderUnavailable(String),
     #[error("payment {id:?} was declined; there is nothing to refund")]
     NotCaptured { id: String },
     #[error("payment storage failed")]
@@ -59,6 +64,11 @@ impl From<Error> for Status {
                     description: "declined payments cannot be refunded".into(),
                 }],
             ),
+            Error::ChargeInProgress { .. } => Status::unavailable(format!("{error}; try again")),
+            Error::ProviderUnavailable(ref detail) => {
+                tracing::warn!(%detail, "card provider unavailable");
+                Status::unavailable(format!("{error}; try again"))
+            }
             Error::StorageUnavailable(_) => {
                 tracing::warn!(error = %ErrorChain(&error), "storage unavailable");
                 Status::unavailable(format!("{error}; try again"))

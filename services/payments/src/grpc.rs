@@ -7,21 +7,20 @@ use contracts::payments::v1::{self as pb};
 use shared::{PageRequest, ServerConfig};
 use tonic::{Request, Response, Status};
 
-use crate::domain::{self, Charge, Payment, PaymentStatus};
-use crate::store::Store;
+use crate::domain::{self, Charge, Payment, PaymentStatus, Payments};
 
-/// The tonic service over `store`, with the server's message size limits.
+/// The tonic service over `payments`, with the server's message size limits.
 pub(crate) fn service(
-    store: Arc<dyn Store>,
+    payments: Arc<Payments>,
     config: &ServerConfig,
 ) -> PaymentServiceServer<PaymentsApi> {
-    PaymentServiceServer::new(PaymentsApi { store })
+    PaymentServiceServer::new(PaymentsApi { payments })
         .max_decoding_message_size(config.max_message_size)
         .max_encoding_message_size(config.max_message_size)
 }
 
 pub(crate) struct PaymentsApi {
-    store: Arc<dyn Store>,
+    payments: Arc<Payments>,
 }
 
 #[tonic::async_trait]
@@ -39,7 +38,7 @@ impl PaymentService for PaymentsApi {
             r.amount.as_ref(),
             r.card_token,
         )?;
-        let payment = self.store.charge(charge).await?;
+        let payment = self.payments.charge(charge).await?;
         Ok(Response::new(pb::ChargeResponse {
             payment: Some(payment.into()),
         }))
@@ -52,7 +51,7 @@ impl PaymentService for PaymentsApi {
     ) -> Result<Response<pb::RefundResponse>, Status> {
         let r = request.into_inner();
         domain::validate_refund(&r.payment_id, &r.reason)?;
-        let payment = self.store.refund(&r.payment_id, &r.reason).await?;
+        let payment = self.payments.refund(&r.payment_id, &r.reason).await?;
         Ok(Response::new(pb::RefundResponse {
             payment: Some(payment.into()),
         }))
@@ -65,7 +64,7 @@ impl PaymentService for PaymentsApi {
     ) -> Result<Response<pb::GetPaymentResponse>, Status> {
         let id = request.into_inner().payment_id;
         domain::validate_payment_id(&id)?;
-        let payment = self.store.payment(&id).await?;
+        let payment = self.payments.store().payment(&id).await?;
         Ok(Response::new(pb::GetPaymentResponse {
             payment: Some(payment.into()),
         }))
@@ -79,7 +78,7 @@ impl PaymentService for PaymentsApi {
         let r = request.into_inner();
         let page = PageRequest::new(r.page_size, &r.page_token)?;
         let order_id = Some(r.order_id.as_str()).filter(|o| !o.is_empty());
-        let payments = self.store.payments(order_id, &page).await?;
+        let payments = self.payments.store().payments(order_id, &page).await?;
         let (payments, next_page_token) = page.finish(payments, |(key, _)| key);
         Ok(Response::new(pb::ListPaymentsResponse {
             payments: payments.into_iter().map(|(_, p)| p.into()).collect(),
@@ -91,6 +90,7 @@ impl PaymentService for PaymentsApi {
 impl From<Payment> for pb::Payment {
     fn from(p: Payment) -> Self {
         let status = match p.status {
+            PaymentStatus::Pending => pb::PaymentStatus::Pending,
             PaymentStatus::Captured => pb::PaymentStatus::Captured,
             PaymentStatus::Declined => pb::PaymentStatus::Declined,
             PaymentStatus::Refunded => pb::PaymentStatus::Refunded,

@@ -2,12 +2,15 @@
 //!
 //! - `config.rs`: settings from the environment.
 //! - `grpc.rs`: the `payments.v1.PaymentService` handlers (the only tonic code).
-//! - `domain.rs`: payments, the test card network, and the rules requests must follow.
+//! - `domain.rs`: payments, how a charge is authorized (at most once, resumed if its
+//!   process dies), and the rules requests must follow.
+//! - `authorizer.rs`: the port where a card provider plugs in, and the test network.
 //! - `store.rs`: the `Store` trait (what a database must do) and its in-memory version;
 //!   `store/postgres.rs` the PostgreSQL one (`migrations/`).
 //! - `error.rs`: the one mapping from domain errors to gRPC statuses.
 #![forbid(unsafe_code)]
 
+pub mod authorizer;
 pub mod config;
 mod domain;
 mod error;
@@ -21,15 +24,34 @@ pub use config::Config;
 /// The service's name: binary, package, image and Kubernetes name.
 pub const NAME: &str = "payments";
 
-/// Builds the server and binds it. The store is PostgreSQL when `config.database` is
-/// set (schema `payments`, migrated at start-up), else in memory.
+/// Builds the server over the test card network and binds it: [`build_with`].
 pub async fn build(config: Config) -> Result<shared::Server, shared::Error> {
+    build_with(config, Arc::new(authorizer::TestCardNetwork::default())).await
+}
+
+/// Builds the server and binds it, authorizing cards with `authorizer` (where a real
+/// provider plugs in). The store is PostgreSQL when `config.database` is set (schema
+/// `payments`, migrated at start-up), else in memory. Authorizations that a dead
+/// process left pending are resumed periodically until the server drains.
+pub async fn build_with(
+    config: Config,
+    authorizer: Arc<dyn authorizer::Authorizer>,
+) -> Result<shared::Server, shared::Error> {
     let store: Arc<dyn store::Store> = match &config.database {
         Some(database) => Arc::new(store::PgStore::connect(database).await?),
         None => Arc::new(store::MemoryStore::default()),
     };
-    shared::Server::builder(NAME, &config.server)
-        .add_service(grpc::service(store, &config.server))
+    let payments = Arc::new(domain::Payments::new(
+        store,
+        authorizer,
+        config.authorization,
+    ));
+    let server = shared::Server::builder(NAME, &config.server);
+    let draining = server.draining();
+    let server = server
+        .add_service(grpc::service(payments.clone(), &config.server))
         .bind()
-        .await
+        .await?;
+    tokio::spawn(payments.resume_stalled(draining));
+    Ok(server)
 }

@@ -389,23 +389,29 @@ impl Store for PgStore {
         Ok(Created::New(order))
     }
 
-    async fn update(&self, order: &Order, event: Option<Event>) -> Result<(), Error> {
+    async fn update(&self, order: &Order, owner: &str, event: Option<Event>) -> Result<(), Error> {
         let mut tx = self.pool.begin().await?;
         let (status, reason) = status_of(order);
         let updated = sqlx::query(
             "UPDATE orders SET status = $2, status_reason = $3, payment_id = $4, \
-             update_time = TIMESTAMPTZ 'epoch' + $5 * INTERVAL '1 microsecond' WHERE id = $1",
+             update_time = TIMESTAMPTZ 'epoch' + $5 * INTERVAL '1 microsecond' \
+             WHERE id = $1 AND status = 'pending' AND (saga_owner IS NULL \
+             OR saga_owner = $6 OR saga_claimed_until IS NULL OR saga_claimed_until < now())",
         )
         .bind(&order.id)
         .bind(status)
         .bind(reason)
         .bind(order.payment_id.as_deref())
         .bind(micros(order.update_time))
+        .bind(owner)
         .execute(&mut *tx)
         .await?;
         if updated.rows_affected() == 0 {
-            return Err(Error::OrderNotFound {
-                id: order.id.clone(),
+            drop(tx);
+            // Unknown, or changed by a saga that is not this one.
+            self.order(&order.id).await?;
+            return Err(Error::Superseded {
+                order_id: order.id.clone(),
             });
         }
         if let Some(event) = &event {

@@ -1,10 +1,11 @@
 //! [`PgStore`]: payments in PostgreSQL (`migrations/`), for when `DATABASE_URL` is set.
 //!
-//! `request_id` is a unique constraint: of concurrent retries of one charge (on any
-//! replica), one insert wins and the others read the winner, so a card is charged once.
-//! A refund is one conditional update (`WHERE status = 'captured'`).
+//! `request_id` is a unique constraint: of concurrent charges under one request_id (on
+//! any replica), one insert wins and claims the authorization; the others find it. A
+//! claim is taken over only once it has expired (`claimed_until`, by the database's
+//! clock, the one clock all replicas share).
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use shared::PageRequest;
@@ -14,8 +15,9 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row as _};
 
-use super::{Store, new_payment, outcome, retried};
-use crate::domain::{Charge, Payment, PaymentStatus};
+use super::{Begun, Store};
+use crate::authorizer::Decision;
+use crate::domain::{Payment, PaymentStatus, Pending};
 use crate::error::Error;
 
 /// The schema, embedded at build time from `services/payments/migrations/`.
@@ -48,10 +50,38 @@ impl PgStore {
         .await?;
         Ok(row.as_ref().map(payment_from).transpose()?)
     }
+
+    /// Takes over the pending payment of `request_id` if its claim has expired.
+    async fn take_over(&self, request_id: &str, claim: Duration) -> Result<Option<Pending>, Error> {
+        let row = sqlx::query(&format!(
+            "UPDATE payments SET claimed_until = now() + $2 * INTERVAL '1 microsecond' \
+             WHERE request_id = $1 AND status = 'pending' AND claimed_until <= now() \
+             RETURNING {COLUMNS}, card_token"
+        ))
+        .bind(request_id)
+        .bind(micros_of(claim))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(pending_from).transpose()?)
+    }
+}
+
+fn micros_of(duration: Duration) -> i64 {
+    i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
+}
+
+fn pending_from(row: &PgRow) -> Result<Pending, sqlx::Error> {
+    Ok(Pending {
+        payment: payment_from(row)?,
+        card_token: row
+            .try_get::<Option<String>, _>("card_token")?
+            .unwrap_or_default(),
+    })
 }
 
 fn status_name(status: PaymentStatus) -> &'static str {
     match status {
+        PaymentStatus::Pending => "pending",
         PaymentStatus::Captured => "captured",
         PaymentStatus::Declined => "declined",
         PaymentStatus::Refunded => "refunded",
@@ -60,6 +90,7 @@ fn status_name(status: PaymentStatus) -> &'static str {
 
 fn payment_from(row: &PgRow) -> Result<Payment, sqlx::Error> {
     let status = match row.try_get::<&str, _>("status")? {
+        "pending" => PaymentStatus::Pending,
         "captured" => PaymentStatus::Captured,
         "declined" => PaymentStatus::Declined,
         "refunded" => PaymentStatus::Refunded,
@@ -87,17 +118,17 @@ fn payment_from(row: &PgRow) -> Result<Payment, sqlx::Error> {
 
 #[async_trait]
 impl Store for PgStore {
-    async fn charge(&self, charge: Charge) -> Result<Payment, Error> {
-        if let Some(existing) = self.by_request_id(&charge.request_id).await? {
-            return retried(charge, existing);
-        }
-        let payment = new_payment(charge.clone());
+    async fn begin(&self, pending: Pending, claim: Duration) -> Result<Begun, Error> {
+        let payment = &pending.payment;
         let inserted = sqlx::query(
             "INSERT INTO payments (id, request_id, order_id, customer_id, currency_code, \
-             amount_minor, status, status_reason, create_time, update_time) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, \
+             amount_minor, status, status_reason, card_token, claimed_until, create_time, \
+             update_time) \
+             VALUES ($1, $2, $3, $4, $5, $6, 'pending', '', $7, \
+             now() + $8 * INTERVAL '1 microsecond', \
              TIMESTAMPTZ 'epoch' + $9 * INTERVAL '1 microsecond', \
-             TIMESTAMPTZ 'epoch' + $9 * INTERVAL '1 microsecond')",
+             TIMESTAMPTZ 'epoch' + $9 * INTERVAL '1 microsecond') \
+             ON CONFLICT (request_id) DO NOTHING",
         )
         .bind(&payment.id)
         .bind(&payment.request_id)
@@ -105,46 +136,123 @@ impl Store for PgStore {
         .bind(&payment.customer_id)
         .bind(&payment.amount.currency)
         .bind(payment.amount.minor)
-        .bind(status_name(payment.status))
-        .bind(&payment.status_reason)
+        .bind(&pending.card_token)
+        .bind(micros_of(claim))
         .bind(micros(payment.create_time))
         .execute(&self.pool)
-        .await;
-        match inserted {
-            Ok(_) => outcome(payment),
-            // A concurrent retry inserted first: its payment is the one.
-            Err(error) if shared::db::is_unique_violation(&error) => {
-                let winner = self
-                    .by_request_id(&charge.request_id)
-                    .await?
-                    .ok_or(Error::from(error))?;
-                retried(charge, winner)
-            }
-            Err(error) => Err(error.into()),
+        .await?;
+        if inserted.rows_affected() == 1 {
+            return Ok(Begun::Claimed(pending));
+        }
+        if let Some(taken_over) = self.take_over(&payment.request_id, claim).await? {
+            return Ok(Begun::Claimed(taken_over));
+        }
+        match self.by_request_id(&payment.request_id).await? {
+            Some(found) => Ok(Begun::Found(found)),
+            None => Err(Error::Storage(
+                format!("payment of request_id {:?} vanished", payment.request_id).into(),
+            )),
         }
     }
 
-    async fn refund(&self, payment_id: &str, reason: &str) -> Result<Payment, Error> {
-        let refunded = sqlx::query(&format!(
-            "UPDATE payments SET status = 'refunded', status_reason = $2, \
-             update_time = TIMESTAMPTZ 'epoch' + $3 * INTERVAL '1 microsecond' \
-             WHERE id = $1 AND status = 'captured' RETURNING {COLUMNS}"
+    async fn finish(&self, payment_id: &str, decision: &Decision) -> Result<Payment, Error> {
+        let mut tx = self.pool.begin().await?;
+        let row =
+            sqlx::query("SELECT status, refund_reason FROM payments WHERE id = $1 FOR UPDATE")
+                .bind(payment_id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| Error::PaymentNotFound {
+                    id: payment_id.into(),
+                })?;
+        if row.try_get::<&str, _>("status")? != "pending" {
+            drop(tx);
+            return self.payment(payment_id).await;
+        }
+        let refund_reason: Option<String> = row.try_get("refund_reason")?;
+        let (status, reason) = decision.end(refund_reason.as_deref());
+        let row = sqlx::query(&format!(
+            "UPDATE payments SET status = $2, status_reason = $3, card_token = NULL, \
+             claimed_until = NULL, \
+             update_time = TIMESTAMPTZ 'epoch' + $4 * INTERVAL '1 microsecond' \
+             WHERE id = $1 RETURNING {COLUMNS}"
         ))
         .bind(payment_id)
+        .bind(status_name(status))
         .bind(reason)
         .bind(micros(SystemTime::now()))
-        .fetch_optional(&self.pool)
+        .fetch_one(&mut *tx)
         .await?;
-        if let Some(row) = refunded {
-            return Ok(payment_from(&row)?);
-        }
-        let payment = self.payment(payment_id).await?;
-        match payment.status {
-            PaymentStatus::Refunded => Ok(payment),
-            PaymentStatus::Declined | PaymentStatus::Captured => Err(Error::NotCaptured {
-                id: payment_id.into(),
-            }),
-        }
+        let payment = payment_from(&row)?;
+        tx.commit().await?;
+        Ok(payment)
+    }
+
+    async fn release(&self, payment_id: &str) -> Result<(), Error> {
+        sqlx::query(
+            "UPDATE payments SET claimed_until = now() WHERE id = $1 AND status = 'pending'",
+        )
+        .bind(payment_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn claim_stalled(&self, claim: Duration, limit: usize) -> Result<Vec<Pending>, Error> {
+        let rows = sqlx::query(&format!(
+            "UPDATE payments SET claimed_until = now() + $1 * INTERVAL '1 microsecond' \
+             WHERE position IN (SELECT position FROM payments \
+                 WHERE status = 'pending' AND claimed_until <= now() \
+                 ORDER BY claimed_until LIMIT $2 FOR UPDATE SKIP LOCKED) \
+             RETURNING {COLUMNS}, card_token"
+        ))
+        .bind(micros_of(claim))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(pending_from).collect::<Result<_, _>>()?)
+    }
+
+    async fn refund(&self, payment_id: &str, reason: &str) -> Result<Payment, Error> {
+        let mut tx = self.pool.begin().await?;
+        let payment = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM payments WHERE id = $1 FOR UPDATE"
+        ))
+        .bind(payment_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| Error::PaymentNotFound {
+            id: payment_id.into(),
+        })?;
+        let payment = payment_from(&payment)?;
+        let sql = match payment.status {
+            PaymentStatus::Refunded => return Ok(payment),
+            PaymentStatus::Declined => {
+                return Err(Error::NotCaptured {
+                    id: payment_id.into(),
+                });
+            }
+            // Applied when its authorization ends (`finish`).
+            PaymentStatus::Pending => format!(
+                "UPDATE payments SET refund_reason = COALESCE(refund_reason, $2) \
+                 WHERE id = $1 RETURNING {COLUMNS}"
+            ),
+            PaymentStatus::Captured => format!(
+                "UPDATE payments SET status = 'refunded', status_reason = $2, \
+                 update_time = TIMESTAMPTZ 'epoch' + $3 * INTERVAL '1 microsecond' \
+                 WHERE id = $1 RETURNING {COLUMNS}"
+            ),
+        };
+        let query = sqlx::query(&sql).bind(payment_id).bind(reason);
+        let query = if payment.status == PaymentStatus::Captured {
+            query.bind(micros(SystemTime::now()))
+        } else {
+            query
+        };
+        let row = query.fetch_one(&mut *tx).await?;
+        let payment = payment_from(&row)?;
+        tx.commit().await?;
+        Ok(payment)
     }
 
     async fn payment(&self, payment_id: &str) -> Result<Payment, Error> {
