@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Checks the image and the Kubernetes manifests without a cluster (`make test` runs it):
-#   1. hadolint on the Dockerfile;
+#   1. hadolint on the Dockerfile, and its build context (k8s/tests/dockercontext.py):
+#      the files .dockerignore lets through, by Docker's rules, hold the whole cargo
+#      workspace (`cargo metadata --locked --offline`, every binary) and every COPY source;
 #   2. `kubectl kustomize` renders k8s/base and every k8s/overlays/* into target/k8s/;
 #   3. the unit tests of these checks (k8s/tests/test_*.py);
 #   4. the contract of every rendered file (k8s/tests/check.py): Kubernetes schemas
@@ -47,6 +49,7 @@ done
 
 log "hadolint Dockerfile"
 "$venv/bin/hadolint" --no-color Dockerfile
+"$python" -B k8s/tests/dockercontext.py
 
 log "kubectl kustomize (kubectl 1.$kubectl_minor) → target/k8s/"
 mkdir -p "$out"
