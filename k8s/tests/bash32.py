@@ -190,9 +190,10 @@ def lint(text: str) -> list[tuple[int, str, str]]:
                 empty.setdefault(m.group(1), n)
     guarded = re.compile(r'\$\{(\w+)\[([@*])\]\+"\$\{\1\[\2\]\}"\}')
     for n, code, _ in lines:
-        for m in re.finditer(r"\$\{([A-Za-z_]\w*)\[[@*]\](.?)", guarded.sub("", code)):
-            name, after = m.group(1), m.group(2)
-            if name in empty and after != "+" and (n, EMPTY_ARRAY) not in opted:
+        for m in re.finditer(r"\$\{([A-Za-z_]\w*)\[[@*]\](:?[-+])?", guarded.sub("", code)):
+            # ${a[@]+…}, ${a[*]-default}: tested for being set, never unbound.
+            name, tested = m.group(1), m.group(2)
+            if name in empty and not tested and (n, EMPTY_ARRAY) not in opted:
                 found.append((n, EMPTY_ARRAY,
                               f"{name} can be empty (assigned () on line {empty[name]}): bash before 4.4 calls "
                               f"\"${{{name}[@]}}\" unbound under set -u; expand it as ${{{name}[@]+\"${{{name}[@]}}\"}}, or "

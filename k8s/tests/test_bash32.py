@@ -60,7 +60,8 @@ class RuleTest(unittest.TestCase):
     def test_empty_arrays(self):
         self.assertEqual(rules('a=()\nfor x in "${a[@]}"; do :; done\n'), {"empty-array"})
         self.assertEqual(rules('local k=(x) a=()\necho "${a[*]}"\n'), {"empty-array"})
-        self.assertEqual(rules('a=()\ncmd ${a[@]+"${a[@]}"}\nn=${#a[@]}\n'), set())
+        self.assertEqual(rules('a=()\ncmd ${a[@]+"${a[@]}"}\nn=${#a[@]}\necho "${a[*]-}" "${a[*]:-none}"\n'), set())
+        self.assertEqual(rules('a=()\necho "${a[@]:1}"\n'), {"empty-array"})
         self.assertEqual(rules('a=() # bash32: empty-array — filled below or the script dies\necho "${a[@]}"\n'), set())
         self.assertEqual(rules('a=(x)\necho "${a[@]}"\n'), set())
 
