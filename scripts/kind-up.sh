@@ -107,10 +107,11 @@ require_tools() {
   local kind_version
   # `docker build` is buildx (Docker 23 and later): without a provenance attestation,
   # an unchanged build keeps its image ID (with Docker's containerd image store, an
-  # attestation made a new ID each time). The legacy builder makes none anyway.
+  # attestation made a new ID each time), and `--load` puts the image into Docker
+  # whichever builder runs it (CI's caching one too). The legacy builder does both.
   build_flags=()
   if docker build --help 2>/dev/null | grep -q -- '--provenance'; then
-    build_flags=(--provenance=false)
+    build_flags=(--provenance=false --load)
   fi
   kind_version="$(kind version 2>/dev/null | sed -n 's/^kind v\([0-9][0-9.]*\).*/\1/p')"
   if [[ -z $kind_version ]]; then

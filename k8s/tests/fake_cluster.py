@@ -56,7 +56,8 @@ def docker(args: list[str]) -> int:
         print("27.3.1")
         return 0
     if args == ["build", "--help"]:
-        print("      --provenance string   Shorthand for \"--attest=type=provenance\"")
+        print("      --load                 Shorthand for \"--output=type=docker\"\n"
+              "      --provenance string   Shorthand for \"--attest=type=provenance\"")
         return 0
     if args[:1] == ["build"]:
         if FAIL == "build":
