@@ -67,7 +67,7 @@ class KindUpTest(unittest.TestCase):
         self.assertEqual(first["clusters"], ["grpc-template"])
         builds = [c for c in calls if c[:2] == ["docker", "build"] and "--help" not in c]
         self.assertEqual(len(builds), len(SERVICES))
-        self.assertTrue(all("--provenance=false" in c for c in builds), builds)
+        self.assertTrue(all("--provenance=false" in c and "--load" in c for c in builds), builds)
         self.assertEqual(sorted(first["loaded"]), sorted(f"{s}:{first['images'][f'{s}:dev'][:12]}" for s in SERVICES))
         self.assertEqual(sorted(first["secrets"]), ["gateway-jwt-keys", "gateway-jwt-signer", "postgres-credentials"])
         self.assertEqual(len(first["secrets"]["postgres-credentials"]), 1 + len(SERVICES) - 1)  # not the gateway
