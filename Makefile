@@ -64,10 +64,12 @@ bench: tools ## Benchmarks: baseline, instrumented, chain and Python peer side b
 bench-build: tools ## Time the clean debug build and one incremental rebuild, in a temporary clone (slow)
 	scripts/bench.sh --build-times
 
-kind-up: tools ## Build the images and run everything in a local kind cluster, then smoke-test it
+# Not after `tools`: deploying needs Docker, kind, kubectl, curl and openssl only (the
+# smoke test speaks gRPC with curl), no Rust toolchain, on Linux and macOS alike.
+kind-up: ## Build the images and run everything in a local kind cluster, then smoke-test it
 	scripts/kind-up.sh
 
-kind-smoke: tools ## Smoke-test the system running in kind (grpcurl, health, one order)
+kind-smoke: ## Smoke-test the system in kind: gRPC health and reflection, one order, its trace, metrics
 	scripts/kind-smoke.sh
 
 kind-down: ## Delete the kind cluster

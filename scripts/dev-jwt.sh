@@ -57,6 +57,8 @@ token() {
   message="$header.$claims"
   # A file, not a pipe: openssl reads Ed25519's whole input at once, sized beforehand.
   file="$(mktemp)"
+  # shellcheck disable=SC2064 # the path now: `file` is local, gone when the trap runs
+  trap "rm -f '$file'" EXIT
   printf '%s' "$message" >"$file"
   # -rawin: Ed25519 signs the message itself, not a digest of it.
   printf '%s.%s\n' "$message" "$(openssl pkeyutl -sign -inkey "$key" -rawin -in "$file" | b64url)"

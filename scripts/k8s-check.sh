@@ -1,18 +1,23 @@
 #!/usr/bin/env bash
 # Checks the image and the Kubernetes manifests without a cluster (`make test` runs it):
-#   1. hadolint on the Dockerfile;
-#   2. `kubectl kustomize` renders k8s/base and every k8s/overlays/* into target/k8s/;
-#   3. the unit tests of these checks (k8s/tests/test_*.py);
-#   4. the contract of every rendered file (k8s/tests/check.py): Kubernetes schemas
+#   1. hadolint on the Dockerfile, and its build context (k8s/tests/dockercontext.py):
+#      the files .dockerignore lets through, by Docker's rules, hold the whole cargo
+#      workspace (`cargo metadata --locked --offline`, every binary) and every COPY source;
+#   2. the scripts users run on their own machines (kind-up, kind-smoke, kind-down,
+#      dev-jwt, tls-certs) use nothing macOS's bash 3.2 and BSD tools lack
+#      (k8s/tests/bash32.py);
+#   3. `kubectl kustomize` renders k8s/base and every k8s/overlays/* into target/k8s/;
+#   4. the unit tests of these checks (k8s/tests/test_*.py);
+#   5. the contract of every rendered file (k8s/tests/check.py): Kubernetes schemas
 #      (kubernetes-validate, strict) and the binaries' env, ports, probes, upstreams,
 #      selectors, NetworkPolicies, shutdown timing and security context;
-#   5. checkov on every rendered overlay and the Dockerfile: no failed check, every
+#   6. checkov on every rendered overlay and the Dockerfile: no failed check, every
 #      skip justified where it is declared;
-#   6. the manifest-driven run (k8s/tests/run.py): the kind overlay's StatefulSets as
+#   7. the manifest-driven run (k8s/tests/run.py): the kind overlay's StatefulSets as
 #      the real nats-server and PostgreSQL, its Deployments as processes of `cargo
 #      build --bins`, probed, sent an order, smoke-tested by scripts/kind-smoke.sh
 #      (kubectl faked), stopped with SIGTERM.
-# Set K8S_CHECK_SKIP_RUN=1 to skip step 6 (and the build it needs).
+# Set K8S_CHECK_SKIP_RUN=1 to skip step 7 (and the build it needs).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -47,6 +52,11 @@ done
 
 log "hadolint Dockerfile"
 "$venv/bin/hadolint" --no-color Dockerfile
+"$python" -B k8s/tests/dockercontext.py
+
+log "bash 3.2 (macOS) lint of the scripts users run"
+"$python" -B k8s/tests/bash32.py scripts/kind-up.sh scripts/kind-smoke.sh scripts/kind-down.sh \
+  scripts/dev-jwt.sh scripts/tls-certs.sh
 
 log "kubectl kustomize (kubectl 1.$kubectl_minor) → target/k8s/"
 mkdir -p "$out"

@@ -1,18 +1,24 @@
 #!/usr/bin/env bash
 # The whole system in a local kind cluster, in one command (`make kind-up`), the first
-# time and every time after:
-#   1. checks for docker (with a running daemon), kind and kubectl;
+# time and every time after. It needs Docker, kind, kubectl, curl and openssl, nothing
+# else (no Rust toolchain, no `make tools`), and runs with macOS's bash 3.2
+# (k8s/tests/bash32.py checks it):
+#   1. checks for docker (with a running daemon), kind, kubectl, curl and openssl;
 #   2. creates the cluster from k8s/kind-config.yaml unless it exists;
-#   3. builds one image per service from the Dockerfile and loads it into the node;
+#   3. builds one image per service from the Dockerfile and loads it into the node
+#      (without a provenance attestation, which would give every build a new image ID:
+#      an unchanged image keeps its ID, so a re-run loads and rolls nothing);
 #   4. creates the Secret of the database's passwords unless it exists (random values,
 #      kept by later runs: the database has them) and the gateway's token keys unless
 #      they exist (a generated Ed25519 key pair: the public JWKS the gateway mounts,
 #      the private key kept apart for kind-smoke.sh), then applies k8s/overlays/kind, each
 #      image under a tag made of its image ID, so that a rebuilt image rolls out and an
 #      unchanged one does not;
-#   5. waits for every rollout, the broker and the database first (on failure: pods,
-#      events and logs);
+#   5. waits for every rollout, the broker and the database first, then the services
+#      and the observability stack (on failure: pods, events and logs);
 #   6. runs the smoke test, scripts/kind-smoke.sh.
+# Passwords and keys pass through files in a private temporary directory, removed
+# on exit, failed or not; never through a command line.
 # Only the cluster's own context (kind-<cluster>) is ever used: other clusters of your
 # kubeconfig are not touched.
 #
@@ -54,6 +60,10 @@ db_secret_keys=(postgres-password orders-password inventory-password payments-pa
 jwt_keys_secret=gateway-jwt-keys
 jwt_signer_secret=gateway-jwt-signer
 
+# Every temporary file (passwords, keys) lives here, readable by this user only.
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+
 step=0
 steps=6
 progress() {
@@ -89,7 +99,20 @@ require_tools() {
     die "kubectl not found: install kubectl 1.27 or later (https://kubernetes.io/docs/tasks/tools/)," \
       "then run again."
   fi
+  local tool
+  for tool in curl openssl; do
+    command -v "$tool" >/dev/null ||
+      die "$tool not found: install it with your package manager (the smoke test and the keys need it)"
+  done
   local kind_version
+  # `docker build` is buildx (Docker 23 and later): without a provenance attestation,
+  # an unchanged build keeps its image ID (with Docker's containerd image store, an
+  # attestation made a new ID each time), and `--load` puts the image into Docker
+  # whichever builder runs it (CI's caching one too). The legacy builder does both.
+  build_flags=()
+  if docker build --help 2>/dev/null | grep -q -- '--provenance'; then
+    build_flags=(--provenance=false --load)
+  fi
   kind_version="$(kind version 2>/dev/null | sed -n 's/^kind v\([0-9][0-9.]*\).*/\1/p')"
   if [[ -z $kind_version ]]; then
     log "WARNING: cannot tell kind's version ($(kind version 2>&1 | head -n1)); carrying on"
@@ -104,7 +127,7 @@ require_tools() {
 
 # The services: one folder of services/ each, with its manifest in k8s/base.
 list_services() {
-  services=()
+  services=() # bash32: empty-array — filled below, or the script dies
   local dir name
   for dir in services/*/; do
     name="$(basename "$dir")"
@@ -136,13 +159,13 @@ create_cluster() {
 
 # Builds and loads every image; fills `tags` (service=tag lines) for the deployment.
 build_and_load() {
-  tags=()
+  tags=() # bash32: empty-array — one entry per service, and there is at least one
   local i=0 service id tag
   log "the first build compiles the workspace in release mode (several minutes); later ones reuse it"
   for service in "${services[@]}"; do
     i=$((i + 1))
-    log "($i/${#services[@]}) docker build --build-arg SERVICE=$service -t $service:dev ."
-    docker build --build-arg "SERVICE=$service" --tag "$service:dev" . ||
+    log "($i/${#services[@]}) docker build ${build_flags[*]-} --build-arg SERVICE=$service -t $service:dev ."
+    docker build ${build_flags[@]+"${build_flags[@]}"} --build-arg "SERVICE=$service" --tag "$service:dev" . ||
       die "docker build of $service failed (above)"
     id="$(docker image inspect --format '{{.Id}}' "$service:dev")"
     tag="${id#sha256:}"
@@ -188,7 +211,8 @@ random_password() {
 # since the database was initialised with its passwords; a key it lacks (a service
 # added since) is added.
 create_secrets() {
-  local kctl=(kubectl --context "$context" -n "$namespace") dir key missing=()
+  local kctl=(kubectl --context "$context" -n "$namespace") dir="$work/db-secret" key
+  local missing=() # bash32: empty-array — expanded only when it has entries
   kubectl --context "$context" apply -f "$overlay/namespace.yaml" >/dev/null
   if "${kctl[@]}" get secret "$db_secret" >/dev/null 2>&1; then
     for key in "${db_secret_keys[@]}"; do
@@ -201,14 +225,16 @@ create_secrets() {
     fi
     log "secret $db_secret: adding ${missing[*]} (a database that exists already lacks their" \
       "roles: k8s/README.md says how to add them)"
+    # In a file, readable by this user only: no password on a command line.
     for key in "${missing[@]}"; do
-      "${kctl[@]}" patch secret "$db_secret" --type merge \
-        -p "{\"stringData\": {\"$key\": \"$(random_password)\"}}" >/dev/null
+      (umask 077 && printf '{"stringData": {"%s": "%s"}}\n' "$key" "$(random_password)" >"$work/patch.json")
+      "${kctl[@]}" patch secret "$db_secret" --type merge --patch-file "$work/patch.json" >/dev/null
+      rm -f "$work/patch.json"
     done
     return 0
   fi
   # One file per key, readable by this user only: no password on a command line.
-  dir="$(mktemp -d)"
+  mkdir -m 700 "$dir"
   for key in "${db_secret_keys[@]}"; do
     (umask 077 && random_password >"$dir/$key")
   done
@@ -225,7 +251,7 @@ create_secrets() {
 # anew under a new CA (the services load them at start: the rollout restarts them).
 create_tls_secrets() {
   [[ $tls == 1 ]] || return 0
-  local kctl=(kubectl --context "$context" -n "$namespace") service dir absent=0
+  local kctl=(kubectl --context "$context" -n "$namespace") service dir="$work/tls" absent=0
   for service in "${services[@]}"; do
     "${kctl[@]}" get secret "$service-tls" >/dev/null 2>&1 || absent=1
   done
@@ -234,7 +260,7 @@ create_tls_secrets() {
     return 0
   fi
   command -v openssl >/dev/null || die "openssl not found: KIND_TLS=1 makes the certificates with it"
-  dir="$(mktemp -d)"
+  mkdir -m 700 "$dir"
   "$root/scripts/tls-certs.sh" "$dir" "$namespace" >/dev/null
   for service in "${services[@]}"; do
     "${kctl[@]}" create secret generic "$service-tls" --from-file="$dir/$service" --dry-run=client -o yaml |
@@ -251,13 +277,13 @@ create_tls_secrets() {
 # The gateway's key pair, unless both Secrets exist. A new pair replaces both, and a
 # gateway already running is restarted after the apply (it reads its keys at start-up).
 create_jwt_keys() {
-  local kctl=(kubectl --context "$context" -n "$namespace") dir
+  local kctl=(kubectl --context "$context" -n "$namespace") dir="$work/jwt"
   if "${kctl[@]}" get secret "$jwt_keys_secret" >/dev/null 2>&1 &&
     "${kctl[@]}" get secret "$jwt_signer_secret" >/dev/null 2>&1; then
     log "secrets $jwt_keys_secret and $jwt_signer_secret exist: keeping the gateway's token keys"
     return 0
   fi
-  dir="$(mktemp -d)"
+  mkdir -m 700 "$dir"
   "$root/scripts/dev-jwt.sh" keys "$dir"
   "${kctl[@]}" create secret generic "$jwt_keys_secret" --from-file=jwks.json="$dir/jwks.json" \
     --dry-run=client -o yaml |
@@ -289,17 +315,19 @@ diagnose() {
 }
 
 # The StatefulSets first (the broker and the database: the services need them), then
-# the services.
+# every Deployment: the services and the observability stack (the smoke test uses it).
 wait_for_rollouts() {
-  local workload workloads=()
-  mapfile -t workloads < <(kubectl --context "$context" -n "$namespace" get statefulsets -o name)
-  for workload in "${services[@]}"; do workloads+=("deployment.apps/$workload"); done
-  for workload in "${workloads[@]}"; do
+  local workload
+  {
+    kubectl --context "$context" -n "$namespace" get statefulsets -o name
+    kubectl --context "$context" -n "$namespace" get deployments -o name
+  } >"$work/workloads"
+  while read -r -u 3 workload; do
     if ! kubectl --context "$context" -n "$namespace" rollout status "$workload" --timeout "$rollout_timeout"; then
       diagnose "$workload"
       die "$workload did not become ready within $rollout_timeout (diagnostics above)"
     fi
-  done
+  done 3<"$work/workloads"
 }
 
 progress "tools"
@@ -327,10 +355,11 @@ KIND_CLUSTER="$cluster" "$root/scripts/kind-smoke.sh"
 printf '\nkind-up: the system runs in kind (context %s, namespace %s):\n' "$context" "$namespace"
 cat <<EOF
   # a token for the gateway (scripts/dev-jwt.sh; k8s/base/gateway.yaml names its issuer and audience):
-  kubectl --context $context -n $namespace get secret $jwt_signer_secret -o jsonpath='{.data.private\.pem}' | base64 -d >target/kind-jwt.pem
+  kubectl --context $context -n $namespace get secret $jwt_signer_secret -o jsonpath='{.data.private\.pem}' | openssl base64 -d -A >target/kind-jwt.pem
   TOKEN=\$(scripts/dev-jwt.sh token target/kind-jwt.pem https://dev-issuer.local gateway me "inventory:read orders:read orders:write")
   curl -s -H "Authorization: Bearer \$TOKEN" http://127.0.0.1:30080/v1/products
   kubectl --context $context -n $namespace get pods
-  kubectl --context $context -n $namespace port-forward svc/inventory 50052:50052   # then grpcurl -plaintext 127.0.0.1:50052 list (KIND_TLS=1: see README, Security)
+  kubectl --context $context -n $namespace port-forward svc/inventory 50052:50052   # then grpcurl -plaintext 127.0.0.1:50052 list, if you have grpcurl (KIND_TLS=1: see README, Security)
+  kubectl --context $context -n $namespace port-forward svc/jaeger 16686:16686       # traces: http://127.0.0.1:16686 (Prometheus: svc/prometheus 9090, Grafana: svc/grafana 3000)
   make kind-down   # deletes the cluster
 EOF

@@ -37,6 +37,11 @@ Contract, for each Deployment (one per service, named like services/<name>):
   (PRODUCTION), every gRPC service runs mutual TLS with reflection off, its probes on
   the health-only port, every upstream is `https://`, and nothing is exposed outside
   the cluster and no Secret is rendered (the operator creates them);
+- start-up: the startup probe's budget covers DATABASE_CONNECT_TIMEOUT and
+  NATS_CONNECT_TIMEOUT (where DATABASE_URL, NATS_URL are set) plus STARTUP_MARGIN: a
+  service waiting for its database and broker is not restarted into a crash loop;
+- kind overlay: the pods' requests (every Deployment rolling out at once) fit a
+  2-CPU, 4 GiB node beside Kubernetes' own; every image pinned, IfNotPresent;
 - shutdown: terminationGracePeriodSeconds > preStop sleep + SHUTDOWN_DELAY +
   SHUTDOWN_GRACE_PERIOD + MARGIN; the preStop hook is the native `sleep`;
 - security: Pod Security Standards `restricted` fields, no service account token,
@@ -71,6 +76,8 @@ MIN_VERSION = "1.30"
 MARGIN = 5
 # The only service reachable from outside the cluster (ARCHITECTURE.md).
 ENTRY = {"gateway"}
+# The overlay of `make kind-up`, which must fit a small machine.
+KIND = "kind"
 HEALTH_PROBE_NAMES = {"", "liveness", "readiness"}
 # Deployments that are not services of this repository: the observability stack of an
 # overlay (k8s/overlays/kind/observability). They get the security, selector and network
@@ -303,6 +310,52 @@ def check_shutdown(m: Manifests, d: dict, f: Failures) -> None:
     f.check(grace >= needed, w, f"terminationGracePeriodSeconds {grace} < preStop sleep {sleep} + SHUTDOWN_DELAY "
             f"{timings['SHUTDOWN_DELAY']:g} + SHUTDOWN_GRACE_PERIOD {timings['SHUTDOWN_GRACE_PERIOD']:g} + "
             f"{margin} to exit")
+
+
+# What a service does at start-up after its database and broker answer, before its
+# health says ready: migrations, binding its ports.
+STARTUP_MARGIN = 10
+# The start-up waits of shared: each connection retried until its timeout (shared/src/
+# db.rs, shared/src/events/jetstream.rs), one after the other, before the port opens.
+CONNECT_TIMEOUTS = {"DATABASE_URL": "DATABASE_CONNECT_TIMEOUT", "NATS_URL": "NATS_CONNECT_TIMEOUT"}
+
+
+@functools.lru_cache(maxsize=None)
+def shared_duration_default(var: str) -> float | None:
+    """The default, in seconds, of a duration variable read anywhere in shared/src."""
+    for path in sorted(SHARED_SRC.rglob("*.rs")):
+        m = re.search(r"\"%s\"\s*,\s*Duration::from_(secs|millis)\((\d+)\)" % re.escape(var), path.read_text())
+        if m:
+            return int(m.group(2)) / (1000 if m.group(1) == "millis" else 1)
+    return None
+
+
+def check_startup(m: Manifests, d: dict, f: Failures) -> None:
+    """The startup probe waits for as long as the service waits for its database and
+    broker, and then some: a service still connecting is not killed and restarted, so
+    it never enters a crash loop whose back-off outlasts the rollout while they start."""
+    w = f"{m.label}: {where(d)}"
+    c = container(d)
+    env = env_of(c)
+    waits = {}
+    for url, var in CONNECT_TIMEOUTS.items():
+        if url not in env:
+            continue
+        value = env.get(var)
+        seconds = envvars.parse_duration(value) if value else shared_duration_default(var)
+        if not f.check(seconds is not None, w, f"cannot tell {var}: {value!r}"):
+            return
+        waits[var] = seconds
+    probe = c.get("startupProbe")
+    if not waits or probe is None:
+        return
+    budget = probe.get("initialDelaySeconds", 0) + probe.get("periodSeconds", 10) * probe.get("failureThreshold", 3)
+    needed = sum(waits.values()) + STARTUP_MARGIN
+    f.check(budget >= needed, w,
+            f"the startupProbe gives up after {budget:g}s, but the service waits up to "
+            f"{' + '.join(f'{v:g}s ({k})' for k, v in waits.items())} for what it connects to, then starts "
+            f"({STARTUP_MARGIN}s): killed while it waits, it crash-loops; raise failureThreshold to at least "
+            f"{needed:g}s of probes")
 
 
 @functools.lru_cache(maxsize=None)
@@ -576,6 +629,92 @@ def check_namespaces(m: Manifests, f: Failures) -> None:
                 "does not enforce the restricted Pod Security Standard")
 
 
+# The kind overlay runs on one node that a laptop's Docker (a Docker Desktop VM) or a
+# 2-core CI runner gives: 2 CPUs and 4 GiB. Kubernetes' own pods request part of it
+# before ours: kubeadm's static pods (kube-apiserver 250m, kube-controller-manager 200m,
+# kube-scheduler 100m, etcd 100m and 100Mi), CoreDNS (two replicas of 100m and 70Mi)
+# and kind's CNI, kindnet (100m, 50Mi); kube-proxy and local-path-provisioner request
+# nothing. (kubectl describe node on a kind v0.33 node lists the same.)
+KIND_NODE = {"cpu": 2000, "memory": 4096}  # millicores, MiB
+KIND_CONTROL_PLANE = {"cpu": 250 + 200 + 100 + 100 + 2 * 100 + 100, "memory": 100 + 2 * 70 + 50}
+
+
+def quantity(value, resource: str) -> float:
+    """A Kubernetes quantity in millicores (cpu) or MiB (memory)."""
+    text = str(value)
+    if resource == "cpu":
+        return float(text[:-1]) if text.endswith("m") else float(text) * 1000
+    units = {"Ki": 1 / 1024, "Mi": 1, "Gi": 1024, "K": 1e3 / 2**20, "M": 1e6 / 2**20, "G": 1e9 / 2**20}
+    for unit, factor in units.items():
+        if text.endswith(unit):
+            return float(text[:-len(unit)]) * factor
+    return float(text) / 2**20
+
+
+def replicas(m: Manifests, workload: dict) -> int:
+    """The pods a workload runs with no metrics server (kind has none): its HPA's
+    minReplicas, else spec.replicas (default 1)."""
+    hpa = next((h for h in m.of_kind("HorizontalPodAutoscaler")
+                if h["spec"]["scaleTargetRef"]["name"] == workload["metadata"]["name"]
+                and h["spec"]["scaleTargetRef"]["kind"] == workload["kind"]), None)
+    return int(hpa["spec"].get("minReplicas", 1)) if hpa else int(workload["spec"].get("replicas", 1))
+
+
+def surge(workload: dict, count: int) -> int:
+    """The extra pods of a rolling update: a Deployment's maxSurge (default 25%,
+    rounded up)."""
+    if workload["kind"] != "Deployment":
+        return 0  # StatefulSets replace pods one at a time
+    strategy = workload["spec"].get("strategy") or {}
+    if strategy.get("type") == "Recreate":
+        return 0
+    value = (strategy.get("rollingUpdate") or {}).get("maxSurge", "25%")
+    if isinstance(value, str) and value.endswith("%"):
+        return -(-count * int(value[:-1]) // 100)
+    return int(value)
+
+
+def check_kind_capacity(m: Manifests, f: Failures) -> None:
+    """The requests of every pod the overlay runs, while every Deployment rolls out at
+    once (as `make kind-up` applies them), fit the node beside Kubernetes' own."""
+    for resource, unit in (("cpu", "m"), ("memory", "Mi")):
+        total = 0.0
+        for w in m.workloads:
+            count = replicas(m, w)
+            spec = pod_spec(w)
+            per_pod = sum(quantity(((c.get("resources") or {}).get("requests") or {}).get(resource, 0), resource)
+                          for c in spec["containers"])
+            init = [quantity(((c.get("resources") or {}).get("requests") or {}).get(resource, 0), resource)
+                    for c in spec.get("initContainers", [])]
+            total += (count + surge(w, count)) * max([per_pod, *init])
+        free = KIND_NODE[resource] - KIND_CONTROL_PLANE[resource]
+        f.check(total <= free, m.label,
+                f"the pods request {total:.0f}{unit} of {resource} (every Deployment rolling out at once), more "
+                f"than the {free}{unit} a {KIND_NODE['cpu'] // 1000}-CPU, {KIND_NODE['memory'] // 1024} GiB kind node "
+                f"leaves beside Kubernetes' own {KIND_CONTROL_PLANE[resource]}{unit}: pods would stay Pending")
+
+
+def check_kind_images(m: Manifests, f: Failures) -> None:
+    """Every image is pinned and pulled only when the node lacks it: a restart pulls
+    nothing (no registry limits, works offline), and the images kind-up.sh loaded into
+    the node, which no registry has, are used as they are."""
+    ours = {d.name for d in (ROOT / "services").iterdir() if (d / "src").is_dir()}
+    for w in m.workloads:
+        spec = pod_spec(w)
+        for c in spec["containers"] + spec.get("initContainers", []):
+            image = c.get("image", "")
+            at = f"{m.label}: {where(w)}: container {c['name']}"
+            f.check(c.get("imagePullPolicy") == "IfNotPresent", at,
+                    f"imagePullPolicy is {c.get('imagePullPolicy')!r}, not IfNotPresent: every restart pulls "
+                    "again (registry pull limits, no offline use)")
+            name, _, tag = image.split("@")[0].rpartition(":") if ":" in image.rsplit("/", 1)[-1] else (image, "", "")
+            if image_name(image) in ours:
+                pinned = bool(tag) and tag != "latest"  # scripts/kind-up.sh deploys the image ID as the tag
+            else:
+                pinned = "@sha256:" in image or bool(re.fullmatch(r"v?\d+(\.\d+)+[\w.-]*", tag))
+            f.check(pinned, at, f"image {image!r} is not pinned to a version (or a digest)")
+
+
 def check(m: Manifests, f: Failures, schemas: bool = True) -> None:
     if schemas:
         validate_schemas(m, f)
@@ -596,6 +735,7 @@ def check(m: Manifests, f: Failures, schemas: bool = True) -> None:
         check_ports(m, d, f)
         check_probes(m, d, f)
         check_shutdown(m, d, f)
+        check_startup(m, d, f)
         check_security(m, d, f)
         calls[name] = check_upstreams(m, d, read, f)
     for s in m.statefulsets:
@@ -611,6 +751,9 @@ def check(m: Manifests, f: Failures, schemas: bool = True) -> None:
     check_namespaces(m, f)
     if m.label == PRODUCTION:
         check_production(m, f)
+    if m.label == KIND:
+        check_kind_capacity(m, f)
+        check_kind_images(m, f)
 
 
 def main(paths: list[str]) -> int:

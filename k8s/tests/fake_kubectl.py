@@ -14,7 +14,8 @@ can run the smoke script against the processes it started instead of a cluster:
   `Forwarding from 127.0.0.1:<port> -> PORT` line and relays every connection to the
   process of that Service, until killed.
 
-The Services come from FAKE_KUBECTL_SERVICES: JSON {name: {"address": a, "grpc_port": p}};
+The Services come from FAKE_KUBECTL_SERVICES: JSON {name: {"address": a, "grpc_port": p}},
+and "ports": {service port: port of address} where the two differ;
 the Secrets from FAKE_KUBECTL_SECRETS: {name: {key: base64}}; the Deployments' env from
 FAKE_KUBECTL_DEPLOYMENTS: {name: {var: value}}.
 """
@@ -81,7 +82,8 @@ def main(args: list[str]) -> int:
         return 0
     if args[:1] == ["port-forward"] and len(args) == 3 and args[1].startswith("svc/"):
         service = services[args[1][4:]]
-        port_forward(service["address"], int(args[2].lstrip(":")))
+        port = int(args[2].lstrip(":"))
+        port_forward(service["address"], service.get("ports", {}).get(str(port), port))
         return 0
     print(f"fake kubectl: not faked: kubectl {' '.join(args)}", file=sys.stderr)
     return 1

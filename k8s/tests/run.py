@@ -36,7 +36,10 @@ Usage: run.py RENDERED.yaml BIN_DIR   (scripts/k8s-check.sh; BIN_DIR holds the
    requires one) and must be CONFIRMED.
 6. scripts/kind-smoke.sh runs against these processes, with a stand-in kubectl
    (fake_kubectl.py) whose port-forward relays to them: the smoke test of `make kind-up`,
-   minus the cluster.
+   minus the cluster. Its observability checks meet fake_observability.py: an OTLP
+   receiver at the collector's address, where the services' spans really go, behind a
+   Jaeger query API; a Prometheus query API that scrapes each service's /metrics; a
+   Grafana health endpoint.
 7. Every service process gets SIGTERM at once, as on `kubectl delete`, and must exit 0
    within terminationGracePeriodSeconds minus its preStop sleep (which runs before
    SIGTERM); then the StatefulSets' servers, likewise (last, so that the services'
@@ -64,9 +67,11 @@ import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from fake_observability import Observability  # noqa: E402
 from manifests import (  # noqa: E402
     ROOT, Manifests, container, expand, image_name, pod_labels, pod_spec, secret_refs, service_dns_names,
 )
@@ -589,7 +594,22 @@ def smoke_script(pods: list[Pod], gateway: Pod, tmp: Path, files: dict[tuple[str
     for pod in pods:
         grpc_port = next((p["containerPort"] for p in pod.container.get("ports") or [] if p.get("name") == "grpc"), None)
         services[pod.name] = {"address": pod.address, "grpc_port": grpc_port}
+    # Jaeger, Prometheus and Grafana as fake_observability.py, with the trace receiver
+    # where the services send their spans (the collector's address).
+    collector = next((urlparse(p.env["OTEL_EXPORTER_OTLP_ENDPOINT"]).netloc for p in pods
+                      if "OTEL_EXPORTER_OTLP_ENDPOINT" in p.env), None)
+    if collector is None:
+        return smoke_run(services, pods, gateway, fake_bin, files)
+    with Observability(collector, pods) as observability:
+        for name, ports in observability.ports.items():
+            services[name] = {"address": "127.0.0.1", "ports": ports}
+        return smoke_run(services, pods, gateway, fake_bin, files)
+
+
+def smoke_run(services: dict, pods: list[Pod], gateway: Pod, fake_bin: Path,
+              files: dict[tuple[str, str], bytes]) -> list[str]:
     env = {**os.environ, "PATH": f"{fake_bin}:{os.environ.get('PATH', '')}",
+           "SMOKE_WAIT": "30",
            "FAKE_KUBECTL_SERVICES": json.dumps(services),
            "FAKE_KUBECTL_SECRETS": json.dumps(
                {secret: {k: base64.b64encode(v).decode() for (s, k), v in files.items() if s == secret}
@@ -598,9 +618,9 @@ def smoke_script(pods: list[Pod], gateway: Pod, tmp: Path, files: dict[tuple[str
            "GATEWAY_URL": f"http://{gateway.address}:{gateway.port_number('http')}"}
     try:
         done = subprocess.run([str(ROOT / "scripts" / "kind-smoke.sh")], env=env, capture_output=True,
-                              text=True, timeout=60, stdin=subprocess.DEVNULL)
+                              text=True, timeout=120, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired as e:
-        raise RunFailure(f"scripts/kind-smoke.sh did not finish within 60 s: {e.stdout}{e.stderr}") from None
+        raise RunFailure(f"scripts/kind-smoke.sh did not finish within 120 s: {e.stdout}{e.stderr}") from None
     if done.returncode != 0:
         raise RunFailure(f"scripts/kind-smoke.sh failed against the manifests' processes:\n{done.stdout}{done.stderr}")
     return done.stdout.splitlines()

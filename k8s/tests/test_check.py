@@ -261,6 +261,47 @@ class ContractTest(unittest.TestCase):
         self.assertFails(typo, "invalid for Kubernetes 1.37", "'failureTreshold' was unexpected", schemas=True)
 
 
+    def test_a_startup_probe_shorter_than_the_connection_waits(self):
+        def shorten(m):
+            container(m.get("Deployment", "orders"))["startupProbe"]["failureThreshold"] = 30
+            self.env(m, "payments").append({"name": "DATABASE_CONNECT_TIMEOUT", "value": "10m"})
+        self.assertFails(shorten, "grpc-template/orders: the startupProbe gives up after 30s, but the service waits "
+                         "up to 180s (DATABASE_CONNECT_TIMEOUT) + 180s (NATS_CONNECT_TIMEOUT)",
+                         "grpc-template/payments: the startupProbe gives up after 190s, but the service waits up to 600s")
+
+    def test_the_kind_node_is_overcommitted(self):
+        def two_each(m):
+            for h in m.of_kind("HorizontalPodAutoscaler"):
+                h["spec"]["minReplicas"] = 2
+        self.assertFails(two_each, "of cpu (every Deployment rolling out at once), more than the 1050m a 2-CPU, "
+                         "4 GiB kind node leaves beside Kubernetes' own 950m")
+
+        def big(m):
+            pod_spec(m.get("StatefulSet", "postgres"))["containers"][0]["resources"]["requests"]["memory"] = "3Gi"
+        self.assertFails(big, "of memory (every Deployment rolling out at once), more than the 3806Mi")
+
+        def surge(m):
+            m.get("Deployment", "jaeger")["spec"]["strategy"] = {"type": "RollingUpdate"}
+            m.get("Deployment", "grafana")["spec"]["strategy"] = {"type": "RollingUpdate"}
+            for name in ("orders", "payments", "inventory", "gateway", "notifications"):
+                m.get("Deployment", name)["spec"]["strategy"]["rollingUpdate"]["maxSurge"] = 2
+        self.assertFails(surge, "of cpu (every Deployment rolling out at once)")
+
+    def test_kind_images_unpinned_or_pulled_always(self):
+        def loosen(m):
+            pod_spec(m.get("StatefulSet", "nats"))["containers"][0]["imagePullPolicy"] = "Always"
+            pod_spec(m.get("Deployment", "grafana"))["containers"][0]["image"] = "grafana/grafana:latest"
+            pod_spec(m.get("Deployment", "jaeger"))["containers"][0]["image"] = "jaegertracing/all-in-one"
+            pod_spec(m.get("Deployment", "orders"))["containers"][0]["image"] = "orders:latest"
+        self.assertFails(loosen, "nats: container nats: imagePullPolicy is 'Always', not IfNotPresent",
+                         "image 'grafana/grafana:latest' is not pinned", "image 'jaegertracing/all-in-one' is not pinned",
+                         "image 'orders:latest' is not pinned")
+        # Pinned by digest, and the tag of an image kind-up.sh built.
+        def digest(m):
+            pod_spec(m.get("Deployment", "grafana"))["containers"][0]["image"] = "grafana/grafana@sha256:" + "0" * 64
+            pod_spec(m.get("Deployment", "orders"))["containers"][0]["image"] = "orders:3f2a9c81d0e4"
+        self.assertEqual(self.failures(digest), [])
+
 class ProductionTest(unittest.TestCase):
     """The production overlay's promises (mutual TLS, no reflection, probes on the
     health-only port, nothing exposed, no Secret) and the TLS rules of every overlay."""
@@ -326,6 +367,7 @@ class ProductionTest(unittest.TestCase):
                            "metadata": {"name": "orders-tls", "namespace": "grpc-template"}})
         self.assertFails(expose, "production exposes the gateway through your ingress only",
                          "a Secret in the rendered manifests")
+
 
 
 if __name__ == "__main__":

@@ -216,12 +216,27 @@ async fn create_schema(config: &DbConfig, schema: &str) -> Result<(), DbError> {
     Ok(())
 }
 
+/// The longest one connection attempt may take. sqlx bounds none: a host that takes the
+/// connection and never answers, or drops the packets (a firewall, a NetworkPolicy),
+/// would hold an attempt for the kernel's TCP timeout (minutes), or forever, past
+/// `DATABASE_CONNECT_TIMEOUT`.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// One connection, retried with backoff until `config.connect_timeout`.
 async fn connect_once_up(config: &DbConfig) -> Result<sqlx::PgConnection, DbError> {
     let started = tokio::time::Instant::now();
     let mut backoff = Duration::from_millis(100);
     loop {
-        match config.options.connect().await {
+        let limit = ATTEMPT_TIMEOUT.min(config.connect_timeout.saturating_sub(started.elapsed()));
+        let attempt = tokio::time::timeout(limit, config.options.connect())
+            .await
+            .unwrap_or_else(|_| {
+                Err(sqlx::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer within {limit:?}"),
+                )))
+            });
+        match attempt {
             Ok(connection) => return Ok(connection),
             Err(source) if started.elapsed() + backoff > config.connect_timeout => {
                 return Err(DbError::Connect {
@@ -342,6 +357,37 @@ mod tests {
             DbConfig::from_env(&env).unwrap_err().var,
             "DATABASE_MAX_CONNECTIONS"
         );
+    }
+
+    /// A host that takes the connection and never answers (a database still starting
+    /// behind a proxy, a peer that drops packets) is given up on within
+    /// DATABASE_CONNECT_TIMEOUT, with the cause, rather than waited on forever.
+    #[tokio::test]
+    async fn a_silent_database_is_given_up_on_within_the_connect_timeout() {
+        // Bound, never accepted: the kernel completes the handshake and nothing answers.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = silent.local_addr().unwrap().port();
+        let env = Env::default()
+            .with(
+                DATABASE_URL,
+                format!("postgres://app:pw@127.0.0.1:{port}/app"),
+            )
+            .with("DATABASE_CONNECT_TIMEOUT", "1s");
+        let config = DbConfig::from_env(&env).unwrap().unwrap();
+        // A guard against a hang, not a timing assertion.
+        let outcome = tokio::time::timeout(Duration::from_secs(60), connect_once_up(&config))
+            .await
+            .expect("connecting to a silent host never gave up");
+        match outcome {
+            Err(DbError::Connect {
+                port: p, source, ..
+            }) => {
+                assert_eq!(p, port);
+                assert!(source.to_string().contains("no answer"), "{source}");
+            }
+            Err(other) => panic!("not a connect error: {other}"),
+            Ok(_) => panic!("connected to a host that never answered"),
+        }
     }
 
     #[test]
