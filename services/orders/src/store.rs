@@ -680,6 +680,90 @@ mod tests {
         ]
     );
 
+    /// `url` with its host and port replaced by `addr`.
+    fn through(url: &str, addr: std::net::SocketAddr) -> String {
+        let at = url
+            .rfind('@')
+            .map_or(url.find("://").unwrap() + 3, |at| at + 1);
+        let end = url[at..].find('/').map_or(url.len(), |slash| at + slash);
+        format!("{}{addr}{}", &url[..at], &url[end..])
+    }
+
+    /// One replica watches an order while its database link is cut; another finishes
+    /// the order meanwhile, so the NOTIFY never reaches the first. Once the link is back,
+    /// the watcher sees the end all the same.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_watch_sees_the_end_committed_while_its_listener_was_cut_off() {
+        use shared::testing::proxy::{FaultProxy, Faults};
+
+        let url = shared::testing::fresh_database().await;
+        let direct = PgStore::connect(&shared::db::DbConfig::from_url(&url).unwrap())
+            .await
+            .unwrap();
+        let target = url[url.rfind('@').unwrap() + 1..]
+            .split('/')
+            .next()
+            .unwrap()
+            .replace("localhost", "127.0.0.1");
+        let proxy = FaultProxy::start(target.parse().unwrap()).await;
+        let config = shared::db::DbConfig::from_url(&through(&url, proxy.addr())).unwrap();
+        let cut_off = PgStore::connect(&config).await.unwrap();
+
+        let placed = order("ord_1", "req-1", "cus-1");
+        create(&direct, placed.clone()).await.unwrap();
+        let mut watching = cut_off.watch("ord_1").await.unwrap();
+        assert_eq!(*watching.borrow_and_update(), placed);
+
+        let accepted = proxy.accepted();
+        proxy.set(Faults::reset());
+        let confirmed = confirm(&direct, placed).await;
+        // The cut-off replica noticed: it tried to connect again, and failed.
+        shared::testing::eventually("the cut-off replica to reconnect", || async {
+            proxy.accepted() >= accepted + 2
+        })
+        .await;
+        proxy.set(Faults::default());
+
+        let seen = tokio::time::timeout(
+            Duration::from_secs(10),
+            watching.wait_for(|order| order.status.is_final()),
+        )
+        .await
+        .expect("the watcher saw the end within 10 s")
+        .unwrap()
+        .clone();
+        assert_eq!(seen, confirmed);
+        assert_eq!(cut_off.watched_len(), 0, "nothing kept for a final order");
+    }
+
+    /// Watching a final order, or one whose watchers all left, keeps nothing.
+    #[tokio::test]
+    async fn watches_keep_nothing_for_final_or_unwatched_orders() {
+        let store = PgStore::connect(&shared::testing::fresh_db_config().await)
+            .await
+            .unwrap();
+        let done = order("ord_1", "req-1", "cus-1");
+        create(&store, done.clone()).await.unwrap();
+        let done = confirm(&store, done).await;
+        let watching = store.watch("ord_1").await.unwrap();
+        assert_eq!(*watching.borrow(), done);
+        assert_eq!(store.watched_len(), 0);
+
+        create(&store, order("ord_2", "req-2", "cus-1"))
+            .await
+            .unwrap();
+        drop(store.watch("ord_2").await.unwrap());
+        create(&store, order("ord_3", "req-3", "cus-1"))
+            .await
+            .unwrap();
+        let _watching = store.watch("ord_3").await.unwrap();
+        assert_eq!(
+            store.watched_len(),
+            1,
+            "ord_2's channel went with its watcher"
+        );
+    }
+
     #[tokio::test]
     async fn a_restarted_process_publishes_what_the_last_one_committed() {
         let config = shared::testing::fresh_db_config().await;

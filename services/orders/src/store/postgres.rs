@@ -105,6 +105,12 @@ impl PgStore {
     fn tell_watchers(&self, order: &Order) -> Result<(), Error> {
         tell_watchers(&self.watched, order)
     }
+
+    /// How many orders this process keeps a watch channel for.
+    #[cfg(test)]
+    pub(crate) fn watched_len(&self) -> usize {
+        self.watched.lock().map_or(0, |watched| watched.len())
+    }
 }
 
 /// The orders of `rows` (in their order) with their lines, each with its position.
@@ -175,53 +181,72 @@ fn tell_watchers(
 
 /// Feeds this process's watchers the changes other replicas commit, until `stop`:
 /// `LISTEN` on [`CHANGES`], and each notified order that someone here watches is read
-/// again. Runs on a connection of its own (reconnected by sqlx after a failure).
+/// again. Runs on a connection of its own.
+///
+/// Notifications sent while no connection listens are lost (before the first
+/// `LISTEN`, and while a lost connection is down). So each time listening (re)starts,
+/// and only once it has, every watched order is read again; a read that fails starts
+/// over the same way, so no watcher is left with a state the database has left.
 async fn follow_changes(pool: PgPool, watched: Watched, stop: CancellationToken) {
-    let mut listener = loop {
+    loop {
+        let Some(mut listener) = listen(&pool, &stop).await else {
+            return;
+        };
+        let mut caught_up = refresh(&pool, &watched, None).await;
+        while caught_up {
+            let next = tokio::select! {
+                () = stop.cancelled() => return,
+                next = listener.try_recv() => next,
+            };
+            caught_up = match next {
+                Ok(Some(notification)) => {
+                    refresh(&pool, &watched, Some(notification.payload())).await
+                }
+                // The connection was lost, and with it the notifications in between.
+                Ok(None) => false,
+                Err(error) => {
+                    tracing::warn!(%error, "listening for order changes failed; listening again");
+                    false
+                }
+            };
+        }
+        drop(listener);
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(RELISTEN_PAUSE) => {}
+        }
+    }
+}
+
+/// The pause before listening again after a failure.
+const RELISTEN_PAUSE: Duration = Duration::from_millis(200);
+
+/// A connection listening on [`CHANGES`], retried every second; `None` once `stop`.
+async fn listen(pool: &PgPool, stop: &CancellationToken) -> Option<PgListener> {
+    loop {
         let listening = async {
-            let mut listener = PgListener::connect_with(&pool).await?;
+            let mut listener = PgListener::connect_with(pool).await?;
             listener.listen(CHANGES).await?;
             Ok::<_, sqlx::Error>(listener)
         };
         let error = tokio::select! {
-            () = stop.cancelled() => return,
+            () = stop.cancelled() => return None,
             result = listening => match result {
-                Ok(listener) => break listener,
+                Ok(listener) => return Some(listener),
                 Err(error) => error,
             },
         };
         tracing::warn!(%error, "cannot listen for order changes; retrying");
         tokio::select! {
-            () = stop.cancelled() => return,
+            () = stop.cancelled() => return None,
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
-    };
-    // Changes committed before listening started were not notified here.
-    refresh(&pool, &watched, None).await;
-    loop {
-        let next = tokio::select! {
-            () = stop.cancelled() => return,
-            next = listener.try_recv() => next,
-        };
-        match next {
-            Ok(Some(notification)) => refresh(&pool, &watched, Some(notification.payload())).await,
-            // The connection was lost (sqlx reconnects on the next call), and with it
-            // the notifications in between.
-            Ok(None) => refresh(&pool, &watched, None).await,
-            Err(error) => {
-                tracing::warn!(%error, "listening for order changes failed; retrying");
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-            }
         }
     }
 }
 
 /// Reads again the watched order `id` (every watched order if `None`) and tells its
-/// watchers. Failures are logged: the watchers keep the state they have.
-async fn refresh(pool: &PgPool, watched: &Watched, id: Option<&str>) {
+/// watchers; `false` if a read failed (logged; the watchers keep the state they have).
+async fn refresh(pool: &PgPool, watched: &Watched, id: Option<&str>) -> bool {
     let ids: Vec<String> = {
         let watched = watched.lock().unwrap_or_else(PoisonError::into_inner);
         match id {
@@ -238,9 +263,11 @@ async fn refresh(pool: &PgPool, watched: &Watched, id: Option<&str>) {
             Ok(None) => {}
             Err(error) => {
                 tracing::warn!(order_id = %id, error = %shared::status::ErrorChain(&error), "cannot read a changed order");
+                return false;
             }
         }
     }
+    true
 }
 
 /// Replaces `current` by `order` if `order` is further along (the channel may have been
@@ -475,8 +502,14 @@ impl Store for PgStore {
 
     async fn watch(&self, id: &str) -> Result<watch::Receiver<Order>, Error> {
         let order = self.order(id).await?;
+        if order.status.is_final() {
+            // It changes no more: nothing to keep for it.
+            return Ok(watch::channel(order).1);
+        }
         let receiver = {
             let mut watched = self.watched()?;
+            // Channels whose watchers all left, of orders still pending.
+            watched.retain(|_, sender| sender.receiver_count() > 0);
             let sender = watched
                 .entry(id.to_owned())
                 .or_insert_with(|| watch::Sender::new(order.clone()));
@@ -486,9 +519,7 @@ impl Store for PgStore {
         // An update committed between the read above and the subscription told no one:
         // read again now that every later update reaches the channel.
         let latest = self.order(id).await?;
-        if let Some(sender) = self.watched()?.get(id) {
-            sender.send_if_modified(|current| newer(&latest, current));
-        }
+        self.tell_watchers(&latest)?;
         Ok(receiver)
     }
 
