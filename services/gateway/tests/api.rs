@@ -656,3 +656,18 @@ async fn readyz_asks_the_upstreams_at_most_once_a_second() {
         "{asked} health checks for {probes} probes in {seconds:.1}s (at most {most})"
     );
 }
+
+/// A body the client sends too slowly is its own fault: 408, not the 504 of a slow
+/// upstream.
+#[tokio::test]
+async fn a_body_sent_too_slowly_is_408() {
+    let gateway = TestGateway::start(&[("GATEWAY_REQUEST_TIMEOUT", "300ms")]).await;
+    let mut tcp = TcpStream::connect(gateway.addr).await.unwrap();
+    let head = "POST /v1/orders HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\n\
+                idempotency-key: slow\r\ncontent-length: 100\r\n\r\n{";
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let answer = closed_by_server(&mut tcp).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("GATEWAY_REQUEST_TIMEOUT"), "{answer}");
+}
