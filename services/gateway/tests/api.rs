@@ -634,10 +634,11 @@ async fn readyz_asks_the_upstreams_at_most_once_a_second() {
         http.get("/readyz").await.status == StatusCode::OK
     })
     .await;
+    // The gateway's calls, as its channels count them.
     let checks = || {
         shared::metrics::render()
             .lines()
-            .filter(|l| l.starts_with("rpc_server_call_duration_seconds_count{"))
+            .filter(|l| l.starts_with("rpc_client_call_duration_seconds_count{"))
             .filter(|l| l.contains(r#"rpc_service="grpc.health.v1.Health""#))
             .filter(|l| l.contains(r#"rpc_method="Check""#))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
