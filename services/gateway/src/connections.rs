@@ -82,8 +82,9 @@ impl Connections {
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout);
         builder.http2().timer(TokioTimer::new());
-        // Touch the metrics so that `/metrics` lists them from the start.
-        OPEN.with_label_values(&[] as &[&str]).set(0);
+        // Touch the metrics so that `/metrics` lists them from the start (at 0; never
+        // set: another server of the same process may count already).
+        OPEN.with_label_values(&[] as &[&str]);
         for reason in ["over_limit", "header_read_timeout", "idle_timeout"] {
             CUT.with_label_values(&[reason]);
         }
