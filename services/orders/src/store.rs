@@ -27,7 +27,8 @@ pub(crate) use postgres::PgStore;
 #[async_trait]
 pub(crate) trait Store: Send + Sync + 'static {
     /// Stores `order` and its `placed` event, unless an order with its request_id
-    /// exists: then nothing is stored and that order is returned.
+    /// placed by the same caller (`placed_by`) exists: then nothing is stored and that
+    /// order is returned.
     async fn create(&self, order: Order, event: Event) -> Result<Created, Error>;
 
     /// Replaces the order with `order.id` by `order` and records `event` (the event of
@@ -43,8 +44,12 @@ pub(crate) trait Store: Send + Sync + 'static {
     /// One order; [`Error::OrderNotFound`] if unknown.
     async fn order(&self, id: &str) -> Result<Order, Error>;
 
-    /// The order placed with `request_id`, if any.
-    async fn order_by_request(&self, request_id: &str) -> Result<Option<Order>, Error>;
+    /// The order `placed_by` placed with `request_id`, if any.
+    async fn order_by_request(
+        &self,
+        placed_by: &str,
+        request_id: &str,
+    ) -> Result<Option<Order>, Error>;
 
     /// Up to `page.size + 1` of the customer's orders, newest first, after the page key
     /// `page.after` (see [`position_key`]), each with its page key.
@@ -112,7 +117,8 @@ struct State {
     /// channel, which holds its current state and wakes its watchers on each change.
     orders: Vec<watch::Sender<Order>>,
     by_id: HashMap<String, usize>,
-    by_request_id: HashMap<String, usize>,
+    /// By who placed it, then request_id.
+    by_request_id: HashMap<(String, String), usize>,
     /// Each customer's orders, oldest first.
     by_customer: HashMap<String, Vec<usize>>,
     /// Events not published yet, oldest first (published ones are dropped).
@@ -164,12 +170,13 @@ impl State {
 impl Store for MemoryStore {
     async fn create(&self, order: Order, event: Event) -> Result<Created, Error> {
         let mut state = self.lock()?;
-        if let Some(&i) = state.by_request_id.get(&order.request_id) {
+        let key = (order.placed_by.clone(), order.request_id.clone());
+        if let Some(&i) = state.by_request_id.get(&key) {
             return Ok(Created::Existing(state.orders[i].borrow().clone()));
         }
         let index = state.orders.len();
         state.by_id.insert(order.id.clone(), index);
-        state.by_request_id.insert(order.request_id.clone(), index);
+        state.by_request_id.insert(key, index);
         state
             .by_customer
             .entry(order.customer_id.clone())
@@ -212,11 +219,15 @@ impl Store for MemoryStore {
         Ok(state.orders[index].borrow().clone())
     }
 
-    async fn order_by_request(&self, request_id: &str) -> Result<Option<Order>, Error> {
+    async fn order_by_request(
+        &self,
+        placed_by: &str,
+        request_id: &str,
+    ) -> Result<Option<Order>, Error> {
         let state = self.lock()?;
         let order = state
             .by_request_id
-            .get(request_id)
+            .get(&(placed_by.to_owned(), request_id.to_owned()))
             .map(|&i| state.orders[i].borrow().clone());
         Ok(order)
     }
@@ -407,12 +418,31 @@ mod tests {
             panic!("a second order was created for req-1");
         };
         assert_eq!(existing, first);
-        assert_eq!(store.order_by_request("req-1").await.unwrap(), Some(first));
+        assert_eq!(
+            store.order_by_request("", "req-1").await.unwrap(),
+            Some(first.clone())
+        );
         assert!(matches!(
             store.order("ord_2").await,
             Err(Error::OrderNotFound { .. })
         ));
-        assert_eq!(store.order_by_request("req-2").await.unwrap(), None);
+        assert_eq!(store.order_by_request("", "req-2").await.unwrap(), None);
+        // Request ids are scoped by who placed the order: another caller's req-1 is
+        // another order.
+        let mut theirs = order("ord_3", "req-1", "cus-2");
+        theirs.placed_by = "cus-2".into();
+        assert!(matches!(
+            create(&*store, theirs.clone()).await.unwrap(),
+            Created::New(_)
+        ));
+        assert_eq!(
+            store.order_by_request("cus-2", "req-1").await.unwrap(),
+            Some(theirs)
+        );
+        assert_eq!(
+            store.order_by_request("", "req-1").await.unwrap(),
+            Some(first)
+        );
     }
 
     async fn racing_creates_make_one_order(store: Arc<dyn Store>) {

@@ -1,8 +1,9 @@
 //! [`PgStore`]: orders and their outbox in PostgreSQL (`migrations/`), for when
 //! `DATABASE_URL` is set.
 //!
-//! - `request_id` is a unique constraint: of racing creates, one inserts and the others
-//!   find its order, whatever replica they run on.
+//! - `(placed_by, request_id)` is a unique constraint: of racing creates, one inserts
+//!   and the others find its order, whatever replica they run on. Request ids are
+//!   scoped by who placed the order, so two callers never share one.
 //! - An order's row and its event's outbox row are written in one transaction, so a
 //!   state change is never committed without its event, nor an event without its change.
 //! - The relay claims pending events with `FOR UPDATE SKIP LOCKED`, so relays of several
@@ -58,7 +59,7 @@ pub(crate) struct PgStore {
     _listening: DropGuard,
 }
 
-const COLUMNS: &str = "position, id, request_id, customer_id, card_token, currency_code, \
+const COLUMNS: &str = "position, id, request_id, customer_id, placed_by, card_token, currency_code, \
      total_minor, status, status_reason, payment_id, \
      (EXTRACT(EPOCH FROM create_time) * 1000000)::BIGINT AS create_us, \
      (EXTRACT(EPOCH FROM update_time) * 1000000)::BIGINT AS update_us";
@@ -98,8 +99,8 @@ impl PgStore {
         load(&self.pool, rows).await
     }
 
-    async fn one(&self, condition: &str, value: &str) -> Result<Option<Order>, Error> {
-        one(&self.pool, condition, value).await
+    async fn one(&self, condition: &str, values: &[&str]) -> Result<Option<Order>, Error> {
+        one(&self.pool, condition, values).await
     }
 
     fn tell_watchers(&self, order: &Order) -> Result<(), Error> {
@@ -149,13 +150,14 @@ async fn load(pool: &PgPool, rows: Vec<PgRow>) -> Result<Vec<(i64, Order)>, Erro
         .collect()
 }
 
-async fn one(pool: &PgPool, condition: &str, value: &str) -> Result<Option<Order>, Error> {
-    let row = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM orders WHERE {condition} = $1"
-    ))
-    .bind(value)
-    .fetch_optional(pool)
-    .await?;
+/// The order `condition` (with `$1`, `$2`, … for `values`) selects, if any.
+async fn one(pool: &PgPool, condition: &str, values: &[&str]) -> Result<Option<Order>, Error> {
+    let sql = format!("SELECT {COLUMNS} FROM orders WHERE {condition}");
+    let mut query = sqlx::query(&sql);
+    for value in values {
+        query = query.bind(*value);
+    }
+    let row = query.fetch_optional(pool).await?;
     let orders = load(pool, row.into_iter().collect()).await?;
     Ok(orders.into_iter().next().map(|(_, order)| order))
 }
@@ -256,7 +258,7 @@ async fn refresh(pool: &PgPool, watched: &Watched, id: Option<&str>) -> bool {
         }
     };
     for id in ids {
-        match one(pool, "id", &id).await {
+        match one(pool, "id = $1", &[&id]).await {
             Ok(Some(order)) => {
                 let _ = tell_watchers(watched, &order);
             }
@@ -308,6 +310,7 @@ fn order_from(row: &PgRow, lines: Vec<Line>) -> Result<Order, sqlx::Error> {
         id: row.try_get("id")?,
         request_id: row.try_get("request_id")?,
         customer_id: row.try_get("customer_id")?,
+        placed_by: row.try_get("placed_by")?,
         card_token: row.try_get("card_token")?,
         lines,
         total: shared::Money::new(
@@ -366,16 +369,18 @@ impl Store for PgStore {
         // A racing create with the same request_id waits here for this transaction,
         // then inserts nothing and reads this order.
         let inserted = sqlx::query(
-            "INSERT INTO orders (id, request_id, customer_id, card_token, currency_code, \
-             total_minor, status, status_reason, payment_id, create_time, update_time) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
-             TIMESTAMPTZ 'epoch' + $10 * INTERVAL '1 microsecond', \
-             TIMESTAMPTZ 'epoch' + $11 * INTERVAL '1 microsecond') \
-             ON CONFLICT (request_id) DO NOTHING",
+            "INSERT INTO orders (id, request_id, customer_id, placed_by, card_token, \
+             currency_code, total_minor, status, status_reason, payment_id, create_time, \
+             update_time) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
+             TIMESTAMPTZ 'epoch' + $11 * INTERVAL '1 microsecond', \
+             TIMESTAMPTZ 'epoch' + $12 * INTERVAL '1 microsecond') \
+             ON CONFLICT (placed_by, request_id) DO NOTHING",
         )
         .bind(&order.id)
         .bind(&order.request_id)
         .bind(&order.customer_id)
+        .bind(&order.placed_by)
         .bind(&order.card_token)
         .bind(&order.total.currency)
         .bind(order.total.minor)
@@ -389,7 +394,7 @@ impl Store for PgStore {
         if inserted.rows_affected() == 0 {
             drop(tx);
             let existing = self
-                .order_by_request(&order.request_id)
+                .order_by_request(&order.placed_by, &order.request_id)
                 .await?
                 .ok_or_else(|| Error::OrderNotFound {
                     id: order.id.clone(),
@@ -458,13 +463,21 @@ impl Store for PgStore {
     }
 
     async fn order(&self, id: &str) -> Result<Order, Error> {
-        self.one("id", id)
+        self.one("id = $1", &[id])
             .await?
             .ok_or_else(|| Error::OrderNotFound { id: id.into() })
     }
 
-    async fn order_by_request(&self, request_id: &str) -> Result<Option<Order>, Error> {
-        self.one("request_id", request_id).await
+    async fn order_by_request(
+        &self,
+        placed_by: &str,
+        request_id: &str,
+    ) -> Result<Option<Order>, Error> {
+        self.one(
+            "placed_by = $1 AND request_id = $2",
+            &[placed_by, request_id],
+        )
+        .await
     }
 
     async fn orders(
