@@ -1,8 +1,10 @@
 //! Faults injected into the running binaries: a downstream SIGKILLed in the middle of
 //! a call, and one that hangs (SIGSTOP). What callers see must be quick, bounded and
 //! explicit — UNAVAILABLE or DEADLINE_EXCEEDED, never a hang — and the system must
-//! come back by itself.
+//! come back by itself. And the system fuzz test (`hostile/`): hostile clients change
+//! nothing for a well-behaved one.
 
+mod hostile;
 mod processes;
 mod support;
 

@@ -18,6 +18,7 @@
 //!   set, an in-process bus otherwise.
 //! - [`validation`], [`status`], [`pagination`], [`money`], [`id`]: request rules and
 //!   error statuses that every service shares.
+//! - [`identity`]: the authenticated caller a call is made for, as gRPC metadata.
 //! - [`testing`]: in-process test servers, and a fault-injection TCP proxy.
 #![forbid(unsafe_code)]
 
@@ -30,6 +31,7 @@ mod error;
 pub mod events;
 pub mod health;
 pub mod id;
+pub mod identity;
 pub mod lifecycle;
 pub mod limit;
 pub mod metrics;

@@ -24,9 +24,9 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, HistogramOpts, HistogramVec, Opts, Registry, TextEncoder};
 
-pub use prometheus::IntCounterVec;
+pub use prometheus::{IntCounterVec, IntGaugeVec};
 
 use crate::client::policy::BreakerState;
 
@@ -230,6 +230,17 @@ pub fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
         .register(Box::new(counter.clone()))
         .expect("metric registered once");
     counter
+}
+
+/// A gauge family of a service's own, registered as [`counter`] is: once per name,
+/// label values from a fixed set.
+pub fn gauge(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let gauge = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+    metrics()
+        .registry
+        .register(Box::new(gauge.clone()))
+        .expect("metric registered once");
+    gauge
 }
 
 /// Every metric in the Prometheus text exposition format (version 0.0.4).

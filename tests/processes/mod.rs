@@ -350,7 +350,8 @@ impl System {
         Self::start_with(&[]).await
     }
 
-    async fn start_with(env: &[(&str, String)]) -> Self {
+    /// The system exporting no spans, with `env` added to each process.
+    pub(crate) async fn start_with(env: &[(&str, String)]) -> Self {
         let with = |extra: Vec<(&'static str, String)>| -> Vec<(&str, String)> {
             let mut all = env.to_vec();
             all.extend(extra);

@@ -176,24 +176,65 @@ struct Claims {
 pub(crate) struct Caller {
     pub(crate) subject: String,
     scopes: HashSet<String>,
+    /// What the services are told of the caller (`shared::identity`).
+    identity: shared::identity::Caller,
 }
 
 impl Caller {
-    /// The caller of valid claims; an empty subject is no subject.
+    /// The caller of valid claims. The subject is the customer the caller is, and
+    /// travels to the services as metadata: an empty one, or one longer than 256
+    /// characters or not visible ASCII, is no valid subject.
     fn new(claims: Claims) -> Result<Self, Rejection> {
-        let subject = claims.sub.filter(|sub| !sub.is_empty());
+        let subject = claims.sub.unwrap_or_default();
+        let identity =
+            shared::identity::Caller::new(&subject, claims.scope.split_ascii_whitespace())
+                .ok_or(Rejection::MissingClaim)?;
         Ok(Self {
-            subject: subject.ok_or(Rejection::MissingClaim)?,
+            subject,
             scopes: claims
                 .scope
                 .split_ascii_whitespace()
                 .map(str::to_owned)
                 .collect(),
+            identity,
         })
     }
 
     fn grants(&self, scope: &str) -> bool {
         self.scopes.contains(scope)
+    }
+}
+
+/// Who a request is for, as the services are told: the token's caller, or nobody
+/// when authentication is off. A handler passes it on with every upstream call
+/// ([`OnBehalf::request`]); the services decide what the caller may see and do.
+#[derive(Clone, Debug)]
+pub(crate) struct OnBehalf(Option<shared::identity::Caller>);
+
+impl OnBehalf {
+    /// `message` as a gRPC request that names the caller in its metadata.
+    pub(crate) fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Some(caller) = &self.0 {
+            caller.insert_into(request.metadata_mut());
+        }
+        request
+    }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for OnBehalf {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, ApiError> {
+        match parts.extensions.get::<Identity>() {
+            Some(Identity::Anyone) => Ok(Self(None)),
+            Some(Identity::Caller(caller)) => Ok(Self(Some(caller.identity.clone()))),
+            // A handler outside admission: refused rather than served as nobody.
+            None => Err(ApiError::internal("a route without admission")),
+        }
     }
 }
 
@@ -224,7 +265,7 @@ pub(crate) enum Rejection {
     Issuer,
     Audience,
     /// A required claim (`exp`, `iss`, `aud`, `sub`) is missing, empty or of the
-    /// wrong type.
+    /// wrong type, or the subject is not one the services accept (see [`Caller::new`]).
     MissingClaim,
 }
 

@@ -7,6 +7,7 @@ use shared::client::Upstream;
 use shared::{ClientConfig, ConfigError, Env, ServerConfig};
 
 use crate::auth::Authenticator;
+use crate::connections::ConnectionLimits;
 
 /// The local HTTP port, and the default of `LISTEN_ADDR`.
 pub const PORT: u16 = 8080;
@@ -44,6 +45,12 @@ pub struct Config {
     /// answer; past it, 504 (default `10s`). Its upstream calls get what is left as
     /// their deadline, each also bounded by `GRPC_CLIENT_TIMEOUT`.
     pub request_timeout: Duration,
+    /// What bounds each connection (`connections.rs`):
+    /// `GATEWAY_HEADER_READ_TIMEOUT`, time to receive a request head (default `10s`);
+    /// `GATEWAY_IDLE_TIMEOUT`, silence after which a connection is closed (default
+    /// `60s`); `GATEWAY_MAX_CONNECTIONS`, connections open at once (default 10000).
+    /// None may be zero.
+    pub connections: ConnectionLimits,
 }
 
 /// JWT authentication (see `auth.rs`).
@@ -100,6 +107,13 @@ impl Config {
             concurrency_limit: env.int_in("GATEWAY_CONCURRENCY_LIMIT", 512, 1, 1_000_000)?,
             request_timeout: env
                 .positive_duration("GATEWAY_REQUEST_TIMEOUT", Duration::from_secs(10))?,
+            connections: ConnectionLimits {
+                header_read_timeout: env
+                    .positive_duration("GATEWAY_HEADER_READ_TIMEOUT", Duration::from_secs(10))?,
+                idle_timeout: env
+                    .positive_duration("GATEWAY_IDLE_TIMEOUT", Duration::from_secs(60))?,
+                max_connections: env.int_in("GATEWAY_MAX_CONNECTIONS", 10_000, 1, 1_000_000)?,
+            },
         })
     }
 }
@@ -245,6 +259,9 @@ mod tests {
             ("GATEWAY_RATE_LIMIT", "-1"),
             ("GATEWAY_RATE_LIMIT", "fast"),
             ("GATEWAY_RATE_LIMIT_BURST", "0"),
+            ("GATEWAY_HEADER_READ_TIMEOUT", "0s"),
+            ("GATEWAY_IDLE_TIMEOUT", "0"),
+            ("GATEWAY_MAX_CONNECTIONS", "0"),
         ] {
             let env: Env = [(var, value)].into_iter().collect();
             let message = Config::from_env(&env).unwrap_err().to_string();

@@ -222,6 +222,16 @@ impl ApiError {
         Self::from(Status::deadline_exceeded("GATEWAY_REQUEST_TIMEOUT"))
     }
 
+    /// 408 DEADLINE_EXCEEDED: the client did not send its body within
+    /// `GATEWAY_REQUEST_TIMEOUT`; the slowness is its own, not an upstream's.
+    pub(crate) fn body_timed_out() -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            Code::DeadlineExceeded,
+            "the request body did not arrive within GATEWAY_REQUEST_TIMEOUT",
+        )
+    }
+
     /// The same error with each field path rewritten by `rename`, e.g. from the proto
     /// field names a service reports to the names of the JSON body.
     pub(crate) fn rename_fields(mut self, rename: impl Fn(&str) -> String) -> Self {

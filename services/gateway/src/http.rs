@@ -8,13 +8,19 @@
 //! | `POST /v1/orders` (`Idempotency-Key` header) | `orders:write` | `orders.v1.OrderService/PlaceOrder` |
 //! | `GET /v1/orders/{id}` | `orders:read` | `orders.v1.OrderService/GetOrder` |
 //! | `GET /healthz` | — | — (liveness: the process serves) |
-//! | `GET /readyz` | — | `grpc.health.v1.Health/Check` of each upstream |
+//! | `GET /readyz` | — | none: the upstreams' health as last asked (`grpc.health.v1.Health/Check`, every second) |
 //!
 //! Every route but the two probes is bounded (`limits.rs`: requests in flight, 503;
 //! time, 504), then goes through admission (`auth.rs`): a bearer token
 //! when authentication is on (401), the client's rate (429), then the route's scope
 //! (403). The probes are answered whatever the load and without a token: the kubelet
 //! and load balancers have none.
+//!
+//! With authentication on, the token's subject is the customer: every upstream call
+//! names the caller in its metadata (`shared::identity`), and the services hold it
+//! to its own customer: an order for another `customerId` is 403, another customer's
+//! order or notifications 404, unless the token holds `orders:admin`
+//! (`notifications:admin`).
 //!
 //! Routes that only one upstream backs live in a module named after it, merged here by
 //! one line, so that `make remove-service` takes them away with the service.
@@ -45,11 +51,11 @@ use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tracing::Instrument as _;
 
-use crate::auth::{self, Admission, INVENTORY_READ, ORDERS_READ, ORDERS_WRITE, scoped};
+use crate::auth::{self, Admission, INVENTORY_READ, ORDERS_READ, ORDERS_WRITE, OnBehalf, scoped};
 use crate::dto::{self, NewOrder, Order, PageQuery, Product, ProductPage};
 use crate::error::ApiError;
 use crate::limits::Limits;
-use crate::upstream::Upstreams;
+use crate::upstream::{Readiness, Upstreams};
 
 /// The header whose value becomes the order's `request_id` (AIP-155).
 pub(crate) const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
@@ -58,6 +64,7 @@ pub(crate) const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
 #[derive(Clone, Debug)]
 pub(crate) struct AppState {
     pub(crate) upstreams: Upstreams,
+    readiness: Readiness,
     /// Cancelled when shutdown begins: `/readyz` turns 503 so that no new traffic comes.
     draining: CancellationToken,
     max_body_bytes: usize,
@@ -66,6 +73,7 @@ pub(crate) struct AppState {
 /// The routes and the layers around them.
 pub(crate) fn router(
     upstreams: Upstreams,
+    readiness: Readiness,
     draining: CancellationToken,
     max_body_bytes: usize,
     limits: Limits,
@@ -73,6 +81,7 @@ pub(crate) fn router(
 ) -> Router {
     let state = AppState {
         upstreams,
+        readiness,
         draining,
         max_body_bytes,
     };
@@ -179,16 +188,18 @@ async fn get_product(
 #[tracing::instrument(skip_all, fields(idempotency_key = %key))]
 async fn place_order(
     State(state): State<AppState>,
+    caller: OnBehalf,
     IdempotencyKey(key): IdempotencyKey,
     JsonBody(order): JsonBody<NewOrder>,
 ) -> Result<impl IntoResponse, ApiError> {
     let response = state
         .upstreams
         .orders()
-        .place_order(order.into_request(key.clone()))
+        .place_order(caller.request(order.into_request(key.clone())))
         .await
         .map_err(|status| match status.code() {
-            // Orders' only ALREADY_EXISTS: the request_id, our key, was used before.
+            // Orders' only ALREADY_EXISTS: the request_id, our key, was used before
+            // by the same caller (keys are scoped per token subject).
             Code::AlreadyExists => ApiError::key_reused(IDEMPOTENCY_KEY, &key),
             _ => ApiError::from(status).rename_fields(dto::new_order_field),
         })?;
@@ -203,12 +214,13 @@ async fn place_order(
 #[tracing::instrument(skip_all, fields(order_id = %order_id))]
 async fn get_order(
     State(state): State<AppState>,
+    caller: OnBehalf,
     PathParam(order_id): PathParam<String>,
 ) -> Result<Json<Order>, ApiError> {
     let response = state
         .upstreams
         .orders()
-        .get_order(GetOrderRequest { order_id })
+        .get_order(caller.request(GetOrderRequest { order_id }))
         .await?;
     let order = response
         .into_inner()
@@ -241,8 +253,9 @@ async fn healthz() -> Json<Probe> {
     })
 }
 
-/// Readiness: 200 when every upstream answers its health check with SERVING, else
-/// 503 naming each upstream's state; 503 as soon as shutdown begins.
+/// Readiness: 200 when every upstream answered its last health check (asked every
+/// second in the background, `upstream::Readiness`) with SERVING, else 503 naming
+/// each upstream's state; 503 as soon as shutdown begins.
 ///
 /// Depending on upstreams means that an outage of one takes every gateway replica
 /// out of its load balancer: clients then get a connection error instead of a JSON
@@ -256,7 +269,7 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Probe>) {
         };
         return (StatusCode::SERVICE_UNAVAILABLE, Json(probe));
     }
-    let upstreams = state.upstreams.readiness().await;
+    let upstreams = state.readiness.health();
     let ready = upstreams.values().all(|status| *status == "SERVING");
     let (code, status) = if ready {
         (StatusCode::OK, "SERVING")
@@ -284,8 +297,9 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
 ///
 /// Required rather than generated when missing: a client that retries a POST without
 /// a key after a timeout could be charged twice, and the gateway cannot tell a retry
-/// from a new order. Keys are global for now; once requests are authenticated, scope
-/// them by caller (e.g. prefix the caller's id) so that two callers cannot collide.
+/// from a new order. With authentication on, keys are scoped per token subject (the
+/// orders service keys them by who placed the order): two callers cannot collide, and
+/// one cannot learn or replay another's key.
 #[derive(Debug)]
 pub(crate) struct IdempotencyKey(pub(crate) String);
 

@@ -12,11 +12,13 @@
 //! - `<upstream>.rs`: the routes that only one upstream backs, with their JSON shapes
 //!   and its client (`mod` lines marked for `make remove-service`).
 //! - `server.rs`: bind, serve, drain.
+//! - `connections.rs`: each connection, with its timeouts, and the connection cap.
 //! - `testing.rs`: an HTTP client for tests of the REST API.
 #![forbid(unsafe_code)]
 
 pub mod auth;
 pub mod config;
+mod connections;
 mod dto;
 mod error;
 #[doc(hidden)]
@@ -61,12 +63,22 @@ pub async fn build(config: Config) -> Result<Server, shared::Error> {
             .rate_limit
             .map(|limit| Arc::new(rate_limit::RateLimiter::new(limit.per_second, limit.burst))),
     };
+    let readiness = upstream::Readiness::new(upstreams.clone());
     let router = http::router(
         upstreams,
+        readiness.clone(),
         draining.clone(),
         config.max_body_bytes,
         limits::Limits::new(config.concurrency_limit, config.request_timeout),
         admission,
     );
-    Server::bind(NAME, &config.server, router, draining).await
+    Server::bind(
+        NAME,
+        &config.server,
+        config.connections,
+        router,
+        readiness,
+        draining,
+    )
+    .await
 }

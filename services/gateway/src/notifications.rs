@@ -6,6 +6,9 @@
 //! | route | scope | upstream call |
 //! |---|---|---|
 //! | `GET /v1/customers/{id}/notifications?page_size=&page_token=` | `notifications:read` | `notifications.v1.NotificationService/ListNotifications` |
+//!
+//! With authentication on, a token reads its own subject's notifications; another
+//! customer's are 404 unless it holds `notifications:admin` (checked by the service).
 
 use axum::extract::State;
 use axum::routing::get;
@@ -15,7 +18,7 @@ use contracts::notifications::v1::{self as proto, ListNotificationsRequest};
 use serde::Serialize;
 use shared::client::Channel;
 
-use crate::auth::scoped;
+use crate::auth::{OnBehalf, scoped};
 use crate::dto::PageQuery;
 use crate::error::ApiError;
 use crate::http::{AppState, PathParam, QueryParams};
@@ -44,6 +47,7 @@ impl Upstreams {
 #[tracing::instrument(skip_all, fields(customer_id = %customer_id))]
 async fn list_notifications(
     State(state): State<AppState>,
+    caller: OnBehalf,
     PathParam(customer_id): PathParam<String>,
     QueryParams(query): QueryParams<PageQuery>,
 ) -> Result<Json<NotificationPage>, ApiError> {
@@ -56,7 +60,7 @@ async fn list_notifications(
     let response = state
         .upstreams
         .notifications()
-        .list_notifications(request)
+        .list_notifications(caller.request(request))
         .await?;
     Ok(Json(response.into_inner().into()))
 }

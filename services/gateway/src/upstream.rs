@@ -1,8 +1,9 @@
-//! The services the gateway calls: one lazily connected channel each, and the
-//! readiness check over all of them. A handler makes the generated client it needs
+//! The services the gateway calls: one lazily connected channel each, and their
+//! readiness, asked in the background and read by `/readyz`. A handler makes the generated client it needs
 //! from the channel (`upstreams.orders()`), which is as cheap as cloning a client.
 
 use std::collections::BTreeMap;
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use contracts::orders::v1::order_service_client::OrderServiceClient;
 use contracts::orders::v1::order_service_server;
 use shared::ClientConfig;
 use shared::client::{Channel, channel};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -93,6 +95,47 @@ impl Upstreams {
             }
         }
         answers
+    }
+}
+
+/// Each upstream's last health answer, by name, as [`Upstreams::readiness`] gives it.
+pub(crate) type Health = BTreeMap<&'static str, &'static str>;
+
+/// The upstreams' health as last asked: `/readyz` reads it, so that a probe costs the
+/// upstreams nothing and a flood of probes cannot become a flood of health checks.
+/// Every upstream is `UNKNOWN` (not ready) until the first answers arrive. Cheap to
+/// clone.
+#[derive(Clone, Debug)]
+pub(crate) struct Readiness {
+    upstreams: Upstreams,
+    health: watch::Sender<Health>,
+}
+
+impl Readiness {
+    pub(crate) fn new(upstreams: Upstreams) -> Self {
+        let unknown = upstreams.all.iter().map(|u| (u.name, "UNKNOWN")).collect();
+        Self {
+            upstreams,
+            health: watch::Sender::new(unknown),
+        }
+    }
+
+    /// The last answers.
+    pub(crate) fn health(&self) -> Health {
+        self.health.borrow().clone()
+    }
+
+    /// Asks every upstream now, then every `period` (measured from the start of one
+    /// round to the next), for as long as the future is polled: the server that owns
+    /// it drops it when it stops.
+    pub(crate) async fn refresh_every(self, period: Duration) -> Infallible {
+        let mut ticks = tokio::time::interval(period);
+        // A slow round is not followed by a burst of catch-up rounds.
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            self.health.send_replace(self.upstreams.readiness().await);
+        }
     }
 }
 

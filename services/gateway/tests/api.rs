@@ -13,7 +13,7 @@ use serde_json::json;
 use shared::testing::eventually;
 use stack::testing::TestStack;
 use support::{error, fields, order, place, start};
-use tokio::io::AsyncWriteExt as _;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -537,4 +537,185 @@ async fn past_the_concurrency_limit_requests_are_503_and_the_probes_still_answer
         gateway.http.get(product).await.status == StatusCode::OK
     })
     .await;
+}
+
+/// Bounds each wait on a connection the gateway is expected to close: far above the
+/// timeouts the tests set, never reached when the gateway cuts the connection.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+/// Waits until the gateway closes `tcp` (end of stream or reset); the bytes it sent
+/// first, e.g. an answer. Panics after [`PATIENCE`].
+async fn closed_by_server(tcp: &mut TcpStream) -> Vec<u8> {
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(PATIENCE, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received.extend_from_slice(&buf[..n]),
+            }
+        }
+    });
+    read.await.expect("the gateway to close the connection");
+    received
+}
+
+/// The value of the gateway's own metric line `line` (name and labels), 0 if absent.
+fn metric(line: &str) -> f64 {
+    shared::metrics::render()
+        .lines()
+        .find_map(|l| l.strip_prefix(line)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A keep-alive HTTP/1.1 `GET /healthz` on `tcp`; returns once the answer is in.
+async fn healthz_on(tcp: &mut TcpStream) {
+    tcp.write_all(b"GET /healthz HTTP/1.1\r\nhost: gateway\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !answer.ends_with(b"}") {
+        let n = tokio::time::timeout(PATIENCE, tcp.read(&mut buf))
+            .await
+            .expect("an answer")
+            .unwrap();
+        assert_ne!(n, 0, "closed: {}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&buf[..n]);
+    }
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
+}
+
+/// Issue 15, finding 2: a client that sends its request head a byte at a time
+/// (slowloris) is cut off after `GATEWAY_HEADER_READ_TIMEOUT`, however steadily it
+/// sends, and the cut is counted.
+#[tokio::test]
+async fn slow_request_heads_are_cut_off() {
+    let gateway = TestGateway::start(&[("GATEWAY_HEADER_READ_TIMEOUT", "300ms")]).await;
+    let cut = r#"gateway_connections_cut_total{reason="header_read_timeout"}"#;
+    let before = metric(cut);
+    let mut slow = TcpStream::connect(gateway.addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
+    let (mut reader, mut writer) = slow.into_split();
+    // One byte of a header every 50 ms: never a complete head.
+    let dribble = tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(Duration::from_millis(50));
+        loop {
+            ticks.tick().await;
+            if writer.write_all(b"x").await.is_err() {
+                return;
+            }
+        }
+    });
+    let closed = tokio::time::timeout(PATIENCE, async {
+        let mut buf = [0u8; 1024];
+        while matches!(reader.read(&mut buf).await, Ok(n) if n > 0) {}
+    });
+    closed.await.expect("the gateway to cut the slow head off");
+    dribble.abort();
+    assert!(metric(cut) > before);
+    // Others are served meanwhile and after.
+    assert_eq!(gateway.http.get("/healthz").await.status, StatusCode::OK);
+}
+
+/// A kept-alive connection that stays silent is closed after `GATEWAY_IDLE_TIMEOUT`.
+#[tokio::test]
+async fn idle_connections_are_closed() {
+    let gateway = TestGateway::start(&[
+        ("GATEWAY_HEADER_READ_TIMEOUT", "60s"),
+        ("GATEWAY_IDLE_TIMEOUT", "300ms"),
+    ])
+    .await;
+    let cut = r#"gateway_connections_cut_total{reason="idle_timeout"}"#;
+    let before = metric(cut);
+    let mut tcp = TcpStream::connect(gateway.addr).await.unwrap();
+    healthz_on(&mut tcp).await;
+    assert!(closed_by_server(&mut tcp).await.is_empty());
+    assert!(metric(cut) > before);
+}
+
+/// Past `GATEWAY_MAX_CONNECTIONS` open connections, a new one is closed at once,
+/// counted; once one of the others ends, a new one is served again.
+#[tokio::test]
+async fn connections_past_the_cap_are_closed_at_once() {
+    let gateway = TestGateway::start(&[("GATEWAY_MAX_CONNECTIONS", "2")]).await;
+    let over = r#"gateway_connections_cut_total{reason="over_limit"}"#;
+    let before = metric(over);
+    let mut first = TcpStream::connect(gateway.addr).await.unwrap();
+    healthz_on(&mut first).await;
+    let mut second = TcpStream::connect(gateway.addr).await.unwrap();
+    healthz_on(&mut second).await;
+    assert_eq!(metric("gateway_connections_open"), 2.0);
+
+    let mut third = TcpStream::connect(gateway.addr).await.unwrap();
+    // Closed before a byte is read: whatever it sends is never answered.
+    let _ = third
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: gateway\r\n\r\n")
+        .await;
+    assert!(closed_by_server(&mut third).await.is_empty());
+    assert!(metric(over) > before);
+
+    drop(first);
+    eventually("a connection to be served again", || async {
+        let mut tcp = TcpStream::connect(gateway.addr).await.unwrap();
+        let _ = tcp
+            .write_all(b"GET /healthz HTTP/1.1\r\nhost: gateway\r\nconnection: close\r\n\r\n")
+            .await;
+        closed_by_server(&mut tcp)
+            .await
+            .starts_with(b"HTTP/1.1 200")
+    })
+    .await;
+    healthz_on(&mut second).await;
+}
+
+/// `/readyz` answers from the upstreams' health as last asked, refreshed about once
+/// a second: a burst of probes costs the upstreams no more health checks than the
+/// seconds it lasts (three upstreams, one check each per second), where each probe
+/// used to cost three.
+#[tokio::test]
+async fn readyz_asks_the_upstreams_at_most_once_a_second() {
+    let stack = start().await;
+    let http = stack.http();
+    eventually("readyz to be 200", || async {
+        http.get("/readyz").await.status == StatusCode::OK
+    })
+    .await;
+    // The gateway's calls, as its channels count them.
+    let checks = || {
+        shared::metrics::render()
+            .lines()
+            .filter(|l| l.starts_with("rpc_client_call_duration_seconds_count{"))
+            .filter(|l| l.contains(r#"rpc_service="grpc.health.v1.Health""#))
+            .filter(|l| l.contains(r#"rpc_method="Check""#))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    let (before, start) = (checks(), Instant::now());
+    let probes = 60;
+    for _ in 0..probes {
+        assert_eq!(http.get("/readyz").await.status, StatusCode::OK);
+    }
+    let (asked, seconds) = (checks() - before, start.elapsed().as_secs_f64());
+    // Rounds that began before the burst may end inside it: one more second of them.
+    let most = 3.0 * (seconds.ceil() + 1.0);
+    assert!(
+        asked <= most,
+        "{asked} health checks for {probes} probes in {seconds:.1}s (at most {most})"
+    );
+}
+
+/// A body the client sends too slowly is its own fault: 408, not the 504 of a slow
+/// upstream.
+#[tokio::test]
+async fn a_body_sent_too_slowly_is_408() {
+    let gateway = TestGateway::start(&[("GATEWAY_REQUEST_TIMEOUT", "300ms")]).await;
+    let mut tcp = TcpStream::connect(gateway.addr).await.unwrap();
+    let head = "POST /v1/orders HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\n\
+                idempotency-key: slow\r\ncontent-length: 100\r\n\r\n{";
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let answer = closed_by_server(&mut tcp).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("GATEWAY_REQUEST_TIMEOUT"), "{answer}");
 }

@@ -3,6 +3,8 @@
 
 mod support;
 
+use contracts::orders::v1::order_service_client::OrderServiceClient;
+use contracts::orders::v1::{GetOrderRequest, ListOrdersRequest};
 use gateway::testing::{HttpClient, HttpResponse, TokenIssuer, now, unsigned};
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -244,8 +246,9 @@ async fn each_route_needs_its_scope() {
         assert_eq!(response.status, StatusCode::FORBIDDEN, "{scope}");
     }
 
-    // Orders: orders:write to place one, orders:read to read it.
-    let body = order("cus-auth", "SKU-001", 1);
+    // Orders: orders:write to place one, orders:read to read it (for the token's
+    // subject: the customer).
+    let body = order("alice", "SKU-001", 1);
     let place = |token: String| {
         let http = http.clone();
         let body = body.clone();
@@ -281,7 +284,7 @@ async fn each_route_needs_its_scope() {
 
     // remove-service: notifications {
     // Notifications: notifications:read.
-    let path = "/v1/customers/cus-auth/notifications";
+    let path = "/v1/customers/alice/notifications";
     let response = get(&http, path, Some(&issuer.token("alice", "orders:read"))).await;
     error(&response, StatusCode::FORBIDDEN, "PERMISSION_DENIED");
     let response = get(&http, path, Some(&everything)).await;
@@ -291,6 +294,129 @@ async fn each_route_needs_its_scope() {
     // With a valid token, an unknown route is a plain 404.
     let response = get(&http, "/v1/secrets", Some(&everything)).await;
     error(&response, StatusCode::NOT_FOUND, "NOT_FOUND");
+}
+
+/// Issue 15, finding 3: with authentication on, the token's subject is the customer.
+/// Alice can neither place an order for bob (403) nor read his order or his
+/// notifications (404, as if they did not exist), and her `Idempotency-Key`s are her
+/// own: bob's key neither replays his order for her nor tells her it exists (409). A
+/// token with `orders:admin` and `notifications:admin` acts for anyone. A direct gRPC
+/// call that names alice as its caller is held to the same rules.
+#[tokio::test]
+async fn a_customer_cannot_act_for_another() {
+    let issuer = TokenIssuer::new("key-1");
+    let stack = start(&issuer, &[]).await;
+    let http = stack.http();
+    let scopes = "orders:read orders:write notifications:read";
+    let alice = issuer.token("alice", scopes);
+    let bob = issuer.token("bob", scopes);
+    let support = issuer.token(
+        "support",
+        "orders:read orders:write orders:admin notifications:read notifications:admin",
+    );
+    let place = |token: &str, key: &str, customer: &str, quantity: i32| {
+        let (http, bearer, key) = (http.clone(), format!("Bearer {token}"), key.to_owned());
+        let body = order(customer, "SKU-001", quantity);
+        async move {
+            http.post_json(
+                "/v1/orders",
+                &[("Idempotency-Key", &key), ("authorization", &bearer)],
+                &body,
+            )
+            .await
+        }
+    };
+
+    let response = place(&bob, "key-1", "bob", 1).await;
+    assert_eq!(response.status, StatusCode::CREATED, "{:?}", response.body);
+    let bobs_order = response.json()["orderId"].as_str().unwrap().to_owned();
+    let bobs_path = format!("/v1/orders/{bobs_order}");
+
+    // Not for bob.
+    let response = place(&alice, "key-2", "bob", 1).await;
+    let problem = error(&response, StatusCode::FORBIDDEN, "PERMISSION_DENIED");
+    assert!(
+        problem["message"].as_str().unwrap().contains("bob"),
+        "{problem}"
+    );
+    // Not bob's order nor his notifications: 404, the answer of an unknown order.
+    let response = get(&http, &bobs_path, Some(&alice)).await;
+    error(&response, StatusCode::NOT_FOUND, "NOT_FOUND");
+    let unknown = get(&http, "/v1/orders/ord_unknown", Some(&alice)).await;
+    error(&unknown, StatusCode::NOT_FOUND, "NOT_FOUND");
+    // remove-service: notifications {
+    let response = get(&http, "/v1/customers/bob/notifications", Some(&alice)).await;
+    error(&response, StatusCode::NOT_FOUND, "NOT_FOUND");
+    let response = get(&http, "/v1/customers/alice/notifications", Some(&alice)).await;
+    assert_eq!(response.status, StatusCode::OK, "{:?}", response.body);
+    // remove-service: notifications }
+
+    // Bob's key is not alice's: the same key and body place her own order, and her
+    // retry gets hers back.
+    let response = place(&alice, "key-1", "alice", 1).await;
+    assert_eq!(response.status, StatusCode::CREATED, "{:?}", response.body);
+    let alices_order = response.json()["orderId"].as_str().unwrap().to_owned();
+    assert_ne!(alices_order, bobs_order);
+    let response = place(&alice, "key-1", "alice", 1).await;
+    assert_eq!(response.json()["orderId"], alices_order.as_str());
+    // Her own key reused for another order is still a conflict.
+    let response = place(&alice, "key-1", "alice", 2).await;
+    error(&response, StatusCode::CONFLICT, "ALREADY_EXISTS");
+
+    // Bob still reads his own order.
+    let response = get(&http, &bobs_path, Some(&bob)).await;
+    assert_eq!(response.status, StatusCode::OK, "{:?}", response.body);
+    assert_eq!(response.json()["customerId"], "bob");
+
+    // The admin scopes act for anyone.
+    let response = place(&support, "key-3", "bob", 1).await;
+    assert_eq!(response.status, StatusCode::CREATED, "{:?}", response.body);
+    assert_eq!(response.json()["customerId"], "bob");
+    let response = get(&http, &bobs_path, Some(&support)).await;
+    assert_eq!(response.status, StatusCode::OK, "{:?}", response.body);
+    // remove-service: notifications {
+    let response = get(&http, "/v1/customers/bob/notifications", Some(&support)).await;
+    assert_eq!(response.status, StatusCode::OK, "{:?}", response.body);
+    // remove-service: notifications }
+
+    // Defence in depth: orders holds a direct call that names alice to the same rules.
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", stack.addr("orders")))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    let mut orders = OrderServiceClient::new(channel);
+    fn as_alice<T>(message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request
+            .metadata_mut()
+            .insert(shared::identity::SUBJECT, "alice".parse().unwrap());
+        request
+    }
+    let status = orders
+        .get_order(as_alice(GetOrderRequest {
+            order_id: bobs_order.clone(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
+    let status = orders
+        .list_orders(as_alice(ListOrdersRequest {
+            customer_id: "bob".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
+    // Without a caller (inside the trust boundary), as before.
+    let found = orders
+        .get_order(GetOrderRequest {
+            order_id: bobs_order,
+        })
+        .await
+        .unwrap();
+    assert_eq!(found.into_inner().order.unwrap().customer_id, "bob");
 }
 
 #[tokio::test]

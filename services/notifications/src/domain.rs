@@ -5,9 +5,27 @@ use std::time::SystemTime;
 
 use contracts::orders::v1::{self as orders_pb, order_event::Kind};
 use prost::Message;
+use shared::identity::Caller;
 use shared::{Money, PageRequest, ValidationError, Violations};
 
 use crate::error::Error;
+
+/// The scope that lets a caller read any customer's notifications. Without it, a
+/// caller reads only those of the customer its subject is.
+pub(crate) const READ_ANY_CUSTOMER: &str = "notifications:admin";
+
+/// Whether `caller` may read the notifications of `customer_id`: NOT_FOUND otherwise.
+/// A call that names no caller comes from inside the trust boundary
+/// (`shared::identity`) and may.
+pub(crate) fn may_read(caller: Option<&Caller>, customer_id: &str) -> Result<(), Error> {
+    if caller.is_none_or(|caller| caller.may_act_for(customer_id, READ_ANY_CUSTOMER)) {
+        Ok(())
+    } else {
+        Err(Error::CustomerNotFound {
+            id: customer_id.to_owned(),
+        })
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Notification {

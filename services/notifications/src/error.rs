@@ -8,6 +8,10 @@ use tonic::Status;
 pub(crate) enum Error {
     #[error(transparent)]
     Invalid(#[from] ValidationError),
+    /// Another customer's notifications, to a caller that may not read them: as if
+    /// there were none, so that the customer's existence is not revealed.
+    #[error("customer {id:?} not found")]
+    CustomerNotFound { id: String },
     #[error("notifications storage failed")]
     Storage(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The database is out of reach or overloaded: the caller may retry.
@@ -31,6 +35,7 @@ impl From<Error> for Status {
     fn from(error: Error) -> Self {
         match error {
             Error::Invalid(e) => e.into(),
+            Error::CustomerNotFound { id } => status::not_found("customer", &id),
             Error::StorageUnavailable(_) => {
                 tracing::warn!(error = %ErrorChain(&error), "storage unavailable");
                 Status::unavailable(format!("{error}; try again"))

@@ -10,6 +10,7 @@ use contracts::notifications::v1::notification_service_server::{
 };
 use contracts::notifications::v1::{self as pb};
 use shared::ServerConfig;
+use shared::identity;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
@@ -43,8 +44,10 @@ impl NotificationService for NotificationsApi {
         &self,
         request: Request<pb::ListNotificationsRequest>,
     ) -> Result<Response<pb::ListNotificationsResponse>, Status> {
+        let caller = identity::caller(&request)?;
         let r = request.into_inner();
         let page = domain::list_request(&r.customer_id, r.page_size, &r.page_token)?;
+        domain::may_read(caller.as_ref(), &r.customer_id)?;
         let notifications = self.store.notifications(&r.customer_id, &page).await?;
         let (notifications, next_page_token) = page.finish(notifications, |(key, _)| key);
         Ok(Response::new(pb::ListNotificationsResponse {
@@ -60,8 +63,10 @@ impl NotificationService for NotificationsApi {
         &self,
         request: Request<pb::StreamNotificationsRequest>,
     ) -> Result<Response<Self::StreamNotificationsStream>, Status> {
+        let caller = identity::caller(&request)?;
         let customer_id = request.into_inner().customer_id;
         domain::validate_customer_id(&customer_id)?;
+        domain::may_read(caller.as_ref(), &customer_id)?;
         Ok(Response::new(NotificationStream {
             feed: BroadcastStream::new(self.store.subscribe()),
             customer_id,

@@ -3,6 +3,7 @@
 use std::collections::HashSet;
 use std::time::SystemTime;
 
+use shared::identity::Caller;
 use shared::money::MAX_MINOR;
 use shared::pagination::PageRequest;
 use shared::{Money, ValidationError, Violations};
@@ -11,6 +12,16 @@ use crate::error::Error;
 
 /// Most items in one order.
 pub(crate) const MAX_ITEMS: usize = 100;
+
+/// The scope that lets a caller act for any customer: place their orders and read
+/// them. Without it, a caller acts only for the customer its subject is.
+pub(crate) const ACT_FOR_ANY_CUSTOMER: &str = "orders:admin";
+
+/// Whether `caller` may act for customer `customer_id`. A call that names no caller
+/// comes from inside the trust boundary (`shared::identity`) and may.
+pub(crate) fn may_act_for(caller: Option<&Caller>, customer_id: &str) -> bool {
+    caller.is_none_or(|caller| caller.may_act_for(customer_id, ACT_FOR_ANY_CUSTOMER))
+}
 
 /// A quantity of one sku, as the caller asked for it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -27,6 +38,9 @@ pub(crate) struct NewOrder {
     /// In the caller's order (so that violations name the caller's indices), each sku once.
     pub(crate) items: Vec<Item>,
     pub(crate) card_token: String,
+    /// Who places it: the caller's subject, empty when the call names no caller.
+    /// Request ids are scoped by it: two callers never share one.
+    pub(crate) placed_by: String,
 }
 
 impl NewOrder {
@@ -61,7 +75,20 @@ impl NewOrder {
             customer_id,
             items,
             card_token,
+            placed_by: String::new(),
         })
+    }
+
+    /// The request as `caller` makes it: placed by its subject. A caller may place
+    /// orders only for a customer it may act for ([`may_act_for`]).
+    pub(crate) fn by(mut self, caller: Option<&Caller>) -> Result<Self, Error> {
+        if !may_act_for(caller, &self.customer_id) {
+            return Err(Error::NotTheCustomer {
+                customer_id: self.customer_id,
+            });
+        }
+        self.placed_by = caller.map(|c| c.subject().to_owned()).unwrap_or_default();
+        Ok(self)
     }
 }
 
@@ -109,6 +136,8 @@ pub(crate) struct Order {
     pub(crate) id: String,
     pub(crate) request_id: String,
     pub(crate) customer_id: String,
+    /// Who placed it (see [`NewOrder::placed_by`]).
+    pub(crate) placed_by: String,
     /// Kept to tell a retried request from a different one with the same request_id,
     /// and to resume the saga of an order a dead process left pending. A token, never
     /// a card number.
@@ -150,6 +179,7 @@ impl Order {
             id,
             request_id: request.request_id,
             customer_id: request.customer_id,
+            placed_by: request.placed_by,
             card_token: request.card_token,
             lines,
             total,
@@ -162,7 +192,7 @@ impl Order {
 
     /// Whether `request` asks for this very order: a retry, not a different request
     /// that reuses its request_id. Item order does not matter.
-    pub(crate) fn placed_by(&self, request: &NewOrder) -> bool {
+    pub(crate) fn is_retried_by(&self, request: &NewOrder) -> bool {
         let mut asked = request.items.clone();
         asked.sort();
         self.customer_id == request.customer_id
@@ -382,15 +412,15 @@ mod tests {
     #[test]
     fn a_retry_is_the_same_items_in_any_order_for_the_same_customer_and_card() {
         let order = pending_order();
-        assert!(order.placed_by(&request(vec![item("A", 1), item("B", 2)])));
-        assert!(!order.placed_by(&request(vec![item("A", 1), item("B", 3)])));
-        assert!(!order.placed_by(&request(vec![item("A", 1)])));
+        assert!(order.is_retried_by(&request(vec![item("A", 1), item("B", 2)])));
+        assert!(!order.is_retried_by(&request(vec![item("A", 1), item("B", 3)])));
+        assert!(!order.is_retried_by(&request(vec![item("A", 1)])));
         let mut other_card = request(vec![item("A", 1), item("B", 2)]);
         other_card.card_token = "tok_other".into();
-        assert!(!order.placed_by(&other_card));
+        assert!(!order.is_retried_by(&other_card));
         let mut other_customer = request(vec![item("A", 1), item("B", 2)]);
         other_customer.customer_id = "cus-2".into();
-        assert!(!order.placed_by(&other_customer));
+        assert!(!order.is_retried_by(&other_customer));
     }
 
     #[test]

@@ -11,6 +11,13 @@ pub(crate) enum Error {
     Invalid(#[from] ValidationError),
     #[error("order {id:?} not found")]
     OrderNotFound { id: String },
+    /// The caller may not act for this customer (`domain::may_act_for`).
+    #[error("the caller may not act for customer {customer_id:?}")]
+    NotTheCustomer { customer_id: String },
+    /// Another customer's orders, to a caller that may not see them: as if there were
+    /// none, so that their existence is not revealed.
+    #[error("customer {id:?} not found")]
+    CustomerNotFound { id: String },
     #[error("request_id {request_id:?} was already used for a different order")]
     RequestConflict { request_id: String },
     /// The prices could not be looked up. No order exists yet, so nothing is held.
@@ -90,6 +97,10 @@ impl From<Error> for Status {
         match error {
             Error::Invalid(e) => e.into(),
             Error::OrderNotFound { id } => status::not_found("order", &id),
+            Error::NotTheCustomer { customer_id } => Status::permission_denied(format!(
+                "the caller may not act for customer {customer_id:?}"
+            )),
+            Error::CustomerNotFound { id } => status::not_found("customer", &id),
             Error::RequestConflict { request_id } => status::key_reused("request_id", &request_id),
             // Nothing was done: the caller can safely retry the same request.
             Error::Pricing(UpstreamError::Unavailable { upstream, .. }) => {

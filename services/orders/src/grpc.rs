@@ -15,6 +15,7 @@ use contracts::orders::v1::{self as pb};
 use contracts::payments::v1::{self as payments_pb, payment_service_client::PaymentServiceClient};
 use shared::client::policy::RetryBudget;
 use shared::client::{Channel, NoRetry, Upstream};
+use shared::identity;
 use shared::{ClientConfig, Money, ServerConfig};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::WatchStream;
@@ -23,7 +24,7 @@ use tonic::{Code, Request, Response, Status};
 use tonic_types::StatusExt;
 
 use crate::domain::{self, Item, NewOrder, Order, Status as OrderStatus};
-use crate::error::UpstreamError;
+use crate::error::{Error, UpstreamError};
 use crate::saga::{Charge, Inventory, Payments, Release, Saga};
 use crate::store::Store;
 
@@ -57,6 +58,7 @@ impl OrderService for OrdersApi {
         &self,
         request: Request<pb::PlaceOrderRequest>,
     ) -> Result<Response<pb::PlaceOrderResponse>, Status> {
+        let caller = identity::caller(&request)?;
         let r = request.into_inner();
         let items = r
             .items
@@ -66,7 +68,8 @@ impl OrderService for OrdersApi {
                 quantity: i.quantity,
             })
             .collect();
-        let request = NewOrder::new(r.request_id, r.customer_id, items, r.card_token)?;
+        let request =
+            NewOrder::new(r.request_id, r.customer_id, items, r.card_token)?.by(caller.as_ref())?;
         let order = self.saga.clone().place(request).await?;
         Ok(Response::new(pb::PlaceOrderResponse {
             order: Some(order.into()),
@@ -78,9 +81,13 @@ impl OrderService for OrdersApi {
         &self,
         request: Request<pb::GetOrderRequest>,
     ) -> Result<Response<pb::GetOrderResponse>, Status> {
+        let caller = identity::caller(&request)?;
         let id = request.into_inner().order_id;
         domain::validate_order_id(&id)?;
         let order = self.store.order(&id).await?;
+        if !domain::may_act_for(caller.as_ref(), &order.customer_id) {
+            return Err(Error::OrderNotFound { id }.into());
+        }
         Ok(Response::new(pb::GetOrderResponse {
             order: Some(order.into()),
         }))
@@ -91,8 +98,12 @@ impl OrderService for OrdersApi {
         &self,
         request: Request<pb::ListOrdersRequest>,
     ) -> Result<Response<pb::ListOrdersResponse>, Status> {
+        let caller = identity::caller(&request)?;
         let r = request.into_inner();
         let page = domain::list_request(&r.customer_id, r.page_size, &r.page_token)?;
+        if !domain::may_act_for(caller.as_ref(), &r.customer_id) {
+            return Err(Error::CustomerNotFound { id: r.customer_id }.into());
+        }
         let orders = self.store.orders(&r.customer_id, &page).await?;
         let (orders, next_page_token) = page.finish(orders, |(key, _)| key);
         Ok(Response::new(pb::ListOrdersResponse {
@@ -108,9 +119,13 @@ impl OrderService for OrdersApi {
         &self,
         request: Request<pb::WatchOrderRequest>,
     ) -> Result<Response<Self::WatchOrderStream>, Status> {
+        let caller = identity::caller(&request)?;
         let id = request.into_inner().order_id;
         domain::validate_order_id(&id)?;
         let changes = self.store.watch(&id).await?;
+        if !domain::may_act_for(caller.as_ref(), &changes.borrow().customer_id) {
+            return Err(Error::OrderNotFound { id }.into());
+        }
         Ok(Response::new(OrderWatch {
             changes: WatchStream::new(changes),
             draining: Box::pin(self.draining.clone().cancelled_owned()),

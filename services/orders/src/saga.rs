@@ -199,7 +199,11 @@ impl Saga {
     /// request_id is known returns that order, waiting for its saga if it is still
     /// running: of any number of identical requests, one runs the saga.
     pub(crate) async fn place(self: Arc<Self>, request: NewOrder) -> Result<Order, Error> {
-        if let Some(order) = self.store.order_by_request(&request.request_id).await? {
+        if let Some(order) = self
+            .store
+            .order_by_request(&request.placed_by, &request.request_id)
+            .await?
+        {
             return self.outcome_of(order, &request).await;
         }
         let order = self.price(&request).await?;
@@ -292,7 +296,7 @@ impl Saga {
     /// The order `request` retries, once final; a different request under the same
     /// request_id is a conflict.
     async fn outcome_of(&self, order: Order, request: &NewOrder) -> Result<Order, Error> {
-        if !order.placed_by(request) {
+        if !order.is_retried_by(request) {
             return Err(Error::RequestConflict {
                 request_id: request.request_id.clone(),
             });

@@ -27,7 +27,8 @@ pub(crate) use postgres::PgStore;
 #[async_trait]
 pub(crate) trait Store: Send + Sync + 'static {
     /// Stores `order` and its `placed` event, unless an order with its request_id
-    /// exists: then nothing is stored and that order is returned.
+    /// placed by the same caller (`placed_by`) exists: then nothing is stored and that
+    /// order is returned.
     async fn create(&self, order: Order, event: Event) -> Result<Created, Error>;
 
     /// Replaces the order with `order.id` by `order` and records `event` (the event of
@@ -43,8 +44,12 @@ pub(crate) trait Store: Send + Sync + 'static {
     /// One order; [`Error::OrderNotFound`] if unknown.
     async fn order(&self, id: &str) -> Result<Order, Error>;
 
-    /// The order placed with `request_id`, if any.
-    async fn order_by_request(&self, request_id: &str) -> Result<Option<Order>, Error>;
+    /// The order `placed_by` placed with `request_id`, if any.
+    async fn order_by_request(
+        &self,
+        placed_by: &str,
+        request_id: &str,
+    ) -> Result<Option<Order>, Error>;
 
     /// Up to `page.size + 1` of the customer's orders, newest first, after the page key
     /// `page.after` (see [`position_key`]), each with its page key.
@@ -112,7 +117,8 @@ struct State {
     /// channel, which holds its current state and wakes its watchers on each change.
     orders: Vec<watch::Sender<Order>>,
     by_id: HashMap<String, usize>,
-    by_request_id: HashMap<String, usize>,
+    /// By who placed it, then request_id.
+    by_request_id: HashMap<(String, String), usize>,
     /// Each customer's orders, oldest first.
     by_customer: HashMap<String, Vec<usize>>,
     /// Events not published yet, oldest first (published ones are dropped).
@@ -164,12 +170,13 @@ impl State {
 impl Store for MemoryStore {
     async fn create(&self, order: Order, event: Event) -> Result<Created, Error> {
         let mut state = self.lock()?;
-        if let Some(&i) = state.by_request_id.get(&order.request_id) {
+        let key = (order.placed_by.clone(), order.request_id.clone());
+        if let Some(&i) = state.by_request_id.get(&key) {
             return Ok(Created::Existing(state.orders[i].borrow().clone()));
         }
         let index = state.orders.len();
         state.by_id.insert(order.id.clone(), index);
-        state.by_request_id.insert(order.request_id.clone(), index);
+        state.by_request_id.insert(key, index);
         state
             .by_customer
             .entry(order.customer_id.clone())
@@ -212,11 +219,15 @@ impl Store for MemoryStore {
         Ok(state.orders[index].borrow().clone())
     }
 
-    async fn order_by_request(&self, request_id: &str) -> Result<Option<Order>, Error> {
+    async fn order_by_request(
+        &self,
+        placed_by: &str,
+        request_id: &str,
+    ) -> Result<Option<Order>, Error> {
         let state = self.lock()?;
         let order = state
             .by_request_id
-            .get(request_id)
+            .get(&(placed_by.to_owned(), request_id.to_owned()))
             .map(|&i| state.orders[i].borrow().clone());
         Ok(order)
     }
@@ -407,12 +418,31 @@ mod tests {
             panic!("a second order was created for req-1");
         };
         assert_eq!(existing, first);
-        assert_eq!(store.order_by_request("req-1").await.unwrap(), Some(first));
+        assert_eq!(
+            store.order_by_request("", "req-1").await.unwrap(),
+            Some(first.clone())
+        );
         assert!(matches!(
             store.order("ord_2").await,
             Err(Error::OrderNotFound { .. })
         ));
-        assert_eq!(store.order_by_request("req-2").await.unwrap(), None);
+        assert_eq!(store.order_by_request("", "req-2").await.unwrap(), None);
+        // Request ids are scoped by who placed the order: another caller's req-1 is
+        // another order.
+        let mut theirs = order("ord_3", "req-1", "cus-2");
+        theirs.placed_by = "cus-2".into();
+        assert!(matches!(
+            create(&*store, theirs.clone()).await.unwrap(),
+            Created::New(_)
+        ));
+        assert_eq!(
+            store.order_by_request("cus-2", "req-1").await.unwrap(),
+            Some(theirs)
+        );
+        assert_eq!(
+            store.order_by_request("", "req-1").await.unwrap(),
+            Some(first)
+        );
     }
 
     async fn racing_creates_make_one_order(store: Arc<dyn Store>) {
@@ -679,6 +709,90 @@ mod tests {
             updates_only_change_pending_orders_of_their_own_saga,
         ]
     );
+
+    /// `url` with its host and port replaced by `addr`.
+    fn through(url: &str, addr: std::net::SocketAddr) -> String {
+        let at = url
+            .rfind('@')
+            .map_or(url.find("://").unwrap() + 3, |at| at + 1);
+        let end = url[at..].find('/').map_or(url.len(), |slash| at + slash);
+        format!("{}{addr}{}", &url[..at], &url[end..])
+    }
+
+    /// One replica watches an order while its database link is cut; another finishes
+    /// the order meanwhile, so the NOTIFY never reaches the first. Once the link is back,
+    /// the watcher sees the end all the same.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_watch_sees_the_end_committed_while_its_listener_was_cut_off() {
+        use shared::testing::proxy::{FaultProxy, Faults};
+
+        let url = shared::testing::fresh_database().await;
+        let direct = PgStore::connect(&shared::db::DbConfig::from_url(&url).unwrap())
+            .await
+            .unwrap();
+        let target = url[url.rfind('@').unwrap() + 1..]
+            .split('/')
+            .next()
+            .unwrap()
+            .replace("localhost", "127.0.0.1");
+        let proxy = FaultProxy::start(target.parse().unwrap()).await;
+        let config = shared::db::DbConfig::from_url(&through(&url, proxy.addr())).unwrap();
+        let cut_off = PgStore::connect(&config).await.unwrap();
+
+        let placed = order("ord_1", "req-1", "cus-1");
+        create(&direct, placed.clone()).await.unwrap();
+        let mut watching = cut_off.watch("ord_1").await.unwrap();
+        assert_eq!(*watching.borrow_and_update(), placed);
+
+        let accepted = proxy.accepted();
+        proxy.set(Faults::reset());
+        let confirmed = confirm(&direct, placed).await;
+        // The cut-off replica noticed: it tried to connect again, and failed.
+        shared::testing::eventually("the cut-off replica to reconnect", || async {
+            proxy.accepted() >= accepted + 2
+        })
+        .await;
+        proxy.set(Faults::default());
+
+        let seen = tokio::time::timeout(
+            Duration::from_secs(10),
+            watching.wait_for(|order| order.status.is_final()),
+        )
+        .await
+        .expect("the watcher saw the end within 10 s")
+        .unwrap()
+        .clone();
+        assert_eq!(seen, confirmed);
+        assert_eq!(cut_off.watched_len(), 0, "nothing kept for a final order");
+    }
+
+    /// Watching a final order, or one whose watchers all left, keeps nothing.
+    #[tokio::test]
+    async fn watches_keep_nothing_for_final_or_unwatched_orders() {
+        let store = PgStore::connect(&shared::testing::fresh_db_config().await)
+            .await
+            .unwrap();
+        let done = order("ord_1", "req-1", "cus-1");
+        create(&store, done.clone()).await.unwrap();
+        let done = confirm(&store, done).await;
+        let watching = store.watch("ord_1").await.unwrap();
+        assert_eq!(*watching.borrow(), done);
+        assert_eq!(store.watched_len(), 0);
+
+        create(&store, order("ord_2", "req-2", "cus-1"))
+            .await
+            .unwrap();
+        drop(store.watch("ord_2").await.unwrap());
+        create(&store, order("ord_3", "req-3", "cus-1"))
+            .await
+            .unwrap();
+        let _watching = store.watch("ord_3").await.unwrap();
+        assert_eq!(
+            store.watched_len(),
+            1,
+            "ord_2's channel went with its watcher"
+        );
+    }
 
     #[tokio::test]
     async fn a_restarted_process_publishes_what_the_last_one_committed() {

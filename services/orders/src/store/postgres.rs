@@ -1,8 +1,9 @@
 //! [`PgStore`]: orders and their outbox in PostgreSQL (`migrations/`), for when
 //! `DATABASE_URL` is set.
 //!
-//! - `request_id` is a unique constraint: of racing creates, one inserts and the others
-//!   find its order, whatever replica they run on.
+//! - `(placed_by, request_id)` is a unique constraint: of racing creates, one inserts
+//!   and the others find its order, whatever replica they run on. Request ids are
+//!   scoped by who placed the order, so two callers never share one.
 //! - An order's row and its event's outbox row are written in one transaction, so a
 //!   state change is never committed without its event, nor an event without its change.
 //! - The relay claims pending events with `FOR UPDATE SKIP LOCKED`, so relays of several
@@ -58,7 +59,7 @@ pub(crate) struct PgStore {
     _listening: DropGuard,
 }
 
-const COLUMNS: &str = "position, id, request_id, customer_id, card_token, currency_code, \
+const COLUMNS: &str = "position, id, request_id, customer_id, placed_by, card_token, currency_code, \
      total_minor, status, status_reason, payment_id, \
      (EXTRACT(EPOCH FROM create_time) * 1000000)::BIGINT AS create_us, \
      (EXTRACT(EPOCH FROM update_time) * 1000000)::BIGINT AS update_us";
@@ -98,12 +99,18 @@ impl PgStore {
         load(&self.pool, rows).await
     }
 
-    async fn one(&self, condition: &str, value: &str) -> Result<Option<Order>, Error> {
-        one(&self.pool, condition, value).await
+    async fn one(&self, condition: &str, values: &[&str]) -> Result<Option<Order>, Error> {
+        one(&self.pool, condition, values).await
     }
 
     fn tell_watchers(&self, order: &Order) -> Result<(), Error> {
         tell_watchers(&self.watched, order)
+    }
+
+    /// How many orders this process keeps a watch channel for.
+    #[cfg(test)]
+    pub(crate) fn watched_len(&self) -> usize {
+        self.watched.lock().map_or(0, |watched| watched.len())
     }
 }
 
@@ -143,13 +150,14 @@ async fn load(pool: &PgPool, rows: Vec<PgRow>) -> Result<Vec<(i64, Order)>, Erro
         .collect()
 }
 
-async fn one(pool: &PgPool, condition: &str, value: &str) -> Result<Option<Order>, Error> {
-    let row = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM orders WHERE {condition} = $1"
-    ))
-    .bind(value)
-    .fetch_optional(pool)
-    .await?;
+/// The order `condition` (with `$1`, `$2`, … for `values`) selects, if any.
+async fn one(pool: &PgPool, condition: &str, values: &[&str]) -> Result<Option<Order>, Error> {
+    let sql = format!("SELECT {COLUMNS} FROM orders WHERE {condition}");
+    let mut query = sqlx::query(&sql);
+    for value in values {
+        query = query.bind(*value);
+    }
+    let row = query.fetch_optional(pool).await?;
     let orders = load(pool, row.into_iter().collect()).await?;
     Ok(orders.into_iter().next().map(|(_, order)| order))
 }
@@ -175,53 +183,72 @@ fn tell_watchers(
 
 /// Feeds this process's watchers the changes other replicas commit, until `stop`:
 /// `LISTEN` on [`CHANGES`], and each notified order that someone here watches is read
-/// again. Runs on a connection of its own (reconnected by sqlx after a failure).
+/// again. Runs on a connection of its own.
+///
+/// Notifications sent while no connection listens are lost (before the first
+/// `LISTEN`, and while a lost connection is down). So each time listening (re)starts,
+/// and only once it has, every watched order is read again; a read that fails starts
+/// over the same way, so no watcher is left with a state the database has left.
 async fn follow_changes(pool: PgPool, watched: Watched, stop: CancellationToken) {
-    let mut listener = loop {
+    loop {
+        let Some(mut listener) = listen(&pool, &stop).await else {
+            return;
+        };
+        let mut caught_up = refresh(&pool, &watched, None).await;
+        while caught_up {
+            let next = tokio::select! {
+                () = stop.cancelled() => return,
+                next = listener.try_recv() => next,
+            };
+            caught_up = match next {
+                Ok(Some(notification)) => {
+                    refresh(&pool, &watched, Some(notification.payload())).await
+                }
+                // The connection was lost, and with it the notifications in between.
+                Ok(None) => false,
+                Err(error) => {
+                    tracing::warn!(%error, "listening for order changes failed; listening again");
+                    false
+                }
+            };
+        }
+        drop(listener);
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(RELISTEN_PAUSE) => {}
+        }
+    }
+}
+
+/// The pause before listening again after a failure.
+const RELISTEN_PAUSE: Duration = Duration::from_millis(200);
+
+/// A connection listening on [`CHANGES`], retried every second; `None` once `stop`.
+async fn listen(pool: &PgPool, stop: &CancellationToken) -> Option<PgListener> {
+    loop {
         let listening = async {
-            let mut listener = PgListener::connect_with(&pool).await?;
+            let mut listener = PgListener::connect_with(pool).await?;
             listener.listen(CHANGES).await?;
             Ok::<_, sqlx::Error>(listener)
         };
         let error = tokio::select! {
-            () = stop.cancelled() => return,
+            () = stop.cancelled() => return None,
             result = listening => match result {
-                Ok(listener) => break listener,
+                Ok(listener) => return Some(listener),
                 Err(error) => error,
             },
         };
         tracing::warn!(%error, "cannot listen for order changes; retrying");
         tokio::select! {
-            () = stop.cancelled() => return,
+            () = stop.cancelled() => return None,
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
-    };
-    // Changes committed before listening started were not notified here.
-    refresh(&pool, &watched, None).await;
-    loop {
-        let next = tokio::select! {
-            () = stop.cancelled() => return,
-            next = listener.try_recv() => next,
-        };
-        match next {
-            Ok(Some(notification)) => refresh(&pool, &watched, Some(notification.payload())).await,
-            // The connection was lost (sqlx reconnects on the next call), and with it
-            // the notifications in between.
-            Ok(None) => refresh(&pool, &watched, None).await,
-            Err(error) => {
-                tracing::warn!(%error, "listening for order changes failed; retrying");
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-            }
         }
     }
 }
 
 /// Reads again the watched order `id` (every watched order if `None`) and tells its
-/// watchers. Failures are logged: the watchers keep the state they have.
-async fn refresh(pool: &PgPool, watched: &Watched, id: Option<&str>) {
+/// watchers; `false` if a read failed (logged; the watchers keep the state they have).
+async fn refresh(pool: &PgPool, watched: &Watched, id: Option<&str>) -> bool {
     let ids: Vec<String> = {
         let watched = watched.lock().unwrap_or_else(PoisonError::into_inner);
         match id {
@@ -231,16 +258,18 @@ async fn refresh(pool: &PgPool, watched: &Watched, id: Option<&str>) {
         }
     };
     for id in ids {
-        match one(pool, "id", &id).await {
+        match one(pool, "id = $1", &[&id]).await {
             Ok(Some(order)) => {
                 let _ = tell_watchers(watched, &order);
             }
             Ok(None) => {}
             Err(error) => {
                 tracing::warn!(order_id = %id, error = %shared::status::ErrorChain(&error), "cannot read a changed order");
+                return false;
             }
         }
     }
+    true
 }
 
 /// Replaces `current` by `order` if `order` is further along (the channel may have been
@@ -281,6 +310,7 @@ fn order_from(row: &PgRow, lines: Vec<Line>) -> Result<Order, sqlx::Error> {
         id: row.try_get("id")?,
         request_id: row.try_get("request_id")?,
         customer_id: row.try_get("customer_id")?,
+        placed_by: row.try_get("placed_by")?,
         card_token: row.try_get("card_token")?,
         lines,
         total: shared::Money::new(
@@ -339,16 +369,18 @@ impl Store for PgStore {
         // A racing create with the same request_id waits here for this transaction,
         // then inserts nothing and reads this order.
         let inserted = sqlx::query(
-            "INSERT INTO orders (id, request_id, customer_id, card_token, currency_code, \
-             total_minor, status, status_reason, payment_id, create_time, update_time) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
-             TIMESTAMPTZ 'epoch' + $10 * INTERVAL '1 microsecond', \
-             TIMESTAMPTZ 'epoch' + $11 * INTERVAL '1 microsecond') \
-             ON CONFLICT (request_id) DO NOTHING",
+            "INSERT INTO orders (id, request_id, customer_id, placed_by, card_token, \
+             currency_code, total_minor, status, status_reason, payment_id, create_time, \
+             update_time) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
+             TIMESTAMPTZ 'epoch' + $11 * INTERVAL '1 microsecond', \
+             TIMESTAMPTZ 'epoch' + $12 * INTERVAL '1 microsecond') \
+             ON CONFLICT (placed_by, request_id) DO NOTHING",
         )
         .bind(&order.id)
         .bind(&order.request_id)
         .bind(&order.customer_id)
+        .bind(&order.placed_by)
         .bind(&order.card_token)
         .bind(&order.total.currency)
         .bind(order.total.minor)
@@ -362,7 +394,7 @@ impl Store for PgStore {
         if inserted.rows_affected() == 0 {
             drop(tx);
             let existing = self
-                .order_by_request(&order.request_id)
+                .order_by_request(&order.placed_by, &order.request_id)
                 .await?
                 .ok_or_else(|| Error::OrderNotFound {
                     id: order.id.clone(),
@@ -431,13 +463,21 @@ impl Store for PgStore {
     }
 
     async fn order(&self, id: &str) -> Result<Order, Error> {
-        self.one("id", id)
+        self.one("id = $1", &[id])
             .await?
             .ok_or_else(|| Error::OrderNotFound { id: id.into() })
     }
 
-    async fn order_by_request(&self, request_id: &str) -> Result<Option<Order>, Error> {
-        self.one("request_id", request_id).await
+    async fn order_by_request(
+        &self,
+        placed_by: &str,
+        request_id: &str,
+    ) -> Result<Option<Order>, Error> {
+        self.one(
+            "placed_by = $1 AND request_id = $2",
+            &[placed_by, request_id],
+        )
+        .await
     }
 
     async fn orders(
@@ -475,8 +515,14 @@ impl Store for PgStore {
 
     async fn watch(&self, id: &str) -> Result<watch::Receiver<Order>, Error> {
         let order = self.order(id).await?;
+        if order.status.is_final() {
+            // It changes no more: nothing to keep for it.
+            return Ok(watch::channel(order).1);
+        }
         let receiver = {
             let mut watched = self.watched()?;
+            // Channels whose watchers all left, of orders still pending.
+            watched.retain(|_, sender| sender.receiver_count() > 0);
             let sender = watched
                 .entry(id.to_owned())
                 .or_insert_with(|| watch::Sender::new(order.clone()));
@@ -486,9 +532,7 @@ impl Store for PgStore {
         // An update committed between the read above and the subscription told no one:
         // read again now that every later update reaches the channel.
         let latest = self.order(id).await?;
-        if let Some(sender) = self.watched()?.get(id) {
-            sender.send_if_modified(|current| newer(&latest, current));
-        }
+        self.tell_watchers(&latest)?;
         Ok(receiver)
     }
 
