@@ -229,7 +229,7 @@ while read -r -u 3 service port; do
   scraped+=("$service")
 done 3<"$tmp/grpc-services"
 
-# The broker, where the overlay runs one (k8s/overlays/kind/durable): up, with JetStream.
+# The broker, where the overlay runs one (k8s/components/durable): up, with JetStream.
 if "${kctl[@]}" get service nats >/dev/null 2>&1; then
   port_forward nats 8222
   answer="$(curl -sS --max-time 5 "http://127.0.0.1:$local_port/healthz?js-enabled-only=true" 2>&1)" ||

@@ -50,7 +50,7 @@ tls="${KIND_TLS:-0}"
   echo "kind-up: ERROR: KIND_TLS is 0 or 1, not $tls" >&2
   exit 1
 }
-# The passwords of PostgreSQL (k8s/overlays/kind/durable/postgres.yaml): its superuser's
+# The passwords of PostgreSQL (k8s/components/durable/postgres.yaml): its superuser's
 # and one per service's role. Never in the repository; k8s/tests/check.py checks that
 # every secretKeyRef of the manifests names one of these keys.
 db_secret=postgres-credentials

@@ -40,6 +40,9 @@ Contract, for each Deployment (one per service, named like services/<name>):
 - start-up: the startup probe's budget covers DATABASE_CONNECT_TIMEOUT and
   NATS_CONNECT_TIMEOUT (where DATABASE_URL, NATS_URL are set) plus STARTUP_MARGIN: a
   service waiting for its database and broker is not restarted into a crash loop;
+- state: in every overlay, a service that may run more than one replica (its HPA's
+  maxReplicas, or replicas) has DATABASE_URL and NATS_URL set where its binary reads
+  them: no replica keeps state, or hears events, that the others do not;
 - kind overlay: the pods' requests (every Deployment rolling out at once) fit a
   2-CPU, 4 GiB node beside Kubernetes' own; every image pinned, IfNotPresent;
 - shutdown: terminationGracePeriodSeconds > preStop sleep + SHUTDOWN_DELAY +
@@ -78,6 +81,8 @@ MARGIN = 5
 ENTRY = {"gateway"}
 # The overlay of `make kind-up`, which must fit a small machine.
 KIND = "kind"
+# k8s/base rendered alone: what the overlays build on, never deployed as it is.
+BASE = "base"
 HEALTH_PROBE_NAMES = {"", "liveness", "readiness"}
 # Deployments that are not services of this repository: the observability stack of an
 # overlay (k8s/overlays/kind/observability). They get the security, selector and network
@@ -674,6 +679,31 @@ def surge(workload: dict, count: int) -> int:
     return int(value)
 
 
+def max_replicas(m: Manifests, workload: dict) -> int:
+    """The most pods a workload may run: its HPA's maxReplicas, else spec.replicas."""
+    hpa = next((h for h in m.of_kind("HorizontalPodAutoscaler")
+                if h["spec"]["scaleTargetRef"]["name"] == workload["metadata"]["name"]
+                and h["spec"]["scaleTargetRef"]["kind"] == workload["kind"]), None)
+    return int(hpa["spec"]["maxReplicas"]) if hpa else int(workload["spec"].get("replicas", 1))
+
+
+def check_state(m: Manifests, d: dict, read: envvars.ServiceEnv, f: Failures) -> None:
+    """A service that may run more than one replica keeps its state where every replica
+    sees it: DATABASE_URL set if the binary reads it (its store is in memory otherwise:
+    each replica its own orders, payments, stock), NATS_URL likewise (events to an
+    in-process bus no other replica hears). The base is exempt: it is what the overlays
+    build on, never deployed alone."""
+    count = max_replicas(m, d)
+    if m.label == BASE or count <= 1:
+        return
+    env = {e["name"] for e in container(d).get("env") or []}
+    for var, what in (("DATABASE_URL", "its state would be in memory, one copy per replica"),
+                      ("NATS_URL", "its events would go to an in-process bus that the other replicas never hear")):
+        f.check(var not in read.reads or var in env, f"{m.label}: {where(d)}",
+                f"may run {count} replicas but {var} is not set: {what} (add k8s/components/durable, "
+                "or run one replica)")
+
+
 def check_kind_capacity(m: Manifests, f: Failures) -> None:
     """The requests of every pod the overlay runs, while every Deployment rolls out at
     once (as `make kind-up` applies them), fit the node beside Kubernetes' own."""
@@ -737,6 +767,7 @@ def check(m: Manifests, f: Failures, schemas: bool = True) -> None:
         check_shutdown(m, d, f)
         check_startup(m, d, f)
         check_security(m, d, f)
+        check_state(m, d, read, f)
         calls[name] = check_upstreams(m, d, read, f)
     for s in m.statefulsets:
         # The broker and the database: images of others, so no contract of a binary;

@@ -30,7 +30,7 @@ def reading(extra: dict[str, set[str]]):
         yield
 
 
-# What the kind overlay's durable component sets (k8s/overlays/kind/durable/services.yaml).
+# What the kind overlay's durable component sets (k8s/components/durable/services.yaml).
 DURABLE_READS = {"orders": {"NATS_URL", "DATABASE_URL"}, "notifications": {"NATS_URL", "DATABASE_URL"},
                  "inventory": {"DATABASE_URL"}, "payments": {"DATABASE_URL"}}
 
@@ -66,6 +66,35 @@ class ContractTest(unittest.TestCase):
 
     def test_the_overlay_passes(self):
         self.assertEqual(self.failures(), [])
+
+    def test_state_in_memory_on_more_than_one_replica(self):
+        def drop_database(m):
+            env = self.env(m, "payments")
+            env[:] = [e for e in env if e["name"] not in ("DATABASE_URL", "DATABASE_PASSWORD")]
+            m.get("HorizontalPodAutoscaler", "payments")["spec"]["maxReplicas"] = 3
+
+        def drop_broker(m):
+            env = self.env(m, "notifications")
+            env[:] = [e for e in env if e["name"] != "NATS_URL"]
+
+        self.assertFails(drop_database, "payments: may run 3 replicas but DATABASE_URL is not set")
+        self.assertFails(drop_broker, "notifications: may run 2 replicas but NATS_URL is not set")
+
+        def one_replica(m):
+            drop_database(m)
+            hpa = m.get("HorizontalPodAutoscaler", "payments")["spec"]
+            hpa["minReplicas"] = hpa["maxReplicas"] = 1
+
+        self.assertFalse([msg for msg in self.failures(one_replica) if "DATABASE_URL is not set" in msg])
+
+    def test_the_production_overlay_keeps_state_where_every_replica_sees_it(self):
+        m = Manifests("production", render("production"))
+        f = Failures()
+        check.check(m, f, schemas=False)
+        self.assertEqual([msg for msg in f.messages if "replicas but" in msg], [])
+        for name, wanted in DURABLE_READS.items():
+            env = {e["name"] for e in container(m.get("Deployment", name))["env"]}
+            self.assertLessEqual(wanted, env, name)
 
     def test_a_variable_nothing_reads(self):
         self.assertFails(lambda m: self.env(m, "inventory").append({"name": "OTEL_ENDPOINT", "value": "x"}),
