@@ -264,6 +264,9 @@ gateway_env() {
 # The order's trace: ours, so that Jaeger can be asked for it by its id.
 trace_id="$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
 request=(-H "traceparent: 00-$trace_id-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')-01")
+# The order's customer, and the subject of the token that places it: a token acts
+# for the customer it names.
+customer="cus-kind-smoke"
 if [[ -n "$(gateway_env GATEWAY_JWT_KEYS_FILE)" ]]; then
   response="$(http GET /v1/products)"
   expect 401 "$response" "GET /v1/products without a token"
@@ -272,13 +275,13 @@ if [[ -n "$(gateway_env GATEWAY_JWT_KEYS_FILE)" ]]; then
     die "no private key in the Secret gateway-jwt-signer (scripts/kind-up.sh makes it)"
   [[ -s $tmp/jwt-signer.pem ]] || die "the Secret gateway-jwt-signer has no private.pem (scripts/kind-up.sh makes it)"
   token="$("$root/scripts/dev-jwt.sh" token "$tmp/jwt-signer.pem" "$(gateway_env GATEWAY_JWT_ISSUER)" \
-    "$(gateway_env GATEWAY_JWT_AUDIENCE)" kind-smoke "orders:read orders:write" 300)"
+    "$(gateway_env GATEWAY_JWT_AUDIENCE)" "$customer" "orders:read orders:write" 300)"
   request+=(-H "Authorization: Bearer $token")
-  log "gateway: 401 without a token; a token of kind-smoke (orders:read orders:write) for the rest"
+  log "gateway: 401 without a token; a token of $customer (orders:read orders:write) for the rest"
 fi
 
 key="kind-smoke-$(date +%s)-$RANDOM"
-body='{"customerId":"cus-kind-smoke","items":[{"sku":"SKU-001","quantity":1}],"cardToken":"tok_visa"}'
+body='{"customerId":"'"$customer"'","items":[{"sku":"SKU-001","quantity":1}],"cardToken":"tok_visa"}'
 response="$(http POST /v1/orders "${request[@]}" -H 'Content-Type: application/json' -H "Idempotency-Key: $key" -d "$body")"
 expect 201 "$response" "POST /v1/orders"
 order="${response%$'\n'*}"

@@ -356,7 +356,7 @@ printf '\nkind-up: the system runs in kind (context %s, namespace %s):\n' "$cont
 cat <<EOF
   # a token for the gateway (scripts/dev-jwt.sh; k8s/base/gateway.yaml names its issuer and audience):
   kubectl --context $context -n $namespace get secret $jwt_signer_secret -o jsonpath='{.data.private\.pem}' | openssl base64 -d -A >target/kind-jwt.pem
-  TOKEN=\$(scripts/dev-jwt.sh token target/kind-jwt.pem https://dev-issuer.local gateway me "inventory:read orders:read orders:write")
+  TOKEN=\$(scripts/dev-jwt.sh token target/kind-jwt.pem https://dev-issuer.local gateway cus_demo "inventory:read orders:read orders:write")
   curl -s -H "Authorization: Bearer \$TOKEN" http://127.0.0.1:30080/v1/products
   kubectl --context $context -n $namespace get pods
   kubectl --context $context -n $namespace port-forward svc/inventory 50052:50052   # then grpcurl -plaintext 127.0.0.1:50052 list, if you have grpcurl (KIND_TLS=1: see README, Security)

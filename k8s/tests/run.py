@@ -546,6 +546,11 @@ def wait_probe(pod: Pod, kind: str, budget: float) -> str:
         time.sleep(0.1)
 
 
+# The customer of the order, and the subject of the token that places it: with
+# authentication on, a token may act only for the customer it names (its `sub`).
+CUSTOMER = "cus-k8s-check"
+
+
 def gateway_token(gateway: Pod, files: dict[tuple[str, str], bytes], tmp: Path) -> str | None:
     """A token the gateway accepts (scripts/dev-jwt.sh, signed with the key of the Secret
     gateway-jwt-signer), or None when it requires none."""
@@ -555,7 +560,7 @@ def gateway_token(gateway: Pod, files: dict[tuple[str, str], bytes], tmp: Path) 
     key.write_bytes(files[("gateway-jwt-signer", "private.pem")])
     key.chmod(0o600)
     done = subprocess.run([str(ROOT / "scripts" / "dev-jwt.sh"), "token", str(key), gateway.env["GATEWAY_JWT_ISSUER"],
-                           gateway.env["GATEWAY_JWT_AUDIENCE"], "k8s-check", "orders:write", "300"],
+                           gateway.env["GATEWAY_JWT_AUDIENCE"], CUSTOMER, "orders:write", "300"],
                           capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
     if done.returncode != 0:
         raise RunFailure(f"scripts/dev-jwt.sh token failed: {done.stderr.strip()}")
@@ -564,7 +569,7 @@ def gateway_token(gateway: Pod, files: dict[tuple[str, str], bytes], tmp: Path) 
 
 def place_order(gateway: Pod, token: str | None) -> str:
     port = gateway.port_number("http")
-    body = {"customerId": "cus-k8s-check", "items": [{"sku": "SKU-001", "quantity": 1}], "cardToken": "tok_visa"}
+    body = {"customerId": CUSTOMER, "items": [{"sku": "SKU-001", "quantity": 1}], "cardToken": "tok_visa"}
     headers = {"Content-Type": "application/json", "Idempotency-Key": str(uuid.uuid4())}
     if token:
         headers["Authorization"] = f"Bearer {token}"
