@@ -87,6 +87,9 @@ fn upstreams(running: &[Server]) -> Vec<(String, String)> {
 #[derive(Debug)]
 struct Args {
     bin_dir: PathBuf,
+    /// An older build of the services (`--old-bin-dir`): its inventory is measured
+    /// in the same run, right after the current one, for a before/after comparison.
+    old_bin_dir: Option<PathBuf>,
     python: PathBuf,
     peer: PathBuf,
     doc: Option<PathBuf>,
@@ -98,6 +101,7 @@ impl Args {
     fn parse() -> Result<Self, Error> {
         let mut args = Self {
             bin_dir: "target/release".into(),
+            old_bin_dir: None,
             python: ".tools/venv/bin/python".into(),
             peer: "bench/peer.py".into(),
             doc: None,
@@ -109,6 +113,7 @@ impl Args {
             let value = given.next().ok_or(format!("{flag} needs a value"))?;
             match flag.as_str() {
                 "--bin-dir" => args.bin_dir = value.into(),
+                "--old-bin-dir" => args.old_bin_dir = Some(value.into()),
                 "--python" => args.python = value.into(),
                 "--peer" => args.peer = value.into(),
                 "--doc" => args.doc = Some(value.into()),
@@ -154,7 +159,7 @@ fn free_addr() -> Result<SocketAddr, Error> {
 
 /// Starts processes and remembers their ids in `<logs>/pids`, so that the script
 /// can kill what is left should this process die without unwinding.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct Launcher {
     logs: PathBuf,
     bin_dir: PathBuf,
@@ -664,7 +669,7 @@ async fn run(args: &Args) -> Result<Results, Error> {
     // 2. Inventory with everything shared adds, sampled out, then 100% exported.
     let mut real_size = 0;
     let mut spans = (0, 0.0);
-    for (name, sampler, log_format) in [
+    let scenarios = [
         (SAMPLED_OUT, "always_off", "text"),
         (JSON_LOGS, "always_off", "json"),
         (SAMPLED, "always_on", "text"),
@@ -674,7 +679,29 @@ async fn run(args: &Args) -> Result<Results, Error> {
             SDK_DISABLED,
             "text",
         ),
-    ] {
+    ];
+    let old_names: Vec<String> = scenarios
+        .iter()
+        .map(|(name, ..)| format!("OLD BUILD: {name}"))
+        .collect();
+    let old_runs = args.old_bin_dir.iter().flat_map(|dir| {
+        scenarios
+            .iter()
+            .zip(&old_names)
+            .map(move |(&(_, sampler, log_format), name)| {
+                (name.as_str(), sampler, log_format, Some(dir))
+            })
+    });
+    let runs: Vec<_> = scenarios
+        .iter()
+        .map(|&(name, sampler, log_format)| (name, sampler, log_format, None))
+        .chain(old_runs)
+        .collect();
+    for (name, sampler, log_format, bin_dir) in runs {
+        let launcher = Launcher {
+            bin_dir: bin_dir.cloned().unwrap_or_else(|| launcher.bin_dir.clone()),
+            ..launcher.clone()
+        };
         let inventory = launcher.service("inventory", sampler, log_format, &[])?;
         wait_ready(&inventory).await?;
         real_size = get_product_size(&inventory.uri()).await?;
@@ -691,7 +718,7 @@ async fn run(args: &Args) -> Result<Results, Error> {
             args.measure,
         )
         .await?;
-        if sampler == "always_on" {
+        if sampler == "always_on" && bin_dir.is_none() {
             // SIGKILL on drop would lose the last batch: wait for the exporter's
             // schedule (5 s) instead; the count is of spans received, not sent.
             tokio::time::sleep(Duration::from_secs(6)).await;
@@ -919,12 +946,11 @@ fn headline(results: &Results) -> String {
         ),
     ] {
         let ratio = row(name).map_or(0.0, |r| r.rps / base.rps);
-        line(
-            what,
-            format!("{ratio:.2}×"),
-            &format!("≥ {target:.2}×"),
-            ratio >= target,
-        );
+        let mut measured = format!("{ratio:.2}×");
+        if let Some(old) = row(&format!("OLD BUILD: {name}")) {
+            let _ = write!(measured, " (old build {:.2}×)", old.rps / base.rps);
+        }
+        line(what, measured, &format!("≥ {target:.2}×"), ratio >= target);
     }
     if let (Some(p99), Some(base_p99)) = (
         row(SAMPLED_OUT).and_then(Row::p99_at_half),
