@@ -559,10 +559,13 @@ pub struct HeaderInjector<'a>(pub &'a mut HeaderMap);
 
 impl Injector for HeaderInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
-        if let (Ok(name), Ok(value)) = (
-            http::HeaderName::from_bytes(key.as_bytes()),
-            http::HeaderValue::from_str(&value),
-        ) {
+        // The names the propagators write, without copying them per call.
+        const KNOWN: [&str; 3] = ["traceparent", "tracestate", "baggage"];
+        let name = match KNOWN.iter().find(|known| **known == key) {
+            Some(known) => Ok(http::HeaderName::from_static(known)),
+            None => http::HeaderName::from_bytes(key.as_bytes()),
+        };
+        if let (Ok(name), Ok(value)) = (name, http::HeaderValue::try_from(value)) {
             self.0.insert(name, value);
         }
     }
@@ -619,6 +622,27 @@ mod tests {
         assert_eq!(extractor.get("TRACEPARENT"), Some("new"));
         assert_eq!(extractor.get("tracestate"), None);
         assert_eq!(extractor.keys(), ["other", "traceparent"]);
+    }
+
+    #[test]
+    fn trace_context_goes_into_headers_by_any_name() {
+        let mut headers = HeaderMap::new();
+        let mut injector = HeaderInjector(&mut headers);
+        injector.set(
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+        );
+        injector.set("x-other", "kept".into());
+        injector.set("baggage", "bad\nvalue".into());
+        assert_eq!(
+            headers["traceparent"],
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        );
+        assert_eq!(headers["x-other"], "kept");
+        assert!(
+            !headers.contains_key("baggage"),
+            "an invalid value is left out"
+        );
     }
 
     #[test]
