@@ -5,6 +5,9 @@
 #                                  bench driver on CPU 1 (load generators, OTLP sink) while it
 #                                  starts every server on CPU 0; the results replace those in
 #                                  docs/benchmarks.md. BENCH_SECONDS sets each run's length.
+#                                  BENCH_OLD=<commit> also measures that commit's inventory
+#                                  in the same run (built first in a temporary worktree,
+#                                  sharing target/, so dependencies build once).
 #   scripts/bench.sh --build-times `make bench-build`: the clean debug build and the
 #                                  incremental rebuild after touching one handler, timed in
 #                                  a temporary clone of HEAD with its own target directory.
@@ -81,6 +84,20 @@ cleanup() {
   rm -f "$logs/pids"
 }
 
+# Builds inventory at commit $1 in a temporary worktree, with this checkout's target/
+# (dependencies shared), and keeps its binary in target/bench-old/.
+build_old() {
+  local tmp
+  tmp="$(mktemp -d)"
+  log "building inventory at $1 in $tmp"
+  git worktree add --quiet --detach "$tmp/src" "$1"
+  (cd "$tmp/src" && CARGO_TARGET_DIR="$root/target" cargo build --release --locked -p inventory)
+  mkdir -p target/bench-old
+  cp target/release/inventory target/bench-old/inventory
+  git worktree remove --force "$tmp/src"
+  rm -rf "$tmp"
+}
+
 run() {
   if (($(nproc --all) < 2)); then
     log "needs 2 CPUs (servers on CPU 0, load on CPU 1)" >&2
@@ -102,11 +119,16 @@ run() {
   for dir in services/*/; do
     packages+=(-p "$(basename "$dir")")
   done
+  local old_args=()
+  if [[ -n "${BENCH_OLD:-}" ]]; then
+    build_old "$BENCH_OLD"
+    old_args=(--old-bin-dir target/bench-old)
+  fi
   log "building the release binaries: ${packages[*]}"
   cargo build --release --locked "${packages[@]}"
   mkdir -p "$logs"
   trap cleanup EXIT
-  taskset -c 1 target/release/bench --bin-dir target/release \
+  taskset -c 1 target/release/bench --bin-dir target/release "${old_args[@]}" \
     --python .tools/venv/bin/python --peer bench/peer.py --logs "$logs" \
     --seconds "${BENCH_SECONDS:-5}" --doc "$doc"
 }

@@ -3,7 +3,9 @@
 //!   RESOURCE_EXHAUSTED, the calls it accepts stay fast, health keeps answering, and
 //!   latency is back to normal as soon as the load ends;
 //! - a connection older than `GRPC_MAX_CONNECTION_AGE` is sent away with GOAWAY and the
-//!   client moves to a new one without a failed call.
+//!   client moves to a new one without a failed call;
+//! - whatever method names clients make up, answered or shed before routing, the
+//!   metrics keep a bounded set of series.
 //!
 //! The service under test has a real bottleneck, as a service with a database pool
 //! does: 2 "connections", each held 20 ms per call, so it serves at most 100 calls/s.
@@ -38,7 +40,7 @@ const CAPACITY_PER_SECOND: f64 = 100.0;
 /// `GetPayment` waits for one of [`POOL`] connections and holds it [`QUERY`]; it also
 /// remembers the client ports it was called from (one per connection).
 struct Bottleneck {
-    pool: Semaphore,
+    pool: Arc<Semaphore>,
     peers: Arc<Mutex<HashSet<SocketAddr>>>,
 }
 
@@ -72,14 +74,22 @@ impl PaymentService for Bottleneck {
     }
 }
 
-/// The bottleneck service behind `shared::Server`, configured by `vars`; also returns
-/// the client addresses it has seen.
-async fn serve(vars: &[(&str, &str)]) -> (TestServer, Arc<Mutex<HashSet<SocketAddr>>>) {
+/// The bottleneck service behind `shared::Server`, configured by `vars`.
+struct Served {
+    server: TestServer,
+    /// The client addresses the service has seen.
+    peers: Arc<Mutex<HashSet<SocketAddr>>>,
+    /// The service's pool: a test that takes its permits holds every call in the handler.
+    pool: Arc<Semaphore>,
+}
+
+async fn serve(vars: &[(&str, &str)]) -> Served {
     let env = shared::testing::env(vars.iter().copied());
     let config = shared::ServerConfig::from_env(&env, 0, 0).unwrap();
     let peers = Arc::default();
+    let pool = Arc::new(Semaphore::new(POOL));
     let service = Bottleneck {
-        pool: Semaphore::new(POOL),
+        pool: Arc::clone(&pool),
         peers: Arc::clone(&peers),
     };
     let server = shared::Server::builder("limits", &config)
@@ -87,7 +97,11 @@ async fn serve(vars: &[(&str, &str)]) -> (TestServer, Arc<Mutex<HashSet<SocketAd
         .bind()
         .await
         .unwrap();
-    (TestServer::start(server), peers)
+    Served {
+        server: TestServer::start(server),
+        peers,
+        pool,
+    }
 }
 
 /// A new connection to `server` (as a separate client or a kubelet probe would have).
@@ -151,7 +165,7 @@ fn latencies(outcomes: &[(Code, Duration)], code: Code) -> Vec<Duration> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overload_is_shed_quickly_and_what_is_accepted_stays_fast() {
-    let (server, _) = serve(&[("GRPC_CONCURRENCY_LIMIT", "4")]).await;
+    let Served { server, .. } = serve(&[("GRPC_CONCURRENCY_LIMIT", "4")]).await;
     let channel = connect(&server);
     assert_eq!(call(channel.clone()).await.0, Code::Ok);
 
@@ -243,7 +257,7 @@ async fn overload_is_shed_quickly_and_what_is_accepted_stays_fast() {
 
 #[tokio::test]
 async fn an_old_connection_is_sent_away_without_failing_a_call() {
-    let (server, peers) = serve(&[("GRPC_MAX_CONNECTION_AGE", "200ms")]).await;
+    let Served { server, peers, .. } = serve(&[("GRPC_MAX_CONNECTION_AGE", "200ms")]).await;
     let channel = connect(&server);
     let started = Instant::now();
     let mut calls = 0;
@@ -258,5 +272,74 @@ async fn an_old_connection_is_sent_away_without_failing_a_call() {
         connections >= 3,
         "{calls} calls over {connections} connections"
     );
+    server.stop().await.unwrap();
+}
+
+/// A call to `path` (any name a client makes up), answered with its status code.
+async fn call_path(channel: &Channel, path: &str) -> Code {
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready().await.unwrap();
+    let path = http::uri::PathAndQuery::try_from(path).unwrap();
+    let codec = tonic_prost::ProstCodec::<GetPaymentRequest, GetPaymentResponse>::default();
+    match grpc
+        .unary(Request::new(GetPaymentRequest::default()), path, codec)
+        .await
+    {
+        Ok(_) => Code::Ok,
+        Err(status) => status.code(),
+    }
+}
+
+/// The series of the call-duration histogram of the server (one `_count` line each).
+fn server_series() -> Vec<String> {
+    shared::metrics::render()
+        .lines()
+        .filter(|line| line.starts_with("rpc_server_call_duration_seconds_count{"))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn made_up_method_names_never_become_labels_even_when_shed() {
+    let Served { server, pool, .. } = serve(&[("GRPC_CONCURRENCY_LIMIT", "1")]).await;
+    let channel = connect(&server);
+    // A call to a real method, then its answers stop: it holds the only place.
+    assert_eq!(call(channel.clone()).await.0, Code::Ok);
+    let held = pool.acquire_many(POOL as u32).await.unwrap();
+    let in_flight = tokio::spawn(call(channel.clone()));
+    shared::testing::eventually("the server to shed", || async {
+        // Not a method of the service: answered at once while the place is free.
+        call_path(&channel, "/payments.v1.PaymentService/MadeUp").await == Code::ResourceExhausted
+    })
+    .await;
+
+    // Shed before routing: neither the router nor a handler saw these names.
+    for i in 0..1000 {
+        let path = match i % 2 {
+            0 => format!("/payments.v1.PaymentService/MadeUp{i}"),
+            _ => format!("/made.up{i}.v1.Service/Method{i}"),
+        };
+        assert_eq!(call_path(&channel, &path).await, Code::ResourceExhausted);
+    }
+    drop(held);
+    assert_eq!(in_flight.await.unwrap().0, Code::Ok);
+    // Routed: UNIMPLEMENTED.
+    for path in ["/payments.v1.PaymentService/MadeUp", "/made.up.v1.S/M"] {
+        assert_eq!(call_path(&channel, path).await, Code::Unimplemented);
+    }
+
+    let series = server_series();
+    let text = series.join("\n");
+    assert!(
+        !text.contains("MadeUp") && !text.contains("made.up"),
+        "{text}"
+    );
+    // GetPayment (OK, RESOURCE_EXHAUSTED), and `_OTHER` for the made-up methods of a
+    // real service and for made-up services (RESOURCE_EXHAUSTED, UNIMPLEMENTED each).
+    let made_up = series
+        .iter()
+        .filter(|s| s.contains(r#"rpc_method="_OTHER""#));
+    assert_eq!(made_up.count(), 4, "{text}");
+    assert!(series.len() <= 8, "{text}");
     server.stop().await.unwrap();
 }

@@ -39,6 +39,13 @@ pub enum Target {
         client: InventoryServiceClient<Channel>,
         sku: String,
     },
+    /// The same through `shared::client::channel`, as the services call each other
+    /// (client span, trace context, metrics, deadline, retry budget, breaker,
+    /// bulkhead, balancing).
+    GetProductShared {
+        client: InventoryServiceClient<shared::client::Channel>,
+        sku: String,
+    },
     /// An HTTP/1.1 GET expecting 200 (keep-alive connection pool).
     HttpGet { client: HttpClient, uri: Uri },
     /// `POST /v1/orders` on the gateway, each with a new `Idempotency-Key`; 201 expected.
@@ -61,6 +68,18 @@ impl Target {
             .map_err(|e| format!("cannot connect to {uri}: {e}"))?;
         Ok(Self::GetProduct {
             client: InventoryServiceClient::new(channel),
+            sku: sku.to_owned(),
+        })
+    }
+
+    /// GetProduct of `sku` on the gRPC server at `uri` through `shared::client::channel`
+    /// with the default client configuration (connects on the first call).
+    pub fn get_product_shared(uri: &str, sku: &str) -> Result<Self, String> {
+        let uri: Uri = uri.parse().map_err(|e| format!("{uri}: {e}"))?;
+        let env: shared::Env = std::iter::empty::<(&str, &str)>().collect();
+        let config = shared::ClientConfig::from_env(&env).map_err(|e| e.to_string())?;
+        Ok(Self::GetProductShared {
+            client: InventoryServiceClient::new(shared::client::channel(uri, &config)),
             sku: sku.to_owned(),
         })
     }
@@ -91,6 +110,12 @@ impl Target {
     pub async fn call(&self) -> Result<(), String> {
         match self {
             Self::GetProduct { client, sku } => client
+                .clone()
+                .get_product(GetProductRequest { sku: sku.clone() })
+                .await
+                .map(drop)
+                .map_err(|status| format!("grpc-status {:?}", status.code())),
+            Self::GetProductShared { client, sku } => client
                 .clone()
                 .get_product(GetProductRequest { sku: sku.clone() })
                 .await

@@ -11,7 +11,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::time::Instant;
+use pin_project_lite::pin_project;
+use tokio::task::futures::TaskLocalFuture;
+use tokio::time::{Instant, Timeout};
 use tonic::Status;
 use tower::{Layer, Service};
 
@@ -66,12 +68,11 @@ pub struct Deadline<S> {
 impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for Deadline<S>
 where
     S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
-    S::Future: Send + 'static,
     ResBody: Default,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+    type Future = DeadlineFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -88,16 +89,38 @@ where
         // when both fire at once, the answer is this one (tests/bad_input.rs).
         let deadline = Instant::now() + timeout;
         let response = DEADLINE.scope(deadline, self.inner.call(request));
-        Box::pin(async move {
-            match tokio::time::timeout_at(deadline, response).await {
-                Ok(result) => result,
-                Err(_) => Ok(Status::deadline_exceeded("deadline exceeded").into_http()),
-            }
-        })
+        DeadlineFuture {
+            inner: tokio::time::timeout_at(deadline, response),
+        }
     }
 }
 
-/// The `grpc-timeout` header: at most 8 digits and a unit (H, M, S, m, u, n).
+pin_project! {
+    /// The answer of [`Deadline`]: the inner service's, or DEADLINE_EXCEEDED.
+    #[derive(Debug)]
+    pub struct DeadlineFuture<F> {
+        #[pin]
+        inner: Timeout<TaskLocalFuture<Instant, F>>,
+    }
+}
+
+impl<F, B, E> Future for DeadlineFuture<F>
+where
+    F: Future<Output = Result<http::Response<B>, E>>,
+    B: Default,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match std::task::ready!(self.project().inner.poll(cx)) {
+            Ok(result) => Poll::Ready(result),
+            Err(_) => Poll::Ready(Ok(
+                Status::deadline_exceeded("deadline exceeded").into_http()
+            )),
+        }
+    }
+}
+
 pub(crate) fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
     let value = headers.get("grpc-timeout")?.to_str().ok()?;
     let (digits, unit) = value.split_at(value.len().checked_sub(1)?);

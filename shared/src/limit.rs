@@ -18,7 +18,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use tokio::sync::Semaphore;
+use pin_project_lite::pin_project;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::Status;
 use tower::{Layer, Service};
 
@@ -61,32 +62,64 @@ pub struct LoadShed<S> {
 impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for LoadShed<S>
 where
     S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    ResBody: Default + Send + 'static,
+    ResBody: Default,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+    type Future = LoadShedFuture<S::Future, ResBody>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
-        if request.uri().path().starts_with(HEALTH_PREFIX) {
-            return Box::pin(self.inner.call(request));
-        }
-        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+        let permit = if request.uri().path().starts_with(HEALTH_PREFIX) {
+            None
+        } else if let Ok(permit) = self.permits.clone().try_acquire_owned() {
+            Some(permit)
+        } else {
             let status = Status::resource_exhausted("the server is overloaded; retry later");
-            return Box::pin(std::future::ready(Ok(status.into_http())));
+            return LoadShedFuture {
+                inner: None,
+                shed: Some(status.into_http()),
+                permit: None,
+            };
         };
-        let response = self.inner.call(request);
-        Box::pin(async move {
-            let response = response.await;
-            drop(permit);
-            response
-        })
+        LoadShedFuture {
+            inner: Some(self.inner.call(request)),
+            shed: None,
+            permit,
+        }
+    }
+}
+
+pin_project! {
+    /// The answer of [`LoadShed`]: the inner service's, holding the place until it
+    /// comes, or RESOURCE_EXHAUSTED at once.
+    #[derive(Debug)]
+    pub struct LoadShedFuture<F, B> {
+        #[pin]
+        inner: Option<F>,
+        shed: Option<http::Response<B>>,
+        permit: Option<OwnedSemaphorePermit>,
+    }
+}
+
+impl<F, B, E> Future for LoadShedFuture<F, B>
+where
+    F: Future<Output = Result<http::Response<B>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let Some(inner) = this.inner.as_pin_mut() else {
+            let shed = this.shed.take().expect("polled after completion");
+            return Poll::Ready(Ok(shed));
+        };
+        let response = std::task::ready!(inner.poll(cx));
+        this.permit.take();
+        Poll::Ready(response)
     }
 }
 
@@ -117,7 +150,7 @@ mod tests {
         });
         let mut service = LoadShedLayer::new(2).layer(handler);
         // `call` takes the place (or refuses) at once, before the answer is awaited.
-        move |path| service.call(http::Request::builder().uri(path).body(()).unwrap())
+        move |path| Box::pin(service.call(http::Request::builder().uri(path).body(()).unwrap()))
     }
 
     async fn grpc_status(call: Call) -> Option<String> {
@@ -157,8 +190,8 @@ mod tests {
         let mut first = layer.layer(handler);
         let mut second = layer.layer(handler);
         let request = || http::Request::builder().uri(APP).body(()).unwrap();
-        let held = first.ready().await.unwrap().call(request());
-        let refused = second.ready().await.unwrap().call(request());
+        let held = Box::pin(first.ready().await.unwrap().call(request()));
+        let refused = Box::pin(second.ready().await.unwrap().call(request()));
         assert_eq!(grpc_status(refused).await.as_deref(), Some("8"));
         release.cancel();
         assert_eq!(grpc_status(held).await, None);

@@ -18,13 +18,15 @@
 //! - `process_*`: CPU seconds, resident and virtual memory, open file descriptors,
 //!   threads and start time (Linux).
 //!
-//! Labels stay bounded whatever clients send: a service this process does not serve
-//! and a method it does not know (an UNIMPLEMENTED answer) are recorded as `_OTHER`.
+//! Labels stay bounded whatever clients send, on every path (answered, shed by load
+//! shedding before routing, timed out): a service this process does not serve is
+//! recorded as `_OTHER`, and so is a method its services do not have. Each method's
+//! series are resolved once ([`CallMetrics`]), not looked up by labels per call.
 
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, Histogram, HistogramOpts, HistogramVec, Opts, Registry, TextEncoder};
 
 pub use prometheus::{IntCounterVec, IntGaugeVec};
 
@@ -154,16 +156,76 @@ fn metrics() -> &'static Metrics {
     })
 }
 
-/// Records one finished call.
-pub(crate) fn record_call(side: Side, service: &str, method: &str, code: i32, duration: Duration) {
-    let metrics = metrics();
-    let histogram = match side {
-        Side::Server => &metrics.server,
-        Side::Client => &metrics.client,
-    };
-    histogram
-        .with_label_values(&["grpc", service, method, code_label(code)])
-        .observe(duration.as_secs_f64());
+/// The histogram series of one method on one side, resolved once: a call records into
+/// its status code's series without looking labels up. Series appear on their first
+/// sample, as with label lookups, so `/metrics` shows only codes that happened.
+#[derive(Debug)]
+pub(crate) struct CallMetrics {
+    side: Side,
+    service: &'static str,
+    method: &'static str,
+    by_code: [OnceLock<Histogram>; CODES.len()],
+}
+
+impl CallMetrics {
+    pub(crate) fn side(&self) -> Side {
+        self.side
+    }
+
+    /// Records one finished call.
+    pub(crate) fn record(&self, code: i32, duration: Duration) {
+        let index = code_index(code);
+        self.by_code[index]
+            .get_or_init(|| {
+                let metrics = metrics();
+                let histogram = match self.side {
+                    Side::Server => &metrics.server,
+                    Side::Client => &metrics.client,
+                };
+                histogram.with_label_values(&["grpc", self.service, self.method, CODES[index]])
+            })
+            .observe(duration.as_secs_f64());
+    }
+}
+
+/// The series of the method named `service/method` on `side`, made once per process
+/// and kept for its life, as the registry keeps its series. Callers pass names from a
+/// bounded set: the methods a server serves (or `_OTHER`), the methods our generated
+/// clients call. Finding one already made takes a read lock and allocates nothing.
+pub(crate) fn call_metrics(side: Side, name: &str) -> &'static CallMetrics {
+    use std::collections::HashMap;
+    use std::sync::{PoisonError, RwLock};
+    type Known = RwLock<HashMap<&'static str, &'static CallMetrics>>;
+    static KNOWN: [OnceLock<Known>; 2] = [OnceLock::new(), OnceLock::new()];
+    let known = KNOWN[side as usize].get_or_init(Known::default);
+    let found = known
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(name)
+        .copied();
+    if let Some(found) = found {
+        return found;
+    }
+    let mut known = known.write().unwrap_or_else(PoisonError::into_inner);
+    if let Some(found) = known.get(name) {
+        return found;
+    }
+    let name: &'static str = Box::leak(Box::from(name));
+    let (service, method) = name.split_once('/').unwrap_or((name, ""));
+    let made: &'static CallMetrics = Box::leak(Box::new(CallMetrics {
+        side,
+        service,
+        method,
+        by_code: Default::default(),
+    }));
+    known.insert(name, made);
+    made
+}
+
+/// Records one finished call (for callers that have no [`CallMetrics`]).
+#[cfg(test)]
+fn record_call(side: Side, service: &str, method: &str, code: i32, duration: Duration) {
+    call_metrics(side, &format!("{service}/{method}")).record(code, duration);
 }
 
 pub(crate) fn client_attempt(upstream: &str) {
@@ -207,16 +269,18 @@ pub(crate) fn client_breaker_state(upstream: &str, state: BreakerState, changed:
     }
 }
 
-/// The label of a gRPC status code (0 to 16), without formatting on the hot path.
-fn code_label(code: i32) -> &'static str {
-    const CODES: [&str; 17] = [
-        "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
-    ];
+/// The labels of the gRPC status codes (0 to 16), without formatting on the hot path.
+const CODES: [&str; 17] = [
+    "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+];
+const UNKNOWN: usize = 2;
+
+/// The index in [`CODES`] of `code`; a code outside them counts as UNKNOWN.
+fn code_index(code: i32) -> usize {
     usize::try_from(code)
         .ok()
-        .and_then(|i| CODES.get(i))
-        .copied()
-        .unwrap_or("2")
+        .filter(|&i| i < CODES.len())
+        .unwrap_or(UNKNOWN)
 }
 
 /// A counter family of a service's own, registered in the process's registry so that
@@ -295,9 +359,9 @@ mod tests {
 
     #[test]
     fn unknown_codes_count_as_unknown() {
-        assert_eq!(code_label(0), "0");
-        assert_eq!(code_label(16), "16");
-        assert_eq!(code_label(17), "2");
-        assert_eq!(code_label(-1), "2");
+        assert_eq!(CODES[code_index(0)], "0");
+        assert_eq!(CODES[code_index(16)], "16");
+        assert_eq!(CODES[code_index(17)], "2");
+        assert_eq!(CODES[code_index(-1)], "2");
     }
 }

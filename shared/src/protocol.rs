@@ -21,8 +21,7 @@ use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body::Frame;
-use http_body_util::BodyExt;
-use tonic::body::Body;
+use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 /// The answers of tonic that the spec words otherwise: tonic's code (`grpc-status`)
@@ -66,14 +65,11 @@ pub struct Protocol<S> {
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Protocol<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    S::Error: Send + 'static,
-    S::Future: Send + 'static,
-    ResBody: http_body::Body<Data = Bytes> + Send + 'static,
-    ResBody::Error: Into<tonic::codegen::StdError>,
+    ResBody: Default,
 {
-    type Response = Response<Body>;
+    type Response = Response<SpecStatus<ResBody>>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+    type Future = ProtocolFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -81,23 +77,75 @@ where
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         if !is_grpc(request.headers()) {
-            let mut response = Response::new(Body::default());
-            *response.status_mut() = StatusCode::UNSUPPORTED_MEDIA_TYPE;
-            return Box::pin(std::future::ready(Ok(response)));
+            return ProtocolFuture { inner: None };
         }
-        let response = self.inner.call(request);
-        Box::pin(async move {
-            let mut response = response.await?;
-            // A trailers-only response (a request too large, or any early error)...
-            spec_status(response.headers_mut());
-            // ...or the trailers after the messages (a response too large).
-            Ok(response.map(|body| Body::new(body.map_frame(trailers_spec_status))))
-        })
+        ProtocolFuture {
+            inner: Some(self.inner.call(request)),
+        }
     }
 }
 
-/// `application/grpc`, alone or followed by `+codec` or `;parameters`; media types
-/// compare case-insensitively.
+pin_project! {
+    /// The answer of [`Protocol`]: the inner service's with the spec's status codes, or
+    /// HTTP 415 (no inner future).
+    #[derive(Debug)]
+    pub struct ProtocolFuture<F> {
+        #[pin]
+        inner: Option<F>,
+    }
+}
+
+impl<F, B, E> Future for ProtocolFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    B: Default,
+{
+    type Output = Result<Response<SpecStatus<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some(inner) = self.project().inner.as_pin_mut() else {
+            let mut response = Response::new(SpecStatus::default());
+            *response.status_mut() = StatusCode::UNSUPPORTED_MEDIA_TYPE;
+            return Poll::Ready(Ok(response));
+        };
+        let mut response = std::task::ready!(inner.poll(cx))?;
+        // A trailers-only response (a request too large, or any early error)...
+        spec_status(response.headers_mut());
+        // ...or the trailers after the messages (a response too large).
+        Poll::Ready(Ok(response.map(|inner| SpecStatus { inner })))
+    }
+}
+
+pin_project! {
+    /// A response body whose trailers get the spec's status codes.
+    #[derive(Debug, Default)]
+    pub struct SpecStatus<B> {
+        #[pin]
+        inner: B,
+    }
+}
+
+impl<B: http_body::Body<Data = Bytes>> http_body::Body for SpecStatus<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let frame = std::task::ready!(self.project().inner.poll_frame(cx));
+        Poll::Ready(frame.map(|frame| frame.map(trailers_spec_status)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
     const GRPC: &[u8] = b"application/grpc";
     let Some(value) = headers.get(CONTENT_TYPE) else {
@@ -211,6 +259,7 @@ mod tests {
         reporter
             .set_service_status("", tonic_health::ServingStatus::Serving)
             .await;
+        use http_body_util::BodyExt as _;
         let mut service = ProtocolLayer.layer(health.max_encoding_message_size(1));
         let empty_check = http_body_util::Full::new(Bytes::from_static(&[0; 5]));
         let request = Request::post("/grpc.health.v1.Health/Check")

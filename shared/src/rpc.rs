@@ -24,12 +24,14 @@ use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 use http_body::{Body, Frame, SizeHint};
 use opentelemetry::propagation::{Extractor, Injector};
+use pin_project_lite::pin_project;
 use tonic::transport::server::TcpConnectInfo;
 use tower::{Layer, Service};
 use tracing::Instrument;
+use tracing::instrument::Instrumented;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::metrics::{self, Side};
+use crate::metrics::{self, CallMetrics, Side};
 use crate::panic::{self, Panic};
 use crate::telemetry;
 
@@ -45,7 +47,6 @@ const OTHER: &str = "_OTHER";
 /// gRPC status codes the conventions count as errors on the server side; on the client
 /// side every code but OK is one.
 const SERVER_ERRORS: [i32; 6] = [2, 4, 12, 13, 14, 15];
-const UNIMPLEMENTED: i32 = 12;
 const CANCELLED: i32 = 1;
 const UNKNOWN: i32 = 2;
 const INTERNAL: i32 = 13;
@@ -53,16 +54,14 @@ const INTERNAL: i32 = 13;
 /// One call in flight.
 #[derive(Debug)]
 struct Call {
-    side: Side,
     span: tracing::Span,
-    service: &'static str,
-    method: Arc<str>,
+    metrics: &'static CallMetrics,
     start: Instant,
 }
 
 impl Call {
     fn finish(self, code: i32) {
-        let error = match self.side {
+        let error = match self.metrics.side() {
             Side::Server => SERVER_ERRORS.contains(&code),
             Side::Client => code != 0,
         };
@@ -70,13 +69,7 @@ impl Call {
         if error {
             self.span.record("otel.status_code", "ERROR");
         }
-        // An unknown method of a known service: do not let clients mint labels.
-        let method = if code == UNIMPLEMENTED {
-            OTHER
-        } else {
-            &self.method
-        };
-        metrics::record_call(self.side, self.service, method, code, self.start.elapsed());
+        self.metrics.record(code, self.start.elapsed());
     }
 
     /// Finishes now if the status came with the headers (a "trailers-only" response,
@@ -202,23 +195,72 @@ impl<B> Drop for Observed<B> {
     }
 }
 
-type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+pin_project! {
+    /// The answer to a call, observed: a [`ServerRpc`]'s (which also catches a panic
+    /// of the handler) or a [`ClientRpc`]'s. `call` is `None` for a request that is no
+    /// call, passed on unobserved.
+    #[derive(Debug)]
+    pub struct ObservedFuture<F> {
+        #[pin]
+        inner: Instrumented<F>,
+        call: Option<Call>,
+        catch_panics: bool,
+    }
+}
 
-/// Observes the calls a server receives. `services` are the names it serves; calls to
-/// any other service are labelled `_OTHER`.
+impl<F, B, E> Future for ObservedFuture<F>
+where
+    F: Future<Output = Result<http::Response<B>, E>>,
+{
+    type Output = Result<http::Response<Observed<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut inner = this.inner;
+        let polled = if *this.catch_panics {
+            panic::catch(|| inner.as_mut().poll(cx))
+        } else {
+            Ok(inner.poll(cx))
+        };
+        let response = match polled {
+            Ok(Poll::Pending) => return Poll::Pending,
+            Ok(Poll::Ready(response)) => response?,
+            Err(panic) => {
+                let call = this.call.take().expect("only calls catch panics");
+                return Poll::Ready(Ok(call.panicked(&panic)));
+            }
+        };
+        Poll::Ready(Ok(match this.call.take() {
+            Some(call) => call.observe(response),
+            None => response.map(|inner| Observed {
+                inner: Some(inner),
+                call: None,
+            }),
+        }))
+    }
+}
+
+/// Observes the calls a server receives. Calls to a service it does not serve are
+/// labelled `_OTHER`, and so are calls to a method its services do not have, in the
+/// metrics (whatever the answer: UNIMPLEMENTED, or RESOURCE_EXHAUSTED when shed before
+/// routing), so that clients cannot mint label values.
 #[derive(Clone, Debug)]
 pub struct ServerLayer {
     app: &'static str,
-    services: Arc<[&'static str]>,
+    methods: Arc<Methods>,
 }
 
 impl ServerLayer {
     /// `app` is the name of the service that serves (`orders`): its server spans
     /// carry it as [`APP_SERVICE`], which tells the services of one process apart.
-    pub fn new(app: &'static str, services: impl IntoIterator<Item = &'static str>) -> Self {
+    /// `services` are the full names of the services served, each with its methods.
+    pub fn new<'a, M>(app: &'static str, services: impl IntoIterator<Item = (&'a str, M)>) -> Self
+    where
+        M: IntoIterator<Item = &'a str>,
+    {
         Self {
             app,
-            services: services.into_iter().collect(),
+            methods: Arc::new(Methods::new(services)),
         }
     }
 }
@@ -230,8 +272,64 @@ impl<S> Layer<S> for ServerLayer {
         ServerRpc {
             inner,
             app: self.app,
-            services: self.services.clone(),
+            methods: self.methods.clone(),
         }
+    }
+}
+
+/// The services and methods a server serves, each with its metric series, resolved
+/// once when the server is built.
+#[derive(Debug)]
+struct Methods {
+    services: Box<[Served]>,
+    /// `_OTHER/_OTHER`: a service not served.
+    other: &'static CallMetrics,
+}
+
+#[derive(Debug)]
+struct Served {
+    name: &'static str,
+    methods: Box<[(&'static str, &'static CallMetrics)]>,
+    /// `service/_OTHER`: a method the service does not have.
+    other: &'static CallMetrics,
+}
+
+impl Methods {
+    fn new<'a, M>(services: impl IntoIterator<Item = (&'a str, M)>) -> Self
+    where
+        M: IntoIterator<Item = &'a str>,
+    {
+        let series = |service: &str, method: &str| {
+            metrics::call_metrics(Side::Server, &[service, method].join("/"))
+        };
+        let services = services
+            .into_iter()
+            .map(|(service, methods)| Served {
+                name: intern(service),
+                methods: methods
+                    .into_iter()
+                    .map(|method| (intern(method), series(service, method)))
+                    .collect(),
+                other: series(service, OTHER),
+            })
+            .collect();
+        Self {
+            services,
+            other: series(OTHER, OTHER),
+        }
+    }
+
+    /// The service's label (its name, or `_OTHER`) and the method's series.
+    fn find(&self, service: &str, method: &str) -> (&'static str, &'static CallMetrics) {
+        let Some(served) = self.services.iter().find(|s| s.name == service) else {
+            return (OTHER, self.other);
+        };
+        let series = served
+            .methods
+            .iter()
+            .find(|(name, _)| *name == method)
+            .map_or(served.other, |(_, series)| series);
+        (served.name, series)
     }
 }
 
@@ -240,18 +338,16 @@ impl<S> Layer<S> for ServerLayer {
 pub struct ServerRpc<S> {
     inner: S,
     app: &'static str,
-    services: Arc<[&'static str]>,
+    methods: Arc<Methods>,
 }
 
 impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for ServerRpc<S>
 where
     S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
-    S::Future: Send + 'static,
-    ResBody: Send + 'static,
 {
     type Response = http::Response<Observed<ResBody>>;
     type Error = S::Error;
-    type Future = BoxFuture<Self::Response, Self::Error>;
+    type Future = ObservedFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -261,21 +357,14 @@ where
         if !crate::protocol::is_grpc(request.headers()) {
             // Not a call (`crate::protocol` answers HTTP 415): no span and no sample,
             // so that no path a client makes up becomes a metric label.
-            let response = self.inner.call(request);
-            return Box::pin(async move {
-                Ok(response.await?.map(|inner| Observed {
-                    inner: Some(inner),
-                    call: None,
-                }))
-            });
+            return ObservedFuture {
+                inner: self.inner.call(request).instrument(tracing::Span::none()),
+                call: None,
+                catch_panics: false,
+            };
         }
         let (name, service, method) = split_path(request.uri().path());
-        let service = self
-            .services
-            .iter()
-            .find(|s| **s == service)
-            .copied()
-            .unwrap_or(OTHER);
+        let (service, metrics) = self.methods.find(service, method);
         let peer = request.extensions().get::<TcpConnectInfo>();
         let span = tracing::info_span!(
             "rpc",
@@ -294,19 +383,15 @@ where
         );
         continue_trace(&span, request.headers());
         let call = Call {
-            side: Side::Server,
             span: span.clone(),
-            service,
-            method: Arc::from(method),
+            metrics,
             start: Instant::now(),
         };
-        let response = self.inner.call(request).instrument(span);
-        Box::pin(async move {
-            match panic::catch_unwind(response).await {
-                Ok(response) => Ok(call.observe(response?)),
-                Err(panic) => Ok(call.panicked(&panic)),
-            }
-        })
+        ObservedFuture {
+            inner: self.inner.call(request).instrument(span),
+            call: Some(call),
+            catch_panics: true,
+        }
     }
 }
 
@@ -337,12 +422,10 @@ impl<S> ClientRpc<S> {
 impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for ClientRpc<S>
 where
     S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
-    S::Future: Send + 'static,
-    ResBody: Send + 'static,
 {
     type Response = http::Response<Observed<ResBody>>;
     type Error = S::Error;
-    type Future = BoxFuture<Self::Response, Self::Error>;
+    type Future = ObservedFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -363,17 +446,18 @@ where
             server.port = self.port,
         );
         let call = Call {
-            side: Side::Client,
             span: span.clone(),
-            // The upstream's services are not known here; their names come from our
+            // The upstream's methods are not known here; their names come from our
             // own generated clients, so they are bounded anyway.
-            service: intern(service),
-            method: Arc::from(method),
+            metrics: metrics::call_metrics(Side::Client, name),
             start: Instant::now(),
         };
         inject_trace(&span, request.headers_mut());
-        let response = self.inner.call(request).instrument(span);
-        Box::pin(async move { Ok(call.observe(response.await?)) })
+        ObservedFuture {
+            inner: self.inner.call(request).instrument(span),
+            call: Some(call),
+            catch_panics: false,
+        }
     }
 }
 
@@ -475,10 +559,13 @@ pub struct HeaderInjector<'a>(pub &'a mut HeaderMap);
 
 impl Injector for HeaderInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
-        if let (Ok(name), Ok(value)) = (
-            http::HeaderName::from_bytes(key.as_bytes()),
-            http::HeaderValue::from_str(&value),
-        ) {
+        // The names the propagators write, without copying them per call.
+        const KNOWN: [&str; 3] = ["traceparent", "tracestate", "baggage"];
+        let name = match KNOWN.iter().find(|known| **known == key) {
+            Some(known) => Ok(http::HeaderName::from_static(known)),
+            None => http::HeaderName::from_bytes(key.as_bytes()),
+        };
+        if let (Ok(name), Ok(value)) = (name, http::HeaderValue::try_from(value)) {
             self.0.insert(name, value);
         }
     }
@@ -535,6 +622,27 @@ mod tests {
         assert_eq!(extractor.get("TRACEPARENT"), Some("new"));
         assert_eq!(extractor.get("tracestate"), None);
         assert_eq!(extractor.keys(), ["other", "traceparent"]);
+    }
+
+    #[test]
+    fn trace_context_goes_into_headers_by_any_name() {
+        let mut headers = HeaderMap::new();
+        let mut injector = HeaderInjector(&mut headers);
+        injector.set(
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+        );
+        injector.set("x-other", "kept".into());
+        injector.set("baggage", "bad\nvalue".into());
+        assert_eq!(
+            headers["traceparent"],
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        );
+        assert_eq!(headers["x-other"], "kept");
+        assert!(
+            !headers.contains_key("baggage"),
+            "an invalid value is left out"
+        );
     }
 
     #[test]
@@ -601,7 +709,7 @@ mod tests {
             assert_ne!(request.uri().path(), "/x.v1.S/M", "a bug in the handler");
             Ok::<_, std::convert::Infallible>(http::Response::new(PanicsAfterOneFrame(false)))
         });
-        let rpc = ServerLayer::new("test", ["x.v1.S"]).layer(before_answering);
+        let rpc = ServerLayer::new("test", [("x.v1.S", ["M"])]).layer(before_answering);
         let request = grpc_request("/x.v1.S/M");
         let response = rpc.oneshot(request).await.expect("an answer, not a panic");
         assert_eq!(
@@ -615,7 +723,7 @@ mod tests {
         let while_streaming = tower::service_fn(|_: http::Request<()>| async {
             Ok::<_, std::convert::Infallible>(http::Response::new(PanicsAfterOneFrame(false)))
         });
-        let rpc = ServerLayer::new("test", ["x.v1.S"]).layer(while_streaming);
+        let rpc = ServerLayer::new("test", [("x.v1.S", ["M"])]).layer(while_streaming);
         let request = grpc_request("/x.v1.S/M");
         let mut body = rpc.oneshot(request).await.unwrap().into_body();
         let first = body.frame().await.unwrap().unwrap();
@@ -644,16 +752,16 @@ mod tests {
             }
             Ok::<_, std::convert::Infallible>(response)
         });
-        let rpc = ServerLayer::new("test", ["x.v1.S"]).layer(answer);
-        let path = "/x.v1.S/MadeUpByAClient";
+        let rpc = ServerLayer::new("test", [("x.v1.S", ["NotGrpc"])]).layer(answer);
+        let path = "/x.v1.S/NotGrpc";
         let request = http::Request::builder().uri(path).body(()).unwrap();
         let response = rpc.clone().oneshot(request).await.unwrap();
         assert_eq!(response.status(), http::StatusCode::UNSUPPORTED_MEDIA_TYPE);
         drop(response);
-        assert!(!metrics::render().contains("MadeUpByAClient"));
+        assert!(!metrics::render().contains("NotGrpc"));
 
         drop(rpc.oneshot(grpc_request(path)).await.unwrap());
-        assert!(metrics::render().contains("MadeUpByAClient"), "a call");
+        assert!(metrics::render().contains("NotGrpc"), "a call");
     }
 
     #[test]

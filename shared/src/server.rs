@@ -64,11 +64,14 @@ impl ServerBuilder {
     pub async fn bind(mut self) -> Result<Server, Error> {
         let health = Health::new(self.services.iter().copied());
         self.routes.add_service(health.service());
+        let mut served = vec![HEALTH_SERVICE];
         if self.config.reflection {
             let v1 = reflection(&self.services).build_v1()?;
             let v1alpha = reflection(&self.services).build_v1alpha()?;
             self.routes.add_service(v1).add_service(v1alpha);
+            served.extend([REFLECTION_V1, REFLECTION_V1ALPHA]);
         }
+        self.services.extend(served);
 
         let (listener, local_addr) = bind(self.config.listen_addr).await?;
         let (admin_listener, admin_addr) = bind(self.config.admin_addr).await?;
@@ -118,6 +121,44 @@ fn reflection(services: &[&'static str]) -> tonic_reflection::server::Builder<'s
     names.fold(builder, |builder, name| builder.with_service_name(name))
 }
 
+/// The methods of each of `services`, from the descriptor sets reflection serves (a
+/// service without a descriptor there has none: all its calls count as `_OTHER`).
+fn methods(services: &[&'static str]) -> Vec<(&'static str, Vec<String>)> {
+    use prost::Message as _;
+    let sets = [
+        contracts::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+    ];
+    let mut found: Vec<(String, Vec<String>)> = Vec::new();
+    for set in sets {
+        let set = prost_types::FileDescriptorSet::decode(set).expect("built-in descriptors");
+        for file in set.file {
+            let package = file.package();
+            for service in &file.service {
+                let full = match package {
+                    "" => service.name().to_owned(),
+                    package => format!("{package}.{}", service.name()),
+                };
+                let methods = service.method.iter().map(|m| m.name().to_owned());
+                found.push((full, methods.collect()));
+            }
+        }
+    }
+    services
+        .iter()
+        .map(|&service| {
+            let methods = found
+                .iter()
+                .find(|(name, _)| name == service)
+                .map(|(_, methods)| methods.clone())
+                .unwrap_or_default();
+            (service, methods)
+        })
+        .collect()
+}
+
 /// A bound server, ready to [`serve`](Server::serve).
 #[derive(Debug)]
 pub struct Server {
@@ -130,7 +171,7 @@ pub struct Server {
     /// The plaintext health-only port (`HEALTH_LISTEN_ADDR`), when there is one.
     health_listener: Option<(TcpListener, SocketAddr)>,
     routes: Routes,
-    /// The application services, by full name.
+    /// Every service served (health and reflection included), by full name.
     services: Vec<&'static str>,
     health: Health,
     draining: CancellationToken,
@@ -197,6 +238,7 @@ impl Server {
             health,
             draining,
         } = self;
+        let served = methods(&services);
         let incoming = TcpIncoming::from(listener)
             .with_nodelay(Some(true))
             .with_keepalive(config.tcp_keepalive);
@@ -226,7 +268,12 @@ impl Server {
                 tower::ServiceBuilder::new()
                     // One span (continuing the caller's trace) and one metric sample per
                     // call; every log line of the handler carries the span's fields.
-                    .layer(ServerLayer::new(name, services.iter().copied()))
+                    .layer(ServerLayer::new(
+                        name,
+                        served.iter().map(|(service, methods)| {
+                            (*service, methods.iter().map(String::as_str))
+                        }),
+                    ))
                     // Past `GRPC_CONCURRENCY_LIMIT` calls at once, refuse the next with
                     // RESOURCE_EXHAUSTED rather than queue it (health checks pass).
                     .layer(LoadShedLayer::new(config.concurrency_limit))
