@@ -154,6 +154,12 @@ pub enum DbError {
         #[source]
         source: sqlx::migrate::MigrateError,
     },
+    #[error("cannot listen on channel {channel:?}")]
+    Listen {
+        channel: String,
+        #[source]
+        source: sqlx::Error,
+    },
 }
 
 /// A pool of connections working in schema `schema` (the service's name), created if

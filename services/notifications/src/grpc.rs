@@ -18,7 +18,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::{Request, Response, Status};
 
 use crate::domain::{self, Notification};
-use crate::store::Store;
+use crate::store::{Feed, Store};
 
 /// The tonic service over `store`, with the server's message size limits. `draining`
 /// ends `StreamNotifications` streams when the server shuts down.
@@ -81,7 +81,7 @@ impl NotificationService for NotificationsApi {
 /// RESOURCE_EXHAUSTED if it falls too far behind (list to catch up, then stream again):
 /// never by skipping notifications silently.
 pub(crate) struct NotificationStream {
-    feed: BroadcastStream<Notification>,
+    feed: BroadcastStream<Feed>,
     customer_id: String,
     draining: Pin<Box<WaitForCancellationFutureOwned>>,
     done: bool,
@@ -102,13 +102,21 @@ impl Stream for NotificationStream {
         }
         loop {
             match ready!(Pin::new(&mut self.feed).poll_next(cx)) {
-                Some(Ok(notification)) if notification.customer_id == self.customer_id => {
+                Some(Ok(Feed::Added(notification)))
+                    if notification.customer_id == self.customer_id =>
+                {
                     return Poll::Ready(Some(Ok(pb::StreamNotificationsResponse {
                         notification: Some(notification.into()),
                     })));
                 }
                 // Another customer's.
-                Some(Ok(_)) => {}
+                Some(Ok(Feed::Added(_))) => {}
+                Some(Ok(Feed::Interrupted)) => {
+                    self.done = true;
+                    return Poll::Ready(Some(Err(Status::unavailable(
+                        "the live feed was interrupted; list the notifications, then stream again",
+                    ))));
+                }
                 Some(Err(BroadcastStreamRecvError::Lagged(missed))) => {
                     self.done = true;
                     let message = format!(

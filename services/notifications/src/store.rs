@@ -35,9 +35,19 @@ pub(crate) trait Store: Send + Sync + 'static {
         page: &PageRequest,
     ) -> Result<Vec<(String, Notification)>, Error>;
 
-    /// Every notification added from now on, of every customer. A receiver that falls
-    /// more than [`FEED_CAPACITY`] behind is told it lagged.
-    fn subscribe(&self) -> broadcast::Receiver<Notification>;
+    /// Every notification added from now on, of every customer, by any replica. A
+    /// receiver that falls more than [`FEED_CAPACITY`] behind is told it lagged; one
+    /// whose feed may have missed some (a lost database connection) gets
+    /// [`Feed::Interrupted`].
+    fn subscribe(&self) -> broadcast::Receiver<Feed>;
+}
+
+/// What a live feed carries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Feed {
+    Added(Notification),
+    /// Notifications may have been added that this feed cannot tell: list them.
+    Interrupted,
 }
 
 /// What [`Store::add`] did.
@@ -51,7 +61,7 @@ pub(crate) enum Added {
 #[derive(Debug)]
 pub(crate) struct MemoryStore {
     state: Mutex<State>,
-    feed: broadcast::Sender<Notification>,
+    feed: broadcast::Sender<Feed>,
 }
 
 #[derive(Debug, Default)]
@@ -99,7 +109,7 @@ impl Store for MemoryStore {
         state.notifications.push(notification.clone());
         // Sent under the lock, so subscribers see notifications in the store's order.
         // No subscriber is not an error.
-        let _ = self.feed.send(notification);
+        let _ = self.feed.send(Feed::Added(notification));
         Ok(Added::New)
     }
 
@@ -118,7 +128,7 @@ impl Store for MemoryStore {
             .collect())
     }
 
-    fn subscribe(&self) -> broadcast::Receiver<Notification> {
+    fn subscribe(&self) -> broadcast::Receiver<Feed> {
         self.feed.subscribe()
     }
 }
@@ -165,12 +175,20 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(events(&all), ["e2", "e1"]);
-        assert_eq!(feed.recv().await.unwrap().event_id, "e1");
+        assert_eq!(added(&mut feed).await.event_id, "e1");
         assert_eq!(
-            feed.recv().await.unwrap().event_id,
+            added(&mut feed).await.event_id,
             "e2",
             "the duplicate was not sent"
         );
+    }
+
+    /// The next notification of `feed`.
+    async fn added(feed: &mut broadcast::Receiver<Feed>) -> Notification {
+        match feed.recv().await.unwrap() {
+            Feed::Added(notification) => notification,
+            Feed::Interrupted => panic!("the feed was interrupted"),
+        }
     }
 
     async fn concurrent_redeliveries_make_one_notification(store: Arc<dyn Store>) {
@@ -252,6 +270,71 @@ mod tests {
             a_customers_notifications_are_paged_newest_first,
         ]
     );
+
+    /// A stream on one replica sees the notifications every replica makes, each once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_feed_carries_every_replicas_notifications_once() {
+        let config = shared::testing::fresh_db_config().await;
+        let (a, b) = tokio::join!(PgStore::connect(&config), PgStore::connect(&config));
+        let (a, b) = (a.unwrap(), b.unwrap());
+        let mut feed = b.subscribe();
+        a.add(notification("e1", "cus-1")).await.unwrap();
+        b.add(notification("e2", "cus-1")).await.unwrap();
+        a.add(notification("e3", "cus-2")).await.unwrap();
+        let seen = [
+            added(&mut feed).await,
+            added(&mut feed).await,
+            added(&mut feed).await,
+        ];
+        let events: Vec<_> = seen.iter().map(|n| n.event_id.as_str()).collect();
+        assert_eq!(events, ["e1", "e2", "e3"]);
+        assert!(feed.try_recv().is_err(), "nothing twice");
+    }
+
+    /// A replica whose database link is cut cannot tell what it missed: its feed says
+    /// so, and carries every replica's notifications again once the link is back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_feed_cut_off_from_the_database_says_it_was_interrupted() {
+        use shared::testing::proxy::{FaultProxy, Faults};
+
+        let url = shared::testing::fresh_database().await;
+        let a = PgStore::connect(&shared::db::DbConfig::from_url(&url).unwrap())
+            .await
+            .unwrap();
+        let at = url.rfind('@').unwrap() + 1;
+        let end = url[at..].find('/').map_or(url.len(), |slash| at + slash);
+        let target = url[at..end].replace("localhost", "127.0.0.1");
+        let proxy = FaultProxy::start(target.parse().unwrap()).await;
+        let proxied = format!("{}{}{}", &url[..at], proxy.addr(), &url[end..]);
+        let b = PgStore::connect(&shared::db::DbConfig::from_url(&proxied).unwrap())
+            .await
+            .unwrap();
+
+        let mut feed = b.subscribe();
+        proxy.set(Faults::reset());
+        a.add(notification("missed", "cus-1")).await.unwrap();
+        let told = tokio::time::timeout(std::time::Duration::from_secs(10), feed.recv()).await;
+        assert_eq!(told.expect("told within 10 s").unwrap(), Feed::Interrupted);
+        proxy.set(Faults::default());
+
+        // Listening again takes a moment: add until one comes through (10 s at most).
+        let mut feed = b.subscribe();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            a.add(notification(&shared::id::new("again"), "cus-1"))
+                .await
+                .unwrap();
+            let next = tokio::time::timeout(std::time::Duration::from_millis(200), feed.recv());
+            if let Ok(Ok(Feed::Added(n))) = next.await {
+                assert!(n.event_id.starts_with("again"), "{n:?}");
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the feed never came back"
+            );
+        }
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn two_consumers_on_one_database_make_one_notification() {
