@@ -528,10 +528,12 @@ async fn well_behaved(http: HttpClient, stop: Arc<AtomicBool>) -> (usize, Vec<St
                 failures.push(format!("GET {id}: {} {:?}", read.status, read.body));
             }
         }
+        // remove-service: notifications {
         let notes = http.get("/v1/customers/cus-good/notifications").await;
         if notes.status != StatusCode::OK {
             failures.push(format!("notifications: {} {:?}", notes.status, notes.body));
         }
+        // remove-service: notifications }
         rounds += 1;
     }
     (rounds, failures)
