@@ -31,6 +31,7 @@ Dockerfile exists in the context.
 from __future__ import annotations
 
 import json
+import os
 import posixpath
 import re
 import shlex
@@ -139,11 +140,26 @@ def excluded(patterns: list[Pattern], path: str) -> bool:
     return result
 
 
+# Folders never worth walking outside git: build output, tools and git's own, which
+# .dockerignore leaves out anyway (they are large: target/ holds gigabytes).
+NOT_WALKED = {"target", ".git", ".tools"}
+
+
 def checkout_files(root: Path) -> list[str]:
-    out = subprocess.run(["git", "-C", str(root), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                         check=True, capture_output=True).stdout
-    # Tracked files deleted in the work tree are not sent.
-    return sorted(p for p in out.decode().split("\0") if p and (root / p).is_file())
+    """The files of the checkout: git's view (tracked, and untracked but not ignored)
+    when root is a repository's top; elsewhere (a copy, as scripts/template-check.sh
+    makes, or an unpacked archive) every file below root but in NOT_WALKED folders."""
+    top = subprocess.run(["git", "-C", str(root), "rev-parse", "--show-toplevel"], capture_output=True, text=True)
+    if top.returncode == 0 and Path(top.stdout.strip()).resolve() == root.resolve():
+        out = subprocess.run(["git", "-C", str(root), "ls-files", "-z", "--cached", "--others",
+                              "--exclude-standard"], check=True, capture_output=True).stdout
+        # Tracked files deleted in the work tree are not sent.
+        return sorted(p for p in out.decode().split("\0") if p and (root / p).is_file())
+    files = []
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in NOT_WALKED]
+        files += [(Path(folder) / name).relative_to(root).as_posix() for name in names]
+    return sorted(files)
 
 
 def context_files(root: Path, dockerignore: str | None = None) -> list[str]:
