@@ -493,6 +493,23 @@ macro_rules! store_tests {
     };
 }
 
+/// A new, empty database reached two ways: directly, and through a
+/// [`proxy::FaultProxy`] whose faults cut one replica's link while another keeps its own.
+pub async fn fresh_db_behind_proxy() -> (crate::db::DbConfig, proxy::FaultProxy, crate::db::DbConfig)
+{
+    let url = fresh_database().await;
+    let at = url
+        .rfind('@')
+        .map_or(url.find("://").map_or(0, |i| i + 3), |at| at + 1);
+    let end = url[at..].find('/').map_or(url.len(), |slash| at + slash);
+    let target = url[at..end].replace("localhost", "127.0.0.1");
+    let proxy =
+        proxy::FaultProxy::start(target.parse().expect("host:port of TEST_DATABASE_URL")).await;
+    let proxied = format!("{}{}{}", &url[..at], proxy.addr(), &url[end..]);
+    let config = |url: &str| crate::db::DbConfig::from_url(url).expect("a valid database URL");
+    (config(&url), proxy, config(&proxied))
+}
+
 /// A [`DbConfig`](crate::db::DbConfig) for a new, empty database ([`fresh_database`]).
 pub async fn fresh_db_config() -> crate::db::DbConfig {
     crate::db::DbConfig::from_url(&fresh_database().await).expect("a valid database URL")

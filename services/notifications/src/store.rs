@@ -295,20 +295,11 @@ mod tests {
     /// so, and carries every replica's notifications again once the link is back.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_feed_cut_off_from_the_database_says_it_was_interrupted() {
-        use shared::testing::proxy::{FaultProxy, Faults};
+        use shared::testing::proxy::Faults;
 
-        let url = shared::testing::fresh_database().await;
-        let a = PgStore::connect(&shared::db::DbConfig::from_url(&url).unwrap())
-            .await
-            .unwrap();
-        let at = url.rfind('@').unwrap() + 1;
-        let end = url[at..].find('/').map_or(url.len(), |slash| at + slash);
-        let target = url[at..end].replace("localhost", "127.0.0.1");
-        let proxy = FaultProxy::start(target.parse().unwrap()).await;
-        let proxied = format!("{}{}{}", &url[..at], proxy.addr(), &url[end..]);
-        let b = PgStore::connect(&shared::db::DbConfig::from_url(&proxied).unwrap())
-            .await
-            .unwrap();
+        let (direct, proxy, cut_off) = shared::testing::fresh_db_behind_proxy().await;
+        let a = PgStore::connect(&direct).await.unwrap();
+        let b = PgStore::connect(&cut_off).await.unwrap();
 
         let mut feed = b.subscribe();
         proxy.set(Faults::reset());

@@ -710,34 +710,16 @@ mod tests {
         ]
     );
 
-    /// `url` with its host and port replaced by `addr`.
-    fn through(url: &str, addr: std::net::SocketAddr) -> String {
-        let at = url
-            .rfind('@')
-            .map_or(url.find("://").unwrap() + 3, |at| at + 1);
-        let end = url[at..].find('/').map_or(url.len(), |slash| at + slash);
-        format!("{}{addr}{}", &url[..at], &url[end..])
-    }
-
     /// One replica watches an order while its database link is cut; another finishes
     /// the order meanwhile, so the NOTIFY never reaches the first. Once the link is back,
     /// the watcher sees the end all the same.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_watch_sees_the_end_committed_while_its_listener_was_cut_off() {
-        use shared::testing::proxy::{FaultProxy, Faults};
+        use shared::testing::proxy::Faults;
 
-        let url = shared::testing::fresh_database().await;
-        let direct = PgStore::connect(&shared::db::DbConfig::from_url(&url).unwrap())
-            .await
-            .unwrap();
-        let target = url[url.rfind('@').unwrap() + 1..]
-            .split('/')
-            .next()
-            .unwrap()
-            .replace("localhost", "127.0.0.1");
-        let proxy = FaultProxy::start(target.parse().unwrap()).await;
-        let config = shared::db::DbConfig::from_url(&through(&url, proxy.addr())).unwrap();
-        let cut_off = PgStore::connect(&config).await.unwrap();
+        let (direct, proxy, cut_off) = shared::testing::fresh_db_behind_proxy().await;
+        let direct = PgStore::connect(&direct).await.unwrap();
+        let cut_off = PgStore::connect(&cut_off).await.unwrap();
 
         let placed = order("ord_1", "req-1", "cus-1");
         create(&direct, placed.clone()).await.unwrap();
