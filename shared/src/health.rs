@@ -71,6 +71,12 @@ impl Health {
         self.set(ServingStatus::NotServing, |name| name != LIVENESS);
     }
 
+    /// The service is broken beyond what a drain fixes (a background task died): every
+    /// name, [`LIVENESS`] included, turns NOT_SERVING, so that the pod is restarted.
+    pub fn failing(&self) {
+        self.set(ServingStatus::NotServing, |_| true);
+    }
+
     fn set(&self, status: ServingStatus, applies: impl Fn(&str) -> bool) {
         for (name, tx) in self.statuses.iter() {
             if !applies(name) {

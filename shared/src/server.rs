@@ -18,6 +18,7 @@ use crate::deadline::DeadlineLayer;
 use crate::limit::LoadShedLayer;
 use crate::protocol::ProtocolLayer;
 use crate::rpc::ServerLayer;
+use crate::tasks::{Signals, Tasks};
 use crate::{Error, Health, ServerConfig, health, lifecycle};
 
 const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
@@ -31,7 +32,8 @@ pub struct ServerBuilder {
     config: ServerConfig,
     routes: RoutesBuilder,
     services: Vec<&'static str>,
-    draining: CancellationToken,
+    signals: Signals,
+    tasks: Tasks,
 }
 
 impl ServerBuilder {
@@ -40,7 +42,25 @@ impl ServerBuilder {
     /// call still open, so a stream that never ends would hold it until the grace period
     /// runs out. Background tasks of the service (an event consumer) stop on it too.
     pub fn draining(&self) -> CancellationToken {
-        self.draining.clone()
+        self.signals.draining().clone()
+    }
+
+    /// The signals background tasks stop on: the drain began, and every call ended.
+    pub fn signals(&self) -> Signals {
+        self.signals.clone()
+    }
+
+    /// Runs `task` in the background while the server serves (see [`crate::tasks`]):
+    /// it starts with serving, must run until one of [`signals`](Self::signals) tells it
+    /// to stop, and the drain waits for it. One that ends or panics before the drain
+    /// turns the server's health NOT_SERVING.
+    pub fn spawn(
+        mut self,
+        name: &'static str,
+        task: impl Future<Output = ()> + Send + 'static,
+    ) -> Self {
+        self.tasks.add(name, task);
+        self
     }
 
     /// Serves `service` and registers its name with health and reflection.
@@ -90,7 +110,8 @@ impl ServerBuilder {
             routes: self.routes.routes(),
             services: self.services,
             health,
-            draining: self.draining,
+            signals: self.signals,
+            tasks: self.tasks,
         })
     }
 }
@@ -174,7 +195,8 @@ pub struct Server {
     /// Every service served (health and reflection included), by full name.
     services: Vec<&'static str>,
     health: Health,
-    draining: CancellationToken,
+    signals: Signals,
+    tasks: Tasks,
 }
 
 impl Server {
@@ -185,7 +207,8 @@ impl Server {
             config: config.clone(),
             routes: RoutesBuilder::default(),
             services: Vec::new(),
-            draining: CancellationToken::new(),
+            signals: Signals::default(),
+            tasks: Tasks::default(),
         }
     }
 
@@ -222,8 +245,9 @@ impl Server {
     /// 2. after `SHUTDOWN_DELAY`, the server stops accepting connections, tells
     ///    clients with HTTP/2 GOAWAY, ends health `Watch` streams and cancels
     ///    [`ServerBuilder::draining`];
-    /// 3. in-flight calls finish, within `SHUTDOWN_GRACE_PERIOD`; whatever is still
-    ///    running then is dropped with a warning.
+    /// 3. in-flight calls finish, then the background tasks ([`ServerBuilder::spawn`]),
+    ///    all within `SHUTDOWN_GRACE_PERIOD`; whatever is still running then is dropped
+    ///    with a warning.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
         let Server {
             name,
@@ -236,7 +260,8 @@ impl Server {
             routes,
             services,
             health,
-            draining,
+            signals,
+            tasks,
         } = self;
         let served = methods(&services);
         let incoming = TcpIncoming::from(listener)
@@ -287,14 +312,17 @@ impl Server {
         health.serving();
         tracing::info!(service = name, %addr, %admin_addr, "serving gRPC");
         // However serving ends, what waits for the drain is told.
-        let _drained = draining.clone().drop_guard();
+        let _draining = signals.draining().clone().drop_guard();
+        let _drained = signals.drained().clone().drop_guard();
         let hooks = lifecycle::Hooks {
             not_ready: || health.draining(),
             draining: || {
                 health.close();
-                draining.cancel();
+                signals.draining().cancel();
             },
         };
+        let stopped = signals.clone();
+        let background = tasks.supervise(name, signals.clone(), health.clone());
         let probes = health.clone();
         let serve = |drain: oneshot::Receiver<()>| async move {
             // One drain signal for the gRPC port and the health-only port.
@@ -319,7 +347,15 @@ impl Server {
                     .await
                     .map_err(|source| Error::Serve { addr, source })
             };
-            tokio::try_join!(grpc, health_port, relay).map(|_| ())
+            let calls = async {
+                let served = tokio::try_join!(grpc, health_port, relay).map(|_| ());
+                // Every call has ended (or the server failed): the background tasks'
+                // turn to finish, within what is left of the grace period.
+                stopped.draining().cancel();
+                stopped.drained().cancel();
+                served
+            };
+            tokio::join!(calls, background).0
         };
         lifecycle::run(name, &config, admin_listener, shutdown, serve, hooks).await
     }

@@ -32,8 +32,9 @@ pub const NAME: &str = "notifications";
 /// Builds the server and binds it (the store is PostgreSQL when `config.database` is
 /// set, schema `notifications`, else in memory), and starts consuming [`ORDER_EVENTS`]
 /// as the durable consumer `notifications`: from JetStream when `NATS_URL` is set
-/// (connecting first), otherwise from `local`, the in-process bus. Consuming starts
-/// now, before the server serves, and stops when it drains or stops.
+/// (connecting first), otherwise from `local`, the in-process bus. Consuming is a
+/// background task of the server: it starts when the server serves and stops when it
+/// drains or stops.
 pub async fn build(config: Config, local: &InProcessBus) -> Result<shared::Server, shared::Error> {
     let store: Arc<dyn store::Store> = match &config.database {
         Some(database) => Arc::new(store::PgStore::connect(database).await?),
@@ -43,15 +44,15 @@ pub async fn build(config: Config, local: &InProcessBus) -> Result<shared::Serve
     let events = bus.consumer(NAME, ORDER_EVENTS).await?;
     let server = shared::Server::builder(NAME, &config.server);
     let draining = server.draining();
-    let server = server
-        .add_service(grpc::service(
-            store.clone(),
-            draining.clone(),
-            &config.server,
-        ))
+    let handler = consumer::OrderEvents {
+        store: store.clone(),
+    };
+    server
+        .add_service(grpc::service(store, draining.clone(), &config.server))
+        .spawn(
+            "order events consumer",
+            shared::events::consume(NAME, events, draining, handler),
+        )
         .bind()
-        .await?;
-    let handler = consumer::OrderEvents { store };
-    tokio::spawn(shared::events::consume(NAME, events, draining, handler));
-    Ok(server)
+        .await
 }

@@ -39,8 +39,9 @@ pub const NAME: &str = "orders";
 /// [`shared::events::ORDER_EVENTS`] (starting with whatever an earlier process left
 /// pending): to JetStream when `NATS_URL` is set (connecting first), otherwise to
 /// `local`, the in-process bus. Orders whose saga a dead process left unfinished are
-/// resumed, at start-up and then periodically. The relay and the resumption stop when
-/// the server drains.
+/// resumed, at start-up and then periodically. The relay and the resumption are the
+/// server's background tasks: resumption stops when the drain begins, the relay after
+/// its last pass, once every call and every saga of this process has ended.
 pub async fn build(config: Config, local: &InProcessBus) -> Result<shared::Server, shared::Error> {
     let store: Arc<dyn store::Store> = match &config.database {
         Some(database) => Arc::new(store::PgStore::connect(database).await?),
@@ -56,17 +57,28 @@ pub async fn build(config: Config, local: &InProcessBus) -> Result<shared::Serve
         config.saga,
     ));
     let server = shared::Server::builder(NAME, &config.server);
+    let signals = server.signals();
     let draining = server.draining();
-    let server = server
+    // The relay's last pass waits until no saga of this process can record more.
+    let sagas_ended = {
+        let saga = saga.clone();
+        async move {
+            signals.drained().cancelled().await;
+            saga.ended().await;
+        }
+    };
+    server
         .add_service(grpc::service(
             saga.clone(),
             store.clone(),
             draining.clone(),
             &config.server,
         ))
+        .spawn("saga resumption", saga.resume_stranded(draining))
+        .spawn(
+            "outbox relay",
+            outbox::run(store, events, config.outbox, sagas_ended),
+        )
         .bind()
-        .await?;
-    tokio::spawn(saga.resume_stranded(draining.clone()));
-    tokio::spawn(outbox::run(store, events, config.outbox, draining));
-    Ok(server)
+        .await
 }

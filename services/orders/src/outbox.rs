@@ -15,12 +15,13 @@
 //! - Published events are kept `OUTBOX_RETENTION` to look into, then deleted: every
 //!   replica's relay prunes them every [`PRUNE_EVERY`], in batches.
 
+use std::future::Future;
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use shared::events::{Event, EventPublisher, PublishError};
 use shared::status::ErrorChain;
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::config::OutboxConfig;
@@ -45,14 +46,16 @@ pub(crate) struct Relayed {
     pub(crate) failure: Option<PublishError>,
 }
 
-/// Publishes the store's pending events through `publisher` until `draining` is
-/// cancelled, then makes one last pass for what is already committed. What is still
-/// pending then is published at the next start, or by another replica.
+/// Publishes the store's pending events through `publisher` until `stop` resolves,
+/// then makes one last pass for what is committed by then. `stop` is when no saga of
+/// this process can record anything more (the server drained, its sagas ended), so
+/// the last pass leaves nothing of this process's behind; what a failing bus leaves
+/// pending is published by another replica or at the next start.
 pub(crate) async fn run(
     store: Arc<dyn Store>,
     publisher: Arc<dyn EventPublisher>,
     config: OutboxConfig,
-    draining: CancellationToken,
+    stop: impl Future<Output = ()>,
 ) {
     tracing::info!(
         poll_interval = ?config.poll_interval,
@@ -62,7 +65,8 @@ pub(crate) async fn run(
     );
     let mut failures: u32 = 0;
     let mut next_prune = tokio::time::Instant::now();
-    while !draining.is_cancelled() {
+    let mut stop = pin!(stop);
+    loop {
         if tokio::time::Instant::now() >= next_prune {
             prune(store.as_ref(), config.retention).await;
             next_prune = tokio::time::Instant::now() + PRUNE_EVERY;
@@ -83,7 +87,7 @@ pub(crate) async fn run(
         };
         tokio::select! {
             biased;
-            () = draining.cancelled() => break,
+            () = &mut stop => break,
             () = store.outbox_signal().notified(), if backoff.is_none() => {}
             () = tokio::time::sleep(backoff.unwrap_or(config.poll_interval)) => {}
         }

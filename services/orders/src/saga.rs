@@ -45,7 +45,9 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use shared::Money;
+use shared::tasks::Pass;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::config::SagaConfig;
@@ -152,6 +154,8 @@ pub(crate) struct Saga {
     owner: String,
     /// The ids of the orders whose saga runs in this process.
     running: Arc<Mutex<HashSet<String>>>,
+    /// The tasks the sagas run in, so that the drain can wait for them ([`Saga::ended`]).
+    tasks: TaskTracker,
 }
 
 /// An order's saga is running in this process until this is dropped.
@@ -183,7 +187,16 @@ impl Saga {
             config,
             owner: shared::id::new(crate::NAME),
             running: Arc::default(),
+            tasks: TaskTracker::new(),
         }
+    }
+
+    /// Resolves once every saga started in this process has ended. Call it once no new
+    /// saga can start (the server has drained): the outbox relay's last pass then
+    /// publishes what they recorded.
+    pub(crate) async fn ended(&self) {
+        self.tasks.close();
+        self.tasks.wait().await;
     }
 
     /// Marks the saga of `order_id` as running here; `None` if it already is.
@@ -222,15 +235,16 @@ impl Saga {
         // A task of its own: a caller that hangs up drops this future, and the saga
         // must not stop halfway with stock reserved or a card charged.
         let order_id = order.id.clone();
-        let saga = tokio::spawn(Arc::clone(&self).run(order, running).in_current_span());
+        let saga = (self.tasks).spawn(Arc::clone(&self).run(order, running).in_current_span());
         saga.await
             .map_err(|source| Error::SagaAborted { order_id, source })?
     }
 
     /// Resumes the sagas of stranded orders (see the module's documentation): looks
     /// at once, then every `SAGA_RESUME_INTERVAL` until `draining` is cancelled. The
-    /// sagas it started run on (like those of `PlaceOrder`) until they end or the
-    /// process exits; an order left pending then is resumed by the next process.
+    /// sagas it started run on (like those of `PlaceOrder`) until they end: the drain
+    /// waits for them ([`Saga::ended`]) within its grace period; an order left pending
+    /// then is resumed by another process.
     pub(crate) async fn resume_stranded(self: Arc<Self>, draining: CancellationToken) {
         tracing::info!(
             owner = %self.owner,
@@ -238,7 +252,7 @@ impl Saga {
             interval = ?self.config.resume_interval,
             "resuming stranded sagas"
         );
-        while !draining.is_cancelled() {
+        shared::tasks::every(self.config.resume_interval, &draining, || async {
             let claimed = self
                 .store
                 .claim_stranded(
@@ -249,22 +263,22 @@ impl Saga {
                 )
                 .await;
             match claimed {
-                // A full batch: there may be more right away.
-                Ok(orders) if orders.len() == RESUME_BATCH => {
+                Ok(orders) => {
+                    let full = orders.len() == RESUME_BATCH;
                     orders.into_iter().for_each(|order| self.resume(order));
-                    continue;
+                    // A full batch: there may be more right away.
+                    if full { Pass::More } else { Pass::Done }
                 }
-                Ok(orders) => orders.into_iter().for_each(|order| self.resume(order)),
-                Err(error) => tracing::warn!(
-                    error = %shared::status::ErrorChain(&error),
-                    "looking for stranded sagas failed; retrying"
-                ),
+                Err(error) => {
+                    tracing::warn!(
+                        error = %shared::status::ErrorChain(&error),
+                        "looking for stranded sagas failed; retrying"
+                    );
+                    Pass::Done
+                }
             }
-            tokio::select! {
-                () = draining.cancelled() => break,
-                () = tokio::time::sleep(self.config.resume_interval) => {}
-            }
-        }
+        })
+        .await;
         tracing::info!("stopped resuming stranded sagas");
     }
 
@@ -281,7 +295,7 @@ impl Saga {
         tracing::info!(order_id = %order.id, ?age, charged = order.payment_id.is_some(), "resuming the saga of a stranded order");
         let span = tracing::info_span!("resume saga", order_id = %order.id);
         let saga = Arc::clone(self);
-        tokio::spawn(
+        self.tasks.spawn(
             async move {
                 let order_id = order.id.clone();
                 if let Err(error) = saga.run(order, running).await {
@@ -711,7 +725,7 @@ mod tests {
             store,
             Arc::new(bus.clone()),
             crate::config::OutboxConfig::default(),
-            tokio_util::sync::CancellationToken::new(),
+            std::future::pending(),
         );
         tokio::spawn(relay);
         Harness {

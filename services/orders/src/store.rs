@@ -859,6 +859,50 @@ mod tests {
         assert_eq!(a.pending_events().await.unwrap(), 0, "each is marked sent");
     }
 
+    /// A bus that asks PostgreSQL, while each event is being published, how many
+    /// transactions of the database are open.
+    struct InspectingBus {
+        pool: sqlx::PgPool,
+        open_transactions: Mutex<Vec<i64>>,
+    }
+
+    #[async_trait::async_trait]
+    impl EventPublisher for InspectingBus {
+        async fn publish(&self, _: Event) -> Result<(), shared::events::PublishError> {
+            let open: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                 AND state LIKE 'idle in transaction%'",
+            )
+            .fetch_one(&self.pool)
+            .await
+            .unwrap();
+            self.open_transactions.lock().unwrap().push(open);
+            Ok(())
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn the_relay_holds_no_transaction_open_while_the_broker_answers() {
+        let url = shared::testing::fresh_database().await;
+        let config = shared::db::DbConfig::from_url(&url).unwrap();
+        let store = PgStore::connect(&config).await.unwrap();
+        for i in 0..3 {
+            let placed = order(&format!("ord_{i}"), &format!("req-{i}"), "cus-1");
+            create(&store, placed).await.unwrap();
+        }
+        let bus = InspectingBus {
+            pool: sqlx::PgPool::connect(&url).await.unwrap(),
+            open_transactions: Mutex::default(),
+        };
+        assert_eq!(store.relay(10, &bus).await.unwrap().sent, 3);
+        assert_eq!(*bus.open_transactions.lock().unwrap(), [0, 0, 0]);
+        assert_eq!(
+            store.pending_events().await.unwrap(),
+            0,
+            "each is marked sent"
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn watchers_see_changes_committed_by_another_replica() {
         let config = shared::testing::fresh_db_config().await;

@@ -628,11 +628,58 @@ async fn watch_order_ends_with_unavailable_when_the_server_shuts_down() {
     stack.orders.begin_shutdown();
     let err = watch.message().await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    // The saga still running rightly holds the drain too (the next test): let it end.
+    gate.add_permits(1);
     let stopped = tokio::time::timeout(Duration::from_secs(5), stack.orders.join()).await;
     stopped
         .expect("the drain is not held by the watch")
         .unwrap();
+}
+
+#[tokio::test]
+async fn a_saga_that_ends_during_the_drain_is_waited_for_and_its_events_published() {
+    let gate = Arc::new(Semaphore::new(0));
+    let mut stack = Stack::start_with(
+        Some(Commit::Gated(gate.clone())),
+        &[("SHUTDOWN_DELAY", "0s"), ("SHUTDOWN_GRACE_PERIOD", "60s")],
+    )
+    .await;
+    let mut client = stack.client.clone();
+    let placing = tokio::spawn(async move {
+        let request = order_request("req-1", "cus-1", &[("SKU-001", 1)], "tok_visa");
+        client.place_order(request).await
+    });
+    let pending = stack.charged_order_of("cus-1").await;
+    // The caller hangs up: no call holds the drain, only the saga, which goes on.
+    placing.abort();
+    let placed = stack.next_event().await;
+    assert_eq!(placed.order.unwrap().order_id, pending.order_id);
+
+    let Stack {
+        orders,
+        mut events,
+        _upstreams,
+        ..
+    } = stack;
+    orders.begin_shutdown();
+    let mut stopping = tokio::spawn(orders.join());
+    // The drain waits for the saga…
+    let early = tokio::time::timeout(Duration::from_millis(300), &mut stopping).await;
+    assert!(early.is_err(), "the server stopped with a saga running");
     gate.add_permits(1);
+    // …and the relay's last pass publishes the order's outcome.
+    tokio::time::timeout(Duration::from_secs(10), stopping)
+        .await
+        .expect("the server stops once the saga has ended")
+        .unwrap()
+        .unwrap();
+    let last = tokio::time::timeout(Duration::from_secs(10), events.next())
+        .await
+        .expect("the outcome's event within 10 s")
+        .expect("the bus is open");
+    let order = OrderEvent::decode(last.payload).unwrap().order.unwrap();
+    assert_eq!(order.order_id, pending.order_id);
+    assert_eq!(status(&order), OrderStatus::Confirmed);
 }
 
 /// Serves the inventory API in front of `real`, with `commit` in place of its

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use contracts::common::v1 as pb;
+use shared::tasks::Pass;
 use shared::{Money, ValidationError, Violations};
 use tokio_util::sync::CancellationToken;
 
@@ -251,21 +252,21 @@ impl Payments {
     /// Finishes, every `timeout`, the authorizations that a dead process (or one whose
     /// provider did not answer) left pending, until `draining` is cancelled.
     pub(crate) async fn resume_stalled(self: Arc<Self>, draining: CancellationToken) {
-        while !draining.is_cancelled() {
+        shared::tasks::every(self.config.timeout, &draining, || async {
             match self.resume_stalled_once().await {
                 // A full batch: there may be more right away.
-                Ok(RESUME_BATCH) => continue,
-                Ok(_) => {}
-                Err(error) => tracing::warn!(
-                    error = %shared::status::ErrorChain(&error),
-                    "resuming stalled authorizations failed; retrying"
-                ),
+                Ok(RESUME_BATCH) => Pass::More,
+                Ok(_) => Pass::Done,
+                Err(error) => {
+                    tracing::warn!(
+                        error = %shared::status::ErrorChain(&error),
+                        "resuming stalled authorizations failed; retrying"
+                    );
+                    Pass::Done
+                }
             }
-            tokio::select! {
-                () = draining.cancelled() => break,
-                () = tokio::time::sleep(self.config.timeout) => {}
-            }
-        }
+        })
+        .await;
     }
 
     /// Claims and finishes one batch of stalled authorizations; how many it claimed.

@@ -48,10 +48,12 @@ pub async fn build_with(
     ));
     let server = shared::Server::builder(NAME, &config.server);
     let draining = server.draining();
-    let server = server
+    server
         .add_service(grpc::service(payments.clone(), &config.server))
+        .spawn(
+            "authorization resumption",
+            payments.resume_stalled(draining),
+        )
         .bind()
-        .await?;
-    tokio::spawn(payments.resume_stalled(draining));
-    Ok(server)
+        .await
 }

@@ -221,6 +221,10 @@ async fn follow_changes(pool: PgPool, watched: Watched, stop: CancellationToken)
 }
 
 /// The pause before listening again after a failure.
+/// How long a relay pass's claim on its events lasts: far longer than publishing a
+/// batch takes. A relay that died mid-pass delays its events by at most this.
+const RELAY_LEASE: Duration = Duration::from_secs(10);
+
 const RELISTEN_PAUSE: Duration = Duration::from_millis(200);
 
 /// A connection listening on [`CHANGES`], retried every second; `None` once `stop`.
@@ -537,33 +541,48 @@ impl Store for PgStore {
     }
 
     async fn relay(&self, limit: usize, publisher: &dyn EventPublisher) -> Result<Relayed, Error> {
-        let mut tx = self.pool.begin().await?;
-        // Locked until this transaction ends; other relays skip them (and the later
-        // events of their orders).
-        let rows = sqlx::query(
-            "SELECT position, event_id, subject, header_names, header_values, payload \
-             FROM outbox o WHERE sent_time IS NULL AND NOT EXISTS ( \
-                 SELECT 1 FROM outbox earlier WHERE earlier.order_id = o.order_id \
-                 AND earlier.sent_time IS NULL AND earlier.position < o.position) \
-             ORDER BY position LIMIT $1 FOR UPDATE SKIP LOCKED",
+        // Claimed with a lease in one statement: other relays skip these events (and
+        // the later events of their orders) until they are marked or the lease lapses.
+        // No transaction stays open while the broker answers.
+        let claim = shared::id::new("relay");
+        let mut rows = sqlx::query(
+            "UPDATE outbox SET relay_claim = $1, \
+             relay_claimed_until = now() + $2 * INTERVAL '1 microsecond' \
+             WHERE position IN ( \
+                 SELECT position FROM outbox o WHERE sent_time IS NULL \
+                 AND (relay_claimed_until IS NULL OR relay_claimed_until < now()) \
+                 AND NOT EXISTS ( \
+                     SELECT 1 FROM outbox earlier WHERE earlier.order_id = o.order_id \
+                     AND earlier.sent_time IS NULL AND earlier.position < o.position) \
+                 ORDER BY position LIMIT $3 FOR UPDATE SKIP LOCKED) \
+             RETURNING position, event_id, subject, header_names, header_values, payload",
         )
+        .bind(&claim)
+        .bind(duration_micros(RELAY_LEASE))
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&mut *tx)
+        .fetch_all(&self.pool)
         .await?;
+        rows.sort_by_key(|row| row.try_get::<i64, _>("position").unwrap_or(i64::MAX));
         let mut relayed = Relayed::default();
+        let mut published = Vec::with_capacity(rows.len());
         for row in &rows {
-            let position: i64 = row.try_get("position")?;
             if let Err(error) = outbox::publish(publisher, event_from(row)?).await {
                 relayed.failure = Some(error);
                 break;
             }
-            sqlx::query("UPDATE outbox SET sent_time = now() WHERE position = $1")
-                .bind(position)
-                .execute(&mut *tx)
-                .await?;
-            relayed.sent += 1;
+            published.push(row.try_get::<i64, _>("position")?);
         }
-        tx.commit().await?;
+        // What was published is sent; the rest is released for the next pass.
+        sqlx::query(
+            "UPDATE outbox SET sent_time = CASE WHEN position = ANY($2) THEN now() END, \
+             relay_claim = NULL, relay_claimed_until = NULL \
+             WHERE relay_claim = $1 AND sent_time IS NULL",
+        )
+        .bind(&claim)
+        .bind(&published)
+        .execute(&self.pool)
+        .await?;
+        relayed.sent = published.len();
         Ok(relayed)
     }
 
