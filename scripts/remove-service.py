@@ -205,7 +205,10 @@ def plan(name: str) -> tuple[dict[Path, str], list[Path]]:
             new = re.sub(rf"^\| `{upper}_ADDR` \|.*\n", "", new, flags=re.M)
             new = re.sub(rf", `{upper}_ADDR`|`{upper}_ADDR`, ", "", new)
             new = remove_cookbook_calls(new, name)
-        if new != text:
+        if new != text and not new.strip():
+            # A file that was all about the service (every line marked) goes with it.
+            delete.append(path)
+        elif new != text:
             changes[path] = new
 
     # What still depends on it, once all of the above is gone.

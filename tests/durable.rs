@@ -9,6 +9,8 @@
 
 // remove-service: notifications {
 mod processes;
+#[path = "durable/replicated.rs"]
+mod replicated;
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -258,9 +258,11 @@ impl Process {
     }
 
     /// SIGKILL: the process dies at once, mid-work, as in a crash or an OOM kill.
-    pub(crate) fn kill(mut self) {
+    /// Returns what it wrote until then.
+    pub(crate) fn kill(mut self) -> Vec<String> {
         self.child.kill().expect("the process can be killed");
         self.child.wait().expect("the killed process is reaped");
+        self.log_lines()
     }
 
     /// SIGSTOP: the process freezes, as one that hangs; its sockets still accept

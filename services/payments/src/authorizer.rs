@@ -101,6 +101,11 @@ impl Authorizer for TestCardNetwork {
         // A map of plain values: a panic elsewhere cannot leave it half-changed.
         let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(decision) = keys.decisions.get(idempotency_key) {
+            tracing::info!(
+                idempotency_key,
+                order_id = request.order_id,
+                "test card network: a repeated key answers its first decision"
+            );
             return Ok(decision.clone());
         }
         let decision = if request.card_token == DECLINED_TOKEN {
@@ -115,6 +120,8 @@ impl Authorizer for TestCardNetwork {
         {
             keys.decisions.remove(&oldest);
         }
+        // Like a provider's dashboard: what was authorized, for tests across processes.
+        tracing::info!(idempotency_key, order_id = request.order_id, amount = %request.amount, ?decision, "test card network: authorized");
         keys.order.push_back(idempotency_key.to_owned());
         keys.decisions
             .insert(idempotency_key.to_owned(), decision.clone());
