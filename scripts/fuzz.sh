@@ -18,7 +18,15 @@ if ! command -v cargo-fuzz >/dev/null; then
   exit 1
 fi
 
-mapfile -t targets < <(cargo fuzz list)
+# Listed first, so that a failing `cargo fuzz list` stops here (set -e), and checked
+# against fuzz/fuzz_targets/: a run that fuzzes nothing, or not everything, fails.
+listed="$(cargo fuzz list)"
+mapfile -t targets <<<"$listed"
+expected=(fuzz_targets/*.rs)
+if [[ -z "$listed" || ${#targets[@]} -ne ${#expected[@]} ]]; then
+  echo "fuzz: cargo fuzz list gave ${#targets[@]} target(s) (${targets[*]}), but fuzz/fuzz_targets/ has ${#expected[@]}" >&2
+  exit 1
+fi
 cargo fuzz build --sanitizer none --dev
 for target in "${targets[@]}"; do
   echo "fuzz: $target for ${seconds}s"

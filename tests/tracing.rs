@@ -59,6 +59,7 @@ fn assert_calls_are_linked<'a>(trace: &[&'a Span]) -> Vec<&'a Span> {
         .copied()
         .filter(|s| s.kind == SpanKind::Server && s.attr("rpc.system") == Some("grpc"))
         .collect();
+    assert!(!servers.is_empty(), "no gRPC server span:\n{}", dump(trace));
     for server in &servers {
         let parent = by_id
             .get(server.parent_span_id.as_str())
@@ -411,11 +412,15 @@ async fn spans_name_their_service_and_events_join_the_order_trace(stack_env: &sh
         .filter(|s| s.trace_id == CALLER_TRACE)
         .collect();
     assert!(
-        trace.iter().all(|s| s.service == "stack"),
+        !trace.is_empty() && trace.iter().all(|s| s.service == "stack"),
         "{}",
         dump(&trace)
     );
-    let servers = trace.iter().filter(|s| s.kind == SpanKind::Server);
+    let servers: Vec<_> = trace
+        .iter()
+        .filter(|s| s.kind == SpanKind::Server)
+        .collect();
+    assert!(servers.len() >= 2, "gateway and services: {}", dump(&trace));
     for server in servers {
         let want = match server.attr("rpc.service") {
             Some(service) => service.split('.').next().unwrap(),

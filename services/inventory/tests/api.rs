@@ -504,6 +504,13 @@ async fn shutdown_turns_health_off_and_lets_in_flight_calls_finish() {
     deliveries.send(restock("SKU-005", 1)).await.unwrap();
     let call =
         tokio::spawn(async move { client.restock_products(ReceiverStream::new(stream)).await });
+    // A health Watch ends when the drain begins: how this test knows it has.
+    let mut watch = server
+        .health()
+        .watch(HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
 
     server.begin_shutdown();
     // Health checks share the call's connection, so once one answers NOT_SERVING
@@ -527,6 +534,8 @@ async fn shutdown_turns_health_off_and_lets_in_flight_calls_finish() {
         ServingStatus::Serving as i32
     );
 
+    // The call goes on through the drain.
+    while watch.message().await.is_ok_and(|status| status.is_some()) {}
     deliveries.send(restock("SKU-005", 2)).await.unwrap();
     drop(deliveries);
     let summary = call
@@ -543,15 +552,19 @@ async fn a_drain_that_outlives_the_grace_period_is_cut_short() {
     let (server, mut client) = spawn_with(&[("SHUTDOWN_GRACE_PERIOD", "200ms")]).await;
     let (deliveries, stream) = mpsc::channel(4);
     deliveries.send(restock("SKU-005", 1)).await.unwrap();
-    let _call =
+    let call =
         tokio::spawn(async move { client.restock_products(ReceiverStream::new(stream)).await });
     // Make sure the call reached the server before shutting down.
     health_status(&server, "").await.unwrap();
-    // The stream never ends, yet the server stops within its grace period.
+    // The stream never ends, yet the server stops within its grace period…
     server
         .stop()
         .await
         .expect("a timed-out drain is not an error");
+    // …without the call: it was still open when the server gave up on it (in a test,
+    // its connection task outlives the server; a process that exits ends it).
+    assert!(!call.is_finished(), "the call ended: {:?}", call.await);
+    call.abort();
     drop(deliveries);
 }
 

@@ -572,7 +572,10 @@ mod tests {
         assert_eq!(relay_all(&*store, &bus).await, 3);
         let mut ids = bus.ids();
         // An order's events in order; how different orders' interleave is free.
-        let at = |id: &str| ids.iter().position(|published| published == id);
+        let at = |id: &str| {
+            let at = ids.iter().position(|published| published == id);
+            at.unwrap_or_else(|| panic!("{id} published: {ids:?}"))
+        };
         assert!(at("ord_1.placed") < at("ord_1.confirmed"), "{ids:?}");
         ids.sort();
         assert_eq!(ids, ["ord_1.confirmed", "ord_1.placed", "ord_2.placed"]);
