@@ -2,9 +2,11 @@
 //! answers what became of them.
 //!
 //! - `config.rs`: settings from the environment.
-//! - `grpc.rs`: the `orders.v1.OrderService` handlers and the inventory and payments
-//!   clients (the only tonic code).
-//! - `saga.rs`: the order flow: reserve stock, charge, commit, and what undoes each step.
+//! - `grpc.rs`: the `orders.v1.OrderService` handlers; `grpc/clients.rs` the inventory
+//!   and payments clients behind the saga's ports (the only tonic code).
+//! - `saga.rs`: the order flow: reserve stock, charge, commit, and what undoes each step;
+//!   `saga/resume.rs` resumes the sagas a dead process left, `saga/retry.rs` how its
+//!   calls are retried.
 //! - `domain.rs`: orders, their states, and the rules requests must follow.
 //! - `events.rs`: the `orders.v1.OrderEvent` published for each state an order reaches.
 //! - `outbox.rs`: the relay that publishes the events the store recorded with each
