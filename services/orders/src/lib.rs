@@ -10,9 +10,10 @@
 //! - `domain.rs`: orders, their states, and the rules requests must follow.
 //! - `events.rs`: the `orders.v1.OrderEvent` published for each state an order reaches.
 //! - `outbox.rs`: the relay that publishes the events the store recorded with each
-//!   state change (the transactional outbox).
-//! - `store.rs`: the `Store` trait (what a database must do) and its in-memory version;
-//!   `store/postgres.rs` the PostgreSQL one (`migrations/`).
+//!   state change (the transactional outbox), and the `Outbox` trait it needs.
+//! - `store.rs`: the `Store` trait (orders, their changes, saga claims) and its
+//!   in-memory version; `store/postgres.rs` the PostgreSQL one (`migrations/`); both
+//!   implement `Outbox`; `store/tests.rs` holds both to one contract.
 //! - `error.rs`: the one mapping from domain errors to gRPC statuses.
 #![forbid(unsafe_code)]
 

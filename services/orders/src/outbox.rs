@@ -1,12 +1,13 @@
 //! The transactional outbox relay: publishes the events the store wrote together with
 //! each order state change, so that no change is ever left unpublished.
 //!
-//! - The saga never publishes. [`Store::create`] and [`Store::update`] write the order
+//! - The saga never publishes. [`Store::create`](crate::store::Store::create) and
+//!   [`Store::update`](crate::store::Store::update) write the order
 //!   *and* its event (with the saga's trace context in its headers) in one transaction.
 //! - [`run`] publishes what is pending, in order (an order's events one after the
 //!   other: placed before its final state), marks each sent once the bus took it, and
 //!   retries a failing bus with capped exponential backoff: nothing is skipped.
-//! - It wakes as soon as the store commits an event ([`Store::outbox_signal`]), and also
+//! - It wakes as soon as the store commits an event ([`Outbox::outbox_signal`]), and also
 //!   every poll interval: events committed by another replica, or left by a process that
 //!   stopped between its commit and the publication (at start-up, the first pass
 //!   publishes those).
@@ -20,12 +21,14 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use shared::events::{Event, EventPublisher, PublishError};
 use shared::status::ErrorChain;
+use tokio::sync::Notify;
 use tracing::Instrument as _;
 
 use crate::config::OutboxConfig;
-use crate::store::Store;
+use crate::error::Error;
 
 /// The first pause after a failed pass; it doubles after each failure in a row.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -35,6 +38,24 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// Most events deleted by one statement, so that no delete holds locks for long.
 const PRUNE_BATCH: usize = 1000;
+
+/// What the relay needs of the store: the events recorded with each order state change
+/// (the stores of `store.rs` implement it, beside [`Store`](crate::store::Store)).
+#[async_trait]
+pub(crate) trait Outbox: Send + Sync {
+    /// Publishes up to `limit` pending events through `publisher` (with
+    /// [`publish`]), oldest first and each order's in the order they were
+    /// recorded, marking each sent once published; stops at the first failure. Relays
+    /// running at once (replicas) never publish the same event together.
+    async fn relay(&self, limit: usize, publisher: &dyn EventPublisher) -> Result<Relayed, Error>;
+
+    /// Notified after each commit that recorded an event: wakes the relay.
+    fn outbox_signal(&self) -> &Notify;
+
+    /// Deletes up to `limit` events published `retention` ago or earlier; how many.
+    /// Pending events are never deleted. The in-memory store keeps no published event.
+    async fn prune_published(&self, retention: Duration, limit: usize) -> Result<u64, Error>;
+}
 
 /// What one pass of the relay did.
 #[derive(Debug, Default)]
@@ -52,7 +73,7 @@ pub(crate) struct Relayed {
 /// the last pass leaves nothing of this process's behind; what a failing bus leaves
 /// pending is published by another replica or at the next start.
 pub(crate) async fn run(
-    store: Arc<dyn Store>,
+    store: Arc<dyn Outbox>,
     publisher: Arc<dyn EventPublisher>,
     config: OutboxConfig,
     stop: impl Future<Output = ()>,
@@ -98,7 +119,7 @@ pub(crate) async fn run(
 
 /// One pass; the number of events sent, or `Err` (logged) if it stopped on a failure.
 async fn pass(
-    store: &dyn Store,
+    store: &dyn Outbox,
     publisher: &dyn EventPublisher,
     limit: usize,
 ) -> Result<usize, ()> {
@@ -123,7 +144,7 @@ async fn pass(
 
 /// Deletes the events published `retention` ago or earlier, batch after batch.
 /// Failures are logged: the next pruning tries again.
-async fn prune(store: &dyn Store, retention: Duration) {
+async fn prune(store: &dyn Outbox, retention: Duration) {
     let mut pruned = 0;
     loop {
         match store.prune_published(retention, PRUNE_BATCH).await {

@@ -38,7 +38,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use super::{Created, Store};
 use crate::domain::{Line, Order, Status, storage_error};
 use crate::error::Error;
-use crate::outbox::{self, Relayed};
+use crate::outbox::{self, Outbox, Relayed};
 
 /// The schema, embedded at build time from `services/orders/migrations/`.
 static MIGRATOR: Migrator = sqlx::migrate!();
@@ -540,6 +540,55 @@ impl Store for PgStore {
         Ok(receiver)
     }
 
+    async fn claim_stranded(
+        &self,
+        owner: &str,
+        stale_after: Duration,
+        lease: Duration,
+        limit: usize,
+    ) -> Result<Vec<Order>, Error> {
+        // The rows another claimer holds are skipped, and once it commits they no
+        // longer match: each order goes to one claimer. Claim times are the database's
+        // clock, so replicas' clocks need not agree (update_time is a replica's).
+        let rows = sqlx::query(&format!(
+            "UPDATE orders SET saga_owner = $1, \
+             saga_claimed_until = now() + $2 * INTERVAL '1 microsecond' \
+             WHERE id IN ( \
+                 SELECT id FROM orders WHERE status = 'pending' AND ( \
+                     saga_claimed_until < now() OR (saga_claimed_until IS NULL \
+                     AND update_time <= now() - $3 * INTERVAL '1 microsecond')) \
+                 ORDER BY position LIMIT $4 FOR UPDATE SKIP LOCKED) \
+             RETURNING {COLUMNS}"
+        ))
+        .bind(owner)
+        .bind(duration_micros(lease))
+        .bind(duration_micros(stale_after))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut orders = self.load(rows).await?;
+        orders.sort_by_key(|(position, _)| *position);
+        Ok(orders.into_iter().map(|(_, order)| order).collect())
+    }
+
+    async fn renew_claim(&self, id: &str, owner: &str, lease: Duration) -> Result<bool, Error> {
+        let renewed = sqlx::query(
+            "UPDATE orders SET saga_owner = $2, \
+             saga_claimed_until = now() + $3 * INTERVAL '1 microsecond' \
+             WHERE id = $1 AND status = 'pending' AND (saga_owner = $2 \
+             OR saga_claimed_until IS NULL OR saga_claimed_until < now())",
+        )
+        .bind(id)
+        .bind(owner)
+        .bind(duration_micros(lease))
+        .execute(&self.pool)
+        .await?;
+        Ok(renewed.rows_affected() == 1)
+    }
+}
+
+#[async_trait]
+impl Outbox for PgStore {
     async fn relay(&self, limit: usize, publisher: &dyn EventPublisher) -> Result<Relayed, Error> {
         // Claimed with a lease in one statement: other relays skip these events (and
         // the later events of their orders) until they are marked or the lease lapses.
@@ -601,52 +650,6 @@ impl Store for PgStore {
         .execute(&self.pool)
         .await?;
         Ok(deleted.rows_affected())
-    }
-
-    async fn claim_stranded(
-        &self,
-        owner: &str,
-        stale_after: Duration,
-        lease: Duration,
-        limit: usize,
-    ) -> Result<Vec<Order>, Error> {
-        // The rows another claimer holds are skipped, and once it commits they no
-        // longer match: each order goes to one claimer. Claim times are the database's
-        // clock, so replicas' clocks need not agree (update_time is a replica's).
-        let rows = sqlx::query(&format!(
-            "UPDATE orders SET saga_owner = $1, \
-             saga_claimed_until = now() + $2 * INTERVAL '1 microsecond' \
-             WHERE id IN ( \
-                 SELECT id FROM orders WHERE status = 'pending' AND ( \
-                     saga_claimed_until < now() OR (saga_claimed_until IS NULL \
-                     AND update_time <= now() - $3 * INTERVAL '1 microsecond')) \
-                 ORDER BY position LIMIT $4 FOR UPDATE SKIP LOCKED) \
-             RETURNING {COLUMNS}"
-        ))
-        .bind(owner)
-        .bind(duration_micros(lease))
-        .bind(duration_micros(stale_after))
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
-        .await?;
-        let mut orders = self.load(rows).await?;
-        orders.sort_by_key(|(position, _)| *position);
-        Ok(orders.into_iter().map(|(_, order)| order).collect())
-    }
-
-    async fn renew_claim(&self, id: &str, owner: &str, lease: Duration) -> Result<bool, Error> {
-        let renewed = sqlx::query(
-            "UPDATE orders SET saga_owner = $2, \
-             saga_claimed_until = now() + $3 * INTERVAL '1 microsecond' \
-             WHERE id = $1 AND status = 'pending' AND (saga_owner = $2 \
-             OR saga_claimed_until IS NULL OR saga_claimed_until < now())",
-        )
-        .bind(id)
-        .bind(owner)
-        .bind(duration_micros(lease))
-        .execute(&self.pool)
-        .await?;
-        Ok(renewed.rows_affected() == 1)
     }
 }
 
