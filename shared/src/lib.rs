@@ -43,6 +43,7 @@ pub mod rpc;
 pub mod server;
 pub mod shutdown;
 pub mod status;
+pub mod storage;
 pub mod tasks;
 pub mod telemetry;
 pub mod testing;

@@ -5,8 +5,6 @@ use std::time::SystemTime;
 
 use shared::{Money, ValidationError, Violations};
 
-use crate::error::Error;
-
 /// Most items in one reservation or one restock stream.
 pub(crate) const MAX_ITEMS: usize = 100;
 
@@ -210,11 +208,6 @@ pub(crate) fn demo_catalog() -> Vec<Product> {
             3,
         ),
     ]
-}
-
-/// Converts a store failure (a lock poisoned by a panic, a database error) into [`Error`].
-pub(crate) fn storage_error(error: impl std::error::Error + Send + Sync + 'static) -> Error {
-    Error::Storage(Box::new(error))
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! The one mapping from inventory errors to gRPC statuses.
 
 use shared::ValidationError;
-use shared::status::{self, ErrorChain, Precondition};
+use shared::status::{self, Precondition};
+use shared::storage::StorageError;
 use tonic::Status;
 
 use crate::domain::Shortage;
@@ -22,11 +23,8 @@ pub(crate) enum Error {
     ReservationReleased { id: String },
     #[error("reservation {id:?} is committed")]
     ReservationCommitted { id: String },
-    #[error("inventory storage failed")]
-    Storage(#[source] Box<dyn std::error::Error + Send + Sync>),
-    /// The database is out of reach or overloaded: the caller may retry.
-    #[error("inventory storage is unavailable")]
-    StorageUnavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
 }
 
 fn skus(shortages: &[Shortage]) -> String {
@@ -34,15 +32,10 @@ fn skus(shortages: &[Shortage]) -> String {
     skus.join(", ")
 }
 
-/// A database error: out of reach or overloaded (UNAVAILABLE), or anything else
-/// (INTERNAL).
+/// A database error: [`StorageError`] decides what it is.
 impl From<sqlx::Error> for Error {
     fn from(error: sqlx::Error) -> Self {
-        if shared::db::is_unavailable(&error) {
-            Self::StorageUnavailable(Box::new(error))
-        } else {
-            Self::Storage(Box::new(error))
-        }
+        Self::Storage(error.into())
     }
 }
 
@@ -88,11 +81,7 @@ impl From<Error> for Status {
                     "committed; it cannot be released",
                 )],
             ),
-            Error::StorageUnavailable(_) => {
-                tracing::warn!(error = %ErrorChain(&error), "storage unavailable");
-                Status::unavailable(format!("{error}; try again"))
-            }
-            Error::Storage(_) => status::internal(&error),
+            Error::Storage(e) => e.into(),
         }
     }
 }

@@ -4,14 +4,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
 use shared::PageRequest;
 
 use crate::domain::{
-    Item, NewReservation, Product, Reservation, ReservationState, Shortage, storage_error, units,
+    Item, NewReservation, Product, Reservation, ReservationState, Shortage, units,
 };
 use crate::error::Error;
 
@@ -68,11 +68,7 @@ impl MemoryStore {
     }
 
     fn lock(&self) -> Result<MutexGuard<'_, State>, Error> {
-        // A panic while holding the lock may have left a half-applied change: refuse
-        // to go on rather than serve it.
-        self.state
-            .lock()
-            .map_err(|e: PoisonError<_>| storage_error(std::io::Error::other(e.to_string())))
+        Ok(shared::storage::lock(&self.state)?)
     }
 }
 

@@ -115,11 +115,6 @@ pub(crate) fn validate_customer_id(customer_id: &str) -> Result<(), ValidationEr
     violations.finish()
 }
 
-/// Converts a store failure (a lock poisoned by a panic, a database error) into [`Error`].
-pub(crate) fn storage_error(error: impl std::error::Error + Send + Sync + 'static) -> Error {
-    Error::Storage(Box::new(error))
-}
-
 #[cfg(test)]
 mod tests {
     use contracts::common::v1 as common_pb;

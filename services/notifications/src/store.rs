@@ -10,7 +10,7 @@ use shared::PageRequest;
 use shared::pagination::position_key;
 use tokio::sync::broadcast;
 
-use crate::domain::{Notification, storage_error};
+use crate::domain::Notification;
 use crate::error::Error;
 
 mod postgres;
@@ -85,11 +85,7 @@ impl Default for MemoryStore {
 
 impl MemoryStore {
     fn lock(&self) -> Result<MutexGuard<'_, State>, Error> {
-        // A panic while holding the lock may have left a half-applied change: refuse
-        // to go on rather than serve it.
-        self.state
-            .lock()
-            .map_err(|e| storage_error(std::io::Error::other(e.to_string())))
+        Ok(shared::storage::lock(&self.state)?)
     }
 }
 

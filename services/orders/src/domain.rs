@@ -299,11 +299,6 @@ pub(crate) fn list_request(
     Ok(page.expect("no violations means a page"))
 }
 
-/// Converts a store failure (a lock poisoned by a panic, a database error) into [`Error`].
-pub(crate) fn storage_error(error: impl std::error::Error + Send + Sync + 'static) -> Error {
-    Error::Storage(Box::new(error))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

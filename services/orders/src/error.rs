@@ -3,6 +3,7 @@
 
 use shared::ValidationError;
 use shared::status::{self, ErrorChain};
+use shared::storage::StorageError;
 use tonic::Status;
 
 #[derive(Debug, thiserror::Error)]
@@ -39,11 +40,8 @@ pub(crate) enum Error {
     /// (or ran) its saga.
     #[error("the saga of order {order_id} is run by another process")]
     Superseded { order_id: String },
-    #[error("orders storage failed")]
-    Storage(#[source] Box<dyn std::error::Error + Send + Sync>),
-    /// The database is out of reach or overloaded: the caller may retry.
-    #[error("orders storage is unavailable")]
-    StorageUnavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
 }
 
 /// How a call to inventory or payments failed.
@@ -80,16 +78,16 @@ impl UpstreamError {
     }
 }
 
-/// A database error: out of reach or overloaded (UNAVAILABLE), or anything else
-/// (INTERNAL).
+/// A database error: [`StorageError`] decides what it is.
 impl From<sqlx::Error> for Error {
     fn from(error: sqlx::Error) -> Self {
-        if shared::db::is_unavailable(&error) {
-            Self::StorageUnavailable(Box::new(error))
-        } else {
-            Self::Storage(Box::new(error))
-        }
+        Self::Storage(error.into())
     }
+}
+
+/// Anything else a store fails with (a broken invariant): INTERNAL.
+pub(crate) fn storage_error(error: impl std::error::Error + Send + Sync + 'static) -> Error {
+    Error::Storage(StorageError::failed(error))
 }
 
 impl From<Error> for Status {
@@ -107,15 +105,11 @@ impl From<Error> for Status {
                 tracing::warn!(error = %ErrorChain(&error), "cannot place the order");
                 Status::unavailable(format!("{upstream} is unavailable; try again"))
             }
-            Error::StorageUnavailable(_) => {
-                tracing::warn!(error = %ErrorChain(&error), "storage unavailable");
-                Status::unavailable(format!("{error}; try again"))
-            }
+            Error::Storage(e) => e.into(),
             Error::Superseded { .. } => Status::aborted(format!("{error}; get the order")),
-            Error::Pricing(_)
-            | Error::InvalidTransition { .. }
-            | Error::SagaAborted { .. }
-            | Error::Storage(_) => status::internal(&error),
+            Error::Pricing(_) | Error::InvalidTransition { .. } | Error::SagaAborted { .. } => {
+                status::internal(&error)
+            }
         }
     }
 }

@@ -48,7 +48,8 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::config::SagaConfig;
-use crate::domain::{Item, NewOrder, Order, Status, storage_error};
+use crate::domain::{Item, NewOrder, Order, Status};
+use crate::error::storage_error;
 use crate::error::{Error, UpstreamError};
 use crate::events::order_event;
 use crate::outbox::with_trace;

@@ -16,7 +16,7 @@ use shared::pagination::position_key;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
-use crate::domain::{Order, storage_error};
+use crate::domain::Order;
 use crate::error::Error;
 use crate::outbox::{self, Outbox, Relayed};
 
@@ -118,11 +118,7 @@ struct State {
 
 impl MemoryStore {
     fn lock(&self) -> Result<MutexGuard<'_, State>, Error> {
-        // A panic while holding the lock may have left a half-applied change: refuse
-        // to go on rather than serve it.
-        self.state
-            .lock()
-            .map_err(|e| storage_error(std::io::Error::other(e.to_string())))
+        Ok(shared::storage::lock(&self.state)?)
     }
 
     /// The first `limit` pending events.

@@ -25,7 +25,7 @@ use shared::{Money, ValidationError, Violations};
 use tokio_util::sync::CancellationToken;
 
 use crate::authorizer::{Authorization, Authorizer, Decision};
-use crate::error::Error;
+use crate::error::{Error, storage_error};
 use crate::store::{Begun, Store};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -240,7 +240,7 @@ impl Payments {
                 }
             }
         });
-        task.await.map_err(|e| Error::Storage(Box::new(e)))?
+        task.await.map_err(storage_error)?
     }
 
     /// Captured → refunded; idempotent. A pending payment is refunded as soon as its

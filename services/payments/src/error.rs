@@ -1,7 +1,8 @@
 //! The one mapping from payment errors to gRPC statuses.
 
 use shared::ValidationError;
-use shared::status::{self, ErrorChain, Precondition};
+use shared::status::{self, Precondition};
+use shared::storage::StorageError;
 use tonic::{Code, Status};
 
 #[derive(Debug, thiserror::Error)]
@@ -21,26 +22,23 @@ pub(crate) enum Error {
     ProviderUnavailable(String),
     #[error("payment {id:?} was declined; there is nothing to refund")]
     NotCaptured { id: String },
-    #[error("payment storage failed")]
-    Storage(#[source] Box<dyn std::error::Error + Send + Sync>),
-    /// The database is out of reach or overloaded: the caller may retry.
-    #[error("payment storage is unavailable")]
-    StorageUnavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
 }
 
 /// The `ErrorInfo.domain` of this service's errors.
 const DOMAIN: &str = "payments.v1";
 
-/// A database error: out of reach or overloaded (UNAVAILABLE), or anything else
-/// (INTERNAL).
+/// A database error: [`StorageError`] decides what it is.
 impl From<sqlx::Error> for Error {
     fn from(error: sqlx::Error) -> Self {
-        if shared::db::is_unavailable(&error) {
-            Self::StorageUnavailable(Box::new(error))
-        } else {
-            Self::Storage(Box::new(error))
-        }
+        Self::Storage(error.into())
     }
+}
+
+/// Anything else a store fails with (a broken invariant): INTERNAL.
+pub(crate) fn storage_error(error: impl std::error::Error + Send + Sync + 'static) -> Error {
+    Error::Storage(StorageError::failed(error))
 }
 
 impl From<Error> for Status {
@@ -69,11 +67,7 @@ impl From<Error> for Status {
                 tracing::warn!(%detail, "card provider unavailable");
                 Status::unavailable(format!("{error}; try again"))
             }
-            Error::StorageUnavailable(_) => {
-                tracing::warn!(error = %ErrorChain(&error), "storage unavailable");
-                Status::unavailable(format!("{error}; try again"))
-            }
-            Error::Storage(_) => status::internal(&error),
+            Error::Storage(e) => e.into(),
         }
     }
 }

@@ -86,11 +86,7 @@ struct Claim {
 
 impl MemoryStore {
     fn lock(&self) -> Result<MutexGuard<'_, State>, Error> {
-        // A panic while holding the lock may have left a half-applied change: refuse
-        // to go on rather than serve it.
-        self.state
-            .lock()
-            .map_err(|e| Error::Storage(Box::new(std::io::Error::other(e.to_string()))))
+        Ok(shared::storage::lock(&self.state)?)
     }
 }
 

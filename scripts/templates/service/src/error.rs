@@ -1,5 +1,6 @@
 //! The one mapping from {{name}} errors to gRPC statuses.
 
+use shared::storage::StorageError;
 use shared::{ValidationError, status};
 use tonic::Status;
 
@@ -9,8 +10,8 @@ pub(crate) enum Error {
     Invalid(#[from] ValidationError),
     #[error("item {id:?} not found")]
     ItemNotFound { id: String },
-    #[error("item storage failed")]
-    Storage(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
 }
 
 impl From<Error> for Status {
@@ -18,8 +19,8 @@ impl From<Error> for Status {
         match error {
             Error::Invalid(e) => e.into(),
             Error::ItemNotFound { id } => status::not_found("item", &id),
-            // Details go to the log, never to the caller.
-            Error::Storage(_) => status::internal(&error),
+            // UNAVAILABLE (retry) or INTERNAL, details to the log, never to the caller.
+            Error::Storage(e) => e.into(),
         }
     }
 }

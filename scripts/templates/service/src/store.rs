@@ -37,11 +37,7 @@ impl MemoryStore {
     }
 
     fn lock(&self) -> Result<MutexGuard<'_, HashMap<String, Item>>, Error> {
-        // A panic while holding the lock may have left a half-applied change: refuse
-        // to go on rather than serve it.
-        self.items
-            .lock()
-            .map_err(|e| Error::Storage(Box::new(std::io::Error::other(e.to_string()))))
+        Ok(shared::storage::lock(&self.items)?)
     }
 }
 

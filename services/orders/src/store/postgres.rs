@@ -36,8 +36,8 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::{Created, Store};
-use crate::domain::{Line, Order, Status, storage_error};
-use crate::error::Error;
+use crate::domain::{Line, Order, Status};
+use crate::error::{Error, storage_error};
 use crate::outbox::{self, Outbox, Relayed};
 
 /// The schema, embedded at build time from `services/orders/migrations/`.
@@ -90,9 +90,7 @@ impl PgStore {
     }
 
     fn watched(&self) -> Result<MutexGuard<'_, HashMap<String, watch::Sender<Order>>>, Error> {
-        self.watched
-            .lock()
-            .map_err(|e| storage_error(std::io::Error::other(e.to_string())))
+        Ok(shared::storage::lock(&self.watched)?)
     }
 
     async fn load(&self, rows: Vec<PgRow>) -> Result<Vec<(i64, Order)>, Error> {

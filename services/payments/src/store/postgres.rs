@@ -18,7 +18,7 @@ use sqlx::{PgPool, Row as _};
 use super::{Begun, Store};
 use crate::authorizer::Decision;
 use crate::domain::{Payment, PaymentStatus, Pending};
-use crate::error::Error;
+use crate::error::{Error, storage_error};
 
 /// The schema, embedded at build time from `services/payments/migrations/`.
 static MIGRATOR: Migrator = sqlx::migrate!();
@@ -149,9 +149,10 @@ impl Store for PgStore {
         }
         match self.by_request_id(&payment.request_id).await? {
             Some(found) => Ok(Begun::Found(found)),
-            None => Err(Error::Storage(
-                format!("payment of request_id {:?} vanished", payment.request_id).into(),
-            )),
+            None => Err(storage_error(std::io::Error::other(format!(
+                "payment of request_id {:?} vanished",
+                payment.request_id
+            )))),
         }
     }
 
