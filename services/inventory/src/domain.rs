@@ -5,6 +5,8 @@ use std::time::SystemTime;
 
 use shared::{Money, ValidationError, Violations};
 
+use crate::error::Error;
+
 /// Most items in one reservation or one restock stream.
 pub(crate) const MAX_ITEMS: usize = 100;
 
@@ -123,23 +125,54 @@ pub(crate) fn validate_reservation_id(id: &str) -> Result<(), ValidationError> {
     violations.finish()
 }
 
-/// Units of one sku that a reservation asked for but the stock cannot give.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Shortage {
-    pub(crate) sku: String,
-    pub(crate) requested: i32,
-    pub(crate) available: i64,
+/// What a commit or a release does to a reservation, as the domain decides it; the
+/// stores only apply it.
+#[derive(Debug)]
+pub(crate) enum Change {
+    /// Already in the asked state: the retry answers it, nothing moves.
+    Done(Reservation),
+    /// Move the stock and set the new state.
+    Apply(Reservation),
 }
 
 impl Reservation {
     /// Whether a repeated `ReserveStock` asks for what this reservation holds.
-    pub(crate) fn matches(&self, request: &NewReservation) -> bool {
+    fn matches(&self, request: &NewReservation) -> bool {
         self.items == request.items
     }
 
     /// A release that arrived before any reservation (see `ReleaseReservation`).
-    pub(crate) fn is_tombstone(&self) -> bool {
+    fn is_tombstone(&self) -> bool {
         self.items.is_empty()
+    }
+
+    /// The answer to `request`, a `ReserveStock` with the id of this existing
+    /// reservation: this one, when it is a retry (or the id was released before it
+    /// came: the tombstone holds nothing), else the id was reused for other items.
+    pub(crate) fn answer(self, request: &NewReservation) -> Result<Reservation, Error> {
+        if self.matches(request) || self.is_tombstone() {
+            Ok(self)
+        } else {
+            Err(Error::ReservationConflict { id: self.id })
+        }
+    }
+
+    /// A commit: idempotent; a released reservation cannot be committed.
+    pub(crate) fn commit(self) -> Result<Change, Error> {
+        match self.state {
+            ReservationState::Reserved => Ok(Change::Apply(self)),
+            ReservationState::Committed => Ok(Change::Done(self)),
+            ReservationState::Released => Err(Error::ReservationReleased { id: self.id }),
+        }
+    }
+
+    /// A release: idempotent; a committed reservation cannot be released.
+    pub(crate) fn release(self) -> Result<Change, Error> {
+        match self.state {
+            ReservationState::Reserved => Ok(Change::Apply(self)),
+            ReservationState::Released => Ok(Change::Done(self)),
+            ReservationState::Committed => Err(Error::ReservationCommitted { id: self.id }),
+        }
     }
 }
 

@@ -5,8 +5,6 @@ use shared::status::{self, Precondition};
 use shared::storage::StorageError;
 use tonic::Status;
 
-use crate::domain::Shortage;
-
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum Error {
     #[error(transparent)]
@@ -25,6 +23,14 @@ pub(crate) enum Error {
     ReservationCommitted { id: String },
     #[error(transparent)]
     Storage(#[from] StorageError),
+}
+
+/// Units of one sku that a reservation asked for but the stock cannot give.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Shortage {
+    pub(crate) sku: String,
+    pub(crate) requested: i32,
+    pub(crate) available: i64,
 }
 
 fn skus(shortages: &[Shortage]) -> String {

@@ -10,10 +10,8 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use shared::PageRequest;
 
-use crate::domain::{
-    Item, NewReservation, Product, Reservation, ReservationState, Shortage, units,
-};
-use crate::error::Error;
+use crate::domain::{Change, Item, NewReservation, Product, Reservation, ReservationState, units};
+use crate::error::{Error, Shortage};
 
 mod postgres;
 
@@ -118,11 +116,7 @@ impl Store for MemoryStore {
     async fn reserve(&self, request: NewReservation) -> Result<Reservation, Error> {
         let mut state = self.lock()?;
         if let Some(existing) = state.reservations.get(&request.id) {
-            return if existing.matches(&request) || existing.is_tombstone() {
-                Ok(existing.clone())
-            } else {
-                Err(Error::ReservationConflict { id: request.id })
-            };
+            return existing.clone().answer(&request);
         }
 
         let mut shortages = Vec::new();
@@ -165,11 +159,10 @@ impl Store for MemoryStore {
             .get(id)
             .ok_or_else(|| Error::ReservationNotFound { id: id.into() })?
             .clone();
-        match reservation.state {
-            ReservationState::Committed => return Ok(reservation),
-            ReservationState::Released => return Err(Error::ReservationReleased { id: id.into() }),
-            ReservationState::Reserved => {}
-        }
+        let reservation = match reservation.commit()? {
+            Change::Done(reservation) => return Ok(reservation),
+            Change::Apply(reservation) => reservation,
+        };
         let now = SystemTime::now();
         state.move_stock(&reservation.items, now, |stock, n| {
             stock.reserved -= n;
@@ -192,13 +185,10 @@ impl Store for MemoryStore {
             state.reservations.insert(id.into(), tombstone.clone());
             return Ok(tombstone);
         };
-        match reservation.state {
-            ReservationState::Released => return Ok(reservation),
-            ReservationState::Committed => {
-                return Err(Error::ReservationCommitted { id: id.into() });
-            }
-            ReservationState::Reserved => {}
-        }
+        let reservation = match reservation.release()? {
+            Change::Done(reservation) => return Ok(reservation),
+            Change::Apply(reservation) => reservation,
+        };
         state.move_stock(&reservation.items, now, |stock, n| {
             stock.reserved -= n;
             stock.available += n;

@@ -21,9 +21,9 @@ use sqlx::{PgConnection, PgPool, Row as _};
 
 use super::Store;
 use crate::domain::{
-    Item, NewReservation, Product, Reservation, ReservationState, Shortage, Stock, units,
+    Change, Item, NewReservation, Product, Reservation, ReservationState, Stock, units,
 };
-use crate::error::Error;
+use crate::error::{Error, Shortage};
 
 /// The schema, embedded at build time from `services/inventory/migrations/`.
 static MIGRATOR: Migrator = sqlx::migrate!();
@@ -276,11 +276,7 @@ impl Store for PgStore {
                 .ok_or_else(|| Error::ReservationNotFound {
                     id: request.id.clone(),
                 })?;
-            return if existing.matches(&request) || existing.is_tombstone() {
-                Ok(existing)
-            } else {
-                Err(Error::ReservationConflict { id: request.id })
-            };
+            return existing.answer(&request);
         }
 
         // Items are sorted by sku: rows are locked in that order.
@@ -335,14 +331,13 @@ impl Store for PgStore {
 
     async fn commit(&self, id: &str) -> Result<Reservation, Error> {
         let mut tx = self.pool.begin().await?;
-        let mut reservation = reservation(&mut tx, id, true)
+        let found = reservation(&mut tx, id, true)
             .await?
             .ok_or_else(|| Error::ReservationNotFound { id: id.into() })?;
-        match reservation.state {
-            ReservationState::Committed => return Ok(reservation),
-            ReservationState::Released => return Err(Error::ReservationReleased { id: id.into() }),
-            ReservationState::Reserved => {}
-        }
+        let mut reservation = match found.commit()? {
+            Change::Done(reservation) => return Ok(reservation),
+            Change::Apply(reservation) => reservation,
+        };
         let now = shared::db::truncate_to_micros(SystemTime::now());
         move_stock(&mut tx, &reservation.items, "reserved", "sold", now).await?;
         set_state(&mut tx, id, ReservationState::Committed, now).await?;
@@ -366,16 +361,13 @@ impl Store for PgStore {
                 update_time: now,
             });
         }
-        let mut reservation = reservation(&mut tx, id, true)
+        let found = reservation(&mut tx, id, true)
             .await?
             .ok_or_else(|| Error::ReservationNotFound { id: id.into() })?;
-        match reservation.state {
-            ReservationState::Released => return Ok(reservation),
-            ReservationState::Committed => {
-                return Err(Error::ReservationCommitted { id: id.into() });
-            }
-            ReservationState::Reserved => {}
-        }
+        let mut reservation = match found.release()? {
+            Change::Done(reservation) => return Ok(reservation),
+            Change::Apply(reservation) => reservation,
+        };
         move_stock(&mut tx, &reservation.items, "reserved", "available", now).await?;
         set_state(&mut tx, id, ReservationState::Released, now).await?;
         tx.commit().await?;
