@@ -50,6 +50,32 @@ pub(crate) struct Payment {
     pub(crate) update_time: SystemTime,
 }
 
+/// What a refund does to a payment, as the domain decides it; the stores only apply it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Refund {
+    /// Already refunded: the retry answers the payment as it is.
+    Done,
+    /// Its authorization has not ended: the refund is recorded, and applied when the
+    /// authorization ends (captured: refunded then; declined: nothing to refund).
+    Deferred,
+    /// Captured: refunded now.
+    Apply,
+}
+
+impl Payment {
+    /// What a refund of this payment does; a declined one has nothing to refund.
+    pub(crate) fn refund(&self) -> Result<Refund, Error> {
+        match self.status {
+            PaymentStatus::Refunded => Ok(Refund::Done),
+            PaymentStatus::Pending => Ok(Refund::Deferred),
+            PaymentStatus::Captured => Ok(Refund::Apply),
+            PaymentStatus::Declined => Err(Error::NotCaptured {
+                id: self.id.clone(),
+            }),
+        }
+    }
+}
+
 /// A valid `Charge` request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Charge {

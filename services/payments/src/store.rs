@@ -11,7 +11,7 @@ use shared::PageRequest;
 use shared::pagination::position_key;
 
 use crate::authorizer::Decision;
-use crate::domain::{Payment, PaymentStatus, Pending};
+use crate::domain::{Payment, PaymentStatus, Pending, Refund};
 use crate::error::Error;
 
 mod postgres;
@@ -189,19 +189,14 @@ impl Store for MemoryStore {
             payments, pending, ..
         } = &mut *state;
         let payment = &mut payments[index];
-        match payment.status {
-            PaymentStatus::Refunded => {}
-            PaymentStatus::Declined => {
-                return Err(Error::NotCaptured {
-                    id: payment_id.into(),
-                });
-            }
-            PaymentStatus::Pending => {
+        match payment.refund()? {
+            Refund::Done => {}
+            Refund::Deferred => {
                 if let Some(claim) = pending.get_mut(&index) {
                     claim.refund_reason.get_or_insert_with(|| reason.to_owned());
                 }
             }
-            PaymentStatus::Captured => {
+            Refund::Apply => {
                 payment.status = PaymentStatus::Refunded;
                 payment.status_reason = reason.to_owned();
                 payment.update_time = SystemTime::now();

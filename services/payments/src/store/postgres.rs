@@ -17,7 +17,7 @@ use sqlx::{PgPool, Row as _};
 
 use super::{Begun, Store};
 use crate::authorizer::Decision;
-use crate::domain::{Payment, PaymentStatus, Pending};
+use crate::domain::{Payment, PaymentStatus, Pending, Refund};
 use crate::error::{Error, storage_error};
 
 /// The schema, embedded at build time from `services/payments/migrations/`.
@@ -226,26 +226,22 @@ impl Store for PgStore {
             id: payment_id.into(),
         })?;
         let payment = payment_from(&payment)?;
-        let sql = match payment.status {
-            PaymentStatus::Refunded => return Ok(payment),
-            PaymentStatus::Declined => {
-                return Err(Error::NotCaptured {
-                    id: payment_id.into(),
-                });
-            }
+        let refund = payment.refund()?;
+        let sql = match refund {
+            Refund::Done => return Ok(payment),
             // Applied when its authorization ends (`finish`).
-            PaymentStatus::Pending => format!(
+            Refund::Deferred => format!(
                 "UPDATE payments SET refund_reason = COALESCE(refund_reason, $2) \
                  WHERE id = $1 RETURNING {COLUMNS}"
             ),
-            PaymentStatus::Captured => format!(
+            Refund::Apply => format!(
                 "UPDATE payments SET status = 'refunded', status_reason = $2, \
                  update_time = TIMESTAMPTZ 'epoch' + $3 * INTERVAL '1 microsecond' \
                  WHERE id = $1 RETURNING {COLUMNS}"
             ),
         };
         let query = sqlx::query(&sql).bind(payment_id).bind(reason);
-        let query = if payment.status == PaymentStatus::Captured {
+        let query = if refund == Refund::Apply {
             query.bind(micros(SystemTime::now()))
         } else {
             query
