@@ -19,8 +19,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use contracts::inventory::v1::GetProductRequest;
 use contracts::inventory::v1::inventory_service_client::InventoryServiceClient;
-use contracts::notifications::v1::ListNotificationsRequest;
 use contracts::notifications::v1::notification_service_client::NotificationServiceClient;
+use contracts::notifications::v1::{ListNotificationsRequest, Notification};
 use contracts::orders::v1::order_service_client::OrderServiceClient;
 use contracts::orders::v1::{GetOrderRequest, ListOrdersRequest, OrderStatus};
 use contracts::payments::v1::payment_service_client::PaymentServiceClient;
@@ -75,6 +75,8 @@ impl Durable {
     /// Starts orders with `extra` added to its environment.
     async fn start_orders_with(&mut self, extra: &[(&'static str, &str)]) {
         let mut env = self.env.clone();
+        // These tests kill orders mid-publication: what its relay claimed waits this.
+        env.push(("OUTBOX_CLAIM_LEASE", "1s".to_owned()));
         env.push(("INVENTORY_ADDR", self.inventory.uri()));
         env.push(("PAYMENTS_ADDR", self.payments.uri()));
         env.extend(
@@ -137,30 +139,14 @@ impl Durable {
 
     /// How many notifications each event id of `customer` has, by order id.
     async fn notified(&self, customer: &str) -> BTreeMap<String, Vec<String>> {
-        let mut client = self.notifications();
         let mut by_order: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        let mut page_token = String::new();
-        loop {
-            let page = client
-                .list_notifications(ListNotificationsRequest {
-                    customer_id: customer.into(),
-                    page_size: 100,
-                    page_token,
-                })
-                .await
-                .expect("ListNotifications")
-                .into_inner();
-            for notification in page.notifications {
-                by_order
-                    .entry(notification.order_id)
-                    .or_default()
-                    .push(notification.event_id);
-            }
-            if page.next_page_token.is_empty() {
-                return by_order;
-            }
-            page_token = page.next_page_token;
+        for notification in notifications_of(self.notifications(), customer).await {
+            by_order
+                .entry(notification.order_id)
+                .or_default()
+                .push(notification.event_id);
         }
+        by_order
     }
 
     /// Waits until every order of `orders` has its two notifications, then checks that
@@ -189,6 +175,31 @@ impl Durable {
                     .collect(),
             );
         }
+    }
+}
+
+/// Every notification of `customer`, page after page.
+async fn notifications_of(
+    mut client: NotificationServiceClient<Channel>,
+    customer: &str,
+) -> Vec<Notification> {
+    let mut all = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_notifications(ListNotificationsRequest {
+                customer_id: customer.into(),
+                page_size: 100,
+                page_token,
+            })
+            .await
+            .expect("ListNotifications")
+            .into_inner();
+        all.extend(page.notifications);
+        if page.next_page_token.is_empty() {
+            return all;
+        }
+        page_token = page.next_page_token;
     }
 }
 

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use contracts::inventory::v1::GetProductRequest;
 use contracts::inventory::v1::inventory_service_client::InventoryServiceClient;
+use contracts::notifications::v1::StreamNotificationsRequest;
 use contracts::notifications::v1::notification_service_client::NotificationServiceClient;
-use contracts::notifications::v1::{ListNotificationsRequest, StreamNotificationsRequest};
 use contracts::orders::v1::order_service_client::OrderServiceClient;
 use contracts::orders::v1::{ListOrdersRequest, Order, OrderStatus, WatchOrderRequest};
 use contracts::payments::v1::payment_service_client::PaymentServiceClient;
@@ -182,27 +182,12 @@ async fn orders_of(orders: Channel, customer: &str) -> Vec<Order> {
 
 /// The event ids notified to `customer`, each with how often.
 async fn notified(notifications: Channel, customer: &str) -> BTreeMap<String, usize> {
-    let mut client = NotificationServiceClient::new(notifications);
+    let client = NotificationServiceClient::new(notifications);
     let mut events = BTreeMap::new();
-    let mut page_token = String::new();
-    loop {
-        let page = client
-            .list_notifications(ListNotificationsRequest {
-                customer_id: customer.into(),
-                page_size: 100,
-                page_token,
-            })
-            .await
-            .expect("ListNotifications")
-            .into_inner();
-        for notification in page.notifications {
-            *events.entry(notification.event_id).or_default() += 1;
-        }
-        if page.next_page_token.is_empty() {
-            return events;
-        }
-        page_token = page.next_page_token;
+    for notification in crate::notifications_of(client, customer).await {
+        *events.entry(notification.event_id).or_default() += 1;
     }
+    events
 }
 
 /// A field of a JSON log line, at the top or under `fields`.

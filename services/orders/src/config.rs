@@ -44,6 +44,11 @@ pub struct OutboxConfig {
     /// outbox table, to look into, before the relay deletes it (`0s`: at its next
     /// pruning, within a minute).
     pub retention: Duration,
+    /// `OUTBOX_CLAIM_LEASE` (default `10s`): how long a relay's claim on the events it
+    /// is publishing keeps other relays off them (PostgreSQL). A relay that dies
+    /// mid-publication delays them by at most this; one that takes longer than this
+    /// may see them published twice (consumers de-duplicate).
+    pub claim_lease: Duration,
 }
 
 impl Default for OutboxConfig {
@@ -52,6 +57,7 @@ impl Default for OutboxConfig {
             poll_interval: Duration::from_secs(1),
             batch_size: 100,
             retention: Duration::from_secs(24 * 60 * 60),
+            claim_lease: Duration::from_secs(10),
         }
     }
 }
@@ -63,6 +69,7 @@ impl OutboxConfig {
             poll_interval: env.positive_duration("OUTBOX_POLL_INTERVAL", default.poll_interval)?,
             batch_size: env.int_in("OUTBOX_BATCH_SIZE", default.batch_size, 1, 10_000)?,
             retention: env.duration("OUTBOX_RETENTION", default.retention)?,
+            claim_lease: env.positive_duration("OUTBOX_CLAIM_LEASE", default.claim_lease)?,
         })
     }
 }
@@ -175,11 +182,13 @@ mod tests {
     }
 
     #[test]
-    fn a_zero_outbox_poll_interval_is_refused_by_name() {
-        let env: Env = [("OUTBOX_POLL_INTERVAL", "0s")].into_iter().collect();
-        let error = Config::from_env(&env).unwrap_err();
-        let message = error.to_string();
-        assert!(message.contains("OUTBOX_POLL_INTERVAL"), "{message}");
-        assert!(message.contains("above zero"), "{message}");
+    fn a_zero_outbox_poll_interval_or_claim_lease_is_refused_by_name() {
+        for var in ["OUTBOX_POLL_INTERVAL", "OUTBOX_CLAIM_LEASE"] {
+            let env: Env = [(var, "0s")].into_iter().collect();
+            let error = Config::from_env(&env).unwrap_err();
+            let message = error.to_string();
+            assert!(message.contains(var), "{message}");
+            assert!(message.contains("above zero"), "{message}");
+        }
     }
 }

@@ -46,8 +46,14 @@ pub(crate) trait Outbox: Send + Sync {
     /// Publishes up to `limit` pending events through `publisher` (with
     /// [`publish`]), oldest first and each order's in the order they were
     /// recorded, marking each sent once published; stops at the first failure. Relays
-    /// running at once (replicas) never publish the same event together.
-    async fn relay(&self, limit: usize, publisher: &dyn EventPublisher) -> Result<Relayed, Error>;
+    /// running at once (replicas) never publish the same event together: each claims
+    /// what it publishes for `lease` (what a relay that died holds is free after it).
+    async fn relay(
+        &self,
+        limit: usize,
+        lease: Duration,
+        publisher: &dyn EventPublisher,
+    ) -> Result<Relayed, Error>;
 
     /// Notified after each commit that recorded an event: wakes the relay.
     fn outbox_signal(&self) -> &Notify;
@@ -92,7 +98,7 @@ pub(crate) async fn run(
             prune(store.as_ref(), config.retention).await;
             next_prune = tokio::time::Instant::now() + PRUNE_EVERY;
         }
-        let backoff = match pass(store.as_ref(), publisher.as_ref(), config.batch_size).await {
+        let backoff = match pass(store.as_ref(), publisher.as_ref(), &config).await {
             Ok(sent) => {
                 failures = 0;
                 if sent == config.batch_size {
@@ -113,7 +119,7 @@ pub(crate) async fn run(
             () = tokio::time::sleep(backoff.unwrap_or(config.poll_interval)) => {}
         }
     }
-    let _ = pass(store.as_ref(), publisher.as_ref(), config.batch_size).await;
+    let _ = pass(store.as_ref(), publisher.as_ref(), &config).await;
     tracing::info!("stopped relaying order events");
 }
 
@@ -121,9 +127,12 @@ pub(crate) async fn run(
 async fn pass(
     store: &dyn Outbox,
     publisher: &dyn EventPublisher,
-    limit: usize,
+    config: &OutboxConfig,
 ) -> Result<usize, ()> {
-    match store.relay(limit, publisher).await {
+    match store
+        .relay(config.batch_size, config.claim_lease, publisher)
+        .await
+    {
         Ok(Relayed {
             sent,
             failure: None,

@@ -287,7 +287,13 @@ impl Store for MemoryStore {
 
 #[async_trait]
 impl Outbox for MemoryStore {
-    async fn relay(&self, limit: usize, publisher: &dyn EventPublisher) -> Result<Relayed, Error> {
+    async fn relay(
+        &self,
+        limit: usize,
+        // One process, one relay at a time: nothing to claim against.
+        _lease: Duration,
+        publisher: &dyn EventPublisher,
+    ) -> Result<Relayed, Error> {
         let _one_at_a_time = self.relaying.lock().await;
         let mut relayed = Relayed::default();
         // Published outside the state lock; only this pass removes from the front.

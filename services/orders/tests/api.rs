@@ -604,21 +604,10 @@ async fn the_saga_goes_on_when_the_call_is_dropped() {
 
 #[tokio::test]
 async fn watch_order_ends_with_unavailable_when_the_server_shuts_down() {
-    let gate = Arc::new(Semaphore::new(0));
     // A drain held by the watch would last a minute; the test allows it 5 seconds.
-    let stack = Stack::start_with(
-        Some(Commit::Gated(gate.clone())),
-        &[("SHUTDOWN_GRACE_PERIOD", "60s")],
-    )
-    .await;
-    let mut client = stack.client.clone();
-    let placing = tokio::spawn(async move {
-        let request = order_request("req-1", "cus-1", &[("SKU-001", 1)], "tok_visa");
-        client.place_order(request).await
-    });
-    let pending = stack.charged_order_of("cus-1").await;
-    // Only the watch is left open: a PlaceOrder in flight rightly holds the drain.
-    placing.abort();
+    let (stack, gate, pending) = a_saga_held_at_the_commit(&[]).await;
+    // Only the watch is left open: the caller hung up (a PlaceOrder in flight rightly
+    // holds the drain).
     let mut watch = stack.watch(&pending.order_id).await.unwrap();
     assert_eq!(
         status(&watch.message().await.unwrap().unwrap().order.unwrap()),
@@ -638,20 +627,8 @@ async fn watch_order_ends_with_unavailable_when_the_server_shuts_down() {
 
 #[tokio::test]
 async fn a_saga_that_ends_during_the_drain_is_waited_for_and_its_events_published() {
-    let gate = Arc::new(Semaphore::new(0));
-    let mut stack = Stack::start_with(
-        Some(Commit::Gated(gate.clone())),
-        &[("SHUTDOWN_DELAY", "0s"), ("SHUTDOWN_GRACE_PERIOD", "60s")],
-    )
-    .await;
-    let mut client = stack.client.clone();
-    let placing = tokio::spawn(async move {
-        let request = order_request("req-1", "cus-1", &[("SKU-001", 1)], "tok_visa");
-        client.place_order(request).await
-    });
-    let pending = stack.charged_order_of("cus-1").await;
-    // The caller hangs up: no call holds the drain, only the saga, which goes on.
-    placing.abort();
+    let (mut stack, gate, pending) = a_saga_held_at_the_commit(&[("SHUTDOWN_DELAY", "0s")]).await;
+    // The caller hung up: no call holds the drain, only the saga, which goes on.
     let placed = stack.next_event().await;
     assert_eq!(placed.order.unwrap().order_id, pending.order_id);
 
@@ -680,6 +657,23 @@ async fn a_saga_that_ends_during_the_drain_is_waited_for_and_its_events_publishe
     let order = OrderEvent::decode(last.payload).unwrap().order.unwrap();
     assert_eq!(order.order_id, pending.order_id);
     assert_eq!(status(&order), OrderStatus::Confirmed);
+}
+
+/// A stack (a 60 s grace period, `env` added) whose one order of cus-1 is charged and
+/// held at the commit until the gate opens, its caller gone (it hung up).
+async fn a_saga_held_at_the_commit(env: &[(&str, &str)]) -> (Stack, Arc<Semaphore>, Order) {
+    let gate = Arc::new(Semaphore::new(0));
+    let mut vars = vec![("SHUTDOWN_GRACE_PERIOD", "60s")];
+    vars.extend_from_slice(env);
+    let stack = Stack::start_with(Some(Commit::Gated(gate.clone())), &vars).await;
+    let mut client = stack.client.clone();
+    let placing = tokio::spawn(async move {
+        let request = order_request("req-1", "cus-1", &[("SKU-001", 1)], "tok_visa");
+        client.place_order(request).await
+    });
+    let pending = stack.charged_order_of("cus-1").await;
+    placing.abort();
+    (stack, gate, pending)
 }
 
 /// Serves the inventory API in front of `real`, with `commit` in place of its

@@ -219,10 +219,6 @@ async fn follow_changes(pool: PgPool, watched: Watched, stop: CancellationToken)
 }
 
 /// The pause before listening again after a failure.
-/// How long a relay pass's claim on its events lasts: far longer than publishing a
-/// batch takes. A relay that died mid-pass delays its events by at most this.
-const RELAY_LEASE: Duration = Duration::from_secs(10);
-
 const RELISTEN_PAUSE: Duration = Duration::from_millis(200);
 
 /// A connection listening on [`CHANGES`], retried every second; `None` once `stop`.
@@ -587,7 +583,12 @@ impl Store for PgStore {
 
 #[async_trait]
 impl Outbox for PgStore {
-    async fn relay(&self, limit: usize, publisher: &dyn EventPublisher) -> Result<Relayed, Error> {
+    async fn relay(
+        &self,
+        limit: usize,
+        lease: Duration,
+        publisher: &dyn EventPublisher,
+    ) -> Result<Relayed, Error> {
         // Claimed with a lease in one statement: other relays skip these events (and
         // the later events of their orders) until they are marked or the lease lapses.
         // No transaction stays open while the broker answers.
@@ -605,7 +606,7 @@ impl Outbox for PgStore {
              RETURNING position, event_id, subject, header_names, header_values, payload",
         )
         .bind(&claim)
-        .bind(duration_micros(RELAY_LEASE))
+        .bind(duration_micros(lease))
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
         .await?;

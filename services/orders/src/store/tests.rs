@@ -4,6 +4,9 @@ use std::time::SystemTime;
 use shared::Money;
 
 use super::*;
+
+/// The relays' claims in these tests: no relay here dies mid-pass.
+const LEASE: Duration = Duration::from_secs(10);
 use crate::domain::{Item, NewOrder, Status};
 use crate::events::order_event;
 use crate::outbox::tests::FlakyBus;
@@ -209,7 +212,7 @@ async fn confirm_as(store: &dyn Store, mut order: Order, owner: &str) -> Order {
 async fn relay_all(store: &dyn Store, bus: &FlakyBus) -> usize {
     let mut sent = 0;
     loop {
-        let relayed = store.relay(10, bus).await.unwrap();
+        let relayed = store.relay(10, LEASE, bus).await.unwrap();
         assert!(relayed.failure.is_none(), "{:?}", relayed.failure);
         if relayed.sent == 0 {
             return sent;
@@ -224,7 +227,7 @@ async fn nothing_is_lost_while_the_bus_fails(store: Arc<dyn Store>) {
     create(&*store, order("ord_1", "req-1", "cus-1"))
         .await
         .unwrap();
-    let relayed = store.relay(10, &bus).await.unwrap();
+    let relayed = store.relay(10, LEASE, &bus).await.unwrap();
     assert_eq!(relayed.sent, 0);
     assert!(relayed.failure.is_some());
     confirm(&*store, order("ord_1", "req-1", "cus-1")).await;
@@ -236,7 +239,14 @@ async fn nothing_is_lost_while_the_bus_fails(store: Arc<dyn Store>) {
         .update(&order("ord_2", "req-2", "cus-1"), OWNER, None)
         .await
         .unwrap();
-    assert!(store.relay(10, &bus).await.unwrap().failure.is_some());
+    assert!(
+        store
+            .relay(10, LEASE, &bus)
+            .await
+            .unwrap()
+            .failure
+            .is_some()
+    );
 
     bus.fail(false);
     assert_eq!(relay_all(&*store, &bus).await, 3);
@@ -250,7 +260,7 @@ async fn nothing_is_lost_while_the_bus_fails(store: Arc<dyn Store>) {
     ids.sort();
     assert_eq!(ids, ["ord_1.confirmed", "ord_1.placed", "ord_2.placed"]);
     assert_eq!(
-        store.relay(10, &bus).await.unwrap().sent,
+        store.relay(10, LEASE, &bus).await.unwrap().sent,
         0,
         "each is sent once"
     );
@@ -266,7 +276,7 @@ async fn events_are_relayed_in_batches_and_recorded_once(store: Arc<dyn Store>) 
         let again = update(&*store, &confirmed).await;
         assert!(matches!(again, Err(Error::Superseded { .. })), "{again:?}");
     }
-    assert_eq!(store.relay(4, &bus).await.unwrap().sent, 4);
+    assert_eq!(store.relay(4, LEASE, &bus).await.unwrap().sent, 4);
     relay_all(&*store, &bus).await;
     let ids = bus.ids();
     assert_eq!(ids.len(), 10, "{ids:?}");
@@ -507,13 +517,13 @@ async fn two_relays_on_one_database_publish_every_event() {
     let bus = Arc::new(FlakyBus::default());
     let relay = |store: Arc<PgStore>| {
         let bus = bus.clone();
-        tokio::spawn(async move { while store.relay(3, &*bus).await.unwrap().sent > 0 {} })
+        tokio::spawn(async move { while store.relay(3, LEASE, &*bus).await.unwrap().sent > 0 {} })
     };
     let (ra, rb) = (relay(a.clone()), relay(b.clone()));
     ra.await.unwrap();
     rb.await.unwrap();
     // What one relay skipped while the other held it may still be pending: finish.
-    while b.relay(100, &*bus).await.unwrap().sent > 0 {}
+    while b.relay(100, LEASE, &*bus).await.unwrap().sent > 0 {}
 
     let ids = bus.ids();
     for i in 0..40 {
@@ -567,7 +577,7 @@ async fn the_relay_holds_no_transaction_open_while_the_broker_answers() {
         pool: sqlx::PgPool::connect(&url).await.unwrap(),
         open_transactions: Mutex::default(),
     };
-    assert_eq!(store.relay(10, &bus).await.unwrap().sent, 3);
+    assert_eq!(store.relay(10, LEASE, &bus).await.unwrap().sent, 3);
     assert_eq!(*bus.open_transactions.lock().unwrap(), [0, 0, 0]);
     assert_eq!(
         store.pending_events().await.unwrap(),
