@@ -19,10 +19,13 @@ mod suite;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 
+use serde_json::json;
+
 use suite::calls::{BUF_FLAGS, Tool};
 use suite::harness::{self, Part, Running};
 use suite::schema::{self, Schema};
 use suite::tools::{self, Invocation, Output, Tools};
+use suite::web::{self, Answer, Http};
 use suite::{cookbook, specs};
 
 /// The services every server registers next to its own (`shared::server`).
@@ -493,4 +496,162 @@ async fn readme_grpcurl_cookbook_runs_as_printed() {
     }
     running.stop().await;
     fail_if_any(problems);
+}
+
+/// gRPC-Web with Connect's client for Node, as a program calls the services with no
+/// proxy in front: a unary call, a server stream to its end, and an error with its code,
+/// message and google.rpc details, each as the services answer them over gRPC.
+#[tokio::test(flavor = "multi_thread")]
+async fn grpc_web_clients_call_the_services_directly() {
+    let schema = Schema::load();
+    let running = Running::start(&schema).await;
+    let inventory = web::addr(&running, "inventory");
+    let orders = web::addr(&running, "orders");
+    const INVENTORY: &str = "inventory.v1.InventoryService";
+    const ORDERS: &str = "orders.v1.OrderService";
+
+    let product = web::call(
+        inventory,
+        Http::V2,
+        INVENTORY,
+        "GetProduct",
+        json!({"sku": "SKU-001"}),
+    )
+    .await;
+    let Answer::Messages(product) = product else {
+        panic!("GetProduct failed over gRPC-Web: {product:?}");
+    };
+    assert_eq!(product.len(), 1, "{product:?}");
+    assert_eq!(product[0]["product"]["sku"], "SKU-001", "{product:?}");
+    assert_eq!(
+        product[0]["product"]["price"]["amountMinor"], "2400",
+        "int64 as a string: {product:?}"
+    );
+
+    let placed = web::call(
+        orders,
+        Http::V2,
+        ORDERS,
+        "PlaceOrder",
+        json!({"requestId": "grpc-web", "customerId": "grpc-web", "items": [{"sku": "SKU-006", "quantity": 1}], "cardToken": "tok_visa"}),
+    )
+    .await;
+    let Answer::Messages(placed) = placed else {
+        panic!("PlaceOrder failed over gRPC-Web: {placed:?}");
+    };
+    let order_id = placed[0]["order"]["orderId"]
+        .as_str()
+        .expect("an order id")
+        .to_owned();
+    // Server streaming: the order as it is (final, so the stream ends after it).
+    let watched = web::call(
+        orders,
+        Http::V2,
+        ORDERS,
+        "WatchOrder",
+        json!({"orderId": order_id}),
+    )
+    .await;
+    let Answer::Messages(watched) = watched else {
+        panic!("WatchOrder failed over gRPC-Web: {watched:?}");
+    };
+    assert_eq!(watched.len(), 1, "{watched:?}");
+    assert_eq!(
+        watched[0]["order"]["orderId"],
+        order_id.as_str(),
+        "{watched:?}"
+    );
+    assert_eq!(
+        watched[0]["order"]["status"], "ORDER_STATUS_CONFIRMED",
+        "{watched:?}"
+    );
+
+    let missing = web::call(
+        inventory,
+        Http::V2,
+        INVENTORY,
+        "GetProduct",
+        json!({"sku": "SKU-404"}),
+    )
+    .await;
+    let Answer::Error {
+        code,
+        message,
+        details,
+    } = missing
+    else {
+        panic!("GetProduct of an unknown SKU succeeded over gRPC-Web: {missing:?}");
+    };
+    assert_eq!(code, tonic::Code::NotFound as i64, "{message}");
+    assert_eq!(message, "product \"SKU-404\" not found");
+    assert_eq!(details, ["google.rpc.ResourceInfo"]);
+
+    running.stop().await;
+}
+
+/// CORS is off by default: a browser's preflight gets no `access-control-allow-origin`,
+/// so the browser refuses the call. With `GRPC_WEB_CORS_ORIGINS`, the named origins
+/// pass the preflight (others still do not), and a browser's HTTP/1.1 call works.
+#[tokio::test(flavor = "multi_thread")]
+async fn grpc_web_cors_is_off_by_default_and_allows_only_the_configured_origins() {
+    const PATH: &str = "/inventory.v1.InventoryService/GetProduct";
+    const APP: &str = "http://app.example.test:5173";
+    let allowed =
+        |answer: &http::Response<()>| answer.headers().get("access-control-allow-origin").cloned();
+    let schema = Schema::load();
+
+    let running = Running::start(&schema).await;
+    let inventory = web::addr(&running, "inventory");
+    let answer = web::preflight(inventory, PATH, APP).await;
+    assert_eq!(allowed(&answer), None, "CORS off: {answer:?}");
+    running.stop().await;
+
+    let env = shared::Env::default().with("GRPC_WEB_CORS_ORIGINS", APP);
+    let running = Running::start_with(&schema, env).await;
+    let inventory = web::addr(&running, "inventory");
+    let answer = web::preflight(inventory, PATH, APP).await;
+    assert!(answer.status().is_success(), "{answer:?}");
+    assert_eq!(
+        allowed(&answer).as_ref().map(|v| v.as_bytes()),
+        Some(APP.as_bytes()),
+        "{answer:?}"
+    );
+    let methods = answer.headers().get("access-control-allow-methods");
+    assert_eq!(
+        methods.map(|v| v.as_bytes()),
+        Some(&b"POST"[..]),
+        "{answer:?}"
+    );
+    // What a page may read of an answer: the status, when it comes in the headers.
+    let answer = web::empty_call(inventory, PATH, APP).await;
+    assert_eq!(
+        allowed(&answer).as_ref().map(|v| v.as_bytes()),
+        Some(APP.as_bytes()),
+        "{answer:?}"
+    );
+    let exposed = answer
+        .headers()
+        .get("access-control-expose-headers")
+        .map(|v| v.to_str().unwrap());
+    assert!(
+        exposed.is_some_and(|v| v.contains("grpc-status") && v.contains("grpc-message")),
+        "{answer:?}"
+    );
+
+    let other = web::preflight(inventory, PATH, "http://evil.example.test").await;
+    assert_eq!(allowed(&other), None, "another origin: {other:?}");
+
+    let product = web::call(
+        inventory,
+        Http::V1,
+        "inventory.v1.InventoryService",
+        "GetProduct",
+        json!({"sku": "SKU-001"}),
+    )
+    .await;
+    assert!(
+        matches!(&product, Answer::Messages(m) if m[0]["product"]["sku"] == "SKU-001"),
+        "HTTP/1.1: {product:?}"
+    );
+    running.stop().await;
 }

@@ -95,7 +95,9 @@ impl CorsOrigins {
 /// else (not even a trailing `/`).
 fn parse_origin(origin: &str) -> Option<HeaderValue> {
     let uri: http::Uri = origin.parse().ok()?;
-    let scheme = uri.scheme_str().filter(|s| matches!(*s, "http" | "https"))?;
+    let scheme = uri
+        .scheme_str()
+        .filter(|s| matches!(*s, "http" | "https"))?;
     let authority = uri.authority()?;
     let bare = format!("{scheme}://{authority}") == origin && !authority.as_str().contains('@');
     bare.then(|| HeaderValue::from_str(origin).ok()).flatten()
@@ -202,9 +204,9 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
-            ResponseFutureProj::Plain { inner } => inner
-                .poll(cx)
-                .map_ok(|response| response.map(Either::Left)),
+            ResponseFutureProj::Plain { inner } => {
+                inner.poll(cx).map_ok(|response| response.map(Either::Left))
+            }
             ResponseFutureProj::Web { inner } => inner
                 .as_mut()
                 .poll(cx)
