@@ -6,6 +6,8 @@
 //! - `http.rs`: the routes and their handlers (the only axum routing code).
 //! - `auth.rs`: bearer JWTs, scopes per route, and the admission of each request.
 //! - `rate_limit.rs`: the rate limit per client (GCRA).
+//! - `routes.rs`: the HTTP routes, read from the protos' `google.api.http` and
+//!   `gateway.v1.route` options (a public model: the OpenAPI document reads it too).
 //! - `dto.rs`: the JSON shapes of requests and responses, and their proto conversions.
 //! - `error.rs`: the one mapping from gRPC statuses to HTTP errors, and the JSON error.
 //! - `upstream.rs`: a channel to each upstream service, and readiness over all of them.
@@ -27,6 +29,7 @@ mod http;
 mod limits;
 mod notifications; // remove-service: notifications
 mod rate_limit;
+pub mod routes;
 mod server;
 pub mod testing;
 mod upstream;
