@@ -655,3 +655,63 @@ async fn grpc_web_cors_is_off_by_default_and_allows_only_the_configured_origins(
     );
     running.stop().await;
 }
+
+/// The OpenAPI document: the gateway serves the checked-in one, an independent
+/// validator (`openapi-spec-validator`) finds it valid OpenAPI 3.1, and a property-based
+/// tester (`schemathesis`) generates requests from it against the live stack, for at
+/// most a minute: no answer is a 5xx, and every answer has a documented
+/// status, content type, headers and schema. (Authentication is off in this stack: the
+/// scopes are `tests/` gateway `auth` tests' job. Requests the services refuse as
+/// invalid are fine, as proto3 cannot say which fields a service requires; streams
+/// that never end are left out.)
+#[tokio::test(flavor = "multi_thread")]
+async fn the_openapi_document_is_valid_and_the_live_gateway_keeps_to_it() {
+    let stack =
+        stack::testing::TestStack::start(&shared::Env::default(), &stack::Wiring::default()).await;
+    let gateway = stack.addr("gateway");
+    let served = stack.http().get("/openapi.json").await;
+    assert_eq!(served.status, http::StatusCode::OK);
+    let checked_in = std::fs::read_to_string(tools::root().join("docs/openapi.json"))
+        .expect("docs/openapi.json");
+    assert!(
+        served.body == checked_in.as_bytes(),
+        "GET /openapi.json differs from docs/openapi.json: regenerate it with \
+         `UPDATE_OPENAPI=1 cargo test -p gateway --lib openapi`"
+    );
+
+    let validator = tools::locate("openapi-spec-validator");
+    let validated =
+        tools::run_one(Invocation::new(&validator, ["docs/openapi.json"]).dir(tools::root())).await;
+    assert!(
+        validated.code == Some(0) && validated.stdout.contains("OK"),
+        "{validated}"
+    );
+
+    let schemathesis = tools::locate("schemathesis");
+    let work = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("schemathesis");
+    std::fs::create_dir_all(&work).expect("a working directory");
+    let checks = "not_a_server_error,status_code_conformance,content_type_conformance,\
+                  response_headers_conformance,response_schema_conformance";
+    let run = Invocation::new(
+        &schemathesis,
+        [
+            "run".to_owned(),
+            format!("http://{gateway}/openapi.json"),
+            format!("--checks={checks}"),
+            "--exclude-path-regex=/stream$".to_owned(),
+            "--max-examples=25".to_owned(),
+            "--max-time=60".to_owned(),
+            "--request-timeout=10".to_owned(),
+            "--generation-database=none".to_owned(),
+            "--no-color".to_owned(),
+            "--warnings=off".to_owned(),
+        ],
+    )
+    .env("SCHEMATHESIS_HOOKS", "")
+    .dir(&work)
+    .deadline(std::time::Duration::from_secs(150));
+    let fuzzed = tools::run_one(run).await;
+    assert!(fuzzed.code == Some(0), "{fuzzed}");
+    assert!(fuzzed.stdout.contains("Tested:"), "{fuzzed}");
+    stack.stop().await.expect("the stack stops");
+}

@@ -104,6 +104,8 @@ pub(crate) fn router(
     let api = limits.layer(auth::Admission::layer(admission, api));
     api.route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        // The API's description, public like the probes: it says what a token may do.
+        .merge(crate::openapi::router())
         // Bodies are read up to this many bytes, never more: beyond it, 413.
         .layer(DefaultBodyLimit::max(max_body_bytes))
         // One span per request; every line logged while handling it carries its fields.

@@ -8,6 +8,7 @@
 //! - `rate_limit.rs`: the rate limit per client (GCRA).
 //! - `routes.rs`: the HTTP routes, read from the protos' `google.api.http` and
 //!   `gateway.v1.route` options (a public model: the OpenAPI document reads it too).
+//! - `openapi.rs`: the OpenAPI document of the routes, served at `/openapi.json`.
 //! - `dto.rs`: the JSON shapes of requests and responses, and their proto conversions.
 //! - `error.rs`: the one mapping from gRPC statuses to HTTP errors, and the JSON error.
 //! - `upstream.rs`: a channel to each upstream service, and readiness over all of them.
@@ -28,6 +29,7 @@ pub mod fuzzing;
 mod http;
 mod limits;
 mod notifications; // remove-service: notifications
+pub mod openapi;
 mod rate_limit;
 pub mod routes;
 mod server;
