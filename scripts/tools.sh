@@ -135,7 +135,7 @@ install_npm_packages() {
     return 0
   fi
   log "installing npm packages of tests/web (npm ci)"
-  (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+  (cd "$dir" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
   cp "$dir/package-lock.json" "$npm_stamp"
 }
 

@@ -715,3 +715,71 @@ async fn the_openapi_document_is_valid_and_the_live_gateway_keeps_to_it() {
     assert!(fuzzed.stdout.contains("Tested:"), "{fuzzed}");
     stack.stop().await.expect("the stack stops");
 }
+
+/// The API explorer at `/docs`, in a real headless Chromium: the page loads with
+/// nothing from elsewhere, lists every route of the OpenAPI document, and "Try it out"
+/// on `GET /v1/products` shows 200 with the catalog. Its Swagger UI files are those of
+/// the pinned npm package.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_explorer_lists_the_routes_and_tries_one_in_a_browser() {
+    let assets = tools::root().join("services/gateway/assets/swagger-ui");
+    let package = tools::root().join("tests/web/node_modules/swagger-ui-dist");
+    web::node(); // the packages are installed
+    for file in ["swagger-ui-bundle.js", "swagger-ui.css", "LICENSE"] {
+        let embedded = std::fs::read(assets.join(file)).expect("a checked-in file");
+        let pinned = std::fs::read(package.join(file)).expect("a file of the package");
+        assert!(
+            embedded == pinned,
+            "services/gateway/assets/swagger-ui/{file} is not that of the swagger-ui-dist \
+             pinned in tests/web/package.json: copy it over (assets/swagger-ui/README.md)"
+        );
+    }
+
+    let stack =
+        stack::testing::TestStack::start(&shared::Env::default(), &stack::Wiring::default()).await;
+    let shown = web::explorer(stack.addr("gateway")).await;
+    assert_eq!(shown["problems"], json!([]), "{shown:#}");
+
+    let document: serde_json::Value =
+        serde_json::from_slice(&stack.http().get("/openapi.json").await.body)
+            .expect("the document is JSON");
+    let mut documented: Vec<String> = document["paths"]
+        .as_object()
+        .expect("paths")
+        .iter()
+        .flat_map(|(path, ops)| {
+            let ops = ops.as_object().expect("operations");
+            ops.keys()
+                .map(move |verb| format!("{} {path}", verb.to_uppercase()))
+        })
+        .collect();
+    let mut listed: Vec<String> = shown["routes"]
+        .as_array()
+        .expect("routes")
+        .iter()
+        .map(|r| r.as_str().expect("a route").to_owned())
+        .collect();
+    documented.sort();
+    listed.sort();
+    assert_eq!(
+        listed, documented,
+        "the explorer lists every route of /openapi.json"
+    );
+    assert!(
+        listed.contains(&"GET /v1/products".to_owned()),
+        "{listed:?}"
+    );
+
+    assert_eq!(shown["tryIt"]["status"], "200", "{shown:#}");
+    let body: serde_json::Value =
+        serde_json::from_str(shown["tryIt"]["body"].as_str().expect("a body"))
+            .expect("the explorer shows the JSON answer");
+    let skus: Vec<&str> = body["products"]
+        .as_array()
+        .expect("products")
+        .iter()
+        .filter_map(|p| p["sku"].as_str())
+        .collect();
+    assert!(skus.starts_with(&["SKU-001", "SKU-002"]), "{body:#}");
+    stack.stop().await.expect("the stack stops");
+}

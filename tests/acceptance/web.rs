@@ -1,6 +1,7 @@
-//! gRPC-Web as browsers and Node programs speak it: Connect's gRPC-Web transport from
-//! the npm registry (`tests/web/grpc-web.mjs`, installed by `scripts/tools.sh`), and
-//! CORS preflights as browsers send them.
+//! What browsers and Node programs see: gRPC-Web with Connect's gRPC-Web transport from
+//! the npm registry (`tests/web/grpc-web.mjs`), CORS preflights as browsers send them,
+//! and the gateway's API explorer in a headless Chromium (`tests/web/explorer.mjs`).
+//! `scripts/tools.sh` installs the npm packages and Chromium.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -90,8 +91,20 @@ fn parse(output: &Output) -> Result<Answer, String> {
     })
 }
 
+/// What the API explorer showed in Chromium: see `tests/web/explorer.mjs`.
+pub(crate) async fn explorer(gateway: SocketAddr) -> Value {
+    let script = root().join("tests/web/explorer.mjs");
+    let args = [script.display().to_string(), format!("http://{gateway}")];
+    let run = Invocation::new(&node(), args).deadline(std::time::Duration::from_secs(90));
+    let output = tools::run_one(run).await;
+    let shown = (output.code == Some(0))
+        .then(|| serde_json::from_str(output.stdout.trim()).ok())
+        .flatten();
+    shown.unwrap_or_else(|| panic!("the browser run failed\n{output}"))
+}
+
 /// `node`, with the packages of `tests/web` installed; panics with what to run if not.
-fn node() -> PathBuf {
+pub(crate) fn node() -> PathBuf {
     let modules = root().join("tests/web/node_modules/@connectrpc/connect-node");
     assert!(
         modules.is_dir(),

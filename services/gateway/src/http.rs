@@ -104,8 +104,10 @@ pub(crate) fn router(
     let api = limits.layer(auth::Admission::layer(admission, api));
     api.route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        // The API's description, public like the probes: it says what a token may do.
+        // The API's description and its explorer, public like the probes: they say
+        // what a token may do, not what is behind it.
         .merge(crate::openapi::router())
+        .merge(crate::explorer::router())
         // Bodies are read up to this many bytes, never more: beyond it, 413.
         .layer(DefaultBodyLimit::max(max_body_bytes))
         // One span per request; every line logged while handling it carries its fields.

@@ -8,7 +8,8 @@
 //! - `rate_limit.rs`: the rate limit per client (GCRA).
 //! - `routes.rs`: the HTTP routes, read from the protos' `google.api.http` and
 //!   `gateway.v1.route` options (a public model: the OpenAPI document reads it too).
-//! - `openapi.rs`: the OpenAPI document of the routes, served at `/openapi.json`.
+//! - `openapi.rs`: the OpenAPI document of the routes, served at `/openapi.json`;
+//!   `explorer.rs`: the API explorer page at `/docs` (Swagger UI, embedded).
 //! - `dto.rs`: the JSON shapes of requests and responses, and their proto conversions.
 //! - `error.rs`: the one mapping from gRPC statuses to HTTP errors, and the JSON error.
 //! - `upstream.rs`: a channel to each upstream service, and readiness over all of them.
@@ -24,6 +25,7 @@ pub mod config;
 mod connections;
 mod dto;
 mod error;
+mod explorer;
 #[doc(hidden)]
 pub mod fuzzing;
 mod http;
