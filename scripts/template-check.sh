@@ -101,6 +101,8 @@ git ls-files -z --cached --others --exclude-standard |
   while IFS= read -r -d '' file; do [[ -e $file ]] && printf '%s\0' "$file"; done |
   xargs -0 cp --parents -t "$copy"
 ln -s "$root/.tools" "$copy/.tools"
+# The npm packages of tests/web (git-ignored, like .tools) for the browser-side tests.
+ln -s "$root/tests/web/node_modules" "$copy/tests/web/node_modules"
 # Another version for the copy's crates: artifacts of their own in the shared target.
 sed -i '0,/^version = "\([0-9.]*\)"$/s//version = "\1-template-check"/' "$copy/Cargo.toml"
 grep -q -- '-template-check"$' "$copy/Cargo.toml" || die "no [workspace.package] version to change in Cargo.toml"
