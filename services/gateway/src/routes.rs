@@ -227,6 +227,24 @@ impl<'a> IntoIterator for &'a Routes {
     }
 }
 
+/// The full name of the standard field visibility option.
+const VISIBILITY_EXTENSION: &str = "google.api.field_visibility";
+
+/// Whether `field` is kept off HTTP: it has a `google.api.field_visibility`
+/// restriction (e.g. `"INTERNAL"`). The gateway leaves it out of its answers, and the
+/// OpenAPI document out of its schemas.
+pub fn is_internal(field: &FieldDescriptor) -> bool {
+    let Some(extension) = field
+        .parent_pool()
+        .get_extension_by_name(VISIBILITY_EXTENSION)
+    else {
+        return false;
+    };
+    let options = field.options();
+    options.has_extension(&extension)
+        && !string(&message_of(&options, &extension), "restriction").is_empty()
+}
+
 /// The message value of extension `extension` in `options`.
 fn message_of(options: &DynamicMessage, extension: &ExtensionDescriptor) -> DynamicMessage {
     match options.get_extension(extension).as_message() {
@@ -675,6 +693,17 @@ mod tests {
             let error = PathTemplate::parse(template, &order).unwrap_err();
             assert!(error.contains(expected), "{template}: {error}");
         }
+    }
+
+    #[test]
+    fn restricted_fields_are_internal() {
+        let product = message("inventory.v1.Product");
+        let internal: Vec<String> = product
+            .fields()
+            .filter(is_internal)
+            .map(|f| f.name().to_owned())
+            .collect();
+        assert_eq!(internal, ["reserved", "sold", "update_time"]);
     }
 
     #[test]

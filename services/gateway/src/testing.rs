@@ -6,7 +6,7 @@
 //! let http = HttpClient::new(gateway.local_addr());
 //! let response = http.post_json("/v1/orders", &[("Idempotency-Key", "k1")], &order).await;
 //! assert_eq!(response.status, StatusCode::CREATED);
-//! assert_eq!(response.json()["status"], "CONFIRMED");
+//! assert_eq!(response.json()["status"], "ORDER_STATUS_CONFIRMED");
 //! ```
 
 use std::net::SocketAddr;

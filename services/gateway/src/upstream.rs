@@ -1,15 +1,14 @@
 //! The services the gateway calls: one lazily connected channel each, and their
-//! readiness, asked in the background and read by `/readyz`. A handler makes the generated client it needs
-//! from the channel (`upstreams.orders()`), which is as cheap as cloning a client.
+//! readiness, asked in the background and read by `/readyz`. The transcoder calls a
+//! route's upstream through the channel of the route's service ([`Upstreams::channel_of`]).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use contracts::inventory::v1::inventory_service_client::InventoryServiceClient;
 use contracts::inventory::v1::inventory_service_server;
-use contracts::orders::v1::order_service_client::OrderServiceClient;
+use contracts::notifications::v1::notification_service_server; // remove-service: notifications
 use contracts::orders::v1::order_service_server;
 use shared::ClientConfig;
 use shared::client::{Channel, channel};
@@ -49,7 +48,10 @@ impl Upstreams {
         let all = [
             (order_service_server::SERVICE_NAME, &addrs.orders),
             (inventory_service_server::SERVICE_NAME, &addrs.inventory),
-            (crate::notifications::SERVICE, &addrs.notifications), // remove-service: notifications
+            (
+                notification_service_server::SERVICE_NAME,
+                &addrs.notifications,
+            ), // remove-service: notifications
         ];
         let all = all.map(|(service, uri)| Upstream {
             // One name everywhere: `orders.v1.OrderService` is served by `orders`.
@@ -60,22 +62,11 @@ impl Upstreams {
         Self { all: all.into() }
     }
 
-    /// The channel of upstream `name`, for a generated client. Panics when `new` made
-    /// no such upstream: a route's module and its line in `new` go together.
-    pub(crate) fn channel(&self, name: &str) -> Channel {
-        let upstream = self.all.iter().find(|u| u.name == name);
-        upstream
-            .unwrap_or_else(|| panic!("no upstream named {name:?}"))
-            .channel
-            .clone()
-    }
-
-    pub(crate) fn orders(&self) -> OrderServiceClient<Channel> {
-        OrderServiceClient::new(self.channel("orders"))
-    }
-
-    pub(crate) fn inventory(&self) -> InventoryServiceClient<Channel> {
-        InventoryServiceClient::new(self.channel("inventory"))
+    /// The channel of the upstream that serves gRPC service `service` (e.g.
+    /// `orders.v1.OrderService`), if there is one.
+    pub(crate) fn channel_of(&self, service: &str) -> Option<Channel> {
+        let upstream = self.all.iter().find(|u| u.service == service);
+        upstream.map(|u| u.channel.clone())
     }
 
     /// Asks every upstream, at once, whether the service the gateway needs from it is
