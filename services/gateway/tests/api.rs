@@ -191,6 +191,25 @@ async fn an_order_is_created_and_read_back() {
     error(&missing, StatusCode::NOT_FOUND, "NOT_FOUND");
 }
 
+/// `WatchOrder` on HTTP: Server-Sent Events of the order's states, ending with the
+/// final one; an unknown order is a 404 in the error shape, before any stream.
+#[tokio::test]
+async fn an_order_is_watched_as_server_sent_events_until_final() {
+    let stack = start().await;
+    let http = stack.http();
+    let created = place(&http, "gw-watch-1", &order("cus_gw_w", "SKU-002", 1)).await;
+    let order = created.json();
+    let id = order["orderId"].as_str().unwrap();
+    let mut stream = http.events(&format!("/v1/orders/{id}/watch"), &[]).await;
+    assert_eq!(stream.status, StatusCode::OK);
+    let event = stream.next().await.expect("the order's state");
+    assert_eq!(event.json(), order);
+    assert_eq!(stream.next().await, None, "the stream ends once the order is final");
+
+    let missing = http.get("/v1/orders/ord_missing/watch").await;
+    error(&missing, StatusCode::NOT_FOUND, "NOT_FOUND");
+}
+
 #[tokio::test]
 async fn a_declined_card_is_a_created_order_that_was_rejected() {
     let stack = start().await;
