@@ -24,6 +24,7 @@
 //! route), is answered in the JSON shape of [`ApiError`].
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
@@ -142,7 +143,7 @@ struct Probe {
     reason: Option<&'static str>,
     /// Each upstream's health, by name.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    upstreams: BTreeMap<&'static str, &'static str>,
+    upstreams: BTreeMap<Arc<str>, &'static str>,
 }
 
 /// Liveness: the process serves requests, also while it drains (restarting a

@@ -66,9 +66,8 @@ pub async fn build(config: Config) -> Result<Server, shared::Error> {
             .map(|limit| Arc::new(rate_limit::RateLimiter::new(limit.per_second, limit.burst))),
     };
     let readiness = upstream::Readiness::new(upstreams.clone());
-    let routes = routes::Routes::contracts().map_err(route_error)?;
     let router = http::router(
-        &routes,
+        &config.routes,
         &upstreams,
         readiness.clone(),
         draining.clone(),
@@ -94,11 +93,10 @@ pub async fn build(config: Config) -> Result<Server, shared::Error> {
 }
 
 /// A route the gateway cannot serve, as a start-up error.
-fn route_error(error: routes::RouteError) -> shared::Error {
+pub(crate) fn route_error(error: routes::RouteError) -> shared::ConfigError {
     shared::ConfigError {
         var: "google.api.http".to_owned(),
         value: error.method,
         expected: error.problem,
     }
-    .into()
 }

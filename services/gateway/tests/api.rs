@@ -204,7 +204,11 @@ async fn an_order_is_watched_as_server_sent_events_until_final() {
     assert_eq!(stream.status, StatusCode::OK);
     let event = stream.next().await.expect("the order's state");
     assert_eq!(event.json(), order);
-    assert_eq!(stream.next().await, None, "the stream ends once the order is final");
+    assert_eq!(
+        stream.next().await,
+        None,
+        "the stream ends once the order is final"
+    );
 
     let missing = http.get("/v1/orders/ord_missing/watch").await;
     error(&missing, StatusCode::NOT_FOUND, "NOT_FOUND");

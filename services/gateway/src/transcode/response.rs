@@ -5,15 +5,18 @@
 //! and an upstream's error status in the gateway's error shape, its field paths named
 //! as the client sent them.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use axum::Json;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use http::HeaderValue;
-use http::header::LOCATION;
-use prost_reflect::{DynamicMessage, MessageDescriptor, ReflectMessage as _, Value};
+use http::header::{CONTENT_TYPE, LOCATION};
+use prost_reflect::{
+    DynamicMessage, FieldDescriptor, MessageDescriptor, ReflectMessage as _, SerializeOptions,
+    Value,
+};
 use tokio_stream::StreamExt as _;
 use tonic::codec::Streaming;
 use tonic::{Code, Status};
@@ -30,15 +33,15 @@ pub(crate) fn unary(route: &Route, message: DynamicMessage, hidden: &Hidden) -> 
             match segment {
                 Segment::Literal(literal) => path.push_str(literal),
                 Segment::Variable(field) => {
-                    let value = value_at(&message, field.fields());
-                    percent_encode(&text(&value), &mut path);
+                    let value = value_ref(&message, field.fields());
+                    percent_encode(&value.map(text).unwrap_or_default(), &mut path);
                 }
             }
         }
         path
     });
-    let body = json_body(route, message, hidden);
-    let mut response = (route.status(), Json(body)).into_response();
+    let mut response = json_response(route, message, hidden);
+    *response.status_mut() = route.status();
     if let Some(location) = location.and_then(|l| HeaderValue::try_from(l).ok()) {
         response.headers_mut().insert(LOCATION, location);
     }
@@ -55,63 +58,91 @@ pub(crate) fn stream(
 ) -> Response {
     let events = messages.map(move |item| {
         let event = match item {
-            Ok(message) => {
-                let body = json_body(&route, message, &hidden);
-                Event::default().json_data(body)
-            }
-            Err(status) => {
-                let error = upstream_error(&route, status, None);
-                Event::default().event("error").json_data(error.body_json())
-            }
+            Ok(message) => match json_bytes(&route, message, &hidden) {
+                Ok(json) => Event::default().data(String::from_utf8_lossy(&json)),
+                Err(error) => error_event(&ApiError::internal(&error.to_string())),
+            },
+            Err(status) => error_event(&upstream_error(&route, status, None)),
         };
-        Ok::<_, std::convert::Infallible>(
-            event.unwrap_or_else(|_| Event::default().event("error").data("{}")),
-        )
+        Ok::<_, std::convert::Infallible>(event)
     });
     Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response()
 }
 
-/// The JSON of the answer's body: the `response_body` field, or the whole message.
-fn json_body(route: &Route, mut message: DynamicMessage, hidden: &Hidden) -> serde_json::Value {
-    hidden.strip(&mut message);
-    let value = match &route.response_body {
-        None => Value::Message(message),
-        Some(field) => value_at(&message, field.fields()),
-    };
-    // A message, a list or a scalar: the mapping of the field's type.
-    match value {
-        Value::Message(message) => serde_json::to_value(&message).unwrap_or_default(),
-        other => {
-            // Wrap in its message to have the mapping of a field's value.
-            let field = route.response_body.as_ref().map(|f| f.last().clone());
-            match field {
-                Some(field) => {
-                    let mut holder = DynamicMessage::new(field.parent_message().clone());
-                    holder.set_field(&field, other);
-                    let mut json = serde_json::to_value(&holder).unwrap_or_default();
-                    json.get_mut(field.json_name())
-                        .map(serde_json::Value::take)
-                        .unwrap_or_default()
-                }
-                None => serde_json::Value::Null,
-            }
+fn error_event(error: &ApiError) -> Event {
+    Event::default()
+        .event("error")
+        .data(error.body_json().to_string())
+}
+
+/// A 200 with the JSON of the answer's body.
+fn json_response(route: &Route, message: DynamicMessage, hidden: &Hidden) -> Response {
+    match json_bytes(route, message, hidden) {
+        Ok(json) => (
+            [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            json,
+        )
+            .into_response(),
+        Err(error) => {
+            ApiError::internal(&format!("cannot write the answer as JSON: {error}")).into_response()
         }
     }
 }
 
-/// The value at `path` in `message`, its default when unset.
-fn value_at(message: &DynamicMessage, path: &[prost_reflect::FieldDescriptor]) -> Value {
-    let mut current = message.clone();
-    let (last, parents) = path.split_last().expect("a field path is never empty");
-    for field in parents {
-        current = match current.get_field(field).as_message() {
-            Some(inner) => inner.clone(),
-            None => return Value::default_value_for_field(last),
+/// The JSON of the answer's body: the `response_body` field, or the whole message,
+/// written straight from the message (no intermediate JSON value).
+fn json_bytes(
+    route: &Route,
+    mut message: DynamicMessage,
+    hidden: &Hidden,
+) -> serde_json::Result<Vec<u8>> {
+    hidden.strip(&mut message);
+    let Some(field) = &route.response_body else {
+        return serde_json::to_vec(&message);
+    };
+    let (last, parents) = field
+        .fields()
+        .split_last()
+        .expect("a field path is never empty");
+    let mut current = message;
+    for parent in parents {
+        current = match current.take_field(parent) {
+            Some(Value::Message(inner)) => inner,
+            _ => DynamicMessage::new(last.parent_message().clone()),
         };
     }
-    current.get_field(last).into_owned()
+    match current.get_field(last).as_message() {
+        // Set or not, a message field's answer is that message (`{}` when unset).
+        Some(inner) => serde_json::to_vec(inner),
+        // A list or a scalar: the mapping of the field's value, as in its message.
+        None => {
+            let mut holder = DynamicMessage::new(last.parent_message().clone());
+            if let Some(value) = current.take_field(last) {
+                holder.set_field(last, value);
+            }
+            let options = SerializeOptions::new().skip_default_fields(false);
+            let json = holder.serialize_with_options(serde_json::value::Serializer, &options)?;
+            serde_json::to_vec(&json.get(last.json_name()))
+        }
+    }
+}
+
+/// The value at `path` in `message`; `None` when unset.
+fn value_ref<'a>(message: &'a DynamicMessage, path: &[FieldDescriptor]) -> Option<&'a Value> {
+    let (last, parents) = path.split_last().expect("a field path is never empty");
+    let mut current = message;
+    for field in parents {
+        match current.get_field(field) {
+            Cow::Borrowed(Value::Message(inner)) => current = inner,
+            _ => return None,
+        }
+    }
+    match current.get_field(last) {
+        Cow::Borrowed(value) => Some(value),
+        Cow::Owned(_) => None,
+    }
 }
 
 /// A scalar as the text of a path segment.
