@@ -390,7 +390,7 @@ mod tests {
 
     #[test]
     fn path_and_query_values_fit_their_fields() {
-        let route = route("notifications.v1.NotificationService.ListNotifications");
+        let route = route("orders.v1.OrderService.ListOrders");
         let mut message = DynamicMessage::new(route.input());
         path(&route, &mut message, &["cus 1"]).unwrap();
         let pairs = |list: &[(&str, &str)]| -> Vec<(String, String)> {
