@@ -188,7 +188,9 @@ def plan(name: str) -> tuple[dict[Path, str | bytes], dict[str, str]]:
     # Its RPCs annotated with google.api.http are routes of the gateway, which calls it
     # at {NAME}_ADDR: its local port by default, the bound one in the stack.
     edit("services/gateway/src/config.rs", lambda p, t: insert_before_anchor(
-        p, t, f'    ("{name}", "http://127.0.0.1:{values["port"]}"), // remove-service: {name}\n',
+        p, t, (f"    // remove-service: {name} {{\n"
+               f'    ("{name}", "http://127.0.0.1:{values["port"]}"),\n'
+               f"    // remove-service: {name} }}\n"),
         f"// {ANCHOR} `make new-service` adds each new service above this line."))
     edit("stack/src/lib.rs", lambda p, t: insert_before_anchor(
         p, t, (f"        // remove-service: {name} {{\n"

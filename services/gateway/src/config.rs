@@ -84,8 +84,10 @@ pub struct RateLimit {
 const LOCAL_ADDRS: &[(&str, &str)] = &[
     ("orders", "http://127.0.0.1:50051"),
     ("inventory", "http://127.0.0.1:50052"),
-    ("notifications", "http://127.0.0.1:50054"), // remove-service: notifications
-                                                 // new-service: `make new-service` adds each new service above this line.
+    // remove-service: notifications {
+    ("notifications", "http://127.0.0.1:50054"),
+    // remove-service: notifications }
+    // new-service: `make new-service` adds each new service above this line.
 ];
 
 /// Where the services the gateway calls listen: one upstream per gRPC service that
