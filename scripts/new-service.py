@@ -182,21 +182,21 @@ def plan(name: str) -> tuple[dict[Path, str | bytes], dict[str, str]]:
             f"            {name}::config::ADMIN_PORT,\n"
             f"        ))?;\n"
             f"        let {name} = {name}::build(config).await?;\n"), f"// {ANCHOR} `make new-service` binds")
-        return insert_before_anchor(p, t, f"                ({name}::NAME, Bound::Grpc({name})),\n",
-                                    f"// {ANCHOR} and serves")
+        t = insert_before_anchor(p, t, f"                ({name}::NAME, Bound::Grpc({name})),\n",
+                                 f"// {ANCHOR} and serves")
+        # Its RPCs annotated with google.api.http are routes of the gateway, which
+        # calls it at {NAME}_ADDR: the bound address here.
+        return insert_before_anchor(p, t, (
+            f"        // remove-service: {name} {{\n"
+            f"        let gateway_env = gateway_env.with(\"{values['NAME']}_ADDR\", uri({name}.local_addr()));\n"
+            f"        // remove-service: {name} }}\n"), f"// {ANCHOR} and the gateway reaches it")
     edit("stack/src/lib.rs", stack)
-    # Its RPCs annotated with google.api.http are routes of the gateway, which calls it
-    # at {NAME}_ADDR: its local port by default, the bound one in the stack.
+    # The gateway's default address of it: its local port.
     edit("services/gateway/src/config.rs", lambda p, t: insert_before_anchor(
         p, t, (f"    // remove-service: {name} {{\n"
                f'    ("{name}", "http://127.0.0.1:{values["port"]}"),\n'
                f"    // remove-service: {name} }}\n"),
         f"// {ANCHOR} `make new-service` adds each new service above this line."))
-    edit("stack/src/lib.rs", lambda p, t: insert_before_anchor(
-        p, t, (f"        // remove-service: {name} {{\n"
-               f"        let gateway_env = gateway_env.with(\"{values['NAME']}_ADDR\", uri({name}.local_addr()));\n"
-               f"        // remove-service: {name} }}\n"),
-        f"// {ANCHOR} and the gateway reaches it"))
     # In Kubernetes, the gateway finds it by its Service's name, and may call it.
     def gateway_yaml(p: str, t: str) -> str:
         t = insert_after_last(p, t, r'^            - name: [A-Z0-9_]+_ADDR\n              value: "http://[a-z0-9-]+:\d+"$',
