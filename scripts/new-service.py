@@ -191,11 +191,11 @@ def plan(name: str) -> tuple[dict[Path, str | bytes], dict[str, str]]:
             f"        let gateway_env = gateway_env.with(\"{values['NAME']}_ADDR\", uri({name}.local_addr()));\n"
             f"        // remove-service: {name} }}\n"), f"// {ANCHOR} and the gateway reaches it")
     edit("stack/src/lib.rs", stack)
-    # The gateway's default address of it: its local port.
+    # The gateway reads its address: NAME_ADDR, by default its local port.
     edit("services/gateway/src/config.rs", lambda p, t: insert_before_anchor(
-        p, t, (f"    // remove-service: {name} {{\n"
-               f'    ("{name}", "http://127.0.0.1:{values["port"]}"),\n'
-               f"    // remove-service: {name} }}\n"),
+        p, t, (f"        // remove-service: {name} {{\n"
+               f'        ("{name}", env.upstream("{values["NAME"]}_ADDR", "http://127.0.0.1:{values["port"]}")?),\n'
+               f"        // remove-service: {name} }}\n"),
         f"// {ANCHOR} `make new-service` adds each new service above this line."))
     # In Kubernetes, the gateway finds it by its Service's name, and may call it.
     def gateway_yaml(p: str, t: str) -> str:

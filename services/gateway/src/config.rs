@@ -78,18 +78,6 @@ pub struct RateLimit {
     pub burst: u32,
 }
 
-/// The local address of each service the gateway has routes to, used when its
-/// `{NAME}_ADDR` is unset: its local port, as every binary finds its upstreams when
-/// started with no configuration. A service without a line here needs its variable.
-const LOCAL_ADDRS: &[(&str, &str)] = &[
-    ("orders", "http://127.0.0.1:50051"),
-    ("inventory", "http://127.0.0.1:50052"),
-    // remove-service: notifications {
-    ("notifications", "http://127.0.0.1:50054"),
-    // remove-service: notifications }
-    // new-service: `make new-service` adds each new service above this line.
-];
-
 /// Where the services the gateway calls listen: one upstream per gRPC service that
 /// has a route (`google.api.http`), from `{NAME}_ADDR`, where NAME is the service's
 /// name (the first part of its proto package: `ORDERS_ADDR` for
@@ -114,30 +102,25 @@ pub struct UpstreamService {
 impl Upstreams {
     /// The upstream of every service of `routes`.
     fn from_env(env: &Env, routes: &Routes) -> Result<Self, ConfigError> {
+        let addrs = addrs(env)?;
         let mut services = Vec::new();
         for service in routes.services() {
             // One name everywhere: `orders.v1.OrderService` is served by `orders`.
             let name = service.package_name().split('.').next().unwrap_or_default();
-            let var = format!("{}_ADDR", name.to_ascii_uppercase());
-            let default = LOCAL_ADDRS.iter().find(|(n, _)| *n == name);
-            let addr = match default {
-                Some((_, default)) => env.upstream(&var, default)?,
-                None if env.get(&var).is_none() => {
-                    return Err(ConfigError {
-                        var,
-                        value: String::new(),
-                        expected: format!(
-                            "the address of {name} (e.g. http://{name}:50051): the gateway has routes to {}",
-                            service.full_name()
-                        ),
-                    });
-                }
-                None => env.upstream(&var, "http://127.0.0.1:1")?,
+            let Some((_, addr)) = addrs.iter().find(|(n, _)| *n == name) else {
+                return Err(ConfigError {
+                    var: format!("{}_ADDR", name.to_ascii_uppercase()),
+                    value: String::new(),
+                    expected: format!(
+                        "read by the gateway (services/gateway/src/config.rs, `addrs`): it has routes to {}",
+                        service.full_name()
+                    ),
+                });
             };
             services.push(UpstreamService {
                 name: name.to_owned(),
                 service: service.full_name().to_owned(),
-                addr,
+                addr: addr.clone(),
             });
         }
         Ok(Self { services })
@@ -150,6 +133,29 @@ impl Upstreams {
             .find(|s| s.name == name)
             .map(|s| &s.addr)
     }
+}
+
+/// The address of each service the gateway can route to, by name: its `{NAME}_ADDR`,
+/// by default its local port, as every binary finds its upstreams when started with no
+/// configuration.
+fn addrs(env: &Env) -> Result<Vec<(&'static str, Upstream)>, ConfigError> {
+    Ok(vec![
+        (
+            "orders",
+            env.upstream("ORDERS_ADDR", "http://127.0.0.1:50051")?,
+        ),
+        (
+            "inventory",
+            env.upstream("INVENTORY_ADDR", "http://127.0.0.1:50052")?,
+        ),
+        // remove-service: notifications {
+        (
+            "notifications",
+            env.upstream("NOTIFICATIONS_ADDR", "http://127.0.0.1:50054")?,
+        ),
+        // remove-service: notifications }
+        // new-service: `make new-service` adds each new service above this line.
+    ])
 }
 
 impl Config {
@@ -252,7 +258,10 @@ mod tests {
         assert_eq!(upstream("orders"), "http://127.0.0.1:50051/");
         assert_eq!(upstream("inventory"), "http://127.0.0.1:50052/");
         assert_eq!(upstream("notifications"), "http://127.0.0.1:50054/"); // remove-service: notifications
-        assert_eq!(config.upstreams.services.len(), LOCAL_ADDRS.len());
+        assert_eq!(
+            config.upstreams.services.len(),
+            addrs(&Env::default()).unwrap().len()
+        );
         assert_eq!(config.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
         assert!(config.auth.is_none());
         let limit = config.rate_limit.unwrap();
