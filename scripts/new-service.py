@@ -8,7 +8,9 @@ Writes, from scripts/templates/service/:
   fuzz/fuzz_targets/grpc_NAME.rs  its fuzz target, with a seed for GetItem (fuzz/seeds/)
 and registers the service where the anchors `new-service:` say: the root Cargo.toml
 ([workspace.dependencies]), stack/Cargo.toml and stack/src/lib.rs (the stack launcher),
-fuzz/Cargo.toml (its crate and its target),
+fuzz/Cargo.toml (its crate and its target), the gateway (its RPCs annotated with
+google.api.http are routes: its local address in services/gateway/src/config.rs, its
+NAME_ADDR in the stack's gateway and in k8s/base/gateway.yaml with the egress to it),
 tests/acceptance/specs.rs (its acceptance spec, appended), plus
 k8s/base/kustomization.yaml, the kind and production overlays' images, its Secret in
 k8s/components/tls/identities.yaml, and the inline lists of every
@@ -180,9 +182,32 @@ def plan(name: str) -> tuple[dict[Path, str | bytes], dict[str, str]]:
             f"            {name}::config::ADMIN_PORT,\n"
             f"        ))?;\n"
             f"        let {name} = {name}::build(config).await?;\n"), f"// {ANCHOR} `make new-service` binds")
-        return insert_before_anchor(p, t, f"                ({name}::NAME, Bound::Grpc({name})),\n",
-                                    f"// {ANCHOR} and serves")
+        t = insert_before_anchor(p, t, f"                ({name}::NAME, Bound::Grpc({name})),\n",
+                                 f"// {ANCHOR} and serves")
+        # Its RPCs annotated with google.api.http are routes of the gateway, which
+        # calls it at {NAME}_ADDR: the bound address here.
+        return insert_before_anchor(p, t, (
+            f"        // remove-service: {name} {{\n"
+            f"        let gateway_env = gateway_env.with(\"{values['NAME']}_ADDR\", uri({name}.local_addr()));\n"
+            f"        // remove-service: {name} }}\n"), f"// {ANCHOR} and the gateway reaches it")
     edit("stack/src/lib.rs", stack)
+    # The gateway reads its address: NAME_ADDR, by default its local port.
+    edit("services/gateway/src/config.rs", lambda p, t: insert_before_anchor(
+        p, t, (f"        // remove-service: {name} {{\n"
+               f'        ("{name}", env.upstream("{values["NAME"]}_ADDR", "http://127.0.0.1:{values["port"]}")?),\n'
+               f"        // remove-service: {name} }}\n"),
+        f"// {ANCHOR} `make new-service` adds each new service above this line."))
+    # In Kubernetes, the gateway finds it by its Service's name, and may call it.
+    def gateway_yaml(p: str, t: str) -> str:
+        t = insert_after_last(p, t, r'^            - name: [A-Z0-9_]+_ADDR\n              value: "http://[a-z0-9-]+:\d+"$',
+                              f'            - name: {values["NAME"]}_ADDR\n'
+                              f'              value: "http://{name}:{values["port"]}"\n')
+        return insert_before_anchor(p, t, (
+            f"    - to:\n        - podSelector:\n            matchLabels:\n"
+            f"              app.kubernetes.io/name: {name}\n"
+            f"      ports:\n        - port: {values['port']}\n          protocol: TCP\n"),
+            "    # Name resolution of the upstreams.")
+    edit("k8s/base/gateway.yaml", gateway_yaml)
     edit("k8s/base/kustomization.yaml",
          lambda p, t: insert_after_last(p, t, r"^  - [a-z0-9-]+\.yaml$", f"  - {name}.yaml\n"))
     # Its own certificate's Secret in the TLS component (marked for remove-service).

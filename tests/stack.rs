@@ -57,7 +57,7 @@ async fn the_banner_names_every_endpoint_and_its_demo_order_works() {
         .post_json("/v1/orders", &[("Idempotency-Key", "demo-order-1")], &body)
         .await;
     assert_eq!(response.status, StatusCode::CREATED, "{:?}", response.body);
-    assert_eq!(response.json()["status"], "CONFIRMED");
+    assert_eq!(response.json()["status"], "ORDER_STATUS_CONFIRMED");
 }
 
 #[tokio::test]

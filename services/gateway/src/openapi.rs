@@ -21,14 +21,12 @@ use std::collections::BTreeMap;
 use prost_reflect::{EnumDescriptor, FieldDescriptor, FileDescriptor, Kind, MessageDescriptor};
 use serde_json::{Map, Value, json};
 
-use crate::routes::{Body, Route, Routes, Segment};
+use crate::routes::{Body, Route, Routes, Segment, is_internal};
 
 /// The name of the security scheme every route uses.
 const BEARER: &str = "bearer";
 /// Where the schemas of messages are: `#/components/schemas/<full name>`.
 const SCHEMAS: &str = "#/components/schemas/";
-/// The full name of the standard field visibility option.
-const VISIBILITY_EXTENSION: &str = "google.api.field_visibility";
 
 /// The document of `routes`, as JSON.
 pub fn document(routes: &Routes) -> Value {
@@ -418,23 +416,6 @@ fn well_known(message: &MessageDescriptor) -> Option<Value> {
 
 fn is_well_known(message: &MessageDescriptor) -> bool {
     well_known(message).is_some()
-}
-
-/// Whether `field` is kept off HTTP (a `google.api.field_visibility` restriction).
-fn is_internal(field: &FieldDescriptor) -> bool {
-    let Some(extension) = field
-        .parent_pool()
-        .get_extension_by_name(VISIBILITY_EXTENSION)
-    else {
-        return false;
-    };
-    let options = field.options();
-    options.has_extension(&extension)
-        && options
-            .get_extension(&extension)
-            .as_message()
-            .and_then(|m| m.get_field_by_name("restriction"))
-            .is_some_and(|r| r.as_str().is_some_and(|s| !s.is_empty()))
 }
 
 /// The leading comment of the element at `path` of `file` (`source_code_info`), as

@@ -227,6 +227,24 @@ impl<'a> IntoIterator for &'a Routes {
     }
 }
 
+/// The full name of the standard field visibility option.
+const VISIBILITY_EXTENSION: &str = "google.api.field_visibility";
+
+/// Whether `field` is kept off HTTP: it has a `google.api.field_visibility`
+/// restriction (e.g. `"INTERNAL"`). The gateway leaves it out of its answers, and the
+/// OpenAPI document out of its schemas.
+pub fn is_internal(field: &FieldDescriptor) -> bool {
+    let Some(extension) = field
+        .parent_pool()
+        .get_extension_by_name(VISIBILITY_EXTENSION)
+    else {
+        return false;
+    };
+    let options = field.options();
+    options.has_extension(&extension)
+        && !string(&message_of(&options, &extension), "restriction").is_empty()
+}
+
 /// The message value of extension `extension` in `options`.
 fn message_of(options: &DynamicMessage, extension: &ExtensionDescriptor) -> DynamicMessage {
     match options.get_extension(extension).as_message() {
@@ -580,8 +598,8 @@ mod tests {
             "POST /v1/orders orders:write",
             "GET /v1/orders/{order_id} orders:read",
             "GET /v1/orders/{order_id}/watch orders:read",
-            "GET /v1/customers/{customer_id}/notifications notifications:read",
-            "GET /v1/customers/{customer_id}/notifications/stream notifications:read",
+            "GET /v1/customers/{customer_id}/orders orders:read",
+            "GET /v1/customers/{customer_id}/notifications notifications:read", // remove-service: notifications
         ] {
             assert!(
                 routes.contains(&expected.to_owned()),
@@ -619,7 +637,7 @@ mod tests {
 
     #[test]
     fn get_routes_take_the_rest_from_the_query() {
-        let route = route("notifications.v1.NotificationService.ListNotifications");
+        let route = route("orders.v1.OrderService.ListOrders");
         assert_eq!(route.body, Body::None);
         assert_eq!(route.status(), StatusCode::OK);
         let variables: Vec<String> = route.path.variables().map(ToString::to_string).collect();
@@ -630,10 +648,7 @@ mod tests {
             .map(|f| f.name().to_owned())
             .collect();
         assert_eq!(query, ["page_size", "page_token"]);
-        assert_eq!(
-            route.input().full_name(),
-            "notifications.v1.ListNotificationsRequest"
-        );
+        assert_eq!(route.input().full_name(), "orders.v1.ListOrdersRequest");
     }
 
     #[test]
@@ -675,6 +690,17 @@ mod tests {
             let error = PathTemplate::parse(template, &order).unwrap_err();
             assert!(error.contains(expected), "{template}: {error}");
         }
+    }
+
+    #[test]
+    fn restricted_fields_are_internal() {
+        let product = message("inventory.v1.Product");
+        let internal: Vec<String> = product
+            .fields()
+            .filter(is_internal)
+            .map(|f| f.name().to_owned())
+            .collect();
+        assert_eq!(internal, ["reserved", "sold", "update_time"]);
     }
 
     #[test]
