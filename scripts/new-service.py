@@ -17,6 +17,7 @@ k8s/components/tls/identities.yaml, and the inline lists of every
 service in k8s/ (`values: [gateway, orders, …]`), and the README's services table and
 grpcurl cookbook (an example, run by the acceptance tests). The spec and the
 example are marked `remove-service: NAME`, so that `make remove-service` undoes it all. The service gets the next free local ports (gRPC 5005x, admin 910x).
+Then the gateway's generator writes docs/openapi.json again, with the new route (cargo).
 
 Everything is checked, and every file computed, before the first write: an invalid or
 taken name, or a missing anchor, changes nothing. Python 3 standard library only.
@@ -26,6 +27,7 @@ Usage: scripts/new-service.py NAME
 from __future__ import annotations
 
 import keyword
+import os
 import re
 import shutil
 import subprocess
@@ -268,6 +270,22 @@ def plan(name: str) -> tuple[dict[Path, str | bytes], dict[str, str]]:
     return files, values
 
 
+def regenerate_openapi() -> None:
+    """docs/openapi.json follows the protos: the gateway's generator writes it again,
+    with the new service's annotated RPC (its own test, run with UPDATE_OPENAPI=1)."""
+    doc = ROOT / "docs" / "openapi.json"
+    cargo = shutil.which("cargo")
+    command = ["cargo", "test", "--quiet", "-p", "gateway", "--lib", "openapi::tests::the_checked_in_document_is_current"]
+    if cargo and doc.exists():
+        print("new-service: writing docs/openapi.json (the gateway's OpenAPI document, with the new route)")
+        done = subprocess.run(command, cwd=ROOT, env={**os.environ, "UPDATE_OPENAPI": "1"},
+                              stdout=subprocess.DEVNULL, check=False)
+        if done.returncode == 0:
+            return
+    print("new-service: docs/openapi.json is not updated: run UPDATE_OPENAPI=1 " + " ".join(command[1:]),
+          file=sys.stderr)
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 1 or not argv[0].strip():
         print("usage: make new-service NAME=<name>   (e.g. make new-service NAME=shipping)", file=sys.stderr)
@@ -291,6 +309,7 @@ def main(argv: list[str]) -> int:
         subprocess.run([rustfmt, "--edition", "2024", *(str(p) for p in files if p.suffix == ".rs")], check=False)
     for path in sorted(files):
         print(f"new-service: {'updated' if path in existed else 'wrote  '} {path.relative_to(ROOT)}")
+    regenerate_openapi()
     n, service = values["name"], f"{values['name']}.v1.{values['Name']}Service"
     print(f"""
 new-service: {n} is ready: {service} on gRPC port {values['port']} (admin {values['admin_port']}).

@@ -115,6 +115,7 @@ refused "reserved" make -s new-service NAME=config
 refused "taken" make -s new-service NAME=payments
 scaffolded_from="$(tree_hash)"
 step "make new-service NAME=shipping" make -s new-service NAME=shipping
+step "docs/openapi.json has shipping's route" grep -q '"/v1/shipping/items/{item_id}"' docs/openapi.json
 step "buf lint and format of the new proto" scripts/proto-check.sh
 step "cargo fmt --check" cargo fmt --all -- --check
 step "clippy of shipping and stack" cargo clippy --quiet -p shipping -p stack --all-targets -- -D warnings
