@@ -532,6 +532,7 @@ mod tests {
             ("GRPC_REQUEST_TIMEOUT", "0", "above zero"),
             ("GRPC_KEEPALIVE_TIMEOUT", "0s", "above zero"),
             ("GRPC_MAX_HEADER_LIST_SIZE", "4096", "from 8192 to 1048576"),
+            ("GRPC_WEB_CORS_ORIGINS", "app.example.com", "origins like"),
         ];
         for (var, value, expected) in cases {
             let err = ServerConfig::from_env(&env(&[(var, value)]), 1, 2).unwrap_err();
