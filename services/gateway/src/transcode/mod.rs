@@ -12,6 +12,7 @@
 //! [`Registered::template`] gives back the template for spans.
 
 mod codec;
+mod json;
 mod request;
 mod response;
 
