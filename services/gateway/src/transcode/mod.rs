@@ -41,6 +41,8 @@ use codec::DynamicCodec;
 use response::Hidden;
 
 #[doc(hidden)]
+pub(crate) use json::to_vec as write_json;
+#[doc(hidden)]
 pub(crate) use request::decode_json;
 
 /// The routes as registered: each path as given to axum, with its template.
