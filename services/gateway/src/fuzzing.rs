@@ -32,11 +32,11 @@ pub fn place_order_body(body: &[u8]) -> Result<orders::PlaceOrderRequest, http::
     }
 }
 
-/// A message as the gateway answers it in JSON.
+/// A message as the gateway answers it in JSON (its own proto3 JSON writer).
 fn json(name: &str, message: &impl prost::Message) -> serde_json::Result<Vec<u8>> {
     let message = DynamicMessage::decode(descriptor(name), message.encode_to_vec().as_slice())
         .expect("a message decodes as its own type");
-    serde_json::to_vec(&message)
+    crate::transcode::write_json(&message)
 }
 
 /// An order as orders answers it, in the JSON of `GET /v1/orders/{order_id}`.

@@ -12,6 +12,7 @@
 //! [`Registered::template`] gives back the template for spans.
 
 mod codec;
+mod json;
 mod request;
 mod response;
 
@@ -39,6 +40,8 @@ use crate::upstream::Upstreams;
 use codec::DynamicCodec;
 use response::Hidden;
 
+#[doc(hidden)]
+pub(crate) use json::to_vec as write_json;
 #[doc(hidden)]
 pub(crate) use request::decode_json;
 

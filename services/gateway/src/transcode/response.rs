@@ -21,6 +21,7 @@ use tokio_stream::StreamExt as _;
 use tonic::codec::Streaming;
 use tonic::{Code, Status};
 
+use super::json;
 use crate::error::ApiError;
 use crate::routes::{Body, Route, Segment, is_internal};
 
@@ -100,7 +101,7 @@ fn json_bytes(
 ) -> serde_json::Result<Vec<u8>> {
     hidden.strip(&mut message);
     let Some(field) = &route.response_body else {
-        return serde_json::to_vec(&message);
+        return json::to_vec(&message);
     };
     let (last, parents) = field
         .fields()
@@ -115,7 +116,7 @@ fn json_bytes(
     }
     match current.get_field(last).as_message() {
         // Set or not, a message field's answer is that message (`{}` when unset).
-        Some(inner) => serde_json::to_vec(inner),
+        Some(inner) => json::to_vec(inner),
         // A list or a scalar: the mapping of the field's value, as in its message.
         None => {
             let mut holder = DynamicMessage::new(last.parent_message().clone());
