@@ -211,6 +211,9 @@ impl Stack {
 Browse the catalog:
   curl -s {http}/v1/products/SKU-001
 
+Read and try every HTTP route in a browser (the OpenAPI document: {http}/openapi.json):
+  {http}/docs
+
 Place an order (run it again: same Idempotency-Key, same order, one charge):
   curl -s -X POST {http}/v1/orders \
     -H 'Content-Type: application/json' -H 'Idempotency-Key: demo-order-1' \
