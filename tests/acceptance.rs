@@ -593,6 +593,20 @@ async fn grpc_web_clients_call_the_services_directly() {
     assert_eq!(message, "product \"SKU-404\" not found");
     assert_eq!(details, ["google.rpc.ResourceInfo"]);
 
+    // Every gRPC service speaks it, not only those above: the order's payment.
+    let payments = web::call(
+        web::addr(&running, "payments"),
+        Http::V2,
+        "payments.v1.PaymentService",
+        "ListPayments",
+        json!({"orderId": order_id, "pageSize": 10}),
+    )
+    .await;
+    assert!(
+        matches!(&payments, Answer::Messages(m) if m[0]["payments"][0]["orderId"] == order_id.as_str()),
+        "{payments:?}"
+    );
+
     running.stop().await;
 }
 
