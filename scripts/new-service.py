@@ -8,13 +8,16 @@ Writes, from scripts/templates/service/:
   fuzz/fuzz_targets/grpc_NAME.rs  its fuzz target, with a seed for GetItem (fuzz/seeds/)
 and registers the service where the anchors `new-service:` say: the root Cargo.toml
 ([workspace.dependencies]), stack/Cargo.toml and stack/src/lib.rs (the stack launcher),
-fuzz/Cargo.toml (its crate and its target),
+fuzz/Cargo.toml (its crate and its target), the gateway (its RPCs annotated with
+google.api.http are routes: its local address in services/gateway/src/config.rs, its
+NAME_ADDR in the stack's gateway and in k8s/base/gateway.yaml with the egress to it),
 tests/acceptance/specs.rs (its acceptance spec, appended), plus
 k8s/base/kustomization.yaml, the kind and production overlays' images, its Secret in
 k8s/components/tls/identities.yaml, and the inline lists of every
 service in k8s/ (`values: [gateway, orders, …]`), and the README's services table and
 grpcurl cookbook (an example, run by the acceptance tests). The spec and the
 example are marked `remove-service: NAME`, so that `make remove-service` undoes it all. The service gets the next free local ports (gRPC 5005x, admin 910x).
+Then the gateway's generator writes docs/openapi.json again, with the new route (cargo).
 
 Everything is checked, and every file computed, before the first write: an invalid or
 taken name, or a missing anchor, changes nothing. Python 3 standard library only.
@@ -24,6 +27,7 @@ Usage: scripts/new-service.py NAME
 from __future__ import annotations
 
 import keyword
+import os
 import re
 import shutil
 import subprocess
@@ -180,9 +184,32 @@ def plan(name: str) -> tuple[dict[Path, str | bytes], dict[str, str]]:
             f"            {name}::config::ADMIN_PORT,\n"
             f"        ))?;\n"
             f"        let {name} = {name}::build(config).await?;\n"), f"// {ANCHOR} `make new-service` binds")
-        return insert_before_anchor(p, t, f"                ({name}::NAME, Bound::Grpc({name})),\n",
-                                    f"// {ANCHOR} and serves")
+        t = insert_before_anchor(p, t, f"                ({name}::NAME, Bound::Grpc({name})),\n",
+                                 f"// {ANCHOR} and serves")
+        # Its RPCs annotated with google.api.http are routes of the gateway, which
+        # calls it at {NAME}_ADDR: the bound address here.
+        return insert_before_anchor(p, t, (
+            f"        // remove-service: {name} {{\n"
+            f"        let gateway_env = gateway_env.with(\"{values['NAME']}_ADDR\", uri({name}.local_addr()));\n"
+            f"        // remove-service: {name} }}\n"), f"// {ANCHOR} and the gateway reaches it")
     edit("stack/src/lib.rs", stack)
+    # The gateway reads its address: NAME_ADDR, by default its local port.
+    edit("services/gateway/src/config.rs", lambda p, t: insert_before_anchor(
+        p, t, (f"        // remove-service: {name} {{\n"
+               f'        ("{name}", env.upstream("{values["NAME"]}_ADDR", "http://127.0.0.1:{values["port"]}")?),\n'
+               f"        // remove-service: {name} }}\n"),
+        f"// {ANCHOR} `make new-service` adds each new service above this line."))
+    # In Kubernetes, the gateway finds it by its Service's name, and may call it.
+    def gateway_yaml(p: str, t: str) -> str:
+        t = insert_after_last(p, t, r'^            - name: [A-Z0-9_]+_ADDR\n              value: "http://[a-z0-9-]+:\d+"$',
+                              f'            - name: {values["NAME"]}_ADDR\n'
+                              f'              value: "http://{name}:{values["port"]}"\n')
+        return insert_before_anchor(p, t, (
+            f"    - to:\n        - podSelector:\n            matchLabels:\n"
+            f"              app.kubernetes.io/name: {name}\n"
+            f"      ports:\n        - port: {values['port']}\n          protocol: TCP\n"),
+            "    # Name resolution of the upstreams.")
+    edit("k8s/base/gateway.yaml", gateway_yaml)
     edit("k8s/base/kustomization.yaml",
          lambda p, t: insert_after_last(p, t, r"^  - [a-z0-9-]+\.yaml$", f"  - {name}.yaml\n"))
     # Its own certificate's Secret in the TLS component (marked for remove-service).
@@ -243,6 +270,22 @@ def plan(name: str) -> tuple[dict[Path, str | bytes], dict[str, str]]:
     return files, values
 
 
+def regenerate_openapi() -> None:
+    """docs/openapi.json follows the protos: the gateway's generator writes it again,
+    with the new service's annotated RPC (its own test, run with UPDATE_OPENAPI=1)."""
+    doc = ROOT / "docs" / "openapi.json"
+    cargo = shutil.which("cargo")
+    command = ["cargo", "test", "--quiet", "-p", "gateway", "--lib", "openapi::tests::the_checked_in_document_is_current"]
+    if cargo and doc.exists():
+        print("new-service: writing docs/openapi.json (the gateway's OpenAPI document, with the new route)")
+        done = subprocess.run(command, cwd=ROOT, env={**os.environ, "UPDATE_OPENAPI": "1"},
+                              stdout=subprocess.DEVNULL, check=False)
+        if done.returncode == 0:
+            return
+    print("new-service: docs/openapi.json is not updated: run UPDATE_OPENAPI=1 " + " ".join(command[1:]),
+          file=sys.stderr)
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 1 or not argv[0].strip():
         print("usage: make new-service NAME=<name>   (e.g. make new-service NAME=shipping)", file=sys.stderr)
@@ -266,6 +309,7 @@ def main(argv: list[str]) -> int:
         subprocess.run([rustfmt, "--edition", "2024", *(str(p) for p in files if p.suffix == ".rs")], check=False)
     for path in sorted(files):
         print(f"new-service: {'updated' if path in existed else 'wrote  '} {path.relative_to(ROOT)}")
+    regenerate_openapi()
     n, service = values["name"], f"{values['name']}.v1.{values['Name']}Service"
     print(f"""
 new-service: {n} is ready: {service} on gRPC port {values['port']} (admin {values['admin_port']}).

@@ -19,7 +19,8 @@ scripts/new-service.py:
     event wiring, its acceptance spec and README examples, …;
   - README: commands calling NAME (NAME.v1 in the grpcurl cookbook, the path /NAME
     anywhere; a block left empty goes with its marker), the row of `NAME_ADDR` in the
-    configuration table and its mentions.
+    configuration table and its mentions;
+  - docs/openapi.json: the HTTP routes of NAME's services and NAME.v1's schemas.
 
 It refuses, changing nothing, when another service still depends on NAME after all of
 that: its source reads `NAME_ADDR` or uses `contracts::NAME`, or its Cargo.toml depends
@@ -29,6 +30,7 @@ Usage: scripts/remove-service.py NAME
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -158,6 +160,25 @@ def rewrite_block(m: re.Match, calls: tuple[str, ...]) -> str:
     return (m.group(1) or "") + "```sh\n" + "".join(kept) + "```\n"
 
 
+def remove_openapi_routes(text: str, name: str) -> str:
+    """docs/openapi.json without the routes of NAME.v1's services and its schemas: the
+    document the gateway makes once NAME's protos are gone (sorted keys, two-space
+    indent, as serde_json writes it; the gateway's test compares them byte for byte)."""
+    doc = json.loads(text)
+    ours = f"{name}.v1."
+    for path, operations in list(doc.get("paths", {}).items()):
+        for verb, operation in list(operations.items()):
+            if any(tag.startswith(ours) for tag in operation.get("tags", [])):
+                del operations[verb]
+        if not operations:
+            del doc["paths"][path]
+    doc["tags"] = [t for t in doc.get("tags", []) if not t["name"].startswith(ours)]
+    schemas = doc.get("components", {}).get("schemas", {})
+    for schema in [s for s in schemas if s.startswith(ours)]:
+        del schemas[schema]
+    return json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
 def plan(name: str) -> tuple[dict[Path, str], list[Path]]:
     if not re.fullmatch(r"[a-z][a-z0-9]*", name) or not (ROOT / "services" / name / "Cargo.toml").exists():
         have = sorted(p.parent.name for p in ROOT.glob("services/*/Cargo.toml"))
@@ -210,6 +231,12 @@ def plan(name: str) -> tuple[dict[Path, str], list[Path]]:
             delete.append(path)
         elif new != text:
             changes[path] = new
+    openapi = ROOT / "docs" / "openapi.json"
+    if openapi.exists():
+        text = openapi.read_text()
+        new = remove_openapi_routes(text, name)
+        if new != text:
+            changes[openapi] = new
 
     # What still depends on it, once all of the above is gone.
     users: dict[str, list[str]] = {}

@@ -101,6 +101,8 @@ git ls-files -z --cached --others --exclude-standard |
   while IFS= read -r -d '' file; do [[ -e $file ]] && printf '%s\0' "$file"; done |
   xargs -0 cp --parents -t "$copy"
 ln -s "$root/.tools" "$copy/.tools"
+# The npm packages of tests/web (git-ignored, like .tools) for the browser-side tests.
+ln -s "$root/tests/web/node_modules" "$copy/tests/web/node_modules"
 # Another version for the copy's crates: artifacts of their own in the shared target.
 sed -i '0,/^version = "\([0-9.]*\)"$/s//version = "\1-template-check"/' "$copy/Cargo.toml"
 grep -q -- '-template-check"$' "$copy/Cargo.toml" || die "no [workspace.package] version to change in Cargo.toml"
@@ -113,6 +115,7 @@ refused "reserved" make -s new-service NAME=config
 refused "taken" make -s new-service NAME=payments
 scaffolded_from="$(tree_hash)"
 step "make new-service NAME=shipping" make -s new-service NAME=shipping
+step "docs/openapi.json has shipping's route" grep -q '"/v1/shipping/items/{item_id}"' docs/openapi.json
 step "buf lint and format of the new proto" scripts/proto-check.sh
 step "cargo fmt --check" cargo fmt --all -- --check
 step "clippy of shipping and stack" cargo clippy --quiet -p shipping -p stack --all-targets -- -D warnings
@@ -124,7 +127,8 @@ log "the running stack serves shipping: grpcurl list and health (own network nam
 stack_bin="$CARGO_TARGET_DIR/debug/stack"
 probe='for _ in $(seq 300); do grpcurl -plaintext -max-time 1 127.0.0.1:50055 list >/dev/null 2>&1 && break; sleep 0.1; done
   grpcurl -plaintext 127.0.0.1:50055 list && grpcurl -plaintext -d "{\"service\": \"shipping.v1.ShippingService\"}" 127.0.0.1:50055 grpc.health.v1.Health/Check &&
-  grpcurl -plaintext -d "{\"item_id\": \"item-1\"}" 127.0.0.1:50055 shipping.v1.ShippingService/GetItem'
+  grpcurl -plaintext -d "{\"item_id\": \"item-1\"}" 127.0.0.1:50055 shipping.v1.ShippingService/GetItem &&
+  curl -sS -f 127.0.0.1:8080/v1/shipping/items/item-1'
 if command -v unshare >/dev/null && unshare --net --map-root-user true 2>/dev/null; then
   out="$(unshare --net --map-root-user sh -c 'ip link set lo up; "$1" >/dev/null 2>&1 & pid=$!; sh -c "$2"; rc=$?; kill $pid; wait $pid; exit $rc' sh "$stack_bin" "$probe" 2>&1)" ||
     die "grpcurl against the stack failed: $out"
@@ -138,7 +142,10 @@ else
 fi
 [[ $out == *"shipping.v1.ShippingService"* && $out == *'"SERVING"'* && $out == *'"itemId": "item-1"'* ]] ||
   die "the stack does not serve shipping as expected: $out"
-log "grpcurl: shipping.v1.ShippingService listed, SERVING, GetItem answers"
+# Its annotated RPC is a route of the gateway, with no gateway code (google.api.http).
+[[ $out == *'{"itemId":"item-1"'* ]] ||
+  die "the gateway does not route GET /v1/shipping/items/item-1 to shipping: $out"
+log "grpcurl: shipping.v1.ShippingService listed, SERVING, GetItem answers; curl: the gateway routes GET /v1/shipping/items/item-1 to it"
 contract "with shipping"
 
 step "make remove-service NAME=shipping" make -s remove-service NAME=shipping

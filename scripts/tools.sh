@@ -2,11 +2,15 @@
 # Installs the project's external tools, pinned, so that every machine runs the same ones:
 #   - Python packages from scripts/requirements.txt (buf, grpcurl, nats-server, the image and
 #     Kubernetes checks: hadolint, checkov, kubernetes-validate, and the Prometheus
-#     text-format parser of tests/metrics.rs: prometheus-client) into the git-ignored
+#     text-format parser of tests/metrics.rs: prometheus-client, the OpenAPI validator and
+#     tester of tests/acceptance.rs: openapi-spec-validator, schemathesis) into the git-ignored
 #     venv .tools/venv: run them as .tools/venv/bin/buf, or put that folder on PATH
 #     (the Makefile does);
 #   - Debian packages from DEBIAN_PACKAGES, when missing and we can install them
 #     (root with apt-get); elsewhere it names them for you to install;
+#   - npm packages of tests/web (package-lock.json: the gRPC-Web client and the headless
+#     browser driver of the acceptance tests) into the git-ignored tests/web/node_modules,
+#     with the machine's Node.js (20 or later) and npm;
 #   - cargo subcommands from CARGO_TOOLS (cargo-deny, cargo-fuzz), built from crates.io
 #     into the git-ignored .tools/cargo/bin (the Makefile puts it on PATH), only when the
 #     pinned version is missing there and on PATH.
@@ -22,6 +26,9 @@ DEBIAN_PACKAGES=(
   curl           # scripts/kind-smoke.sh, which scripts/k8s-check.sh also runs
   postgresql     # scripts/with-postgres.sh (the database tests) and the manifest-driven run
   nghttp2-client # h2load, the closed-loop load of scripts/bench.sh
+  nodejs         # tests/web: the gRPC-Web client and browser driver (Node.js 20 or later)
+  npm            # installs tests/web's packages (below)
+  chromium       # tests/web: the headless browser of the API explorer test (/usr/bin/chromium)
 )
 
 # Cargo subcommands, pinned: `cargo install --locked` builds them with the lock file
@@ -109,11 +116,27 @@ install_python_tools() {
   checkov_version="$("$venv/bin/checkov" --version 2>&1)"
   validate_version="$("$venv/bin/kubernetes-validate" --version 2>&1)"
   "$venv/bin/python" -c 'import yaml, grpc, grpc_health.v1, prometheus_client'
+  # The OpenAPI checks of tests/acceptance.rs.
+  "$venv/bin/openapi-spec-validator" --help >/dev/null
+  "$venv/bin/schemathesis" --version >/dev/null
   # The broker of the event tests (shared::testing::NatsServer) and the manifest-driven run.
   local nats_version="nats-server: not on macOS (brew install nats-server)"
   if [[ "$(uname -s)" != Darwin ]]; then nats_version="$("$venv/bin/nats-server" --version 2>&1)"; fi
   log "installed $hadolint_version, checkov $checkov_version, kubernetes-validate $validate_version, $nats_version"
   wanted_stamp >"$stamp"
+}
+
+# `npm ci` installs exactly package-lock.json; the stamp is the lock file it installed.
+install_npm_packages() {
+  local dir="$root/tests/web"
+  local npm_stamp="$dir/node_modules/.installed-lock.json"
+  if [[ -f "$npm_stamp" ]] && cmp -s "$dir/package-lock.json" "$npm_stamp"; then
+    log "npm packages up to date in tests/web/node_modules"
+    return 0
+  fi
+  log "installing npm packages of tests/web (npm ci)"
+  (cd "$dir" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
+  cp "$dir/package-lock.json" "$npm_stamp"
 }
 
 # `cargo-deny --version` prints `cargo-deny 0.20.2`; so does cargo-fuzz.
@@ -140,5 +163,6 @@ check_other_tools() {
 
 install_debian_packages "${DEBIAN_PACKAGES[@]}"
 install_python_tools
+install_npm_packages
 install_cargo_tools
 check_other_tools

@@ -56,7 +56,7 @@ async fn a_confirmed_order_notifies_the_customer(backend: Backend) {
     let system = System::start(backend).await;
     let body = order("cus_happy", &[("SKU-002", 3)], "tok_visa");
     let placed = system.place("flow-happy", &body).await;
-    assert_eq!(placed["status"], "CONFIRMED", "{placed}");
+    assert_eq!(placed["status"], "ORDER_STATUS_CONFIRMED", "{placed}");
     let id = placed["orderId"].as_str().unwrap();
     eventually("the customer's confirmation", || async {
         let notifications = notifications_of(&system, "cus_happy").await;
@@ -73,7 +73,7 @@ async fn a_failure_after_the_charge_notifies_the_customer(backend: Backend) {
     proxy.fail_commits();
     let body = order("cus_failed", &[("SKU-006", 2)], "tok_visa");
     let placed = system.place("flow-failed", &body).await;
-    assert_eq!(placed["status"], "FAILED", "{placed}");
+    assert_eq!(placed["status"], "ORDER_STATUS_FAILED", "{placed}");
     let id = placed["orderId"].as_str().unwrap();
     eventually("the customer's failure notice", || async {
         let notifications = notifications_of(&system, "cus_failed").await;

@@ -39,7 +39,7 @@ async fn a_confirmed_order_sells_the_stock_and_charges_once(backend: Backend) {
 
     let body = order("cus_happy", &[("SKU-002", 3)], "tok_visa");
     let placed = system.place("flow-happy", &body).await;
-    assert_eq!(placed["status"], "CONFIRMED", "{placed}");
+    assert_eq!(placed["status"], "ORDER_STATUS_CONFIRMED", "{placed}");
     let id = placed["orderId"].as_str().unwrap();
 
     let after = Stock {
@@ -61,7 +61,7 @@ async fn a_declined_card_rejects_the_order_and_leaves_stock_and_money_alone(back
 
     let body = order("cus_declined", &[("SKU-004", 2)], "tok_declined");
     let placed = system.place("flow-declined", &body).await;
-    assert_eq!(placed["status"], "REJECTED", "{placed}");
+    assert_eq!(placed["status"], "ORDER_STATUS_REJECTED", "{placed}");
     assert!(
         placed["statusReason"]
             .as_str()
@@ -87,7 +87,7 @@ async fn a_failure_after_the_charge_refunds_and_restores_the_stock(backend: Back
 
     let body = order("cus_failed", &[("SKU-006", 2)], "tok_visa");
     let placed = system.place("flow-failed", &body).await;
-    assert_eq!(placed["status"], "FAILED", "{placed}");
+    assert_eq!(placed["status"], "ORDER_STATUS_FAILED", "{placed}");
     assert!(
         placed["statusReason"]
             .as_str()
@@ -227,7 +227,7 @@ async fn invariants_hold_after_a_burst_of_mixed_orders(backend: Backend) {
     assert_eq!(outcomes.values().sum::<usize>(), 200);
     // 50 declined cards, and 29 of the 30 others that want SKU-008 find too little left.
     assert!(
-        outcomes["CONFIRMED"] > 0 && outcomes["REJECTED"] >= 79,
+        outcomes["ORDER_STATUS_CONFIRMED"] > 0 && outcomes["ORDER_STATUS_REJECTED"] >= 79,
         "{outcomes:?}"
     );
 
@@ -329,7 +329,7 @@ async fn bad_input_at_the_gateway_is_a_4xx_and_the_system_stays_up(backend: Back
 
     let body = order("cus_bad", &[("SKU-001", 1)], "tok_visa");
     let placed = system.place("flow-bad-then-good", &body).await;
-    assert_eq!(placed["status"], "CONFIRMED");
+    assert_eq!(placed["status"], "ORDER_STATUS_CONFIRMED");
     assert_eq!(
         system.stock("SKU-001").await.available,
         before.available - 1

@@ -44,6 +44,14 @@ async fn the_banner_names_every_endpoint_and_its_demo_order_works() {
         banner.contains("orders.v1.OrderService/WatchOrder"),
         "{banner}"
     );
+    // The API explorer it points at is served.
+    let docs = banner
+        .lines()
+        .map(str::trim)
+        .find(|line| line.ends_with("/docs"))
+        .expect("the banner names the API explorer");
+    assert!(docs.starts_with("http://"), "{banner}");
+    assert_eq!(stack.http().get("/docs").await.status, StatusCode::OK);
 
     // The curl command's body, sent as the banner sends it, places an order.
     let body = banner
@@ -57,7 +65,7 @@ async fn the_banner_names_every_endpoint_and_its_demo_order_works() {
         .post_json("/v1/orders", &[("Idempotency-Key", "demo-order-1")], &body)
         .await;
     assert_eq!(response.status, StatusCode::CREATED, "{:?}", response.body);
-    assert_eq!(response.json()["status"], "CONFIRMED");
+    assert_eq!(response.json()["status"], "ORDER_STATUS_CONFIRMED");
 }
 
 #[tokio::test]

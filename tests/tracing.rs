@@ -97,7 +97,7 @@ async fn one_order_is_one_trace_across_every_process() {
         )
         .await;
     assert_eq!(placed.status, StatusCode::CREATED, "{:?}", placed.json());
-    assert_eq!(placed.json()["status"], "CONFIRMED");
+    assert_eq!(placed.json()["status"], "ORDER_STATUS_CONFIRMED");
     // A failed call, in a trace of its own.
     let missing = http.get("/v1/products/SKU-404").await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);

@@ -14,6 +14,7 @@ use http::Uri;
 
 use crate::client::Upstream;
 use crate::tls::{ClientTls, ServerTls};
+use crate::web::CorsOrigins;
 
 /// A snapshot of environment variables. Empty values count as unset, because
 /// Kubernetes manifests and shells often set `VAR=""` to mean "use the default".
@@ -300,6 +301,9 @@ pub struct ServerConfig {
     /// only with TLS, at `0.0.0.0:<admin port + 100>` by default; without TLS the
     /// probes use the gRPC port and this is `None`.
     pub health_addr: Option<SocketAddr>,
+    /// `GRPC_WEB_CORS_ORIGINS`: the origins whose web pages may call this server with
+    /// gRPC-Web (default none: CORS off; see [`crate::web`]).
+    pub grpc_web_cors: Option<CorsOrigins>,
 }
 
 impl ServerConfig {
@@ -342,6 +346,7 @@ impl ServerConfig {
                 let addr = env.socket_addr("HEALTH_LISTEN_ADDR", any(health_port))?;
                 tls.is_some().then_some(addr)
             },
+            grpc_web_cors: CorsOrigins::from_env(env)?,
         })
     }
 }
@@ -527,6 +532,7 @@ mod tests {
             ("GRPC_REQUEST_TIMEOUT", "0", "above zero"),
             ("GRPC_KEEPALIVE_TIMEOUT", "0s", "above zero"),
             ("GRPC_MAX_HEADER_LIST_SIZE", "4096", "from 8192 to 1048576"),
+            ("GRPC_WEB_CORS_ORIGINS", "app.example.com", "origins like"),
         ];
         for (var, value, expected) in cases {
             let err = ServerConfig::from_env(&env(&[(var, value)]), 1, 2).unwrap_err();

@@ -8,7 +8,8 @@
 //! - [`server`]: the gRPC server: health, reflection, limits, deadlines, a span per
 //!   call, and graceful shutdown ([`Server`]); [`protocol`]: the statuses the gRPC
 //!   spec asks for where tonic's differ; [`limit`]: load shedding; [`panic`]: a
-//!   panicking handler costs one call or one delivery, and is logged.
+//!   panicking handler costs one call or one delivery, and is logged; [`web`]:
+//!   gRPC-Web for browsers and Node programs, CORS off unless configured.
 //! - [`client`]: channels for calling other services: deadline propagation, retries
 //!   under a budget, circuit breaker, bulkhead and load balancing, per downstream.
 //! - [`tls`]: TLS and mutual TLS between services (`GRPC_TLS_*`, `GRPC_CLIENT_TLS_*`).
@@ -49,6 +50,7 @@ pub mod telemetry;
 pub mod testing;
 pub mod tls;
 pub mod validation;
+pub mod web;
 
 pub use config::{ClientConfig, ConfigError, Env, ServerConfig};
 pub use error::Error;

@@ -19,6 +19,7 @@ use crate::limit::LoadShedLayer;
 use crate::protocol::ProtocolLayer;
 use crate::rpc::ServerLayer;
 use crate::tasks::{Signals, Tasks};
+use crate::web::WebLayer;
 use crate::{Error, Health, ServerConfig, health, lifecycle};
 
 const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
@@ -289,8 +290,12 @@ impl Server {
             server = server.max_connection_age(age);
         }
         let server = server
+            // Browsers speak gRPC-Web over HTTP/1.1 on plaintext: only for their origins.
+            .accept_http1(config.grpc_web_cors.is_some())
             .layer(
                 tower::ServiceBuilder::new()
+                    // gRPC-Web calls become gRPC calls here, so every layer below sees them.
+                    .layer(WebLayer::new(config.grpc_web_cors.as_ref()))
                     // One span (continuing the caller's trace) and one metric sample per
                     // call; every log line of the handler carries the span's fields.
                     .layer(ServerLayer::new(

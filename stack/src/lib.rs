@@ -147,10 +147,12 @@ impl Stack {
             .with("PAYMENTS_ADDR", uri(payments.local_addr()));
         let orders = orders::build(orders::Config::from_env(&orders_env)?, &bus).await?;
 
+        // The gateway calls every service it has routes to (`google.api.http`).
         let gateway_env = listen(gateway::config::PORT, gateway::config::ADMIN_PORT)
             .with("ORDERS_ADDR", uri(orders.local_addr()))
             .with("NOTIFICATIONS_ADDR", uri(notifications.local_addr())) // remove-service: notifications
             .with("INVENTORY_ADDR", uri(inventory.local_addr()));
+        // new-service: and the gateway reaches it above this line.
         let gateway = gateway::build(gateway::Config::from_env(&gateway_env)?).await?;
 
         Ok(Self {
@@ -208,6 +210,9 @@ impl Stack {
             r#"
 Browse the catalog:
   curl -s {http}/v1/products/SKU-001
+
+Read and try every HTTP route in a browser (the OpenAPI document: {http}/openapi.json):
+  {http}/docs
 
 Place an order (run it again: same Idempotency-Key, same order, one charge):
   curl -s -X POST {http}/v1/orders \

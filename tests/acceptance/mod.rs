@@ -6,7 +6,8 @@
 //! - `schema`: services, RPCs and fields, from the descriptor set of `proto/`;
 //! - `specs`: what each service must answer;
 //! - `harness`: the stack on free ports, and running the specs against it;
-//! - `cookbook`: the README's marked grpcurl examples.
+//! - `cookbook`: the README's marked grpcurl examples;
+//! - `web`: gRPC-Web calls with Connect's client for Node, and CORS preflights.
 
 pub(crate) mod calls;
 pub(crate) mod cookbook;
@@ -15,3 +16,4 @@ pub(crate) mod json;
 pub(crate) mod schema;
 pub(crate) mod specs;
 pub(crate) mod tools;
+pub(crate) mod web;

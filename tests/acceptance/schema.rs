@@ -116,8 +116,8 @@ impl Schema {
     }
 
     /// The lines `grpcurl describe <message>` prints for each field, e.g.
-    /// `repeated .inventory.v1.ReservationItem items = 2;`; `None` if the message is
-    /// not in the set.
+    /// `repeated .inventory.v1.ReservationItem items = 2;` (a line that ends with ` [`
+    /// is the start of a field with options); `None` if the message is not in the set.
     pub(crate) fn field_lines(&self, message: &str) -> Option<Vec<String>> {
         let descriptor = self.messages.get(message)?;
         Some(
@@ -139,7 +139,15 @@ impl Schema {
                         ),
                         None => type_name(field),
                     };
-                    format!("{label}{type_name} {} = {};", field.name(), field.number())
+                    // A field with options (e.g. `google.api.field_visibility`) is
+                    // printed with them: `… = 6 [(.google.api.…) = { … }];`, matched
+                    // up to its `[`.
+                    let end = if field.options.is_some() { " [" } else { ";" };
+                    format!(
+                        "{label}{type_name} {} = {}{end}",
+                        field.name(),
+                        field.number()
+                    )
                 })
                 .collect(),
         )

@@ -61,7 +61,9 @@ impl Tools {
     }
 }
 
-fn locate(name: &str) -> PathBuf {
+/// The pinned tool `name` of `.tools/venv/bin`, else the one on `PATH`; panics with
+/// what to run if there is none.
+pub(crate) fn locate(name: &str) -> PathBuf {
     let pinned = venv_bin().join(name);
     if is_executable(&pinned) {
         return pinned;
@@ -74,7 +76,7 @@ fn locate(name: &str) -> PathBuf {
     on_path.unwrap_or_else(|| {
         panic!(
             "{name} not found in {} nor on PATH: run scripts/tools.sh (or make test, which runs it) \
-             to install the pinned grpcurl and buf",
+             to install the pinned tools (scripts/requirements.txt)",
             venv_bin().display()
         )
     })
@@ -109,6 +111,10 @@ pub(crate) struct Invocation {
     /// Written to the process's stdin, which is then closed; no stdin when `None`.
     pub(crate) stdin: Option<String>,
     pub(crate) env: Vec<(String, OsString)>,
+    /// How long it may run before it is killed ([`DEADLINE`] unless set).
+    pub(crate) deadline: Duration,
+    /// Where it runs (the test's working directory unless set).
+    pub(crate) dir: Option<PathBuf>,
 }
 
 impl Invocation {
@@ -118,7 +124,23 @@ impl Invocation {
             args: args.into_iter().map(Into::into).collect(),
             stdin: None,
             env: Vec::new(),
+            deadline: DEADLINE,
+            dir: None,
         }
+    }
+
+    /// A tool that may take longer than [`DEADLINE`] (a time-boxed fuzzer).
+    #[must_use]
+    pub(crate) fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    /// Runs it in `dir`, e.g. a tool that leaves files in its working directory.
+    #[must_use]
+    pub(crate) fn dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.dir = Some(dir.into());
+        self
     }
 
     #[must_use]
@@ -165,6 +187,9 @@ impl Invocation {
         for (name, value) in &self.env {
             command.env(name, value);
         }
+        if let Some(dir) = &self.dir {
+            command.current_dir(dir);
+        }
         let mut child = command
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.program.display()));
@@ -182,7 +207,7 @@ impl Invocation {
             if let Some(status) = child.try_wait().expect("waiting for a tool") {
                 break status;
             }
-            if started.elapsed() > DEADLINE {
+            if started.elapsed() > self.deadline {
                 timed_out = true;
                 let _ = child.kill();
                 break child.wait().expect("waiting for a killed tool");
@@ -195,6 +220,7 @@ impl Invocation {
         Output {
             command: self.command_line(),
             code: if timed_out { None } else { status.code() },
+            deadline: self.deadline,
             stdout: stdout.join().expect("reading stdout"),
             stderr: stderr.join().expect("reading stderr"),
         }
@@ -215,6 +241,7 @@ pub(crate) struct Output {
     pub(crate) command: String,
     /// The exit code; `None` if it was killed (deadline or signal).
     pub(crate) code: Option<i32>,
+    deadline: Duration,
     pub(crate) stdout: String,
     pub(crate) stderr: String,
 }
@@ -224,7 +251,7 @@ impl fmt::Display for Output {
         writeln!(f, "$ {}", self.command)?;
         match self.code {
             Some(code) => writeln!(f, "exit code {code}")?,
-            None => writeln!(f, "killed (no exit within {DEADLINE:?})")?,
+            None => writeln!(f, "killed (no exit within {:?})", self.deadline)?,
         }
         writeln!(f, "--- stdout\n{}", self.stdout.trim_end())?;
         write!(f, "--- stderr\n{}", self.stderr.trim_end())

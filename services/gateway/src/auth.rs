@@ -14,7 +14,8 @@
 //!   `GATEWAY_JWT_AUDIENCE`.
 //!
 //! Its `scope` claim (space-separated, RFC 8693) then says which routes it opens: each
-//! route declares its scope where it is registered ([`scoped`]).
+//! route declares its scope in its proto (`option (gateway.v1.route).scope`), and is
+//! registered behind it ([`scoped`]).
 //!
 //! jsonwebtoken parses and validates the tokens; the signatures are checked by `ring`
 //! (the crypto of rustls, already in the build) through jsonwebtoken's
@@ -44,11 +45,6 @@ use crate::rate_limit::{Client, RateLimiter};
 
 /// Clock skew allowed between the token's issuer and the gateway, on `exp` and `nbf`.
 pub const LEEWAY_SECONDS: u64 = 30;
-
-/// The scopes of the routes of http.rs (a module of one upstream declares its own).
-pub(crate) const INVENTORY_READ: &str = "inventory:read";
-pub(crate) const ORDERS_READ: &str = "orders:read";
-pub(crate) const ORDERS_WRITE: &str = "orders:write";
 
 /// `gateway_auth_failures_total{reason}`: requests refused with 401 or 403, by reason
 /// (a fixed set: [`Rejection::reason`] and `insufficient_scope`).
@@ -473,25 +469,22 @@ async fn admit(State(admission): State<Admission>, mut request: Request, next: N
 /// `route`, open only to tokens that grant `scope` (to anyone when authentication is
 /// off): 403 otherwise.
 pub(crate) fn scoped<S: Clone + Send + Sync + 'static>(
-    scope: &'static str,
+    scope: String,
     route: MethodRouter<S>,
 ) -> MethodRouter<S> {
+    let scope: Arc<str> = scope.into();
     route.route_layer(middleware::from_fn_with_state(scope, require_scope))
 }
 
-async fn require_scope(
-    State(scope): State<&'static str>,
-    request: Request,
-    next: Next,
-) -> Response {
+async fn require_scope(State(scope): State<Arc<str>>, request: Request, next: Next) -> Response {
     match request.extensions().get::<Identity>() {
         Some(Identity::Anyone) => next.run(request).await,
-        Some(Identity::Caller(caller)) if caller.grants(scope) => next.run(request).await,
+        Some(Identity::Caller(caller)) if caller.grants(&scope) => next.run(request).await,
         Some(Identity::Caller(_)) => {
             AUTH_FAILURES
                 .with_label_values(&["insufficient_scope"])
                 .inc();
-            ApiError::insufficient_scope(scope).into_response()
+            ApiError::insufficient_scope(&scope).into_response()
         }
         // A scoped route registered outside admission: closed rather than open.
         None => ApiError::internal("a scoped route without admission").into_response(),

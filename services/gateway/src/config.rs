@@ -8,6 +8,7 @@ use shared::{ClientConfig, ConfigError, Env, ServerConfig};
 
 use crate::auth::Authenticator;
 use crate::connections::ConnectionLimits;
+use crate::routes::Routes;
 
 /// The local HTTP port, and the default of `LISTEN_ADDR`.
 pub const PORT: u16 = 8080;
@@ -30,6 +31,8 @@ pub struct Config {
     /// How calls to the upstreams are made (`GRPC_CLIENT_*`).
     pub client: ClientConfig,
     pub upstreams: Upstreams,
+    /// The HTTP routes: every RPC of the contracts with `option (google.api.http)`.
+    pub routes: Routes,
     /// `GATEWAY_MAX_BODY_BYTES`: largest request body accepted; larger ones get 413
     /// (default 64 KiB).
     pub max_body_bytes: usize,
@@ -75,27 +78,94 @@ pub struct RateLimit {
     pub burst: u32,
 }
 
-/// Where the services the gateway calls listen.
+/// Where the services the gateway calls listen: one upstream per gRPC service that
+/// has a route (`google.api.http`), from `{NAME}_ADDR`, where NAME is the service's
+/// name (the first part of its proto package: `ORDERS_ADDR` for
+/// `orders.v1.OrderService`), by default its local port.
 #[derive(Clone, Debug)]
 pub struct Upstreams {
-    /// `ORDERS_ADDR` (default `http://127.0.0.1:50051`).
-    pub orders: Upstream,
-    /// `INVENTORY_ADDR` (default `http://127.0.0.1:50052`).
-    pub inventory: Upstream,
-    /// `NOTIFICATIONS_ADDR` (default `http://127.0.0.1:50054`).
-    pub notifications: Upstream, // remove-service: notifications
+    /// In the order of the routes.
+    pub services: Vec<UpstreamService>,
+}
+
+/// One service the gateway calls.
+#[derive(Clone, Debug)]
+pub struct UpstreamService {
+    /// Its name, e.g. `orders`: in `/readyz` answers and its `ORDERS_ADDR`.
+    pub name: String,
+    /// The gRPC service, e.g. `orders.v1.OrderService`: what its routes call and what
+    /// readiness asks.
+    pub service: String,
+    pub addr: Upstream,
+}
+
+impl Upstreams {
+    /// The upstream of every service of `routes`.
+    fn from_env(env: &Env, routes: &Routes) -> Result<Self, ConfigError> {
+        let addrs = addrs(env)?;
+        let mut services = Vec::new();
+        for service in routes.services() {
+            // One name everywhere: `orders.v1.OrderService` is served by `orders`.
+            let name = service.package_name().split('.').next().unwrap_or_default();
+            let Some((_, addr)) = addrs.iter().find(|(n, _)| *n == name) else {
+                return Err(ConfigError {
+                    var: format!("{}_ADDR", name.to_ascii_uppercase()),
+                    value: String::new(),
+                    expected: format!(
+                        "read by the gateway (services/gateway/src/config.rs, `addrs`): it has routes to {}",
+                        service.full_name()
+                    ),
+                });
+            };
+            services.push(UpstreamService {
+                name: name.to_owned(),
+                service: service.full_name().to_owned(),
+                addr: addr.clone(),
+            });
+        }
+        Ok(Self { services })
+    }
+
+    /// The upstream named `name` (e.g. `orders`).
+    pub fn get(&self, name: &str) -> Option<&Upstream> {
+        self.services
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| &s.addr)
+    }
+}
+
+/// The address of each service the gateway can route to, by name: its `{NAME}_ADDR`,
+/// by default its local port, as every binary finds its upstreams when started with no
+/// configuration.
+fn addrs(env: &Env) -> Result<Vec<(&'static str, Upstream)>, ConfigError> {
+    Ok(vec![
+        (
+            "orders",
+            env.upstream("ORDERS_ADDR", "http://127.0.0.1:50051")?,
+        ),
+        (
+            "inventory",
+            env.upstream("INVENTORY_ADDR", "http://127.0.0.1:50052")?,
+        ),
+        // remove-service: notifications {
+        (
+            "notifications",
+            env.upstream("NOTIFICATIONS_ADDR", "http://127.0.0.1:50054")?,
+        ),
+        // remove-service: notifications }
+        // new-service: `make new-service` adds each new service above this line.
+    ])
 }
 
 impl Config {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let routes = Routes::contracts().map_err(crate::route_error)?;
         Ok(Self {
             server: ServerConfig::from_env(env, PORT, ADMIN_PORT)?,
             client: ClientConfig::from_env(env)?,
-            upstreams: Upstreams {
-                orders: env.upstream("ORDERS_ADDR", "http://127.0.0.1:50051")?,
-                inventory: env.upstream("INVENTORY_ADDR", "http://127.0.0.1:50052")?,
-                notifications: env.upstream("NOTIFICATIONS_ADDR", "http://127.0.0.1:50054")?, // remove-service: notifications
-            },
+            upstreams: Upstreams::from_env(env, &routes)?,
+            routes,
             max_body_bytes: env.int_in(
                 "GATEWAY_MAX_BODY_BYTES",
                 DEFAULT_MAX_BODY_BYTES,
@@ -184,14 +254,14 @@ mod tests {
         let config = Config::from_env(&Env::default()).unwrap();
         assert_eq!(config.server.listen_addr.port(), PORT);
         let addr = |upstream: &Upstream| upstream.to_string();
-        assert_eq!(addr(&config.upstreams.orders), "http://127.0.0.1:50051/");
-        assert_eq!(addr(&config.upstreams.inventory), "http://127.0.0.1:50052/");
-        // remove-service: notifications {
+        let upstream = |name: &str| addr(config.upstreams.get(name).unwrap());
+        assert_eq!(upstream("orders"), "http://127.0.0.1:50051/");
+        assert_eq!(upstream("inventory"), "http://127.0.0.1:50052/");
+        assert_eq!(upstream("notifications"), "http://127.0.0.1:50054/"); // remove-service: notifications
         assert_eq!(
-            addr(&config.upstreams.notifications),
-            "http://127.0.0.1:50054/"
+            config.upstreams.services.len(),
+            addrs(&Env::default()).unwrap().len()
         );
-        // remove-service: notifications }
         assert_eq!(config.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
         assert!(config.auth.is_none());
         let limit = config.rate_limit.unwrap();

@@ -446,6 +446,13 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The JSON document of the error, e.g. for the `error` event of a stream.
+    pub(crate) fn body_json(&self) -> serde_json::Value {
+        serde_json::to_value(self.body()).unwrap_or_default()
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (self.http, Json(self.body())).into_response();

@@ -1,16 +1,20 @@
-//! The gateway: the HTTP/JSON entry point for clients outside the cluster. Each REST
-//! route calls one service through its generated gRPC client; the routes, JSON shapes
-//! and error mapping are documented in `http.rs`, `dto.rs` and `error.rs`.
+//! The gateway: the HTTP/JSON entry point for clients outside the cluster. Its routes
+//! are the RPCs the protos annotate with `google.api.http`: each HTTP request is
+//! transcoded into one gRPC call, by the rules of that annotation and the proto3 JSON
+//! mapping; no route has code of its own here.
 //!
 //! - `config.rs`: settings from the environment.
-//! - `http.rs`: the routes and their handlers (the only axum routing code).
+//! - `http.rs`: the router: the API's routes, the probes, and the layers around them.
 //! - `auth.rs`: bearer JWTs, scopes per route, and the admission of each request.
 //! - `rate_limit.rs`: the rate limit per client (GCRA).
-//! - `dto.rs`: the JSON shapes of requests and responses, and their proto conversions.
+//! - `routes.rs`: the HTTP routes, read from the protos' `google.api.http` and
+//!   `gateway.v1.route` options (a public model: the OpenAPI document reads it too).
+//! - `transcode/`: HTTP request → request message → gRPC call → JSON or Server-Sent
+//!   Events, for every route.
+//! - `openapi.rs`: the OpenAPI document of the routes, served at `/openapi.json`;
+//!   `explorer.rs`: the API explorer page at `/docs` (Swagger UI, embedded).
 //! - `error.rs`: the one mapping from gRPC statuses to HTTP errors, and the JSON error.
 //! - `upstream.rs`: a channel to each upstream service, and readiness over all of them.
-//! - `<upstream>.rs`: the routes that only one upstream backs, with their JSON shapes
-//!   and its client (`mod` lines marked for `make remove-service`).
 //! - `server.rs`: bind, serve, drain.
 //! - `connections.rs`: each connection, with its timeouts, and the connection cap.
 //! - `testing.rs`: an HTTP client for tests of the REST API.
@@ -19,16 +23,18 @@
 pub mod auth;
 pub mod config;
 mod connections;
-mod dto;
 mod error;
+mod explorer;
 #[doc(hidden)]
 pub mod fuzzing;
 mod http;
 mod limits;
-mod notifications; // remove-service: notifications
+pub mod openapi;
 mod rate_limit;
+pub mod routes;
 mod server;
 pub mod testing;
+mod transcode;
 mod upstream;
 
 use std::sync::Arc;
@@ -65,13 +71,20 @@ pub async fn build(config: Config) -> Result<Server, shared::Error> {
     };
     let readiness = upstream::Readiness::new(upstreams.clone());
     let router = http::router(
-        upstreams,
+        &config.routes,
+        &upstreams,
         readiness.clone(),
         draining.clone(),
         config.max_body_bytes,
         limits::Limits::new(config.concurrency_limit, config.request_timeout),
         admission,
-    );
+    )
+    .map_err(|problem| {
+        route_error(routes::RouteError {
+            method: String::new(),
+            problem,
+        })
+    })?;
     Server::bind(
         NAME,
         &config.server,
@@ -81,4 +94,13 @@ pub async fn build(config: Config) -> Result<Server, shared::Error> {
         draining,
     )
     .await
+}
+
+/// A route the gateway cannot serve, as a start-up error.
+pub(crate) fn route_error(error: routes::RouteError) -> shared::ConfigError {
+    shared::ConfigError {
+        var: "google.api.http".to_owned(),
+        value: error.method,
+        expected: error.problem,
+    }
 }

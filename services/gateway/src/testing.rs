@@ -6,7 +6,7 @@
 //! let http = HttpClient::new(gateway.local_addr());
 //! let response = http.post_json("/v1/orders", &[("Idempotency-Key", "k1")], &order).await;
 //! assert_eq!(response.status, StatusCode::CREATED);
-//! assert_eq!(response.json()["status"], "CONFIRMED");
+//! assert_eq!(response.json()["status"], "ORDER_STATUS_CONFIRMED");
 //! ```
 
 use std::net::SocketAddr;
@@ -93,6 +93,33 @@ impl HttpClient {
         .await
     }
 
+    /// `GET path` with `headers`, answered with Server-Sent Events: the response as soon
+    /// as its head arrives, to read event by event.
+    pub async fn events(&self, path: &str, headers: &[(&str, &str)]) -> EventStream {
+        let mut request = Request::builder()
+            .method(Method::GET)
+            .uri(format!("{}{path}", self.base))
+            .header("accept", "text/event-stream");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request
+            .body(Full::new(Bytes::new()))
+            .unwrap_or_else(|e| panic!("invalid test request GET {path}: {e}"));
+        let response = self
+            .client
+            .request(request)
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        let (parts, body) = response.into_parts();
+        EventStream {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+            buffer: Vec::new(),
+        }
+    }
+
     /// Any request, with exactly the headers given.
     pub async fn send(
         &self,
@@ -125,6 +152,62 @@ impl HttpClient {
             status: parts.status,
             headers: parts.headers,
             body,
+        }
+    }
+}
+
+/// A response of Server-Sent Events, read event by event as they arrive.
+#[derive(Debug)]
+pub struct EventStream {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    body: hyper::body::Incoming,
+    buffer: Vec<u8>,
+}
+
+/// One event: its `event:` name (`message` when it has none) and its `data:`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerEvent {
+    pub event: String,
+    pub data: String,
+}
+
+impl ServerEvent {
+    /// The data as JSON; panics, showing it, if it is not.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.data)
+            .unwrap_or_else(|e| panic!("event data that is not JSON ({e}): {}", self.data))
+    }
+}
+
+impl EventStream {
+    /// The next event; `None` once the stream has ended. Comments (keep-alives) are
+    /// skipped.
+    pub async fn next(&mut self) -> Option<ServerEvent> {
+        loop {
+            if let Some(end) = self.buffer.windows(2).position(|w| w == b"\n\n") {
+                let block: Vec<u8> = self.buffer.drain(..end + 2).collect();
+                let text = String::from_utf8_lossy(&block);
+                let (mut event, mut data) = ("message".to_owned(), Vec::new());
+                for line in text.lines() {
+                    if let Some(name) = line.strip_prefix("event:") {
+                        event = name.trim().to_owned();
+                    } else if let Some(line) = line.strip_prefix("data:") {
+                        data.push(line.strip_prefix(' ').unwrap_or(line).to_owned());
+                    }
+                }
+                if data.is_empty() {
+                    continue;
+                }
+                return Some(ServerEvent {
+                    event,
+                    data: data.join("\n"),
+                });
+            }
+            let frame = self.body.frame().await?.ok()?;
+            if let Ok(bytes) = frame.into_data() {
+                self.buffer.extend_from_slice(&bytes);
+            }
         }
     }
 }

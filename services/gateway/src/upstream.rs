@@ -1,16 +1,12 @@
 //! The services the gateway calls: one lazily connected channel each, and their
-//! readiness, asked in the background and read by `/readyz`. A handler makes the generated client it needs
-//! from the channel (`upstreams.orders()`), which is as cheap as cloning a client.
+//! readiness, asked in the background and read by `/readyz`. The transcoder calls a
+//! route's upstream through the channel of the route's service ([`Upstreams::channel_of`]).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use contracts::inventory::v1::inventory_service_client::InventoryServiceClient;
-use contracts::inventory::v1::inventory_service_server;
-use contracts::orders::v1::order_service_client::OrderServiceClient;
-use contracts::orders::v1::order_service_server;
 use shared::ClientConfig;
 use shared::client::{Channel, channel};
 use tokio::sync::watch;
@@ -36,9 +32,9 @@ pub(crate) struct Upstreams {
 #[derive(Clone, Debug)]
 struct Upstream {
     /// The upstream's name in `/readyz` answers, e.g. `orders`.
-    name: &'static str,
+    name: Arc<str>,
     /// The gRPC service the gateway needs from it, e.g. `orders.v1.OrderService`.
-    service: &'static str,
+    service: Arc<str>,
     channel: Channel,
 }
 
@@ -46,49 +42,36 @@ impl Upstreams {
     /// Channels to `addrs`. Nothing is dialled yet: the gateway starts while its
     /// upstreams are still coming up, and `/readyz` says when they are there.
     pub(crate) fn new(addrs: &config::Upstreams, config: &ClientConfig) -> Self {
-        let all = [
-            (order_service_server::SERVICE_NAME, &addrs.orders),
-            (inventory_service_server::SERVICE_NAME, &addrs.inventory),
-            (crate::notifications::SERVICE, &addrs.notifications), // remove-service: notifications
-        ];
-        let all = all.map(|(service, uri)| Upstream {
-            // One name everywhere: `orders.v1.OrderService` is served by `orders`.
-            name: service.split('.').next().unwrap_or(service),
-            service,
-            channel: channel(uri.clone(), config),
+        let all = addrs.services.iter().map(|upstream| Upstream {
+            name: upstream.name.as_str().into(),
+            service: upstream.service.as_str().into(),
+            channel: channel(upstream.addr.clone(), config),
         });
-        Self { all: all.into() }
+        Self { all: all.collect() }
     }
 
-    /// The channel of upstream `name`, for a generated client. Panics when `new` made
-    /// no such upstream: a route's module and its line in `new` go together.
-    pub(crate) fn channel(&self, name: &str) -> Channel {
-        let upstream = self.all.iter().find(|u| u.name == name);
-        upstream
-            .unwrap_or_else(|| panic!("no upstream named {name:?}"))
-            .channel
-            .clone()
-    }
-
-    pub(crate) fn orders(&self) -> OrderServiceClient<Channel> {
-        OrderServiceClient::new(self.channel("orders"))
-    }
-
-    pub(crate) fn inventory(&self) -> InventoryServiceClient<Channel> {
-        InventoryServiceClient::new(self.channel("inventory"))
+    /// The channel of the upstream that serves gRPC service `service` (e.g.
+    /// `orders.v1.OrderService`), if there is one.
+    pub(crate) fn channel_of(&self, service: &str) -> Option<Channel> {
+        let upstream = self.all.iter().find(|u| &*u.service == service);
+        upstream.map(|u| u.channel.clone())
     }
 
     /// Asks every upstream, at once, whether the service the gateway needs from it is
     /// SERVING (`grpc.health.v1.Health/Check`). Returns each upstream's answer by name:
     /// `SERVING`, `NOT_SERVING`, …, or the gRPC code of a failed check (`UNAVAILABLE`,
     /// `DEADLINE_EXCEEDED`).
-    pub(crate) async fn readiness(&self) -> BTreeMap<&'static str, &'static str> {
+    pub(crate) async fn readiness(&self) -> BTreeMap<Arc<str>, &'static str> {
         let mut checks = JoinSet::new();
         for upstream in self.all.iter().cloned() {
-            checks.spawn(async move { (upstream.name, upstream.check().await) });
+            checks.spawn(async move { (Arc::clone(&upstream.name), upstream.check().await) });
         }
         // An upstream whose check got lost (its task panicked) stays UNKNOWN: not ready.
-        let mut answers: BTreeMap<_, _> = self.all.iter().map(|u| (u.name, "UNKNOWN")).collect();
+        let mut answers: BTreeMap<_, _> = self
+            .all
+            .iter()
+            .map(|u| (Arc::clone(&u.name), "UNKNOWN"))
+            .collect();
         while let Some(joined) = checks.join_next().await {
             if let Ok((name, answer)) = joined {
                 answers.insert(name, answer);
@@ -99,7 +82,7 @@ impl Upstreams {
 }
 
 /// Each upstream's last health answer, by name, as [`Upstreams::readiness`] gives it.
-pub(crate) type Health = BTreeMap<&'static str, &'static str>;
+pub(crate) type Health = BTreeMap<Arc<str>, &'static str>;
 
 /// The upstreams' health as last asked: `/readyz` reads it, so that a probe costs the
 /// upstreams nothing and a flood of probes cannot become a flood of health checks.
@@ -113,7 +96,11 @@ pub(crate) struct Readiness {
 
 impl Readiness {
     pub(crate) fn new(upstreams: Upstreams) -> Self {
-        let unknown = upstreams.all.iter().map(|u| (u.name, "UNKNOWN")).collect();
+        let unknown = upstreams
+            .all
+            .iter()
+            .map(|u| (Arc::clone(&u.name), "UNKNOWN"))
+            .collect();
         Self {
             upstreams,
             health: watch::Sender::new(unknown),
@@ -142,14 +129,14 @@ impl Readiness {
 impl Upstream {
     async fn check(self) -> &'static str {
         let request = HealthCheckRequest {
-            service: self.service.to_owned(),
+            service: self.service.to_string(),
         };
         let mut health = HealthClient::new(self.channel);
         let answer = tokio::time::timeout(READINESS_TIMEOUT, health.check(request)).await;
         match answer {
             Err(_elapsed) => "DEADLINE_EXCEEDED",
             Ok(Err(status)) => {
-                tracing::debug!(upstream = self.name, %status, "readiness check failed");
+                tracing::debug!(upstream = &*self.name, %status, "readiness check failed");
                 code_name(status.code())
             }
             Ok(Ok(response)) => match response.into_inner().status() {

@@ -104,8 +104,8 @@ async fn a_product_reads_like_proto3_json_without_internal_stock_buckets() {
             "sku": "SKU-001",
             "name": "Espresso beans, 1 kg",
             "description": "Dark roast, whole beans.",
-            "price": {"currencyCode": "USD", "amountMinor": 2400},
-            "available": 100,
+            "price": {"currencyCode": "USD", "amountMinor": "2400"},
+            "available": "100",
         })
     );
 }
@@ -158,15 +158,15 @@ async fn an_order_is_created_and_read_back() {
         created.header("location"),
         Some(format!("/v1/orders/{id}").as_str())
     );
-    assert_eq!(order["status"], "CONFIRMED");
+    assert_eq!(order["status"], "ORDER_STATUS_CONFIRMED");
     assert_eq!(order["customerId"], "cus_gw_1");
     assert_eq!(
         order["items"],
-        json!([{"sku": "SKU-001", "quantity": 2, "unitPrice": {"currencyCode": "USD", "amountMinor": 2400}}])
+        json!([{"sku": "SKU-001", "quantity": 2, "unitPrice": {"currencyCode": "USD", "amountMinor": "2400"}}])
     );
     assert_eq!(
         order["total"],
-        json!({"currencyCode": "USD", "amountMinor": 4800})
+        json!({"currencyCode": "USD", "amountMinor": "4800"})
     );
     assert!(
         order["paymentId"]
@@ -191,6 +191,29 @@ async fn an_order_is_created_and_read_back() {
     error(&missing, StatusCode::NOT_FOUND, "NOT_FOUND");
 }
 
+/// `WatchOrder` on HTTP: Server-Sent Events of the order's states, ending with the
+/// final one; an unknown order is a 404 in the error shape, before any stream.
+#[tokio::test]
+async fn an_order_is_watched_as_server_sent_events_until_final() {
+    let stack = start().await;
+    let http = stack.http();
+    let created = place(&http, "gw-watch-1", &order("cus_gw_w", "SKU-002", 1)).await;
+    let order = created.json();
+    let id = order["orderId"].as_str().unwrap();
+    let mut stream = http.events(&format!("/v1/orders/{id}/watch"), &[]).await;
+    assert_eq!(stream.status, StatusCode::OK);
+    let event = stream.next().await.expect("the order's state");
+    assert_eq!(event.json(), order);
+    assert_eq!(
+        stream.next().await,
+        None,
+        "the stream ends once the order is final"
+    );
+
+    let missing = http.get("/v1/orders/ord_missing/watch").await;
+    error(&missing, StatusCode::NOT_FOUND, "NOT_FOUND");
+}
+
 #[tokio::test]
 async fn a_declined_card_is_a_created_order_that_was_rejected() {
     let stack = start().await;
@@ -199,7 +222,7 @@ async fn a_declined_card_is_a_created_order_that_was_rejected() {
     let response = place(&stack.http(), "gw-declined-1", &body).await;
     assert_eq!(response.status, StatusCode::CREATED);
     let order = response.json();
-    assert_eq!(order["status"], "REJECTED");
+    assert_eq!(order["status"], "ORDER_STATUS_REJECTED");
     assert!(
         order["statusReason"]
             .as_str()
@@ -275,7 +298,7 @@ async fn bad_orders_are_4xx_naming_what_to_fix() {
         &["coupon"],
     )
     .await;
-    let quantity_as_text = r#"{"items": [{"sku": "SKU-001", "quantity": "2"}]}"#;
+    let quantity_as_text = r#"{"items": [{"sku": "SKU-001", "quantity": "two"}]}"#;
     expect(&[json, key], quantity_as_text, bad, &["items[0].quantity"]).await;
     // The rest reach orders, whose violations are named as in the JSON body.
     let negative = order("cus_gw_4", "SKU-003", -1).to_string();
@@ -295,7 +318,7 @@ async fn bad_orders_are_4xx_naming_what_to_fix() {
     // None of it harmed the gateway or the services.
     let response = place(&http, "gw-bad-ok", &order("cus_gw_4", "SKU-003", 1)).await;
     assert_eq!(response.status, StatusCode::CREATED);
-    assert_eq!(response.json()["status"], "CONFIRMED");
+    assert_eq!(response.json()["status"], "ORDER_STATUS_CONFIRMED");
 }
 
 /// Issue 15: 110 empty items (about 400 bytes) got 503, and two such requests opened

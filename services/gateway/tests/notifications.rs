@@ -61,3 +61,32 @@ async fn readyz_asks_notifications() {
         "{readiness}"
     );
 }
+
+/// `StreamNotifications` on HTTP: Server-Sent Events, one notification each, as they
+/// are made; a bad customer id is a 400 before any stream starts.
+#[tokio::test]
+async fn new_notifications_stream_as_server_sent_events() {
+    let stack = start().await;
+    let http = stack.http();
+    let mut stream = http
+        .events("/v1/customers/cus_gw_sse/notifications/stream", &[])
+        .await;
+    assert_eq!(stream.status, StatusCode::OK);
+    assert_eq!(
+        stream.headers.get("content-type").unwrap(),
+        "text/event-stream"
+    );
+    let created = place(&http, "gw-sse-1", &order("cus_gw_sse", "SKU-005", 1)).await;
+    let order_id = created.json()["orderId"].as_str().unwrap().to_owned();
+    let event = stream.next().await.expect("a notification");
+    assert_eq!(event.event, "message");
+    let notification = event.json();
+    assert_eq!(notification["customerId"], "cus_gw_sse", "{notification}");
+    assert_eq!(notification["orderId"], order_id.as_str(), "{notification}");
+
+    let response = http
+        .get("/v1/customers/has%20space/notifications/stream")
+        .await;
+    let error = error(&response, StatusCode::BAD_REQUEST, "INVALID_ARGUMENT");
+    assert_eq!(fields(&error), ["customer_id"]);
+}

@@ -1,0 +1,288 @@
+//! The transcoding gateway: every route of [`Routes`] served by one generic handler,
+//! which turns the HTTP request into the RPC's request message (`request.rs`), calls
+//! the upstream through its `shared::client` channel with a codec of messages known
+//! at run time (`codec.rs`), and turns the answer, a message or a stream of them,
+//! into JSON or Server-Sent Events (`response.rs`). No route has code of its own: a
+//! method annotated with `google.api.http` is on HTTP after a rebuild.
+//!
+//! Each route is registered with axum by its verb and path, behind its scope
+//! (`auth::scoped`), so that routing, 405 with `Allow`, limits and admission work as
+//! for any axum route. The path is registered with its variables named by position
+//! (`/v1/orders/{0}`: two templates may name the variable of one segment apart);
+//! [`Registered::template`] gives back the template for spans.
+
+mod codec;
+mod json;
+mod request;
+mod response;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequest, FromRequestParts, Query, RawPathParams, Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodFilter, on};
+use http::header::CONTENT_TYPE;
+use http::uri::PathAndQuery;
+use http::{HeaderMap, Method, StatusCode};
+use prost_reflect::{DynamicMessage, Value};
+use shared::client::Channel;
+use tonic::Status;
+
+use crate::auth::{OnBehalf, scoped};
+use crate::error::ApiError;
+use crate::http::AppState;
+use crate::routes::{Body, Route, Routes, Segment};
+use crate::upstream::Upstreams;
+use codec::DynamicCodec;
+use response::Hidden;
+
+#[doc(hidden)]
+pub(crate) use json::to_vec as write_json;
+#[doc(hidden)]
+pub(crate) use request::decode_json;
+
+/// The routes as registered: each path as given to axum, with its template.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Registered {
+    templates: Arc<HashMap<String, String>>,
+}
+
+impl Registered {
+    /// The template of the route axum matched as `matched` (`/v1/orders/{0}` →
+    /// `/v1/orders/{order_id}`).
+    pub(crate) fn template<'a>(&'a self, matched: &'a str) -> &'a str {
+        self.templates.get(matched).map_or(matched, String::as_str)
+    }
+}
+
+/// A router of every route of `routes`, calling `upstreams`. A route whose service
+/// has no upstream is an error naming it.
+pub(crate) fn router(
+    routes: &Routes,
+    upstreams: &Upstreams,
+) -> Result<(Router<AppState>, Registered), String> {
+    let mut router = Router::new();
+    let mut by_path: Vec<(String, Vec<Arc<Endpoint>>)> = Vec::new();
+    let mut templates = HashMap::new();
+    for route in routes {
+        let service = route.method.parent_service().full_name().to_owned();
+        let channel = upstreams.channel_of(&service).ok_or_else(|| {
+            format!(
+                "{} {} calls {service}, which has no upstream",
+                route.verb, route.path.template
+            )
+        })?;
+        let endpoint = Arc::new(Endpoint::new(route.clone(), channel));
+        let path = axum_path(route);
+        templates.insert(path.clone(), route.path.template.clone());
+        match by_path.iter_mut().find(|(p, _)| *p == path) {
+            Some((_, endpoints)) => endpoints.push(endpoint),
+            None => by_path.push((path, vec![endpoint])),
+        }
+    }
+    for (path, endpoints) in by_path {
+        let mut methods = axum::routing::MethodRouter::new();
+        for endpoint in endpoints {
+            let filter = method_filter(&endpoint.route.verb)?;
+            let scope = endpoint.route.scope.clone();
+            let handler =
+                move |State(state): State<AppState>, caller: OnBehalf, request: Request| {
+                    let endpoint = Arc::clone(&endpoint);
+                    async move {
+                        match endpoint.serve(&state, caller, request).await {
+                            Ok(response) => response,
+                            Err(error) => error.into_response(),
+                        }
+                    }
+                };
+            methods = methods.merge(scoped(scope, on(filter, handler)));
+        }
+        router = router.route(&path, methods);
+    }
+    Ok((
+        router,
+        Registered {
+            templates: Arc::new(templates),
+        },
+    ))
+}
+
+/// The route's path for axum, its variables named by position: `/v1/orders/{0}`.
+fn axum_path(route: &Route) -> String {
+    let mut path = String::new();
+    let mut n = 0;
+    for segment in &route.path.segments {
+        path.push('/');
+        match segment {
+            Segment::Literal(literal) => path.push_str(literal),
+            Segment::Variable(_) => {
+                path.push_str(&format!("{{{n}}}"));
+                n += 1;
+            }
+        }
+    }
+    path
+}
+
+fn method_filter(verb: &Method) -> Result<MethodFilter, String> {
+    MethodFilter::try_from(verb.clone()).map_err(|e| format!("{verb}: {e}"))
+}
+
+/// One route, ready to serve.
+#[derive(Debug)]
+struct Endpoint {
+    route: Arc<Route>,
+    /// `/package.Service/Method`.
+    grpc_path: PathAndQuery,
+    channel: Channel,
+    /// The fields its answers leave out.
+    hidden: Arc<Hidden>,
+}
+
+impl Endpoint {
+    fn new(route: Route, channel: Channel) -> Self {
+        let grpc_path = PathAndQuery::try_from(route.grpc_path())
+            .expect("a method's full name is a valid path");
+        Self {
+            hidden: Arc::new(Hidden::of(&route.output())),
+            route: Arc::new(route),
+            grpc_path,
+            channel,
+        }
+    }
+
+    /// The request as the RPC's message, the call, and its answer.
+    async fn serve(
+        &self,
+        state: &AppState,
+        caller: OnBehalf,
+        request: Request,
+    ) -> Result<Response, ApiError> {
+        let route = &self.route;
+        let (mut parts, body) = request.into_parts();
+        let mut message = DynamicMessage::new(route.input());
+
+        let params = RawPathParams::from_request_parts(&mut parts, &())
+            .await
+            .map_err(|rejection| ApiError::invalid(rejection.body_text(), vec![]))?;
+        let values: Vec<&str> = params.iter().map(|(_, value)| value).collect();
+        request::path(route, &mut message, &values)?;
+
+        let key = match &route.idempotency_key {
+            Some(binding) => Some(request::idempotency_key(
+                &parts.headers,
+                &response::canonical_header(binding.header.as_str()),
+            )?),
+            None => None,
+        };
+
+        if route.body == Body::Whole {
+            // Nothing comes from the query: reading it would only risk a 400 over
+            // parameters a proxy added.
+        } else if parts.uri.query().is_some() {
+            let Query(pairs) = Query::<Vec<(String, String)>>::from_request_parts(&mut parts, &())
+                .await
+                .map_err(|rejection| ApiError::invalid(rejection.body_text(), vec![]))?;
+            request::query(route, &mut message, &pairs)?;
+        }
+
+        if route.body != Body::None {
+            if !is_json(&parts.headers) {
+                return Err(ApiError::not_json());
+            }
+            let request = Request::from_parts(parts, body);
+            let bytes = Bytes::from_request(request, state).await.map_err(
+                |rejection: BytesRejection| {
+                    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                        ApiError::body_too_large(state.max_body_bytes())
+                    } else {
+                        ApiError::invalid(
+                            format!("cannot read the request body: {}", rejection.body_text()),
+                            vec![],
+                        )
+                    }
+                },
+            )?;
+            request::body(route, &mut message, &bytes)?;
+        }
+
+        if let (Some(binding), Some(key)) = (&route.idempotency_key, &key) {
+            let field = binding.field.fields();
+            let mut current = &mut message;
+            for parent in &field[..field.len() - 1] {
+                current = match current.get_field_mut(parent) {
+                    Value::Message(inner) => inner,
+                    _ => unreachable!("a field path goes through message fields"),
+                };
+            }
+            current.set_field(&field[field.len() - 1], Value::String(key.clone()));
+        }
+
+        let mut grpc = tonic::client::Grpc::new(self.channel.clone());
+        grpc.ready()
+            .await
+            .map_err(|e| ApiError::from(Status::unavailable(e.to_string())))?;
+        let codec = DynamicCodec::new(route.output());
+        let upstream_error = |status| response::upstream_error(route, status, key.as_deref());
+        if route.server_streaming() {
+            let stream = grpc
+                .server_streaming(caller.request(message), self.grpc_path.clone(), codec)
+                .await
+                .map_err(upstream_error)?;
+            Ok(response::stream(
+                Arc::clone(&self.route),
+                stream.into_inner(),
+                Arc::clone(&self.hidden),
+            ))
+        } else {
+            let answer = grpc
+                .unary(caller.request(message), self.grpc_path.clone(), codec)
+                .await
+                .map_err(upstream_error)?;
+            Ok(response::unary(route, answer.into_inner(), &self.hidden))
+        }
+    }
+}
+
+/// `application/json`, with or without parameters such as `charset=utf-8`.
+fn is_json(headers: &HeaderMap) -> bool {
+    let content_type = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let essence = content_type
+        .and_then(|v| v.split(';').next())
+        .map(str::trim);
+    essence.is_some_and(|essence| essence.eq_ignore_ascii_case("application/json"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_json_content_types_are_json() {
+        let json = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(CONTENT_TYPE, value.parse().unwrap());
+            is_json(&headers)
+        };
+        assert!(json("application/json"));
+        assert!(json("Application/JSON; charset=utf-8"));
+        assert!(!json("text/plain"));
+        assert!(!json("application/jsonl"));
+        assert!(!is_json(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn axum_paths_name_variables_by_position() {
+        let routes = Routes::contracts().unwrap();
+        let paths: Vec<String> = routes.iter().map(axum_path).collect();
+        assert!(
+            paths.contains(&"/v1/orders/{0}/watch".to_owned()),
+            "{paths:?}"
+        );
+        assert!(paths.contains(&"/v1/products".to_owned()), "{paths:?}");
+    }
+}
