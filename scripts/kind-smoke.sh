@@ -285,7 +285,7 @@ body='{"customerId":"'"$customer"'","items":[{"sku":"SKU-001","quantity":1}],"ca
 response="$(http POST /v1/orders "${request[@]}" -H 'Content-Type: application/json' -H "Idempotency-Key: $key" -d "$body")"
 expect 201 "$response" "POST /v1/orders"
 order="${response%$'\n'*}"
-[[ $order == *'"status":"CONFIRMED"'* ]] || die "the order is not CONFIRMED: $order"
+[[ $order == *'"status":"ORDER_STATUS_CONFIRMED"'* ]] || die "the order is not ORDER_STATUS_CONFIRMED: $order"
 order_id="$(sed -n 's/.*"orderId":"\([^"]*\)".*/\1/p' <<<"$order")"
 [[ -n $order_id ]] || die "no orderId in the answer: $order"
 response="$(http GET "/v1/orders/$order_id" "${request[@]}")"

@@ -583,8 +583,8 @@ def place_order(gateway: Pod, token: str | None) -> str:
     if code != 201:
         raise RunFailure(f"POST /v1/orders through the gateway answered {code}: {answer}")
     order = json.loads(answer)
-    if order.get("status") != "CONFIRMED":
-        raise RunFailure(f"the order is {order.get('status')}, not CONFIRMED: {answer}")
+    if order.get("status") != "ORDER_STATUS_CONFIRMED":
+        raise RunFailure(f"the order is {order.get('status')}, not ORDER_STATUS_CONFIRMED: {answer}")
     return order.get("orderId", "?")
 
 
