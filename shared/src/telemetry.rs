@@ -388,10 +388,12 @@ impl<E: SpanExporter + 'static> SpanExporter for OnRuntime<E> {
 struct JsonSpanFields;
 
 impl<'w> FormatFields<'w> for JsonSpanFields {
-    fn format_fields<R: RecordFields>(&self, mut writer: Writer<'w>, fields: R) -> fmt::Result {
-        let mut object = JsonObject::new(&mut writer);
+    fn format_fields<R: RecordFields>(&self, writer: Writer<'w>, fields: R) -> fmt::Result {
+        let mut batched = Batched::new(writer);
+        let mut object = JsonObject::new(&mut batched);
         fields.record(&mut object);
-        object.finish()
+        object.finish()?;
+        batched.flush()
     }
 
     fn add_fields(
@@ -430,17 +432,20 @@ struct TextFields;
 impl<'w> FormatFields<'w> for TextFields {
     fn format_fields<R: RecordFields>(&self, writer: Writer<'w>, fields: R) -> fmt::Result {
         let mut visitor = TextVisitor {
-            writer,
+            ansi: writer.has_ansi_escapes(),
+            out: Batched::new(writer),
             empty: true,
             result: Ok(()),
         };
         fields.record(&mut visitor);
-        visitor.result
+        visitor.result?;
+        visitor.out.flush()
     }
 }
 
 struct TextVisitor<'w> {
-    writer: Writer<'w>,
+    out: Batched<Writer<'w>>,
+    ansi: bool,
     /// Nothing written yet (no space before the next field).
     empty: bool,
     result: fmt::Result,
@@ -458,24 +463,29 @@ impl TextVisitor<'_> {
         if self.result.is_err() {
             return;
         }
-        let mut visitor = DefaultVisitor::new(self.writer.by_ref(), self.empty);
+        if let Err(error) = self.out.flush() {
+            self.result = Err(error);
+            return;
+        }
+        let mut visitor = DefaultVisitor::new(self.out.inner.by_ref(), self.empty);
         record(&mut visitor);
         self.result = visitor.finish();
         self.empty = false;
     }
 
     /// `name=` (styled as `DefaultFields` styles it), then `value`.
-    fn field(&mut self, name: &str, value: impl FnOnce(&mut Writer<'_>) -> fmt::Result) {
+    fn field(&mut self, name: &str, value: impl FnOnce(&mut dyn fmt::Write) -> fmt::Result) {
         if self.result.is_err() {
             return;
         }
         let name = name.strip_prefix("r#").unwrap_or(name);
         let space = if self.empty { "" } else { " " };
         self.empty = false;
-        let writer = &mut self.writer;
+        let ansi = self.ansi;
+        let writer = &mut self.out;
         self.result = (|| {
             writer.write_str(space)?;
-            if writer.has_ansi_escapes() {
+            if ansi {
                 // nu_ansi_term's italic and dimmed, as `DefaultFields` paints them.
                 writer.write_str("\x1b[3m")?;
                 writer.write_str(name)?;
@@ -542,6 +552,50 @@ impl Visit for TextVisitor<'_> {
             return self.by_default(|v| v.record_debug(field, value));
         }
         self.field(field.name(), |w| write!(w, "{value:?}"));
+    }
+}
+
+/// Gathers small writes in a buffer on the stack and passes them on in larger ones: the
+/// fields of a span reach its `String` in one write (one allocation) instead of one
+/// per field and value (a reallocation each time the string doubles).
+struct Batched<W> {
+    inner: W,
+    buffer: [u8; 256],
+    len: usize,
+}
+
+impl<W: fmt::Write> Batched<W> {
+    fn new(inner: W) -> Self {
+        Self {
+            inner,
+            buffer: [0; 256],
+            len: 0,
+        }
+    }
+
+    /// Passes on what is buffered.
+    fn flush(&mut self) -> fmt::Result {
+        if self.len > 0 {
+            // Whole `str`s only were copied in, so this is UTF-8.
+            let buffered = std::str::from_utf8(&self.buffer[..self.len]).map_err(|_| fmt::Error)?;
+            self.inner.write_str(buffered)?;
+            self.len = 0;
+        }
+        Ok(())
+    }
+}
+
+impl<W: fmt::Write> fmt::Write for Batched<W> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        if self.len + s.len() > self.buffer.len() {
+            self.flush()?;
+            if s.len() > self.buffer.len() {
+                return self.inner.write_str(s);
+            }
+        }
+        self.buffer[self.len..self.len + s.len()].copy_from_slice(s.as_bytes());
+        self.len += s.len();
+        Ok(())
     }
 }
 
@@ -775,8 +829,10 @@ mod tests {
                 .with_writer(std::io::sink);
             let subscriber = tracing_subscriber::registry().with(layer);
             tracing::subscriber::with_default(subscriber, || {
+                let long = "long ".repeat(60);
                 let span = tracing::info_span!(
                     "call",
+                    long = long.as_str(),
                     text = "a \"quoted\"\\ line\nnext\u{1}",
                     number = -3_i64,
                     count = 7_u64,
@@ -845,8 +901,11 @@ mod tests {
                 .with_writer(move || TestWriter(Arc::clone(&sink)));
             let subscriber = tracing_subscriber::registry().with(layer);
             tracing::subscriber::with_default(subscriber, || {
+                // Longer than the buffer of `Batched`.
+                let long = "long ".repeat(60);
                 let span = tracing::info_span!(
                     "rpc",
+                    long = long.as_str(),
                     otel.name = "inventory.v1.InventoryService/GetProduct",
                     quoted = "a \"quoted\"\\ line\nnext\u{1b}[31m é",
                     number = -3_i64,
