@@ -263,6 +263,13 @@ pub fn init(service: &str, env: &Env) -> Result<Telemetry, ConfigError> {
             .with_tracer(provider.tracer("shared"))
             // Per-span bookkeeping nobody reads: skip it on the hot path.
             .with_tracked_inactivity(false)
+            // Making each entered span's context OpenTelemetry's current one, on every
+            // enter and exit (a tenth of a call's instructions), serves instrumentation
+            // that reads `opentelemetry::Context::current()`: the spans here are
+            // tracing's, parented through tracing and propagated with
+            // `OpenTelemetrySpanExt::context` (`crate::rpc`), so nothing reads it. A
+            // service that adds OpenTelemetry-native instrumentation turns it back on.
+            .with_context_activation(false)
             .with_threads(false)
             .with_location(false)
             .with_target(false)
