@@ -264,7 +264,8 @@ pub fn init(service: &str, env: &Env) -> Result<Telemetry, ConfigError> {
             // Per-span bookkeeping nobody reads: skip it on the hot path.
             .with_tracked_inactivity(false)
             // Making each entered span's context OpenTelemetry's current one, on every
-            // enter and exit (a tenth of a call's instructions), serves instrumentation
+            // enter and exit (about 3% of a GetProduct's instructions, net of the
+            // parent lookup it then does at span creation), serves instrumentation
             // that reads `opentelemetry::Context::current()`: the spans here are
             // tracing's, parented through tracing and propagated with
             // `OpenTelemetrySpanExt::context` (`crate::rpc`), so nothing reads it. A
