@@ -58,7 +58,7 @@ tools: ## Install the pinned external tools into .tools/ (scripts/tools.sh)
 # Ratios measured side by side in one run, never timed tests (docs/benchmarks.md). Not
 # after `tools`: in a clone whose .tools links to another checkout's, tools.sh would
 # rebuild that shared venv; scripts/bench.sh checks what it needs and says what is missing.
-bench: tools ## Benchmarks: baseline, instrumented, chain and Python peer side by side (docs/benchmarks.md)
+bench: ## Benchmarks: baseline, instrumented, chain and Python peer side by side (docs/benchmarks.md)
 	scripts/bench.sh
 
 bench-build: tools ## Time the clean debug build and one incremental rebuild, in a temporary clone (slow)

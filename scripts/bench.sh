@@ -94,6 +94,8 @@ build_old() {
   (cd "$tmp/src" && CARGO_TARGET_DIR="$root/target" cargo build --release --locked -p inventory)
   mkdir -p target/bench-old
   cp target/release/inventory target/bench-old/inventory
+  # The current build links its own again; gone, a stale one cannot pass for it.
+  rm -f target/release/inventory
   git worktree remove --force "$tmp/src"
   rm -rf "$tmp"
 }

@@ -21,7 +21,7 @@ pub struct Row {
     pub name: String,
     /// Closed-loop throughput, calls per second.
     pub rps: f64,
-    /// At 25, 50 and 75% of the baseline's throughput.
+    /// At 25, 50 and 75% of the baseline's throughput (or of the row's own).
     pub latencies: Vec<Latency>,
     /// Server CPU time (user + system, every server process of the scenario) per call.
     pub cpu_us_per_call: f64,
@@ -29,6 +29,8 @@ pub struct Row {
     pub peak_rss_kib: u64,
     /// Failed calls, whichever way they were seen.
     pub errors: u64,
+    /// Calls of the fixed-rate runs not sent: too many unanswered already.
+    pub not_sent: u64,
 }
 
 impl Row {
@@ -51,17 +53,19 @@ fn ratio(value: f64, base: f64) -> String {
     }
 }
 
-fn latency_cell(latency: Option<&Latency>) -> String {
-    match latency {
-        Some(l) => format!(
-            "{} / {} / {}{}",
-            l.p50,
-            l.p90,
-            l.p99,
-            if l.overloaded { " †" } else { "" }
-        ),
-        None => "–".into(),
+/// p50 / p90 / p99, with the rate when it is not the column's (`header`).
+fn latency_cell(latency: Option<&Latency>, header: Option<&Latency>) -> String {
+    let Some(l) = latency else {
+        return "–".into();
+    };
+    let mut cell = format!("{} / {} / {}", l.p50, l.p90, l.p99);
+    if header.is_none_or(|h| (l.rate - h.rate).abs() > 0.5) {
+        let _ = write!(cell, " @ {:.0}/s", l.rate);
     }
+    if l.overloaded {
+        cell.push_str(" †");
+    }
+    cell
 }
 
 /// The Markdown table: one line per row, ratios against `rows[0]`, the baseline.
@@ -77,12 +81,12 @@ pub fn table(rows: &[Row]) -> String {
         .collect();
     let _ = writeln!(
         out,
-        "| scenario | req/s (closed loop) | × baseline | p50 / p90 / p99 µs @ {} | @ {} | @ {} | p99 @ 50% × baseline | server CPU µs/req | × baseline | peak RSS MiB | errors |",
+        "| scenario | req/s (closed loop) | × baseline | p50 / p90 / p99 µs @ {} | @ {} | @ {} | p99 @ 50% × baseline | server CPU µs/req | × baseline | peak RSS MiB | errors | not sent |",
         rates.first().map_or("25%", String::as_str),
         rates.get(1).map_or("50%", String::as_str),
         rates.get(2).map_or("75%", String::as_str),
     );
-    let _ = writeln!(out, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+    let _ = writeln!(out, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
     for row in rows {
         let p99_ratio = match (row.p99_at_half(), base.p99_at_half()) {
             (Some(p99), Some(base_p99)) => ratio(p99 as f64, base_p99 as f64),
@@ -90,18 +94,19 @@ pub fn table(rows: &[Row]) -> String {
         };
         let _ = writeln!(
             out,
-            "| {} | {:.0} | {} | {} | {} | {} | {} | {:.1} | {} | {:.1} | {} |",
+            "| {} | {:.0} | {} | {} | {} | {} | {} | {:.1} | {} | {:.1} | {} | {} |",
             row.name,
             row.rps,
             ratio(row.rps, base.rps),
-            latency_cell(row.latencies.first()),
-            latency_cell(row.latencies.get(1)),
-            latency_cell(row.latencies.get(2)),
+            latency_cell(row.latencies.first(), base.latencies.first()),
+            latency_cell(row.latencies.get(1), base.latencies.get(1)),
+            latency_cell(row.latencies.get(2), base.latencies.get(2)),
             p99_ratio,
             row.cpu_us_per_call,
             ratio(row.cpu_us_per_call, base.cpu_us_per_call),
             row.peak_rss_kib as f64 / 1024.0,
             row.errors,
+            row.not_sent,
         );
     }
     out
@@ -112,6 +117,10 @@ mod tests {
     use super::*;
 
     fn row(name: &str, rps: f64, p99: u64, overloaded: bool) -> Row {
+        rates_row(name, rps, p99, overloaded, [1000.0, 2000.0, 3000.0])
+    }
+
+    fn rates_row(name: &str, rps: f64, p99: u64, overloaded: bool, rates: [f64; 3]) -> Row {
         let latency = |rate| Latency {
             rate,
             p50: 100,
@@ -122,10 +131,11 @@ mod tests {
         Row {
             name: name.into(),
             rps,
-            latencies: vec![latency(1000.0), latency(2000.0), latency(3000.0)],
+            latencies: rates.map(latency).to_vec(),
             cpu_us_per_call: 25.0,
             peak_rss_kib: 10 * 1024,
             errors: 0,
+            not_sent: 7,
         }
     }
 
@@ -139,10 +149,25 @@ mod tests {
         assert!(lines[0].contains("@ 1000/s") && lines[0].contains("@ 3000/s"));
         assert_eq!(
             lines[2],
-            "| baseline | 4000 | 1.00× | 100 / 150 / 200 | 100 / 150 / 200 | 100 / 150 / 200 | 1.00× | 25.0 | 1.00× | 10.0 | 0 |"
+            "| baseline | 4000 | 1.00× | 100 / 150 / 200 | 100 / 150 / 200 | 100 / 150 / 200 | 1.00× | 25.0 | 1.00× | 10.0 | 0 | 7 |"
         );
         assert!(lines[3].starts_with("| slow | 2000 | 0.50× | 100 / 150 / 300 † |"));
         assert!(lines[3].contains("| 1.50× |"));
+    }
+
+    #[test]
+    fn a_row_at_its_own_rates_names_them() {
+        let table = table(&[
+            row("baseline", 4000.0, 200, false),
+            rates_row("chain", 400.0, 300, false, [100.0, 200.0, 300.0]),
+        ]);
+        let chain = table.lines().nth(3).unwrap();
+        assert!(
+            chain.starts_with(
+                "| chain | 400 | 0.10× | 100 / 150 / 300 @ 100/s | 100 / 150 / 300 @ 200/s |"
+            ),
+            "{chain}"
+        );
     }
 
     #[test]

@@ -26,7 +26,9 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use prometheus::{Encoder, Histogram, HistogramOpts, HistogramVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, Opts, Registry, TextEncoder,
+};
 
 pub use prometheus::{IntCounterVec, IntGaugeVec};
 
@@ -228,8 +230,9 @@ fn record_call(side: Side, service: &str, method: &str, code: i32, duration: Dur
     call_metrics(side, &format!("{service}/{method}")).record(code, duration);
 }
 
-pub(crate) fn client_attempt(upstream: &str) {
-    metrics().attempts.with_label_values(&[upstream]).inc();
+/// The attempts counter of `upstream`, to keep and increment per attempt.
+pub(crate) fn client_attempts(upstream: &str) -> IntCounter {
+    metrics().attempts.with_label_values(&[upstream])
 }
 
 pub(crate) fn client_retry(upstream: &str) {

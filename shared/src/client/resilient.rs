@@ -4,10 +4,11 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use http_body_util::BodyExt;
+use prometheus::IntCounter;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tonic::body::Body;
@@ -47,6 +48,10 @@ struct Downstream {
     breaker: Arc<Breaker>,
     bulkhead: Arc<Semaphore>,
     max_concurrency: usize,
+    /// `rpc_client_attempts_total` of this downstream, found once (on the first
+    /// attempt, so that the series appears when it counts) rather than by its label
+    /// on every attempt.
+    attempts: OnceLock<IntCounter>,
 }
 
 impl Resilient {
@@ -73,6 +78,7 @@ impl Resilient {
                 )),
                 bulkhead: Arc::new(Semaphore::new(config.max_concurrency)),
                 max_concurrency: config.max_concurrency,
+                attempts: OnceLock::new(),
                 name,
             }),
         }
@@ -242,7 +248,9 @@ impl Downstream {
                 self.name
             )));
         };
-        metrics::client_attempt(&self.name);
+        self.attempts
+            .get_or_init(|| metrics::client_attempts(&self.name))
+            .inc();
         let guard = FailOnDrop {
             ticket: Some(ticket),
             deadline,
