@@ -137,7 +137,10 @@ async fn place(gateways: &[HttpClient; 2], first: usize, key: &str, customer: &s
         if response.status.is_success() {
             let order = response.json();
             let status = order["status"].as_str().unwrap_or_default().to_owned();
-            assert!(FINAL.contains(&status.as_str()), "an answer is final: {order}");
+            assert!(
+                FINAL.contains(&status.as_str()),
+                "an answer is final: {order}"
+            );
             return Answer {
                 key: key.to_owned(),
                 customer: customer.to_owned(),
