@@ -567,14 +567,16 @@ impl PathTemplate {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn routes() -> Routes {
         Routes::contracts().unwrap()
     }
 
-    fn route(method: &str) -> Route {
+    /// The route of `method` (e.g. `"orders.v1.OrderService/PlaceOrder"`'s full name),
+    /// for the tests of the modules that use routes.
+    pub(crate) fn route(method: &str) -> Route {
         routes()
             .iter()
             .find(|r| r.method.full_name() == method)

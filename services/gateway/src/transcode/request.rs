@@ -310,15 +310,7 @@ fn merge(into: &mut DynamicMessage, from: DynamicMessage) {
 mod tests {
     use super::*;
     use crate::routes::Routes;
-
-    fn route(method: &str) -> Route {
-        Routes::contracts()
-            .unwrap()
-            .iter()
-            .find(|r| r.method.full_name() == method)
-            .unwrap()
-            .clone()
-    }
+    use crate::routes::tests::route;
 
     fn place_order(json: &str) -> Result<DynamicMessage, String> {
         let route = route("orders.v1.OrderService.PlaceOrder");

@@ -320,16 +320,7 @@ pub(crate) fn json_path(message: &MessageDescriptor, path: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::routes::Routes;
-
-    fn route(method: &str) -> Route {
-        Routes::contracts()
-            .unwrap()
-            .iter()
-            .find(|r| r.method.full_name() == method)
-            .unwrap()
-            .clone()
-    }
+    use crate::routes::tests::route;
 
     #[test]
     fn proto_field_paths_become_json_paths() {
