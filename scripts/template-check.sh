@@ -57,10 +57,13 @@ step() {
 
 # A fingerprint of the copy's files (Cargo.lock aside: builds rewrite it), to prove
 # that a refusal changed nothing and that a removal undid a scaffold.
-tree_hash() {
+# Each file's hash (but the build's and the tools'), one line each.
+tree_files() {
   (cd "$copy" && find . -path ./target -prune -o -path ./.tools -prune -o -path ./Cargo.lock -prune -o \
-    -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum)
+    -type f -print0 | sort -z | xargs -0 sha256sum)
 }
+
+tree_hash() { tree_files | sha256sum; }
 
 # Expects the command to fail with a message containing each of $1 (a |-separated
 # list), and the tree unchanged.
@@ -114,6 +117,7 @@ refused "reserved" make -s new-service NAME=shared
 refused "reserved" make -s new-service NAME=config
 refused "taken" make -s new-service NAME=payments
 scaffolded_from="$(tree_hash)"
+tree_files >"$work/before-new-service"
 step "make new-service NAME=shipping" make -s new-service NAME=shipping
 step "docs/openapi.json has shipping's route" grep -q '"/v1/shipping/items/{item_id}"' docs/openapi.json
 step "buf lint and format of the new proto" scripts/proto-check.sh
@@ -150,7 +154,8 @@ contract "with shipping"
 
 step "make remove-service NAME=shipping" make -s remove-service NAME=shipping
 [[ "$(tree_hash)" == "$scaffolded_from" ]] ||
-  die "remove-service shipping did not give back the tree from before new-service: $(cd "$copy" && git status --short 2>/dev/null)"
+  die "remove-service shipping did not give back the tree from before new-service (< before, > after):
+$(tree_files | diff "$work/before-new-service" - | grep '^[<>]')"
 log "remove-service shipping gave back the tree from before new-service"
 step "make new-service NAME=shipping (again, to keep)" make -s new-service NAME=shipping
 

@@ -56,7 +56,9 @@ pub fn document(routes: &Routes) -> Value {
         "openapi": "3.1.0",
         "info": {
             "title": "gateway",
-            "version": env!("CARGO_PKG_VERSION"),
+            // The contract's version (its protos' packages are all `v1`), not the
+            // crates': a release bump leaves the document as it is.
+            "version": "v1",
             "description": "The HTTP/JSON API of the gateway, generated from the protos' \
                 `google.api.http` and `gateway.v1.route` options. Every route takes a bearer \
                 JWT granting its scope (when authentication is on) and answers errors in one \
