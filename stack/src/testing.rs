@@ -49,6 +49,11 @@ impl TestStack {
         }
     }
 
+    /// Every service the stack runs, by name, with its address (the gateway's is HTTP).
+    pub fn services(&self) -> impl Iterator<Item = (&'static str, SocketAddr)> + '_ {
+        self.addrs.iter().copied()
+    }
+
     /// The address of service `name`; panics if the stack does not run it.
     pub fn addr(&self, name: &str) -> SocketAddr {
         let found = self.addrs.iter().find(|(n, _)| *n == name);

@@ -561,8 +561,10 @@ async fn hostile_clients_change_nothing_for_a_well_behaved_one() {
     let system = System::start_with(&env).await;
     let gateway = system.gateway.addr;
     let http = HttpClient::new(gateway);
-    shared::testing::eventually("the gateway to be ready", || async {
-        http.get("/readyz").await.status == StatusCode::OK
+    // Its routes answer (not `/readyz`: a scaffolded service would have a route but no
+    // process in this system).
+    shared::testing::eventually("the gateway to route calls", || async {
+        http.get("/v1/products").await.status == StatusCode::OK
     })
     .await;
 

@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
@@ -338,6 +338,29 @@ pub(crate) struct System {
     pub(crate) notifications: Process, // remove-service: notifications
     pub(crate) orders: Process,
     pub(crate) gateway: Process,
+    /// The services this file does not name (one `make new-service` added), each with
+    /// its defaults: the gateway routes to them too.
+    pub(crate) others: Vec<Process>,
+}
+
+/// The services of `services/` that [`System`] does not start by name.
+fn other_services() -> Vec<&'static str> {
+    let known = [
+        "gateway",
+        "inventory",
+        "payments",
+        "orders",
+        "notifications",
+    ];
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("services");
+    let mut names: Vec<&'static str> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .filter(|name| !known.contains(&name.as_str()))
+        .map(|name| &*Box::leak(name.into_boxed_str()))
+        .collect();
+    names.sort_unstable();
+    names
 }
 
 impl System {
@@ -373,34 +396,44 @@ impl System {
             ]),
         )
         .await;
-        let gateway = Process::start(
-            "gateway",
-            &with(vec![
-                ("ORDERS_ADDR", orders.uri()),
-                ("INVENTORY_ADDR", inventory.uri()),
-                ("NOTIFICATIONS_ADDR", notifications.uri()), // remove-service: notifications
-            ]),
-        )
-        .await;
+        let mut others = Vec::new();
+        for name in other_services() {
+            others.push(Process::start(name, &plain).await);
+        }
+        let mut upstreams = vec![
+            ("ORDERS_ADDR".to_owned(), orders.uri()),
+            ("INVENTORY_ADDR".to_owned(), inventory.uri()),
+            ("NOTIFICATIONS_ADDR".to_owned(), notifications.uri()), // remove-service: notifications
+        ];
+        upstreams.extend(
+            others
+                .iter()
+                .map(|p| (format!("{}_ADDR", p.name.to_ascii_uppercase()), p.uri())),
+        );
+        let mut gateway_env = env.to_vec();
+        gateway_env.extend(upstreams.iter().map(|(k, v)| (k.as_str(), v.clone())));
+        let gateway = Process::start("gateway", &gateway_env).await;
         Self {
             inventory,
             payments,
             notifications, // remove-service: notifications
             orders,
             gateway,
+            others,
         }
     }
 
     /// Stops every process (SIGTERM, all at once, as `kubectl delete` does) and returns
     /// each one's log lines by name.
     pub(crate) async fn stop(self) -> HashMap<&'static str, Vec<String>> {
-        let all = vec![
+        let mut all = vec![
             self.gateway,
             self.orders,
             self.inventory,
             self.payments,
             self.notifications, // remove-service: notifications
         ];
+        all.extend(self.others);
         let mut stopping = tokio::task::JoinSet::new();
         for process in all {
             stopping.spawn(async move { (process.name, process.stop().await) });

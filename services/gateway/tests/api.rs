@@ -44,14 +44,18 @@ impl TestGateway {
         }
     }
 
-    /// A gateway in front of `stack`'s services, with `pairs` on top.
+    /// A gateway in front of `stack`'s services (each one's `{NAME}_ADDR`, a scaffolded
+    /// service's too), with `pairs` on top.
     async fn in_front_of(stack: &TestStack, pairs: &[(&str, &str)]) -> Self {
-        let upstreams = [
-            ("ORDERS_ADDR", url(stack.addr("orders"))),
-            ("INVENTORY_ADDR", url(stack.addr("inventory"))),
-            ("NOTIFICATIONS_ADDR", url(stack.addr("notifications"))), // remove-service: notifications
-        ];
-        let mut all: Vec<(&str, &str)> = upstreams.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let upstreams: Vec<(String, String)> = stack
+            .services()
+            .filter(|(name, _)| *name != "gateway")
+            .map(|(name, addr)| (format!("{}_ADDR", name.to_ascii_uppercase()), url(addr)))
+            .collect();
+        let mut all: Vec<(&str, &str)> = upstreams
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         all.extend_from_slice(pairs);
         Self::start(&all).await
     }
