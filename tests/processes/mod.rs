@@ -350,7 +350,7 @@ fn other_services() -> Vec<&'static str> {
         "inventory",
         "payments",
         "orders",
-        "notifications",
+        "notifications", // remove-service: notifications
     ];
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("services");
     let mut names: Vec<&'static str> = std::fs::read_dir(&dir)
