@@ -223,7 +223,19 @@ def plan(name: str) -> tuple[dict[Path, str | bytes], dict[str, str]]:
                     "              - key: tls.key\n                path: tls.key\n"
                     "              - key: ca.crt\n                path: ca.crt\n"
                     f"# remove-service: {name} }}\n")
-        edit(tls, lambda p, t: insert_before_anchor(p, t, identity, f"{ANCHOR} `make new-service` adds each new"))
+        # The gateway calls it over TLS there: its NAME_ADDR in https://, beside the others.
+        # One edit of the file (each edit reads the file as it was).
+        def tls_component(p: str, t: str) -> str:
+            t = insert_before_anchor(p, t, identity, f"{ANCHOR} `make new-service` adds each new")
+            start = t.index("  name: gateway\n")
+            end = t.find("\n---", start)
+            end = len(t) if end < 0 else end
+            block = insert_after_last(
+                p, t[start:end], r"^            - name: [A-Z0-9_]+_ADDR.*\n              value: https://[a-z0-9-]+:\d+.*$",
+                f"            - name: {values['NAME']}_ADDR # remove-service: {name}\n"
+                f"              value: https://{name}:{values['port']} # remove-service: {name}\n")
+            return t[:start] + block + t[end:]
+        edit(tls, tls_component)
     production = "k8s/overlays/production/kustomization.yaml"
     if (ROOT / production).exists():
         def pin_image(p: str, t: str) -> str:
