@@ -11,9 +11,10 @@ use prost::Message;
 use tonic::{Code, Status};
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    match fuzzing::place_order_body(data) {
-        Ok(request) => assert_eq!(request.request_id, "fuzz-request-id"),
-        Err(http) => assert!(http.is_client_error(), "{http} for a bad body"),
+    // A body decodes into the request, or is the client's error; never a panic or a 5xx.
+    // (Its request_id comes from the Idempotency-Key header at the route, not from here.)
+    if let Err(http) = fuzzing::place_order_body(data) {
+        assert!(http.is_client_error(), "{http} for a bad body");
     }
     if let Ok(order) = Order::decode(data) {
         fuzzing::order_json(order).expect("every order has a JSON form");
