@@ -6,7 +6,7 @@
 #                                  starts every server on CPU 0; the results replace those in
 #                                  docs/benchmarks.md. BENCH_SECONDS sets each run's length.
 #                                  BENCH_OLD=<commit> also measures that commit's inventory
-#                                  in the same run (built first in a temporary worktree,
+#                                  and gateway in the same run (built first in a temporary worktree,
 #                                  sharing target/, so dependencies build once).
 #   scripts/bench.sh --build-times `make bench-build`: the clean debug build and the
 #                                  incremental rebuild after touching one handler, timed in
@@ -84,18 +84,20 @@ cleanup() {
   rm -f "$logs/pids"
 }
 
-# Builds inventory at commit $1 in a temporary worktree, with this checkout's target/
-# (dependencies shared), and keeps its binary in target/bench-old/.
+# Builds inventory and the gateway at commit $1 in a temporary worktree, with this
+# checkout's target/ (dependencies shared), and keeps their binaries in target/bench-old/.
 build_old() {
-  local tmp
+  local tmp name
   tmp="$(mktemp -d)"
-  log "building inventory at $1 in $tmp"
+  log "building inventory and gateway at $1 in $tmp"
   git worktree add --quiet --detach "$tmp/src" "$1"
-  (cd "$tmp/src" && CARGO_TARGET_DIR="$root/target" cargo build --release --locked -p inventory)
+  (cd "$tmp/src" && CARGO_TARGET_DIR="$root/target" cargo build --release --locked -p inventory -p gateway)
   mkdir -p target/bench-old
-  cp target/release/inventory target/bench-old/inventory
-  # The current build links its own again; gone, a stale one cannot pass for it.
-  rm -f target/release/inventory
+  for name in inventory gateway; do
+    cp "target/release/$name" "target/bench-old/$name"
+    # The current build links its own again; gone, a stale one cannot pass for it.
+    rm -f "target/release/$name"
+  done
   git worktree remove --force "$tmp/src"
   rm -rf "$tmp"
 }

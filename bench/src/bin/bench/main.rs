@@ -4,7 +4,8 @@
 //! 1. the bare tonic baseline (`baseline`), the ceiling;
 //! 2. inventory's GetProduct with everything `shared` adds, tracing sampled out, then
 //!    100% sampled and exported to the OTLP sink, `/metrics` scraped every second;
-//! 3. the gateway's reads (→ inventory, → orders) and PlaceOrder end to end;
+//! 3. the gateway's reads (→ inventory, → orders) and PlaceOrder end to end, and with
+//!    `--old-bin-dir` the first read through the old build's gateway too;
 //! 4. a Python grpc.aio server of the same GetProduct (`bench/peer.py`);
 //!
 //! then each service's start-up time to SERVING, idle RSS and binary size. Servers
@@ -74,14 +75,18 @@ const JSON_LOGS: &str = "inventory GetProduct, LOG_FORMAT=json, sampled out";
 
 const SAMPLED: &str = "inventory GetProduct, 100% sampled, OTLP export";
 
+/// The gateway's reads, and the first through the old build's gateway (`--old-bin-dir`).
+const GATEWAY_PRODUCT: &str = "gateway → inventory: GET /v1/products/{sku}";
+const GATEWAY_ORDER: &str = "gateway → orders: GET /v1/orders/{id}";
+const OLD_GATEWAY_PRODUCT: &str = "OLD BUILD: gateway → inventory: GET /v1/products/{sku}";
 /// Instead of a sampler: `OTEL_SDK_DISABLED=true`, no tracing layer at all.
 const SDK_DISABLED: &str = "sdk_disabled";
 
 #[derive(Debug)]
 struct Args {
     bin_dir: PathBuf,
-    /// An older build of the services (`--old-bin-dir`): its inventory is measured
-    /// in the same run, right after the current one, for a before/after comparison.
+    /// An older build of the services (`--old-bin-dir`): its inventory and gateway are
+    /// measured in the same run, right after the current ones, for a before/after comparison.
     old_bin_dir: Option<PathBuf>,
     python: PathBuf,
     peer: PathBuf,
@@ -127,6 +132,7 @@ async fn run(args: &Args) -> Result<Results, Error> {
         logs: args.logs.clone(),
         bin_dir: args.bin_dir.clone(),
         otlp: sink.endpoint(),
+        old: false,
     };
     let body = args.logs.join("get-product.bin");
     std::fs::write(
@@ -245,6 +251,7 @@ async fn run(args: &Args) -> Result<Results, Error> {
     for (name, sampler, log_format, bin_dir) in runs {
         let launcher = Launcher {
             bin_dir: bin_dir.cloned().unwrap_or_else(|| launcher.bin_dir.clone()),
+            old: bin_dir.is_some(),
             ..launcher.clone()
         };
         let inventory = launcher.service("inventory", sampler, log_format, &[])?;
@@ -298,14 +305,14 @@ async fn run(args: &Args) -> Result<Results, Error> {
     let orders_url = format!("{}/v1/orders", gateway.uri());
     for scenario in [
         Scenario {
-            name: "gateway → inventory: GET /v1/products/{sku}",
+            name: GATEWAY_PRODUCT,
             servers: vec![gateway, inventory],
             closed: Closed::H2load(http1()),
             target: Target::http_get(product_url.parse()?),
             url: product_url,
         },
         Scenario {
-            name: "gateway → orders: GET /v1/orders/{id}",
+            name: GATEWAY_ORDER,
             servers: vec![gateway, orders],
             closed: Closed::H2load(http1()),
             target: Target::http_get(order_url.parse()?),
@@ -321,10 +328,37 @@ async fn run(args: &Args) -> Result<Results, Error> {
     ] {
         rows.push(measure(scenario, Rates::Own, args.measure).await?);
     }
+    // The old build's gateway (its routes written by hand before issue 16) in front of
+    // the same upstreams, the same read, right after.
+    let old_gateway = match &args.old_bin_dir {
+        Some(dir) => {
+            let launcher = Launcher {
+                bin_dir: dir.clone(),
+                old: true,
+                ..launcher.clone()
+            };
+            let old = launcher.service("gateway", "always_off", "json", &upstreams(&chain))?;
+            wait_ready(&old).await?;
+            let url = format!("{}/v1/products/{}", old.uri(), baseline::SKU);
+            let scenario = Scenario {
+                name: OLD_GATEWAY_PRODUCT,
+                servers: vec![&old, inventory],
+                closed: Closed::H2load(http1()),
+                target: Target::http_get(url.parse()?),
+                url,
+            };
+            rows.push(measure(scenario, Rates::Own, args.measure).await?);
+            Some(old)
+        }
+        None => None,
+    };
     // 25% of baseline can overload the gateway on a busy machine: the hops are also
-    // compared at 25% of the slower gateway route's own throughput.
-    let slowest = rows[rows.len() - 3..rows.len() - 1]
+    // compared at 25% of the slowest gateway route's own throughput.
+    let slowest = rows
         .iter()
+        .filter(|r| {
+            [GATEWAY_PRODUCT, GATEWAY_ORDER, OLD_GATEWAY_PRODUCT].contains(&r.name.as_str())
+        })
         .map(|r| r.rps)
         .fold(f64::INFINITY, f64::min);
     let hop_rate = (0.25 * slowest).max(1.0);
@@ -339,14 +373,22 @@ async fn run(args: &Args) -> Result<Results, Error> {
             Target::grpc_get_product(&inventory.uri(), baseline::SKU).await?,
         ),
         (
-            "gateway → inventory: GET /v1/products/{sku}",
+            GATEWAY_PRODUCT,
             Target::http_get(format!("{}/v1/products/{}", gateway.uri(), baseline::SKU).parse()?),
         ),
         (
-            "gateway → orders: GET /v1/orders/{id}",
+            GATEWAY_ORDER,
             Target::http_get(format!("{}{order_path}", gateway.uri()).parse()?),
         ),
-    ] {
+    ]
+    .into_iter()
+    .chain(old_gateway.iter().map(|old| {
+        let url = format!("{}/v1/products/{}", old.uri(), baseline::SKU);
+        (
+            OLD_GATEWAY_PRODUCT,
+            Target::http_get(url.parse().expect("a URI")),
+        )
+    })) {
         let outcome = loadgen::open_loop(&target, hop_rate, WARMUP, args.measure).await;
         report_first_error(route, &format!("{hop_rate:.0}/s"), &outcome);
         hops.routes.push((
@@ -360,6 +402,7 @@ async fn run(args: &Args) -> Result<Results, Error> {
             },
         ));
     }
+    drop(old_gateway);
     drop(chain);
 
     // 4. The Python peer on the same core.

@@ -9,7 +9,10 @@ use std::time::Duration;
 use bench::report::{self, Latency, Row};
 
 use crate::servers::Startup;
-use crate::{CLIENT_CONCURRENCY, Error, JSON_LOGS, SAMPLED, SAMPLED_OUT, SERVER_CPU};
+use crate::{
+    CLIENT_CONCURRENCY, Error, GATEWAY_PRODUCT, JSON_LOGS, OLD_GATEWAY_PRODUCT, SAMPLED,
+    SAMPLED_OUT, SERVER_CPU,
+};
 
 /// One client's closed loop against the baseline server.
 #[derive(Debug)]
@@ -131,18 +134,36 @@ pub(crate) fn headline(results: &Results) -> String {
             ratio <= 1.3,
         );
     }
+    let hop_p50 = |route: &str| results.hops.routes.iter().find(|(r, _)| *r == route);
     if let (Some((_, direct)), Some((_, via))) =
-        (results.hops.routes.first(), results.hops.routes.get(1))
+        (results.hops.routes.first(), hop_p50(GATEWAY_PRODUCT))
     {
         let hop = via.p50 as i64 - direct.p50 as i64;
+        let mut measured = format!("{hop} µs");
+        if let Some((_, old)) = hop_p50(OLD_GATEWAY_PRODUCT) {
+            let _ = write!(
+                measured,
+                " (old build {} µs)",
+                old.p50 as i64 - direct.p50 as i64
+            );
+        }
         line(
             &format!(
                 "gateway hop (HTTP/JSON → gRPC), p50 added at 25% load ({:.0}/s)",
                 results.hops.rate
             ),
-            format!("{hop} µs"),
+            measured,
             "< 150 µs",
             hop < 150,
+        );
+    }
+    if let (Some(new), Some(old)) = (row(GATEWAY_PRODUCT), row(OLD_GATEWAY_PRODUCT)) {
+        let ratio = new.rps / old.rps;
+        line(
+            "gateway GET /v1/products/{sku} ÷ the old build's hand-written gateway, req/s",
+            format!("{ratio:.2}× ({:.0} / {:.0})", new.rps, old.rps),
+            "≥ 1.00×",
+            ratio >= 1.0,
         );
     }
     if let [bare, ours, ..] = &results.clients[..] {

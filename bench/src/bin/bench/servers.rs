@@ -80,6 +80,8 @@ pub(crate) struct Launcher {
     pub(crate) logs: PathBuf,
     pub(crate) bin_dir: PathBuf,
     pub(crate) otlp: String,
+    /// The binaries are the old build's (`--old-bin-dir`): logs go to `old-<name>.log`.
+    pub(crate) old: bool,
 }
 
 impl Launcher {
@@ -92,7 +94,8 @@ impl Launcher {
         addr: SocketAddr,
         admin: Option<SocketAddr>,
     ) -> Result<Server, Error> {
-        let log = std::fs::File::create(self.logs.join(format!("{name}.log")))?;
+        let prefix = if self.old { "old-" } else { "" };
+        let log = std::fs::File::create(self.logs.join(format!("{prefix}{name}.log")))?;
         let started = Instant::now();
         let child = Command::new("taskset")
             .args(["-c", SERVER_CPU])
