@@ -7,7 +7,7 @@
 #                                  docs/benchmarks.md. BENCH_SECONDS sets each run's length.
 #                                  BENCH_OLD=<commit> also measures that commit's inventory
 #                                  and gateway in the same run (built first in a temporary worktree,
-#                                  sharing target/, so dependencies build once).
+#                                  with its own target/bench-old-build/).
 #   scripts/bench.sh --build-times `make bench-build`: the clean debug build and the
 #                                  incremental rebuild after touching one handler, timed in
 #                                  a temporary clone of HEAD with its own target directory.
@@ -84,19 +84,22 @@ cleanup() {
   rm -f "$logs/pids"
 }
 
-# Builds inventory and the gateway at commit $1 in a temporary worktree, with this
-# checkout's target/ (dependencies shared), and keeps their binaries in target/bench-old/.
+# Builds inventory and the gateway at commit $1 in a temporary worktree and keeps their
+# binaries in target/bench-old/. Its own target directory (kept, so a second run only
+# builds what changed): sharing this checkout's would mix the two builds, because
+# cargo names a workspace crate's artifacts by its path relative to the workspace, the
+# same in both, and a build script that reran for the old protos looks fresh to the
+# current checkout, whose protos are older files (its orders then failed to compile
+# against the old contracts).
 build_old() {
   local tmp name
   tmp="$(mktemp -d)"
-  log "building inventory and gateway at $1 in $tmp"
+  log "building inventory and gateway at $1 in $tmp (target/bench-old-build)"
   git worktree add --quiet --detach "$tmp/src" "$1"
-  (cd "$tmp/src" && CARGO_TARGET_DIR="$root/target" cargo build --release --locked -p inventory -p gateway)
+  (cd "$tmp/src" && CARGO_TARGET_DIR="$root/target/bench-old-build" cargo build --release --locked -p inventory -p gateway)
   mkdir -p target/bench-old
   for name in inventory gateway; do
-    cp "target/release/$name" "target/bench-old/$name"
-    # The current build links its own again; gone, a stale one cannot pass for it.
-    rm -f "target/release/$name"
+    cp "target/bench-old-build/release/$name" "target/bench-old/$name"
   done
   git worktree remove --force "$tmp/src"
   rm -rf "$tmp"
