@@ -44,13 +44,12 @@ use crate::routes::Routes;
 use crate::transcode::{self, Registered};
 use crate::upstream::{Readiness, Upstreams};
 
-/// What every handler can reach.
+/// What the probes reach.
 #[derive(Clone, Debug)]
-pub(crate) struct AppState {
+struct AppState {
     readiness: Readiness,
     /// Cancelled when shutdown begins: `/readyz` turns 503 so that no new traffic comes.
     draining: CancellationToken,
-    max_body_bytes: usize,
 }
 
 /// The routes and the layers around them. A route the gateway cannot serve (its
@@ -67,9 +66,8 @@ pub(crate) fn router(
     let state = AppState {
         readiness,
         draining,
-        max_body_bytes,
     };
-    let (api, registered) = transcode::router(routes, upstreams)?;
+    let (api, registered) = transcode::router(routes, upstreams, max_body_bytes)?;
     let api = api
         // Unknown paths and methods get the JSON error shape too (axum keeps the
         // `Allow` header on 405); behind admission, so that no route can be probed
@@ -91,13 +89,6 @@ pub(crate) fn router(
         // One span per request; every line logged while handling it carries its fields.
         .layer(middleware::from_fn_with_state(registered, http_span))
         .with_state(state))
-}
-
-impl AppState {
-    /// `GATEWAY_MAX_BODY_BYTES`.
-    pub(crate) fn max_body_bytes(&self) -> usize {
-        self.max_body_bytes
-    }
 }
 
 /// A server span per request, after the OpenTelemetry HTTP conventions, continuing
