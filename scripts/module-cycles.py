@@ -24,6 +24,8 @@ import sys
 from pathlib import Path
 
 IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
+RAW = re.compile(r'b?r(#*)"')
+CHAR = re.compile(r"'(\\.[^']*|[^\\'])'")
 
 
 def strip(text):
@@ -44,8 +46,8 @@ def strip(text):
                 else:
                     out.append("\n" if text[i] == "\n" else "")
                     i += 1
-        elif m := re.match(r'b?r(#*)"', text[i:]):
-            end = text.find('"' + m.group(1), i + len(m.group(0)))
+        elif m := RAW.match(text, i):
+            end = text.find('"' + m.group(1), m.end())
             end = n if end < 0 else end + 1 + len(m.group(1))
             out.append('""' + "\n" * text.count("\n", i, end))
             i = end
@@ -55,9 +57,9 @@ def strip(text):
                 j += 2 if text[j] == "\\" else 1
             out.append('""' + "\n" * text.count("\n", i, j))
             i = j + 1
-        elif c == "'" and (m := re.match(r"'(\\.[^']*|[^\\'])'", text[i:])):
+        elif c == "'" and (m := CHAR.match(text, i)):
             out.append("' '")
-            i += len(m.group(0))
+            i = m.end()
         else:
             out.append(c)
             i += 1
