@@ -108,8 +108,14 @@ pub(crate) enum Status {
 }
 
 impl Status {
+    /// The states in which an order's saga still runs: the only ones in which an
+    /// order changes, and its saga can be claimed. The stores read this list rather
+    /// than each deciding which states are open.
+    pub(crate) const OPEN: [Status; 1] = [Status::Pending];
+
+    /// Whether the order has ended: it changes no more, and no saga runs for it.
     pub(crate) fn is_final(&self) -> bool {
-        !matches!(self, Self::Pending)
+        !Self::OPEN.contains(self)
     }
 
     /// The state's name, as in the proto's `OrderStatus`, for messages.

@@ -35,7 +35,7 @@ use sqlx::{PgPool, Row as _};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use rows::{COLUMNS, event_from, load, one, record, status_of};
+use rows::{COLUMNS, OPEN, event_from, load, one, record, status_of};
 use watchers::{CHANGES, Watched, follow_changes, newer, tell_watchers};
 
 use super::{Created, Store};
@@ -170,12 +170,13 @@ impl Store for PgStore {
     async fn update(&self, order: &Order, owner: &str, event: Option<Event>) -> Result<(), Error> {
         let mut tx = self.pool.begin().await?;
         let (status, reason) = status_of(order);
-        let updated = sqlx::query(
+        let updated = sqlx::query(&format!(
             "UPDATE orders SET status = $2, status_reason = $3, payment_id = $4, \
              update_time = TIMESTAMPTZ 'epoch' + $5 * INTERVAL '1 microsecond' \
-             WHERE id = $1 AND status = 'pending' AND (saga_owner IS NULL \
+             WHERE id = $1 AND {open} AND (saga_owner IS NULL \
              OR saga_owner = $6 OR saga_claimed_until IS NULL OR saga_claimed_until < now())",
-        )
+            open = *OPEN
+        ))
         .bind(&order.id)
         .bind(status)
         .bind(reason)
@@ -296,11 +297,12 @@ impl Store for PgStore {
             "UPDATE orders SET saga_owner = $1, \
              saga_claimed_until = now() + $2 * INTERVAL '1 microsecond' \
              WHERE id IN ( \
-                 SELECT id FROM orders WHERE status = 'pending' AND ( \
+                 SELECT id FROM orders WHERE {open} AND ( \
                      saga_claimed_until < now() OR (saga_claimed_until IS NULL \
                      AND update_time <= now() - $3 * INTERVAL '1 microsecond')) \
                  ORDER BY position LIMIT $4 FOR UPDATE SKIP LOCKED) \
-             RETURNING {COLUMNS}"
+             RETURNING {COLUMNS}",
+            open = *OPEN
         ))
         .bind(owner)
         .bind(duration_micros(lease))
@@ -314,12 +316,13 @@ impl Store for PgStore {
     }
 
     async fn renew_claim(&self, id: &str, owner: &str, lease: Duration) -> Result<bool, Error> {
-        let renewed = sqlx::query(
+        let renewed = sqlx::query(&format!(
             "UPDATE orders SET saga_owner = $2, \
              saga_claimed_until = now() + $3 * INTERVAL '1 microsecond' \
-             WHERE id = $1 AND status = 'pending' AND (saga_owner = $2 \
+             WHERE id = $1 AND {open} AND (saga_owner = $2 \
              OR saga_claimed_until IS NULL OR saga_claimed_until < now())",
-        )
+            open = *OPEN
+        ))
         .bind(id)
         .bind(owner)
         .bind(duration_micros(lease))

@@ -335,6 +335,58 @@ async fn each_stranded_order_is_claimed_by_one_claimer(store: Arc<dyn Store>) {
     );
 }
 
+/// Which states are open is the domain's word (`Status::OPEN`), not a store's: an
+/// order in any state the domain calls final takes no update and no claim, in every
+/// store, and an open one takes both.
+async fn only_the_domains_open_states_change_or_are_claimed(store: Arc<dyn Store>) {
+    let finals = [
+        Status::Confirmed,
+        Status::Rejected {
+            reason: "card declined".into(),
+        },
+        Status::Failed {
+            reason: "payment refunded".into(),
+        },
+    ];
+    assert!(finals.iter().all(Status::is_final));
+    assert!(Status::OPEN.iter().all(|status| !status.is_final()));
+    let mut ended = Vec::new();
+    for (i, status) in finals.into_iter().enumerate() {
+        let mut order = order(&format!("ord_{i}"), &format!("req-{i}"), "cus-1");
+        create(&*store, order.clone()).await.unwrap();
+        order.finish(status, now()).unwrap();
+        store
+            .update(&order, OWNER, Some(order_event(&order)))
+            .await
+            .unwrap();
+        ended.push(order);
+    }
+    let open = order("ord_open", "req-open", "cus-1");
+    create(&*store, open.clone()).await.unwrap();
+
+    assert_eq!(
+        claimed_ids(&*store, OWNER, Duration::ZERO).await,
+        ["ord_open"]
+    );
+    assert!(store.renew_claim("ord_open", OWNER, LONG).await.unwrap());
+    for order in &ended {
+        let mut changed = order.clone();
+        changed.payment_id = Some("pay_late".into());
+        let refused = store.update(&changed, OWNER, None).await;
+        assert!(
+            matches!(refused, Err(Error::Superseded { .. })),
+            "{:?}: {refused:?}",
+            order.status
+        );
+        assert!(
+            !store.renew_claim(&order.id, OWNER, LONG).await.unwrap(),
+            "{:?}",
+            order.status
+        );
+        assert_eq!(&store.order(&order.id).await.unwrap(), order);
+    }
+}
+
 async fn a_lapsed_claim_is_taken_again_and_a_renewed_one_is_not(store: Arc<dyn Store>) {
     let pending = order("ord_1", "req-1", "cus-1");
     create(&*store, pending.clone()).await.unwrap();
@@ -390,5 +442,6 @@ shared::store_tests!(
         each_stranded_order_is_claimed_by_one_claimer,
         a_lapsed_claim_is_taken_again_and_a_renewed_one_is_not,
         updates_only_change_pending_orders_of_their_own_saga,
+        only_the_domains_open_states_change_or_are_claimed,
     ]
 );
