@@ -9,7 +9,7 @@
 //! | `GET /readyz` | — | none: the upstreams' health as last asked (`grpc.health.v1.Health/Check`, every second) |
 //!
 //! Every route but the two probes is bounded (`limits.rs`: requests in flight, 503;
-//! time, 504), then goes through admission (`auth.rs`): a bearer token
+//! time, 504), then goes through admission (`auth/admission.rs`): a bearer token
 //! when authentication is on (401), the client's rate (429), then the route's scope
 //! (403). The probes are answered whatever the load and without a token: the kubelet
 //! and load balancers have none.
@@ -116,7 +116,7 @@ async fn http_span(State(routes): State<Registered>, request: Request, next: Nex
         http.route = route.as_deref(),
         url.path = request.uri().path(),
         http.response.status_code = tracing::field::Empty,
-        // The token's subject, when the request carries a valid one (auth.rs).
+        // The token's subject, when the request carries a valid one (auth/admission.rs).
         enduser.id = tracing::field::Empty,
     );
     shared::rpc::continue_trace(&span, request.headers());
