@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::rows::one;
 use crate::domain::Order;
-use crate::error::{Error, storage_error};
+use crate::error::Error;
 
 /// The `LISTEN/NOTIFY` channel of order changes; the payload is the order id.
 pub(super) const CHANGES: &str = "orders_changed";
@@ -25,9 +25,7 @@ pub(super) fn tell_watchers(
     watched: &Mutex<HashMap<String, watch::Sender<Order>>>,
     order: &Order,
 ) -> Result<(), Error> {
-    let mut watched = watched
-        .lock()
-        .map_err(|e| storage_error(std::io::Error::other(e.to_string())))?;
+    let mut watched = shared::storage::lock(watched)?;
     if let Some(sender) = watched.get(&order.id) {
         sender.send_if_modified(|current| newer(order, current));
         // A final order changes no more, and a channel nobody watches is not needed:
