@@ -13,7 +13,11 @@ is no import either: a path through it leads to the file that defines the item, 
 
 The crate root (`lib.rs`) is left out: it declares and wires every module, and the
 constants it holds for all of them (`NAME`) are read everywhere. Circles are looked
-for between the other files.
+for between the other files, test code included (a test module is part of its file).
+
+It reads text, not the compiler's view: a glob re-export (`pub use x::*`) is not
+followed, and macros are not expanded (`$crate::` paths in their bodies count as
+written). Comments and string literals are skipped.
 
 Usage: scripts/module-cycles.py [CRATE_OR_DIR ...]   (default: services/* and shared)
 Prints each circle with the lines that close it; exits 1 when there is one.
