@@ -19,6 +19,7 @@
 //!
 //! jsonwebtoken parses and validates the tokens; the signatures are checked by `ring`
 //! (the crypto of rustls, already in the build) through jsonwebtoken's
+//! `CryptoProvider`, instead of either crypto backend that jsonwebtoken ships.
 //!
 //! - `jwt.rs`: the [`Authenticator`]: the bearer token of a request, verified.
 //! - `jwks.rs`: the signing keys of a JWKS file, each with its one algorithm.
