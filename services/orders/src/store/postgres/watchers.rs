@@ -131,8 +131,7 @@ pub(super) async fn refresh(pool: &PgPool, watched: &Watched, id: Option<&str>) 
 /// Replaces `current` by `order` if `order` is further along (the channel may have been
 /// fed by a read racing with an update).
 pub(super) fn newer(order: &Order, current: &mut Order) -> bool {
-    let progress = |o: &Order| (o.status.is_final(), o.payment_id.is_some());
-    if progress(order) > progress(current) {
+    if order.is_further_along_than(current) {
         *current = order.clone();
         true
     } else {
