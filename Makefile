@@ -34,9 +34,10 @@ test: lint ## Everything CI checks: lint, every test (grpcurl/buf acceptance inc
 # Cheapest first, so that a mistake fails before clippy compiles everything. cargo deny
 # checks licenses, bans and sources (deny.toml); advisories need GitHub, see deny.toml.
 # The fuzz crate is a workspace of its own: checked in target/, it reuses the workspace's.
-lint: tools ## Check formatting, shell scripts, protos (buf), dependencies (cargo deny) and clippy
+lint: tools ## Check formatting, shell scripts, protos (buf), dependencies (cargo deny), circles of imports and clippy
 	cargo fmt --all -- --check
 	cargo fmt --manifest-path fuzz/Cargo.toml -- --check
+	scripts/module-cycles.py services
 	cargo deny check --hide-inclusion-graph licenses bans sources
 	scripts/lint-shell.sh
 	scripts/proto-check.sh

@@ -56,7 +56,7 @@ pub struct Config {
     pub connections: ConnectionLimits,
 }
 
-/// JWT authentication (see `auth.rs`).
+/// JWT authentication (see `auth/`).
 #[derive(Clone, Debug)]
 pub struct Auth {
     /// `GATEWAY_JWT_KEYS_FILE`: the JWKS file the keys were read from (e.g. a mounted

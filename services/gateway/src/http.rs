@@ -9,7 +9,7 @@
 //! | `GET /readyz` | — | none: the upstreams' health as last asked (`grpc.health.v1.Health/Check`, every second) |
 //!
 //! Every route but the two probes is bounded (`limits.rs`: requests in flight, 503;
-//! time, 504), then goes through admission (`auth.rs`): a bearer token
+//! time, 504), then goes through admission (`auth/admission.rs`): a bearer token
 //! when authentication is on (401), the client's rate (429), then the route's scope
 //! (403). The probes are answered whatever the load and without a token: the kubelet
 //! and load balancers have none.
@@ -44,13 +44,12 @@ use crate::routes::Routes;
 use crate::transcode::{self, Registered};
 use crate::upstream::{Readiness, Upstreams};
 
-/// What every handler can reach.
+/// What the probes reach.
 #[derive(Clone, Debug)]
-pub(crate) struct AppState {
+struct AppState {
     readiness: Readiness,
     /// Cancelled when shutdown begins: `/readyz` turns 503 so that no new traffic comes.
     draining: CancellationToken,
-    max_body_bytes: usize,
 }
 
 /// The routes and the layers around them. A route the gateway cannot serve (its
@@ -67,9 +66,8 @@ pub(crate) fn router(
     let state = AppState {
         readiness,
         draining,
-        max_body_bytes,
     };
-    let (api, registered) = transcode::router(routes, upstreams)?;
+    let (api, registered) = transcode::router(routes, upstreams, max_body_bytes)?;
     let api = api
         // Unknown paths and methods get the JSON error shape too (axum keeps the
         // `Allow` header on 405); behind admission, so that no route can be probed
@@ -91,13 +89,6 @@ pub(crate) fn router(
         // One span per request; every line logged while handling it carries its fields.
         .layer(middleware::from_fn_with_state(registered, http_span))
         .with_state(state))
-}
-
-impl AppState {
-    /// `GATEWAY_MAX_BODY_BYTES`.
-    pub(crate) fn max_body_bytes(&self) -> usize {
-        self.max_body_bytes
-    }
 }
 
 /// A server span per request, after the OpenTelemetry HTTP conventions, continuing
@@ -125,7 +116,7 @@ async fn http_span(State(routes): State<Registered>, request: Request, next: Nex
         http.route = route.as_deref(),
         url.path = request.uri().path(),
         http.response.status_code = tracing::field::Empty,
-        // The token's subject, when the request carries a valid one (auth.rs).
+        // The token's subject, when the request carries a valid one (auth/admission.rs).
         enduser.id = tracing::field::Empty,
     );
     shared::rpc::continue_trace(&span, request.headers());

@@ -5,7 +5,7 @@
 //!
 //! - `config.rs`: settings from the environment.
 //! - `http.rs`: the router: the API's routes, the probes, and the layers around them.
-//! - `auth.rs`: bearer JWTs, scopes per route, and the admission of each request.
+//! - `auth/`: bearer JWTs, scopes per route, and the admission of each request.
 //! - `rate_limit.rs`: the rate limit per client (GCRA).
 //! - `routes.rs`: the HTTP routes, read from the protos' `google.api.http` and
 //!   `gateway.v1.route` options (a public model: the OpenAPI document reads it too).

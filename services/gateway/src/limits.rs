@@ -1,4 +1,4 @@
-//! What bounds every API request at the edge, before admission (`auth.rs`), so that a
+//! What bounds every API request at the edge, before admission (`auth/admission.rs`), so that a
 //! flood or a slow upstream costs the gateway a bounded amount:
 //!
 //! - **Load shedding**: past `GATEWAY_CONCURRENCY_LIMIT` requests in flight, the next

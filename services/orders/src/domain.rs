@@ -108,8 +108,14 @@ pub(crate) enum Status {
 }
 
 impl Status {
+    /// The states in which an order's saga still runs: the only ones in which an
+    /// order changes, and its saga can be claimed. The stores read this list rather
+    /// than each deciding which states are open.
+    pub(crate) const OPEN: [Status; 1] = [Status::Pending];
+
+    /// Whether the order has ended: it changes no more, and no saga runs for it.
     pub(crate) fn is_final(&self) -> bool {
-        !matches!(self, Self::Pending)
+        !Self::OPEN.contains(self)
     }
 
     /// The state's name, as in the proto's `OrderStatus`, for messages.
@@ -212,6 +218,14 @@ impl Order {
             .collect();
         items.sort();
         items
+    }
+
+    /// Whether this state of an order is further along its saga than `other`, a state
+    /// of the same order read at another moment: paid before unpaid, final before
+    /// pending. A watcher fed by reads that race with updates keeps the further one.
+    pub(crate) fn is_further_along_than(&self, other: &Order) -> bool {
+        let progress = |o: &Order| (o.status.is_final(), o.payment_id.is_some());
+        progress(self) > progress(other)
     }
 
     /// Records the payment of a pending order.
@@ -331,6 +345,36 @@ mod tests {
             SystemTime::now(),
         )
         .unwrap()
+    }
+
+    #[test]
+    fn a_later_state_of_an_order_is_further_along() {
+        let placed = pending_order();
+        let mut charged = placed.clone();
+        charged.charged("pay_1".into(), SystemTime::now()).unwrap();
+        let mut confirmed = charged.clone();
+        confirmed
+            .finish(Status::Confirmed, SystemTime::now())
+            .unwrap();
+        let mut rejected = placed.clone();
+        rejected
+            .finish(
+                Status::Rejected {
+                    reason: "declined".into(),
+                },
+                SystemTime::now(),
+            )
+            .unwrap();
+        for (later, earlier) in [
+            (&charged, &placed),
+            (&confirmed, &charged),
+            (&confirmed, &placed),
+            (&rejected, &placed),
+        ] {
+            assert!(later.is_further_along_than(earlier), "{later:?}");
+            assert!(!earlier.is_further_along_than(later), "{earlier:?}");
+        }
+        assert!(!charged.is_further_along_than(&charged.clone()));
     }
 
     #[test]

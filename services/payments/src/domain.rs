@@ -19,14 +19,14 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use async_trait::async_trait;
 use contracts::common::v1 as pb;
 use shared::tasks::Pass;
-use shared::{Money, ValidationError, Violations};
+use shared::{Money, PageRequest, ValidationError, Violations};
 use tokio_util::sync::CancellationToken;
 
 use crate::authorizer::{Authorization, Authorizer, Decision};
 use crate::error::{Error, storage_error};
-use crate::store::{Begun, Store};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum PaymentStatus {
@@ -165,6 +165,50 @@ impl AuthorizationConfig {
     fn claim(&self) -> Duration {
         self.timeout.saturating_mul(2)
     }
+}
+
+/// What [`Store::begin`] found.
+#[derive(Debug)]
+pub(crate) enum Begun {
+    /// This caller's to authorize: recorded now, or found pending under an expired
+    /// claim (its process died) and taken over.
+    Claimed(Pending),
+    /// The payment its `request_id` already made: decided, or pending under another
+    /// caller's claim.
+    Found(Payment),
+}
+
+#[async_trait]
+pub(crate) trait Store: Send + Sync + 'static {
+    /// Records `pending` and claims it for `claim`, unless its `request_id` was seen
+    /// (whoever races, one record per request_id).
+    async fn begin(&self, pending: Pending, claim: Duration) -> Result<Begun, Error>;
+
+    /// Ends a pending payment with `decision` ([`Decision::end`], given the refund
+    /// asked for meanwhile, if any); a payment already decided is returned unchanged.
+    async fn finish(&self, payment_id: &str, decision: &Decision) -> Result<Payment, Error>;
+
+    /// Ends this caller's claim on a pending payment, so that the next one resumes it
+    /// at once.
+    async fn release(&self, payment_id: &str) -> Result<(), Error>;
+
+    /// Claims for `claim` up to `limit` pending payments whose claim has expired.
+    async fn claim_stalled(&self, claim: Duration, limit: usize) -> Result<Vec<Pending>, Error>;
+
+    /// Captured → refunded, idempotent; pending → the refund is recorded and applied
+    /// when the payment ends. Declined: [`Error::NotCaptured`].
+    async fn refund(&self, payment_id: &str, reason: &str) -> Result<Payment, Error>;
+
+    /// One payment; [`Error::PaymentNotFound`] if unknown.
+    async fn payment(&self, payment_id: &str) -> Result<Payment, Error>;
+
+    /// Up to `page.size + 1` payments (of `order_id`, if given) in creation order, after
+    /// the page key `page.after` (see [`position_key`](shared::pagination::position_key)).
+    async fn payments(
+        &self,
+        order_id: Option<&str>,
+        page: &PageRequest,
+    ) -> Result<Vec<(String, Payment)>, Error>;
 }
 
 /// How often a retry that found its charge being authorized looks again.

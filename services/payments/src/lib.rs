@@ -3,10 +3,11 @@
 //! - `config.rs`: settings from the environment.
 //! - `grpc.rs`: the `payments.v1.PaymentService` handlers (the only tonic code).
 //! - `domain.rs`: payments, how a charge is authorized (at most once, resumed if its
-//!   process dies), and the rules requests must follow.
+//!   process dies), the rules requests must follow, and the `Store` trait it needs
+//!   (what a database must do).
 //! - `authorizer.rs`: the port where a card provider plugs in, and the test network.
-//! - `store.rs`: the `Store` trait (what a database must do) and its in-memory version;
-//!   `store/postgres.rs` the PostgreSQL one (`migrations/`).
+//! - `store.rs`: the in-memory `Store`; `store/postgres.rs` the PostgreSQL one
+//!   (`migrations/`).
 //! - `error.rs`: the one mapping from domain errors to gRPC statuses.
 #![forbid(unsafe_code)]
 
@@ -37,7 +38,7 @@ pub async fn build_with(
     config: Config,
     authorizer: Arc<dyn authorizer::Authorizer>,
 ) -> Result<shared::Server, shared::Error> {
-    let store: Arc<dyn store::Store> = match &config.database {
+    let store: Arc<dyn domain::Store> = match &config.database {
         Some(database) => Arc::new(store::PgStore::connect(database).await?),
         None => Arc::new(store::MemoryStore::default()),
     };

@@ -1,5 +1,5 @@
-//! Where payments live. [`Store`] is what a database must provide; [`MemoryStore`] is
-//! the embedded default, [`PgStore`] PostgreSQL (`DATABASE_URL`). Each method is one
+//! Where payments live. [`Store`] (the domain's) is what a database must provide;
+//! [`MemoryStore`] is the embedded default, [`PgStore`] PostgreSQL (`DATABASE_URL`). Each method is one
 //! atomic step; the decisions are the domain's (`domain.rs`).
 
 use std::collections::HashMap;
@@ -11,56 +11,12 @@ use shared::PageRequest;
 use shared::pagination::position_key;
 
 use crate::authorizer::Decision;
-use crate::domain::{Payment, PaymentStatus, Pending, Refund};
+use crate::domain::{Begun, Payment, PaymentStatus, Pending, Refund, Store};
 use crate::error::Error;
 
 mod postgres;
 
 pub(crate) use postgres::PgStore;
-
-/// What [`Store::begin`] found.
-#[derive(Debug)]
-pub(crate) enum Begun {
-    /// This caller's to authorize: recorded now, or found pending under an expired
-    /// claim (its process died) and taken over.
-    Claimed(Pending),
-    /// The payment its `request_id` already made: decided, or pending under another
-    /// caller's claim.
-    Found(Payment),
-}
-
-#[async_trait]
-pub(crate) trait Store: Send + Sync + 'static {
-    /// Records `pending` and claims it for `claim`, unless its `request_id` was seen
-    /// (whoever races, one record per request_id).
-    async fn begin(&self, pending: Pending, claim: Duration) -> Result<Begun, Error>;
-
-    /// Ends a pending payment with `decision` ([`Decision::end`], given the refund
-    /// asked for meanwhile, if any); a payment already decided is returned unchanged.
-    async fn finish(&self, payment_id: &str, decision: &Decision) -> Result<Payment, Error>;
-
-    /// Ends this caller's claim on a pending payment, so that the next one resumes it
-    /// at once.
-    async fn release(&self, payment_id: &str) -> Result<(), Error>;
-
-    /// Claims for `claim` up to `limit` pending payments whose claim has expired.
-    async fn claim_stalled(&self, claim: Duration, limit: usize) -> Result<Vec<Pending>, Error>;
-
-    /// Captured → refunded, idempotent; pending → the refund is recorded and applied
-    /// when the payment ends. Declined: [`Error::NotCaptured`].
-    async fn refund(&self, payment_id: &str, reason: &str) -> Result<Payment, Error>;
-
-    /// One payment; [`Error::PaymentNotFound`] if unknown.
-    async fn payment(&self, payment_id: &str) -> Result<Payment, Error>;
-
-    /// Up to `page.size + 1` payments (of `order_id`, if given) in creation order, after
-    /// the page key `page.after` (see [`position_key`]).
-    async fn payments(
-        &self,
-        order_id: Option<&str>,
-        page: &PageRequest,
-    ) -> Result<Vec<(String, Payment)>, Error>;
-}
 
 #[derive(Debug, Default)]
 pub(crate) struct MemoryStore {

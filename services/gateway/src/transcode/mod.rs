@@ -22,7 +22,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{FromRequest, FromRequestParts, Query, RawPathParams, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, Query, RawPathParams, Request};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, on};
 use http::header::CONTENT_TYPE;
@@ -34,7 +34,6 @@ use tonic::Status;
 
 use crate::auth::{OnBehalf, scoped};
 use crate::error::ApiError;
-use crate::http::AppState;
 use crate::routes::{Body, Route, Routes, Segment};
 use crate::upstream::Upstreams;
 use codec::DynamicCodec;
@@ -59,12 +58,15 @@ impl Registered {
     }
 }
 
-/// A router of every route of `routes`, calling `upstreams`. A route whose service
-/// has no upstream is an error naming it.
-pub(crate) fn router(
+/// A router of every route of `routes`, calling `upstreams`, reading request bodies
+/// of up to `max_body_bytes` (`GATEWAY_MAX_BODY_BYTES`, enforced by the router's
+/// body limit; named in the 413). A route whose service has no upstream is an error
+/// naming it.
+pub(crate) fn router<S: Clone + Send + Sync + 'static>(
     routes: &Routes,
     upstreams: &Upstreams,
-) -> Result<(Router<AppState>, Registered), String> {
+    max_body_bytes: usize,
+) -> Result<(Router<S>, Registered), String> {
     let mut router = Router::new();
     let mut by_path: Vec<(String, Vec<Arc<Endpoint>>)> = Vec::new();
     let mut templates = HashMap::new();
@@ -89,16 +91,15 @@ pub(crate) fn router(
         for endpoint in endpoints {
             let filter = method_filter(&endpoint.route.verb)?;
             let scope = endpoint.route.scope.clone();
-            let handler =
-                move |State(state): State<AppState>, caller: OnBehalf, request: Request| {
-                    let endpoint = Arc::clone(&endpoint);
-                    async move {
-                        match endpoint.serve(&state, caller, request).await {
-                            Ok(response) => response,
-                            Err(error) => error.into_response(),
-                        }
+            let handler = move |caller: OnBehalf, request: Request| {
+                let endpoint = Arc::clone(&endpoint);
+                async move {
+                    match endpoint.serve(max_body_bytes, caller, request).await {
+                        Ok(response) => response,
+                        Err(error) => error.into_response(),
                     }
-                };
+                }
+            };
             methods = methods.merge(scoped(scope, on(filter, handler)));
         }
         router = router.route(&path, methods);
@@ -158,7 +159,7 @@ impl Endpoint {
     /// The request as the RPC's message, the call, and its answer.
     async fn serve(
         &self,
-        state: &AppState,
+        max_body_bytes: usize,
         caller: OnBehalf,
         request: Request,
     ) -> Result<Response, ApiError> {
@@ -195,18 +196,19 @@ impl Endpoint {
                 return Err(ApiError::not_json());
             }
             let request = Request::from_parts(parts, body);
-            let bytes = Bytes::from_request(request, state).await.map_err(
-                |rejection: BytesRejection| {
-                    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                        ApiError::body_too_large(state.max_body_bytes())
-                    } else {
-                        ApiError::invalid(
-                            format!("cannot read the request body: {}", rejection.body_text()),
-                            vec![],
-                        )
-                    }
-                },
-            )?;
+            let bytes =
+                Bytes::from_request(request, &())
+                    .await
+                    .map_err(|rejection: BytesRejection| {
+                        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                            ApiError::body_too_large(max_body_bytes)
+                        } else {
+                            ApiError::invalid(
+                                format!("cannot read the request body: {}", rejection.body_text()),
+                                vec![],
+                            )
+                        }
+                    })?;
             request::body(route, &mut message, &bytes)?;
         }
 

@@ -21,33 +21,33 @@
 //!   watched order, since notifications in between are gone.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::MutexGuard;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use shared::PageRequest;
-use shared::db::{from_micros, micros};
+use shared::db::micros;
 use shared::events::{Event, EventPublisher};
 use shared::pagination::position_key;
 use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgListener, PgRow};
-use sqlx::{PgConnection, PgPool, Row as _};
+use sqlx::postgres::PgRow;
+use sqlx::{PgPool, Row as _};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use rows::{COLUMNS, OPEN, event_from, load, one, record, status_of};
+use watchers::{CHANGES, Watched, follow_changes, newer, tell_watchers};
+
 use super::{Created, Store};
-use crate::domain::{Line, Order, Status};
-use crate::error::{Error, storage_error};
+use crate::domain::Order;
+use crate::error::Error;
 use crate::outbox::{self, Outbox, Relayed};
+
+mod rows;
+mod watchers;
 
 /// The schema, embedded at build time from `services/orders/migrations/`.
 static MIGRATOR: Migrator = sqlx::migrate!();
-
-/// The `LISTEN/NOTIFY` channel of order changes; the payload is the order id.
-const CHANGES: &str = "orders_changed";
-
-/// The watch channel of each order someone in this process watches.
-type Watched = Arc<Mutex<HashMap<String, watch::Sender<Order>>>>;
 
 /// Orders and their outbox in PostgreSQL.
 #[derive(Debug)]
@@ -58,11 +58,6 @@ pub(crate) struct PgStore {
     /// Stops the listener task with the store.
     _listening: DropGuard,
 }
-
-const COLUMNS: &str = "position, id, request_id, customer_id, placed_by, card_token, currency_code, \
-     total_minor, status, status_reason, payment_id, \
-     (EXTRACT(EPOCH FROM create_time) * 1000000)::BIGINT AS create_us, \
-     (EXTRACT(EPOCH FROM update_time) * 1000000)::BIGINT AS update_us";
 
 impl PgStore {
     /// Connects and migrates the `orders` schema.
@@ -110,253 +105,6 @@ impl PgStore {
     pub(crate) fn watched_len(&self) -> usize {
         self.watched.lock().map_or(0, |watched| watched.len())
     }
-}
-
-/// The orders of `rows` (in their order) with their lines, each with its position.
-async fn load(pool: &PgPool, rows: Vec<PgRow>) -> Result<Vec<(i64, Order)>, Error> {
-    let ids: Vec<String> = rows
-        .iter()
-        .map(|row| row.try_get("id"))
-        .collect::<Result<_, _>>()?;
-    let mut lines: HashMap<String, Vec<Line>> = HashMap::new();
-    let line_rows = sqlx::query(
-        "SELECT order_id, sku, quantity, unit_currency, unit_minor FROM order_lines \
-         WHERE order_id = ANY($1) ORDER BY order_id, line_no",
-    )
-    .bind(&ids)
-    .fetch_all(pool)
-    .await?;
-    for row in line_rows {
-        lines
-            .entry(row.try_get("order_id")?)
-            .or_default()
-            .push(Line {
-                sku: row.try_get("sku")?,
-                quantity: row.try_get("quantity")?,
-                unit_price: shared::Money::new(
-                    row.try_get::<String, _>("unit_currency")?,
-                    row.try_get("unit_minor")?,
-                ),
-            });
-    }
-    rows.iter()
-        .map(|row| {
-            let id: String = row.try_get("id")?;
-            let order_lines = lines.remove(&id).unwrap_or_default();
-            Ok((row.try_get("position")?, order_from(row, order_lines)?))
-        })
-        .collect()
-}
-
-/// The order `condition` (with `$1`, `$2`, … for `values`) selects, if any.
-async fn one(pool: &PgPool, condition: &str, values: &[&str]) -> Result<Option<Order>, Error> {
-    let sql = format!("SELECT {COLUMNS} FROM orders WHERE {condition}");
-    let mut query = sqlx::query(&sql);
-    for value in values {
-        query = query.bind(*value);
-    }
-    let row = query.fetch_optional(pool).await?;
-    let orders = load(pool, row.into_iter().collect()).await?;
-    Ok(orders.into_iter().next().map(|(_, order)| order))
-}
-
-/// Tells this process's watchers of `order` its new state.
-fn tell_watchers(
-    watched: &Mutex<HashMap<String, watch::Sender<Order>>>,
-    order: &Order,
-) -> Result<(), Error> {
-    let mut watched = watched
-        .lock()
-        .map_err(|e| storage_error(std::io::Error::other(e.to_string())))?;
-    if let Some(sender) = watched.get(&order.id) {
-        sender.send_if_modified(|current| newer(order, current));
-        // A final order changes no more, and a channel nobody watches is not needed:
-        // the watchers keep the last state.
-        if order.status.is_final() || sender.receiver_count() == 0 {
-            watched.remove(&order.id);
-        }
-    }
-    Ok(())
-}
-
-/// Feeds this process's watchers the changes other replicas commit, until `stop`:
-/// `LISTEN` on [`CHANGES`], and each notified order that someone here watches is read
-/// again. Runs on a connection of its own.
-///
-/// Notifications sent while no connection listens are lost (before the first
-/// `LISTEN`, and while a lost connection is down). So each time listening (re)starts,
-/// and only once it has, every watched order is read again; a read that fails starts
-/// over the same way, so no watcher is left with a state the database has left.
-async fn follow_changes(pool: PgPool, watched: Watched, stop: CancellationToken) {
-    loop {
-        let Some(mut listener) = listen(&pool, &stop).await else {
-            return;
-        };
-        let mut caught_up = refresh(&pool, &watched, None).await;
-        while caught_up {
-            let next = tokio::select! {
-                () = stop.cancelled() => return,
-                next = listener.try_recv() => next,
-            };
-            caught_up = match next {
-                Ok(Some(notification)) => {
-                    refresh(&pool, &watched, Some(notification.payload())).await
-                }
-                // The connection was lost, and with it the notifications in between.
-                Ok(None) => false,
-                Err(error) => {
-                    tracing::warn!(%error, "listening for order changes failed; listening again");
-                    false
-                }
-            };
-        }
-        drop(listener);
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(RELISTEN_PAUSE) => {}
-        }
-    }
-}
-
-/// The pause before listening again after a failure.
-const RELISTEN_PAUSE: Duration = Duration::from_millis(200);
-
-/// A connection listening on [`CHANGES`], retried every second; `None` once `stop`.
-async fn listen(pool: &PgPool, stop: &CancellationToken) -> Option<PgListener> {
-    loop {
-        let listening = async {
-            let mut listener = PgListener::connect_with(pool).await?;
-            listener.listen(CHANGES).await?;
-            Ok::<_, sqlx::Error>(listener)
-        };
-        let error = tokio::select! {
-            () = stop.cancelled() => return None,
-            result = listening => match result {
-                Ok(listener) => return Some(listener),
-                Err(error) => error,
-            },
-        };
-        tracing::warn!(%error, "cannot listen for order changes; retrying");
-        tokio::select! {
-            () = stop.cancelled() => return None,
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
-    }
-}
-
-/// Reads again the watched order `id` (every watched order if `None`) and tells its
-/// watchers; `false` if a read failed (logged; the watchers keep the state they have).
-async fn refresh(pool: &PgPool, watched: &Watched, id: Option<&str>) -> bool {
-    let ids: Vec<String> = {
-        let watched = watched.lock().unwrap_or_else(PoisonError::into_inner);
-        match id {
-            Some(id) if watched.contains_key(id) => vec![id.to_owned()],
-            Some(_) => Vec::new(),
-            None => watched.keys().cloned().collect(),
-        }
-    };
-    for id in ids {
-        match one(pool, "id = $1", &[&id]).await {
-            Ok(Some(order)) => {
-                let _ = tell_watchers(watched, &order);
-            }
-            Ok(None) => {}
-            Err(error) => {
-                tracing::warn!(order_id = %id, error = %shared::status::ErrorChain(&error), "cannot read a changed order");
-                return false;
-            }
-        }
-    }
-    true
-}
-
-/// Replaces `current` by `order` if `order` is further along (the channel may have been
-/// fed by a read racing with an update).
-fn newer(order: &Order, current: &mut Order) -> bool {
-    let progress = |o: &Order| (o.status.is_final(), o.payment_id.is_some());
-    if progress(order) > progress(current) {
-        *current = order.clone();
-        true
-    } else {
-        false
-    }
-}
-
-fn status_of(order: &Order) -> (&'static str, &str) {
-    match &order.status {
-        Status::Pending => ("pending", ""),
-        Status::Confirmed => ("confirmed", ""),
-        Status::Rejected { reason } => ("rejected", reason),
-        Status::Failed { reason } => ("failed", reason),
-    }
-}
-
-fn order_from(row: &PgRow, lines: Vec<Line>) -> Result<Order, sqlx::Error> {
-    let reason: String = row.try_get("status_reason")?;
-    let status = match row.try_get::<&str, _>("status")? {
-        "pending" => Status::Pending,
-        "confirmed" => Status::Confirmed,
-        "rejected" => Status::Rejected { reason },
-        "failed" => Status::Failed { reason },
-        other => {
-            return Err(sqlx::Error::Decode(
-                format!("unknown order status {other:?}").into(),
-            ));
-        }
-    };
-    Ok(Order {
-        id: row.try_get("id")?,
-        request_id: row.try_get("request_id")?,
-        customer_id: row.try_get("customer_id")?,
-        placed_by: row.try_get("placed_by")?,
-        card_token: row.try_get("card_token")?,
-        lines,
-        total: shared::Money::new(
-            row.try_get::<String, _>("currency_code")?,
-            row.try_get("total_minor")?,
-        ),
-        status,
-        payment_id: row.try_get("payment_id")?,
-        create_time: from_micros(row.try_get("create_us")?),
-        update_time: from_micros(row.try_get("update_us")?),
-    })
-}
-
-/// Records `event` of order `order_id` in the outbox, unless recorded before.
-async fn record(
-    connection: &mut PgConnection,
-    order_id: &str,
-    event: &Event,
-) -> Result<(), sqlx::Error> {
-    let (names, values): (Vec<&str>, Vec<&str>) = event
-        .headers
-        .iter()
-        .map(|(name, value)| (name.as_str(), value.as_str()))
-        .unzip();
-    sqlx::query(
-        "INSERT INTO outbox (event_id, order_id, subject, header_names, header_values, payload) \
-         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (event_id) DO NOTHING",
-    )
-    .bind(&event.id)
-    .bind(order_id)
-    .bind(&event.subject)
-    .bind(&names)
-    .bind(&values)
-    .bind(event.payload.as_ref())
-    .execute(connection)
-    .await?;
-    Ok(())
-}
-
-fn event_from(row: &PgRow) -> Result<Event, sqlx::Error> {
-    let names: Vec<String> = row.try_get("header_names")?;
-    let values: Vec<String> = row.try_get("header_values")?;
-    Ok(Event {
-        id: row.try_get("event_id")?,
-        subject: row.try_get("subject")?,
-        headers: names.into_iter().zip(values).collect(),
-        payload: row.try_get::<Vec<u8>, _>("payload")?.into(),
-    })
 }
 
 #[async_trait]
@@ -422,12 +170,13 @@ impl Store for PgStore {
     async fn update(&self, order: &Order, owner: &str, event: Option<Event>) -> Result<(), Error> {
         let mut tx = self.pool.begin().await?;
         let (status, reason) = status_of(order);
-        let updated = sqlx::query(
+        let updated = sqlx::query(&format!(
             "UPDATE orders SET status = $2, status_reason = $3, payment_id = $4, \
              update_time = TIMESTAMPTZ 'epoch' + $5 * INTERVAL '1 microsecond' \
-             WHERE id = $1 AND status = 'pending' AND (saga_owner IS NULL \
+             WHERE id = $1 AND {open} AND (saga_owner IS NULL \
              OR saga_owner = $6 OR saga_claimed_until IS NULL OR saga_claimed_until < now())",
-        )
+            open = *OPEN
+        ))
         .bind(&order.id)
         .bind(status)
         .bind(reason)
@@ -548,11 +297,12 @@ impl Store for PgStore {
             "UPDATE orders SET saga_owner = $1, \
              saga_claimed_until = now() + $2 * INTERVAL '1 microsecond' \
              WHERE id IN ( \
-                 SELECT id FROM orders WHERE status = 'pending' AND ( \
+                 SELECT id FROM orders WHERE {open} AND ( \
                      saga_claimed_until < now() OR (saga_claimed_until IS NULL \
                      AND update_time <= now() - $3 * INTERVAL '1 microsecond')) \
                  ORDER BY position LIMIT $4 FOR UPDATE SKIP LOCKED) \
-             RETURNING {COLUMNS}"
+             RETURNING {COLUMNS}",
+            open = *OPEN
         ))
         .bind(owner)
         .bind(duration_micros(lease))
@@ -566,12 +316,13 @@ impl Store for PgStore {
     }
 
     async fn renew_claim(&self, id: &str, owner: &str, lease: Duration) -> Result<bool, Error> {
-        let renewed = sqlx::query(
+        let renewed = sqlx::query(&format!(
             "UPDATE orders SET saga_owner = $2, \
              saga_claimed_until = now() + $3 * INTERVAL '1 microsecond' \
-             WHERE id = $1 AND status = 'pending' AND (saga_owner = $2 \
+             WHERE id = $1 AND {open} AND (saga_owner = $2 \
              OR saga_claimed_until IS NULL OR saga_claimed_until < now())",
-        )
+            open = *OPEN
+        ))
         .bind(id)
         .bind(owner)
         .bind(duration_micros(lease))
@@ -656,3 +407,6 @@ impl Outbox for PgStore {
 fn duration_micros(duration: Duration) -> i64 {
     i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
 }
+
+#[cfg(test)]
+mod tests;

@@ -6,7 +6,7 @@ use shared::Money;
 use super::*;
 
 /// The relays' claims in these tests: no relay here dies mid-pass.
-const LEASE: Duration = Duration::from_secs(10);
+pub(crate) const LEASE: Duration = Duration::from_secs(10);
 use crate::domain::{Item, NewOrder, Status};
 use crate::events::order_event;
 use crate::outbox::tests::FlakyBus;
@@ -17,7 +17,7 @@ fn now() -> SystemTime {
 }
 
 /// Creates `order` with its placed event, as the saga does.
-async fn create(store: &dyn Store, order: Order) -> Result<Created, Error> {
+pub(crate) async fn create(store: &dyn Store, order: Order) -> Result<Created, Error> {
     let event = order_event(&order);
     store.create(order, event).await
 }
@@ -30,7 +30,7 @@ async fn update(store: &dyn Store, order: &Order) -> Result<(), Error> {
 /// The saga owner of the tests' updates.
 const OWNER: &str = "orders_test";
 
-fn order(id: &str, request_id: &str, customer_id: &str) -> Order {
+pub(crate) fn order(id: &str, request_id: &str, customer_id: &str) -> Order {
     let items = vec![Item {
         sku: "SKU-001".into(),
         quantity: 1,
@@ -196,7 +196,7 @@ async fn a_customers_orders_are_paged_newest_first(store: Arc<dyn Store>) {
 }
 
 /// Confirms `order` as the saga would, recording its event.
-async fn confirm(store: &dyn Store, order: Order) -> Order {
+pub(crate) async fn confirm(store: &dyn Store, order: Order) -> Order {
     confirm_as(store, order, OWNER).await
 }
 
@@ -209,7 +209,7 @@ async fn confirm_as(store: &dyn Store, mut order: Order, owner: &str) -> Order {
 }
 
 /// Relays until nothing is pending; how many were sent.
-async fn relay_all(store: &dyn Store, bus: &FlakyBus) -> usize {
+pub(crate) async fn relay_all(store: &dyn Store, bus: &FlakyBus) -> usize {
     let mut sent = 0;
     loop {
         let relayed = store.relay(10, LEASE, bus).await.unwrap();
@@ -335,6 +335,58 @@ async fn each_stranded_order_is_claimed_by_one_claimer(store: Arc<dyn Store>) {
     );
 }
 
+/// Which states are open is the domain's word (`Status::OPEN`), not a store's: an
+/// order in any state the domain calls final takes no update and no claim, in every
+/// store, and an open one takes both.
+async fn only_the_domains_open_states_change_or_are_claimed(store: Arc<dyn Store>) {
+    let finals = [
+        Status::Confirmed,
+        Status::Rejected {
+            reason: "card declined".into(),
+        },
+        Status::Failed {
+            reason: "payment refunded".into(),
+        },
+    ];
+    assert!(finals.iter().all(Status::is_final));
+    assert!(Status::OPEN.iter().all(|status| !status.is_final()));
+    let mut ended = Vec::new();
+    for (i, status) in finals.into_iter().enumerate() {
+        let mut order = order(&format!("ord_{i}"), &format!("req-{i}"), "cus-1");
+        create(&*store, order.clone()).await.unwrap();
+        order.finish(status, now()).unwrap();
+        store
+            .update(&order, OWNER, Some(order_event(&order)))
+            .await
+            .unwrap();
+        ended.push(order);
+    }
+    let open = order("ord_open", "req-open", "cus-1");
+    create(&*store, open.clone()).await.unwrap();
+
+    assert_eq!(
+        claimed_ids(&*store, OWNER, Duration::ZERO).await,
+        ["ord_open"]
+    );
+    assert!(store.renew_claim("ord_open", OWNER, LONG).await.unwrap());
+    for order in &ended {
+        let mut changed = order.clone();
+        changed.payment_id = Some("pay_late".into());
+        let refused = store.update(&changed, OWNER, None).await;
+        assert!(
+            matches!(refused, Err(Error::Superseded { .. })),
+            "{:?}: {refused:?}",
+            order.status
+        );
+        assert!(
+            !store.renew_claim(&order.id, OWNER, LONG).await.unwrap(),
+            "{:?}",
+            order.status
+        );
+        assert_eq!(&store.order(&order.id).await.unwrap(), order);
+    }
+}
+
 async fn a_lapsed_claim_is_taken_again_and_a_renewed_one_is_not(store: Arc<dyn Store>) {
     let pending = order("ord_1", "req-1", "cus-1");
     create(&*store, pending.clone()).await.unwrap();
@@ -390,222 +442,6 @@ shared::store_tests!(
         each_stranded_order_is_claimed_by_one_claimer,
         a_lapsed_claim_is_taken_again_and_a_renewed_one_is_not,
         updates_only_change_pending_orders_of_their_own_saga,
+        only_the_domains_open_states_change_or_are_claimed,
     ]
 );
-
-/// One replica watches an order while its database link is cut; another finishes
-/// the order meanwhile, so the NOTIFY never reaches the first. Once the link is back,
-/// the watcher sees the end all the same.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_watch_sees_the_end_committed_while_its_listener_was_cut_off() {
-    use shared::testing::proxy::Faults;
-
-    let (direct, proxy, cut_off) = shared::testing::fresh_db_behind_proxy().await;
-    let direct = PgStore::connect(&direct).await.unwrap();
-    let cut_off = PgStore::connect(&cut_off).await.unwrap();
-
-    let placed = order("ord_1", "req-1", "cus-1");
-    create(&direct, placed.clone()).await.unwrap();
-    let mut watching = cut_off.watch("ord_1").await.unwrap();
-    assert_eq!(*watching.borrow_and_update(), placed);
-
-    let accepted = proxy.accepted();
-    proxy.set(Faults::reset());
-    let confirmed = confirm(&direct, placed).await;
-    // The cut-off replica noticed: it tried to connect again, and failed.
-    shared::testing::eventually("the cut-off replica to reconnect", || async {
-        proxy.accepted() >= accepted + 2
-    })
-    .await;
-    proxy.set(Faults::default());
-
-    let seen = tokio::time::timeout(
-        Duration::from_secs(10),
-        watching.wait_for(|order| order.status.is_final()),
-    )
-    .await
-    .expect("the watcher saw the end within 10 s")
-    .unwrap()
-    .clone();
-    assert_eq!(seen, confirmed);
-    assert_eq!(cut_off.watched_len(), 0, "nothing kept for a final order");
-}
-
-/// Watching a final order, or one whose watchers all left, keeps nothing.
-#[tokio::test]
-async fn watches_keep_nothing_for_final_or_unwatched_orders() {
-    let store = PgStore::connect(&shared::testing::fresh_db_config().await)
-        .await
-        .unwrap();
-    let done = order("ord_1", "req-1", "cus-1");
-    create(&store, done.clone()).await.unwrap();
-    let done = confirm(&store, done).await;
-    let watching = store.watch("ord_1").await.unwrap();
-    assert_eq!(*watching.borrow(), done);
-    assert_eq!(store.watched_len(), 0);
-
-    create(&store, order("ord_2", "req-2", "cus-1"))
-        .await
-        .unwrap();
-    drop(store.watch("ord_2").await.unwrap());
-    create(&store, order("ord_3", "req-3", "cus-1"))
-        .await
-        .unwrap();
-    let _watching = store.watch("ord_3").await.unwrap();
-    assert_eq!(
-        store.watched_len(),
-        1,
-        "ord_2's channel went with its watcher"
-    );
-}
-
-#[tokio::test]
-async fn a_restarted_process_publishes_what_the_last_one_committed() {
-    let config = shared::testing::fresh_db_config().await;
-    let before = PgStore::connect(&config).await.unwrap();
-    let placed = order("ord_1", "req-1", "cus-1");
-    create(&before, placed.clone()).await.unwrap();
-    confirm(&before, placed).await;
-    // Killed before its relay ran: the events are committed, never published.
-    drop(before);
-
-    let after = PgStore::connect(&config).await.unwrap();
-    let bus = FlakyBus::default();
-    assert_eq!(relay_all(&after, &bus).await, 2);
-    assert_eq!(bus.ids(), ["ord_1.placed", "ord_1.confirmed"]);
-}
-
-#[tokio::test]
-async fn published_events_are_deleted_after_the_retention_and_pending_ones_never() {
-    let config = shared::testing::fresh_db_config().await;
-    let store = PgStore::connect(&config).await.unwrap();
-    let bus = FlakyBus::default();
-    let placed = order("ord_1", "req-1", "cus-1");
-    create(&store, placed.clone()).await.unwrap();
-    confirm(&store, placed).await;
-    assert_eq!(relay_all(&store, &bus).await, 2);
-    create(&store, order("ord_2", "req-2", "cus-1"))
-        .await
-        .unwrap();
-
-    let hour = Duration::from_secs(3600);
-    let prune = |retention, limit| store.prune_published(retention, limit);
-    assert_eq!(prune(hour, 100).await.unwrap(), 0, "published just now");
-    assert_eq!(prune(Duration::ZERO, 1).await.unwrap(), 1, "one batch");
-    assert_eq!(prune(Duration::ZERO, 100).await.unwrap(), 1, "the other");
-    assert_eq!(prune(Duration::ZERO, 100).await.unwrap(), 0);
-    assert_eq!(store.pending_events().await.unwrap(), 1, "pending stays");
-    assert_eq!(relay_all(&store, &bus).await, 1);
-    assert_eq!(
-        bus.ids(),
-        ["ord_1.placed", "ord_1.confirmed", "ord_2.placed"]
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_relays_on_one_database_publish_every_event() {
-    let config = shared::testing::fresh_db_config().await;
-    let (a, b) = tokio::join!(PgStore::connect(&config), PgStore::connect(&config));
-    let (a, b) = (Arc::new(a.unwrap()), Arc::new(b.unwrap()));
-    for i in 0..40 {
-        let store = if i % 2 == 0 { &a } else { &b };
-        let placed = order(&format!("ord_{i}"), &format!("req-{i}"), "cus-1");
-        create(&**store, placed.clone()).await.unwrap();
-        confirm(&**store, placed).await;
-    }
-    // One bus for both: it records the order in which the events were published.
-    let bus = Arc::new(FlakyBus::default());
-    let relay = |store: Arc<PgStore>| {
-        let bus = bus.clone();
-        tokio::spawn(async move { while store.relay(3, LEASE, &*bus).await.unwrap().sent > 0 {} })
-    };
-    let (ra, rb) = (relay(a.clone()), relay(b.clone()));
-    ra.await.unwrap();
-    rb.await.unwrap();
-    // What one relay skipped while the other held it may still be pending: finish.
-    while b.relay(100, LEASE, &*bus).await.unwrap().sent > 0 {}
-
-    let ids = bus.ids();
-    for i in 0..40 {
-        let first = |name: &str| {
-            let id = format!("ord_{i}.{name}");
-            ids.iter().position(|published| *published == id)
-        };
-        let (placed, confirmed) = (first("placed"), first("confirmed"));
-        assert!(
-            placed.is_some() && confirmed.is_some(),
-            "none missing: {ids:?}"
-        );
-        assert!(placed < confirmed, "placed before confirmed: {ids:?}");
-    }
-    assert!(ids.len() >= 80);
-    assert_eq!(a.pending_events().await.unwrap(), 0, "each is marked sent");
-}
-
-/// A bus that asks PostgreSQL, while each event is being published, how many
-/// transactions of the database are open.
-struct InspectingBus {
-    pool: sqlx::PgPool,
-    open_transactions: Mutex<Vec<i64>>,
-}
-
-#[async_trait::async_trait]
-impl EventPublisher for InspectingBus {
-    async fn publish(&self, _: Event) -> Result<(), shared::events::PublishError> {
-        let open: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-             AND state LIKE 'idle in transaction%'",
-        )
-        .fetch_one(&self.pool)
-        .await
-        .unwrap();
-        self.open_transactions.lock().unwrap().push(open);
-        Ok(())
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_relay_holds_no_transaction_open_while_the_broker_answers() {
-    let url = shared::testing::fresh_database().await;
-    let config = shared::db::DbConfig::from_url(&url).unwrap();
-    let store = PgStore::connect(&config).await.unwrap();
-    for i in 0..3 {
-        let placed = order(&format!("ord_{i}"), &format!("req-{i}"), "cus-1");
-        create(&store, placed).await.unwrap();
-    }
-    let bus = InspectingBus {
-        pool: sqlx::PgPool::connect(&url).await.unwrap(),
-        open_transactions: Mutex::default(),
-    };
-    assert_eq!(store.relay(10, LEASE, &bus).await.unwrap().sent, 3);
-    assert_eq!(*bus.open_transactions.lock().unwrap(), [0, 0, 0]);
-    assert_eq!(
-        store.pending_events().await.unwrap(),
-        0,
-        "each is marked sent"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn watchers_see_changes_committed_by_another_replica() {
-    let config = shared::testing::fresh_db_config().await;
-    let (a, b) = tokio::join!(PgStore::connect(&config), PgStore::connect(&config));
-    let (a, b) = (a.unwrap(), b.unwrap());
-    let placed = order("ord_1", "req-1", "cus-1");
-    create(&a, placed.clone()).await.unwrap();
-    let mut changes = b.watch("ord_1").await.unwrap();
-    assert_eq!(changes.borrow_and_update().status, Status::Pending);
-
-    // Replica a's saga ends the order; b's watcher hears of it through PostgreSQL.
-    // (b may have started listening after a's commit: it re-reads what it watches.)
-    let confirmed = confirm(&a, placed).await;
-    let seen = tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        changes.wait_for(|order| order.status.is_final()),
-    )
-    .await
-    .expect("the change within 10 s")
-    .map(|order| order.clone())
-    .unwrap();
-    assert_eq!(seen, confirmed);
-}

@@ -15,9 +15,8 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row as _};
 
-use super::{Begun, Store};
 use crate::authorizer::Decision;
-use crate::domain::{Payment, PaymentStatus, Pending, Refund};
+use crate::domain::{Begun, Payment, PaymentStatus, Pending, Refund, Store};
 use crate::error::{Error, storage_error};
 
 /// The schema, embedded at build time from `services/payments/migrations/`.
