@@ -544,12 +544,19 @@ async fn readme_quick_start_runs_as_printed() {
     fail_if_any(problems);
 }
 
-/// README.md and docs/*.md name only what exists: every relative link's file (and its
+/// README.md, docs/*.md and k8s/README.md name only what exists: every relative link's file (and its
 /// `#anchor`'s heading), every repository path in backticks, every `scripts/…` and
 /// `make <target>` of their shell blocks. Files move; the docs must follow.
 #[test]
 fn the_docs_name_only_files_that_exist() {
     fail_if_any(docs::problems(tools::root()));
+}
+
+/// docs/configuration.md lists every environment variable the services read, and only
+/// those.
+#[test]
+fn the_configuration_page_lists_every_variable_read() {
+    fail_if_any(docs::configuration(tools::root()));
 }
 
 /// gRPC-Web with Connect's client for Node, as a program calls the services with no

@@ -243,6 +243,23 @@ mod tests {
     }
 
     #[test]
+    fn the_quick_start_is_curl_calls_in_the_readme() {
+        let (begin, end) = (QUICK_START.begin, QUICK_START.end);
+        let marked = format!(
+            "# T\n{begin}\n<!-- acceptance: curl -->\n```sh\ncurl -s http://localhost:8080/x\n```\n{end}\n"
+        );
+        let found = examples(QUICK_START, &marked).unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].script, "curl -s http://localhost:8080/x");
+        let unmarked = format!("{begin}\n```sh\ncurl -s http://localhost:8080/x\n```\n{end}\n");
+        let error = examples(QUICK_START, &unmarked).unwrap_err();
+        assert!(
+            error.starts_with("README.md:2: a curl example without a marker"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn local_ports_become_stack_addresses() {
         let ports = [(50052, "127.0.0.1:41234".parse().unwrap())];
         assert_eq!(

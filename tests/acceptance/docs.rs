@@ -1,4 +1,4 @@
-//! What README.md and docs/*.md name must exist, so that moving a file cannot leave
+//! What README.md, docs/*.md and k8s/README.md name must exist, so that moving a file cannot leave
 //! the docs pointing at nothing:
 //!
 //! - every relative link `[text](path#anchor)`: the file (relative to the page), and
@@ -6,6 +6,10 @@
 //! - every repository path in backticks (`` `shared/src/limit.rs` ``): a word with a
 //!   `/` whose first part is an entry of the repository's root;
 //! - in shell blocks, every `scripts/…` a command runs and every `make <target>`.
+//!
+//! And [`configuration`]: docs/configuration.md lists every environment variable the
+//! services read (`env.duration("NAME", …)` and the other readers of `shared::Env`),
+//! and no variable that no code names.
 //!
 //! Left alone: paths with placeholders (`services/<name>/`, `fuzz/artifacts/<target>/`,
 //! `{…}`, `*`, `…`, `$VAR`), the example service the docs scaffold
@@ -20,9 +24,9 @@ pub(crate) const EXAMPLE_SERVICE: &str = "shipping";
 /// Made by builds and `scripts/tools.sh`, git-ignored.
 const GENERATED: [&str; 2] = ["target", ".tools"];
 
-/// Every problem of README.md and docs/*.md in the repository at `root`.
+/// Every problem of README.md, docs/*.md and k8s/README.md in the repository at `root`.
 pub(crate) fn problems(root: &Path) -> Vec<String> {
-    let mut pages = vec![PathBuf::from("README.md")];
+    let mut pages = vec![PathBuf::from("README.md"), PathBuf::from("k8s/README.md")];
     let mut docs: Vec<PathBuf> = std::fs::read_dir(root.join("docs"))
         .expect("docs/ is readable")
         .map(|entry| entry.expect("a docs/ entry").path())
@@ -40,6 +44,119 @@ pub(crate) fn problems(root: &Path) -> Vec<String> {
             check(root, page, &text, &targets)
         })
         .collect()
+}
+
+/// The readers of `shared::Env` (`shared/src/config.rs`) whose first argument is the
+/// variable's name.
+const ENV_READERS: [&str; 10] = [
+    "get",
+    "parse",
+    "parse_with",
+    "socket_addr",
+    "duration",
+    "positive_duration",
+    "flag",
+    "int_in",
+    "file",
+    "upstream",
+];
+
+/// The configuration page.
+const CONFIGURATION: &str = "docs/configuration.md";
+
+/// The problems of docs/configuration.md: a variable the code reads that it does not
+/// list, or one it lists (a row of its table) that no code names.
+pub(crate) fn configuration(root: &Path) -> Vec<String> {
+    let page = std::fs::read_to_string(root.join(CONFIGURATION)).expect("the configuration page");
+    let listed: BTreeSet<&str> = page
+        .lines()
+        .filter_map(|line| line.strip_prefix("| `"))
+        .filter_map(|rest| rest.split_once('`'))
+        .map(|(name, _)| name)
+        .collect();
+    let sources = sources(root);
+    let mut read = BTreeSet::new();
+    for (_, code) in &sources {
+        read.extend(variables_read(code));
+    }
+    let mut problems: Vec<String> = read
+        .iter()
+        .filter(|name| !listed.contains(name.as_str()))
+        .map(|name| {
+            format!("{CONFIGURATION}: the code reads {name}, which the table does not list")
+        })
+        .collect();
+    problems.extend(
+        listed
+            .iter()
+            .filter(|name| {
+                !sources
+                    .iter()
+                    .any(|(_, code)| code.contains(&format!("\"{name}\"")))
+            })
+            .map(|name| format!("{CONFIGURATION}: {name} is listed, but no code names \"{name}\"")),
+    );
+    problems
+}
+
+/// The Rust sources of the services, `shared` and `stack` but their tests: each file
+/// up to its `#[cfg(test)]`, and no file of tests (`tests.rs`, `*_tests.rs`, `testing`).
+fn sources(root: &Path) -> Vec<(PathBuf, String)> {
+    let mut dirs = vec![root.join("shared/src"), root.join("stack/src")];
+    for service in std::fs::read_dir(root.join("services")).expect("services/") {
+        dirs.push(service.expect("a service").path().join("src"));
+    }
+    let mut files = Vec::new();
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry.expect("an entry").path();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            let test =
+                name == "tests.rs" || name.ends_with("_tests.rs") || name.starts_with("testing");
+            if path.is_dir() && !test {
+                dirs.push(path);
+            } else if name.ends_with(".rs") && !test {
+                let text = std::fs::read_to_string(&path).expect("a source file");
+                let code = text
+                    .split("#[cfg(test)]")
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                files.push((path, code));
+            }
+        }
+    }
+    files
+}
+
+/// The names of the variables `code` reads with a literal name (`env.int_in(\n "NAME"`).
+fn variables_read(code: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    for reader in ENV_READERS {
+        let call = format!(".{reader}(");
+        for (at, _) in code.match_indices(&call) {
+            let rest = code[at + call.len()..].trim_start();
+            let Some(rest) = rest.strip_prefix('"') else {
+                continue;
+            };
+            let name = &rest[..rest.find('"').unwrap_or(0)];
+            let variable = !name.is_empty()
+                && name.contains('_')
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+            if variable {
+                names.push(name.to_owned());
+            }
+        }
+    }
+    names
 }
 
 /// The targets of the Makefile (`name: … ## help`).
@@ -257,6 +374,13 @@ mod tests {
     fn problems_of(page: &str, text: &str) -> Vec<String> {
         let targets = ["run", "test"].map(str::to_owned).into();
         check(root(), Path::new(page), text, &targets)
+    }
+
+    #[test]
+    fn variables_are_read_by_name_across_lines() {
+        let code = "let a = env.int_in(\n    \"GATEWAY_X_Y\",\n 1)?; env.get(\"LOG_FORMAT\");\n\
+                    map.get(\"key\"); env.duration(NAME, d); headers.get(\"X\");";
+        assert_eq!(variables_read(code), ["LOG_FORMAT", "GATEWAY_X_Y"]);
     }
 
     #[test]
