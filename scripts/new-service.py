@@ -14,8 +14,10 @@ NAME_ADDR in the stack's gateway and in k8s/base/gateway.yaml with the egress to
 tests/acceptance/specs.rs (its acceptance spec, appended), plus
 k8s/base/kustomization.yaml, the kind and production overlays' images, its Secret in
 k8s/components/tls/identities.yaml, and the inline lists of every
-service in k8s/ (`values: [gateway, orders, …]`), the README's services table and the
-grpcurl cookbook, docs/grpcurl.md (an example, run by the acceptance tests). The spec and the
+service in k8s/ (`values: [gateway, orders, …]`), the README's services table (a row,
+and NAME_ADDR among the gateway's upstreams), its NAME_ADDR row in
+docs/configuration.md, and the grpcurl cookbook, docs/grpcurl.md (an example, run by
+the acceptance tests). The spec and the
 example are marked `remove-service: NAME`, so that `make remove-service` undoes it all. The service gets the next free local ports (gRPC 5005x, admin 910x).
 Then the gateway's generator writes docs/openapi.json again, with the new route (cargo).
 
@@ -272,10 +274,21 @@ def plan(name: str) -> tuple[dict[Path, str | bytes], dict[str, str]]:
     if readme.exists():
         row = (f"| {name} | `{name}.v1.{values['Name']}Service` | {values['port']} | — |\n")
         text = readme.read_text()
+        # The gateway's upstreams (env) name the new one too.
+        text = re.sub(r"^(\| gateway \|.*`[A-Z0-9_]+_ADDR`) \|$", rf"\1, `{values['NAME']}_ADDR` |", text,
+                      count=1, flags=re.M)
         rows = list(re.finditer(r"^\| [a-z0-9]+ \| `[a-z0-9]+\.v1\.\w+` \| \d+ \| .* \|$", text, re.M))
         if rows:
             end = text.index("\n", rows[-1].end()) + 1
             files[readme] = text[:end] + row + text[end:]
+    # docs/configuration.md lists every variable the code reads (tests/acceptance.rs
+    # checks it): the gateway's NAME_ADDR, beside the other upstreams.
+    configuration = ROOT / "docs" / "configuration.md"
+    if configuration.exists():
+        files[configuration] = insert_after_last(
+            "docs/configuration.md", configuration.read_text(),
+            r"^\| `[A-Z0-9_]+_ADDR` \| `http://127\.0\.0\.1:\d+` \|.*$",
+            f"| `{values['NAME']}_ADDR` | `http://127.0.0.1:{values['port']}` | where {name} is | gateway |\n")
     cookbook = ROOT / "docs" / "grpcurl.md"
     if cookbook.exists():
         example = render((TEMPLATES / "cookbook.md").read_text(), values)
