@@ -11,7 +11,7 @@
 #       SECONDS (default 3600), for GATEWAY_JWT_ISSUER=ISSUER, GATEWAY_JWT_AUDIENCE=AUDIENCE.
 #
 # Used by scripts/kind-up.sh (the keys of the kind cluster), scripts/kind-smoke.sh and
-# k8s/tests/run.py (tokens for their requests), and the README's local walkthrough.
+# k8s/tests/run.py (tokens for their requests), and the local walkthrough of docs/security.md.
 set -euo pipefail
 
 die() {

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every fuzz target of fuzz/ for SECONDS each (default 30): `make fuzz`, which
 # `make test` (CI) runs with the default. A crash fails the run; its reproducer stays
-# in fuzz/artifacts/<target>/ (README, "Fuzzing").
+# in fuzz/artifacts/<target>/ (docs/testing.md, "Fuzzing").
 #
 # Stable Rust: cargo fuzz builds with `--sanitizer none`, as AddressSanitizer needs
 # nightly's -Zsanitizer (the code forbids `unsafe`, so memory errors are not what the

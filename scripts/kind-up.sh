@@ -359,7 +359,7 @@ cat <<EOF
   TOKEN=\$(scripts/dev-jwt.sh token target/kind-jwt.pem https://dev-issuer.local gateway cus_demo "inventory:read orders:read orders:write")
   curl -s -H "Authorization: Bearer \$TOKEN" http://127.0.0.1:30080/v1/products
   kubectl --context $context -n $namespace get pods
-  kubectl --context $context -n $namespace port-forward svc/inventory 50052:50052   # then grpcurl -plaintext 127.0.0.1:50052 list, if you have grpcurl (KIND_TLS=1: see README, Security)
+  kubectl --context $context -n $namespace port-forward svc/inventory 50052:50052   # then grpcurl -plaintext 127.0.0.1:50052 list, if you have grpcurl (KIND_TLS=1: see docs/security.md)
   kubectl --context $context -n $namespace port-forward svc/jaeger 16686:16686       # traces: http://127.0.0.1:16686 (Prometheus: svc/prometheus 9090, Grafana: svc/grafana 3000)
   make kind-down   # deletes the cluster
 EOF

@@ -14,8 +14,10 @@ NAME_ADDR in the stack's gateway and in k8s/base/gateway.yaml with the egress to
 tests/acceptance/specs.rs (its acceptance spec, appended), plus
 k8s/base/kustomization.yaml, the kind and production overlays' images, its Secret in
 k8s/components/tls/identities.yaml, and the inline lists of every
-service in k8s/ (`values: [gateway, orders, …]`), and the README's services table and
-grpcurl cookbook (an example, run by the acceptance tests). The spec and the
+service in k8s/ (`values: [gateway, orders, …]`), the README's services table (a row,
+and NAME_ADDR among the gateway's upstreams), its NAME_ADDR row in
+docs/configuration.md, and the grpcurl cookbook, docs/grpcurl.md (an example, run by
+the acceptance tests). The spec and the
 example are marked `remove-service: NAME`, so that `make remove-service` undoes it all. The service gets the next free local ports (gRPC 5005x, admin 910x).
 Then the gateway's generator writes docs/openapi.json again, with the new route (cargo).
 
@@ -123,8 +125,8 @@ def insert_before_anchor(path: str, text: str, lines: str, anchor_contains: str 
             done = True
         out.append(line)
     if not done:
-        raise Refused(f"{path}: no anchor line containing {anchor_contains!r}; restore it (see README, "
-                      "'Add a service in five minutes') or add the service by hand")
+        raise Refused(f"{path}: no anchor line containing {anchor_contains!r}; restore it (see "
+                      "docs/scaffolding.md, 'Add a service') or add the service by hand")
     return "".join(out)
 
 
@@ -262,9 +264,9 @@ def plan(name: str) -> tuple[dict[Path, str | bytes], dict[str, str]]:
         if listed != text:
             files[yaml] = listed
 
-    # The acceptance suite runs a spec of every service, and the README's cookbook an
-    # example of each (tests/acceptance.rs): both are marked for `make remove-service`,
-    # which also knows the line that lists the spec.
+    # The acceptance suite runs a spec of every service, and the grpcurl cookbook
+    # (docs/grpcurl.md) an example of each (tests/acceptance.rs): both are marked for
+    # `make remove-service`, which also knows the line that lists the spec.
     spec = render((TEMPLATES / "spec.rs").read_text(), values)
     edit("tests/acceptance/specs.rs", lambda p, t: insert_before_anchor(
         p, t, f"        {name}(),\n", f"// {ANCHOR} `make new-service` adds") + spec)
@@ -272,13 +274,27 @@ def plan(name: str) -> tuple[dict[Path, str | bytes], dict[str, str]]:
     if readme.exists():
         row = (f"| {name} | `{name}.v1.{values['Name']}Service` | {values['port']} | — |\n")
         text = readme.read_text()
+        # The gateway's upstreams (env) name the new one too.
+        text = re.sub(r"^(\| gateway \|.*`[A-Z0-9_]+_ADDR`) \|$", rf"\1, `{values['NAME']}_ADDR` |", text,
+                      count=1, flags=re.M)
         rows = list(re.finditer(r"^\| [a-z0-9]+ \| `[a-z0-9]+\.v1\.\w+` \| \d+ \| .* \|$", text, re.M))
         if rows:
             end = text.index("\n", rows[-1].end()) + 1
-            text = text[:end] + row + text[end:]
+            files[readme] = text[:end] + row + text[end:]
+    # docs/configuration.md lists every variable the code reads (tests/acceptance.rs
+    # checks it): the gateway's NAME_ADDR, beside the other upstreams.
+    configuration = ROOT / "docs" / "configuration.md"
+    if configuration.exists():
+        files[configuration] = insert_after_last(
+            "docs/configuration.md", configuration.read_text(),
+            r"^\| `[A-Z0-9_]+_ADDR` \| `http://127\.0\.0\.1:\d+` \|.*$",
+            f"| `{values['NAME']}_ADDR` | `http://127.0.0.1:{values['port']}` | where {name} is | gateway |\n")
+    cookbook = ROOT / "docs" / "grpcurl.md"
+    if cookbook.exists():
         example = render((TEMPLATES / "cookbook.md").read_text(), values)
         example = f"<!-- remove-service: {name} {{ -->\n\n{example.strip()}\n<!-- remove-service: {name} }} -->\n"
-        files[readme] = insert_before_anchor("README.md", text, example, "<!-- END grpcurl cookbook -->")
+        files[cookbook] = insert_before_anchor("docs/grpcurl.md", cookbook.read_text(), example,
+                                               "<!-- END grpcurl cookbook -->")
     return files, values
 
 

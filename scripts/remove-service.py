@@ -16,10 +16,12 @@ scripts/new-service.py:
     (`#` in TOML/YAML), with the `///` doc comment right above it, and blocks from a
     line containing `remove-service: NAME {` to one containing `remove-service: NAME }`
     (`<!-- … -->` in Markdown): the `mod` and route lines of those files, the stack's
-    event wiring, its acceptance spec and README examples, …;
-  - README: commands calling NAME (NAME.v1 in the grpcurl cookbook, the path /NAME
-    anywhere; a block left empty goes with its marker), the row of `NAME_ADDR` in the
-    configuration table and its mentions;
+    event wiring, its acceptance spec and grpcurl cookbook examples, …;
+  - README.md and docs/*.md: commands calling NAME (NAME.v1 in the grpcurl cookbook,
+    docs/grpcurl.md, the path /NAME anywhere; a block left empty goes with its marker),
+    its row of the README's services table, table rows naming a file of services/NAME/
+    (the pattern index), the row of `NAME_ADDR` in the configuration table
+    (docs/configuration.md) and its mentions;
   - docs/openapi.json: the HTTP routes of NAME's services and NAME.v1's schemas.
 
 It refuses, changing nothing, when another service still depends on NAME after all of
@@ -40,6 +42,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SKIP_DIRS = {".git", "target", ".tools", "__pycache__", "node_modules"}
 SUFFIXES = {".rs", ".toml", ".yaml", ".yml", ".md"}
+# Pages of docs/ that a program writes (`make bench`): left as they are.
+GENERATED_DOCS = {"docs/benchmarks.md"}
 
 
 class Refused(Exception):
@@ -125,9 +129,10 @@ def is_peer(lines: list[str], i: int) -> bool:
 
 def remove_cookbook_calls(text: str, name: str) -> str:
     """Drops shell commands (with their continuation lines) that call NAME from the
-    README's sh blocks: in the grpcurl cookbook, those naming NAME.v1 or a path /NAME;
-    elsewhere (e.g. "Add a service", whose example is NAME), only a path /NAME. A block
-    left empty goes with its acceptance marker."""
+    sh blocks of a page of the docs: in the grpcurl cookbook, those naming NAME.v1 or a
+    path /NAME; elsewhere (e.g. the README's curl calls, or "Add a service", whose
+    example is NAME), only a path /NAME. A block left empty goes with its acceptance
+    marker."""
     begin, end = "<!-- BEGIN grpcurl cookbook -->", "<!-- END grpcurl cookbook -->"
     i, j = text.find(begin), text.find(end)
     if i < 0 or j < i:
@@ -221,8 +226,10 @@ def plan(name: str) -> tuple[dict[Path, str], list[Path]]:
             # comments (`#   gateway → orders:50051, NAME:50054`).
             new = re.sub(rf"(values: \[[^\]\n]*?)(, {name}\b|\b{name}, )", r"\1", new)
             new = re.sub(rf"^(#.*?)(, {name}:\d+\b|\b{name}:\d+, )", r"\1", new, flags=re.M)
-        if r == "README.md":
+        if r == "README.md" or (rel.parts[0] == "docs" and path.suffix == ".md" and r not in GENERATED_DOCS):
             new = re.sub(rf"^\| {name} \|.*\n", "", new, flags=re.M)
+            # Rows of a table naming a file of NAME (the README's pattern index).
+            new = re.sub(rf"^\|.*\bservices/{name}/.*\n", "", new, flags=re.M)
             new = re.sub(rf"^\| `{upper}_ADDR` \|.*\n", "", new, flags=re.M)
             new = re.sub(rf", `{upper}_ADDR`|`{upper}_ADDR`, ", "", new)
             new = remove_cookbook_calls(new, name)

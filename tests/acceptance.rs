@@ -1,11 +1,13 @@
 //! Acceptance: the real grpcurl and `buf curl` work against every gRPC service of the
-//! stack, as users run them, and the README's grpcurl cookbook works as printed.
+//! stack, as users run them; the grpcurl cookbook (`docs/grpcurl.md`) and the README's
+//! quick start work as printed, and the docs name only files that exist.
 //!
 //! Each test starts the whole stack in-process on free ports and runs the tools as
 //! external processes against it. What every service must answer is data, in
 //! `acceptance/specs.rs`; what the protos declare (RPCs, fields) is read from the
-//! descriptor set `build.rs` compiles from `proto/`. The README's examples are marked
-//! and run as described in `acceptance/cookbook.rs`.
+//! descriptor set `build.rs` compiles from `proto/`. The docs' examples are marked
+//! and run as described in `acceptance/cookbook.rs`; their links and paths are checked
+//! as `acceptance/docs.rs` says.
 //!
 //! A tool that is missing fails the suite (run `scripts/tools.sh`, or `make test`);
 //! so does a service of `proto/` without a spec. Every check compares what the tool
@@ -22,11 +24,12 @@ use std::net::SocketAddr;
 use serde_json::json;
 
 use suite::calls::{BUF_FLAGS, Tool};
+use suite::cookbook::{self, COOKBOOK, QUICK_START};
 use suite::harness::{self, Part, Running};
 use suite::schema::{self, Schema};
 use suite::tools::{self, Invocation, Output, Tools};
 use suite::web::{self, Answer, Http};
-use suite::{cookbook, specs};
+use suite::{docs, specs};
 
 /// The services every server registers next to its own (`shared::server`).
 const STANDARD_SERVICES: [&str; 3] = [
@@ -425,12 +428,13 @@ const COOKBOOK_MUST_SHOW: [&str; 11] = [
 ];
 
 #[tokio::test(flavor = "multi_thread")]
-async fn readme_grpcurl_cookbook_runs_as_printed() {
+async fn grpcurl_cookbook_runs_as_printed() {
     Tools::locate(); // a clear message if grpcurl is missing, before any example runs
     let schema = Schema::load();
-    let readme =
-        std::fs::read_to_string(tools::root().join("README.md")).expect("README.md is readable");
-    let examples = cookbook::examples(&readme).unwrap_or_else(|e| panic!("{e}"));
+    let path = COOKBOOK.path;
+    let text = std::fs::read_to_string(tools::root().join(path))
+        .unwrap_or_else(|e| panic!("{path} is readable: {e}"));
+    let examples = cookbook::examples(COOKBOOK, &text).unwrap_or_else(|e| panic!("{e}"));
     let running = Running::start(&schema).await;
     let ports: Vec<(u16, SocketAddr)> = running
         .services
@@ -464,13 +468,13 @@ async fn readme_grpcurl_cookbook_runs_as_printed() {
         problems.push("the cookbook shows no NotFound error".into());
     }
 
-    // In README order, one after another: later examples use what earlier ones did
+    // In the page's order, one after another: later examples use what earlier ones did
     // (a reservation to commit).
     for example in &examples {
         let script = match cookbook::rewrite(&example.script, &ports) {
             Ok(script) => script,
             Err(e) => {
-                problems.push(format!("README.md:{}: {e}", example.line));
+                problems.push(format!("{path}:{}: {e}", example.line));
                 continue;
             }
         };
@@ -498,11 +502,61 @@ async fn readme_grpcurl_cookbook_runs_as_printed() {
             }
         };
         if let Err(e) = verdict {
-            problems.push(format!("README.md:{}: {e}\n{output}", example.line));
+            problems.push(format!("{path}:{}: {e}\n{output}", example.line));
         }
     }
     running.stop().await;
     fail_if_any(problems);
+}
+
+/// The README's three calls through the gateway, as printed, against a fresh stack:
+/// each block exits 0, prints JSON on stdout, nothing on stderr, and no gateway error
+/// (`{"error": …}`; `curl -s` exits 0 on a 4xx).
+#[tokio::test(flavor = "multi_thread")]
+async fn readme_quick_start_runs_as_printed() {
+    let path = QUICK_START.path;
+    let text = std::fs::read_to_string(tools::root().join(path))
+        .unwrap_or_else(|e| panic!("{path} is readable: {e}"));
+    let examples = cookbook::examples(QUICK_START, &text).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!examples.is_empty(), "{path} shows no curl call");
+    let stack =
+        stack::testing::TestStack::start(&shared::Env::default(), &stack::Wiring::default()).await;
+    let ports = [(8080, stack.addr("gateway"))];
+    let mut problems = Vec::new();
+    for example in &examples {
+        let script = cookbook::rewrite(&example.script, &ports)
+            .unwrap_or_else(|e| panic!("{path}:{}: {e}", example.line));
+        let invocation =
+            Invocation::new(std::path::Path::new("sh"), ["-eu", "-c", script.as_str()])
+                .env("PATH", Tools::shell_path());
+        let output = tools::run_one(invocation).await;
+        let verdict = clean(&output).and_then(|()| {
+            ensure(
+                output.stdout.trim_start().starts_with('{') && !output.stdout.contains("\"error\""),
+                || "expected JSON answers and no error".into(),
+            )
+        });
+        if let Err(e) = verdict {
+            problems.push(format!("{path}:{}: {e}\n{output}", example.line));
+        }
+    }
+    stack.stop().await.expect("the stack stops");
+    fail_if_any(problems);
+}
+
+/// README.md, docs/*.md and k8s/README.md name only what exists: every relative link's file (and its
+/// `#anchor`'s heading), every repository path in backticks, every `scripts/…` and
+/// `make <target>` of their shell blocks. Files move; the docs must follow.
+#[test]
+fn the_docs_name_only_files_that_exist() {
+    fail_if_any(docs::problems(tools::root()));
+}
+
+/// docs/configuration.md lists every environment variable the services read, and only
+/// those.
+#[test]
+fn the_configuration_page_lists_every_variable_read() {
+    fail_if_any(docs::configuration(tools::root()));
 }
 
 /// gRPC-Web with Connect's client for Node, as a program calls the services with no

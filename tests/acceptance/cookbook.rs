@@ -1,14 +1,15 @@
-//! The README's grpcurl cookbook, as executable examples.
+//! The docs' examples, executable: the grpcurl cookbook (`docs/grpcurl.md`) and the
+//! README's quick start (three curl calls through the gateway).
 //!
-//! The cookbook lives between `<!-- BEGIN grpcurl cookbook -->` and
-//! `<!-- END grpcurl cookbook -->`. Each example is a ```` ```sh ```` block right
-//! after a marker line:
+//! Each lives between a `<!-- BEGIN … -->` and an `<!-- END … -->` marker ([`Doc`]).
+//! Each example is a ```` ```sh ```` block right after a marker line:
 //!
-//! - `<!-- acceptance: grpcurl -->`: the block must exit 0 and print nothing on stderr;
+//! - `<!-- acceptance: grpcurl -->` (`curl` in the quick start): the block must exit 0
+//!   and print nothing on stderr;
 //! - `<!-- acceptance: grpcurl, fails with NotFound -->`: the block must end with
 //!   grpcurl's error for that code (exit code 64 + code, `Code: NotFound` on stderr).
 //!
-//! A shell block in the cookbook that mentions grpcurl but has no marker is an error,
+//! A shell block of the section that mentions the tool but has no marker is an error,
 //! and so is a marker the suite does not know: no example escapes the tests.
 //!
 //! Each block runs as one POSIX `sh -eu` script, exactly as printed, with the pinned
@@ -21,38 +22,68 @@ use std::net::SocketAddr;
 
 use tonic::Code;
 
-pub(crate) const BEGIN: &str = "<!-- BEGIN grpcurl cookbook -->";
-pub(crate) const END: &str = "<!-- END grpcurl cookbook -->";
-const MARKER: &str = "<!-- acceptance: grpcurl";
+/// A file of the repository with a section of marked examples of one tool.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Doc {
+    /// Relative to the repository's root.
+    pub(crate) path: &'static str,
+    pub(crate) begin: &'static str,
+    pub(crate) end: &'static str,
+    /// The command the examples run; a block naming it must be marked.
+    pub(crate) tool: &'static str,
+}
+
+/// The grpcurl cookbook. `scripts/new-service.py` adds a new service's example before
+/// its end marker, `scripts/remove-service.py` takes a service's examples out.
+pub(crate) const COOKBOOK: Doc = Doc {
+    path: "docs/grpcurl.md",
+    begin: "<!-- BEGIN grpcurl cookbook -->",
+    end: "<!-- END grpcurl cookbook -->",
+    tool: "grpcurl",
+};
+
+/// The README's three calls through the gateway.
+pub(crate) const QUICK_START: Doc = Doc {
+    path: "README.md",
+    begin: "<!-- BEGIN quick start -->",
+    end: "<!-- END quick start -->",
+    tool: "curl",
+};
 
 /// One marked example.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Example {
-    /// 1-based line of the README where the block's code starts.
+    /// 1-based line of the file where the block's code starts.
     pub(crate) line: usize,
     pub(crate) script: String,
     /// `Some(code)` for an example that shows an error.
     pub(crate) fails_with: Option<Code>,
 }
 
-/// The cookbook section of `readme`, or why there is none.
-pub(crate) fn section(readme: &str) -> Result<(usize, &str), String> {
-    let count = |marker| readme.matches(marker).count();
-    if count(BEGIN) != 1 || count(END) != 1 {
-        return Err(format!("README.md must have {BEGIN} and {END} once each"));
+/// The section of `text` (the contents of `doc`) between its markers, with the line
+/// number of its begin marker, or why there is none.
+pub(crate) fn section(doc: Doc, text: &str) -> Result<(usize, &str), String> {
+    let Doc {
+        path, begin, end, ..
+    } = doc;
+    let count = |marker| text.matches(marker).count();
+    if count(begin) != 1 || count(end) != 1 {
+        return Err(format!("{path} must have {begin} and {end} once each"));
     }
-    let start = readme.find(BEGIN).expect("counted") + BEGIN.len();
-    let end = readme.find(END).expect("counted");
-    if end < start {
-        return Err(format!("{END} comes before {BEGIN}"));
+    let start = text.find(begin).expect("counted") + begin.len();
+    let stop = text.find(end).expect("counted");
+    if stop < start {
+        return Err(format!("{path}: {end} comes before {begin}"));
     }
-    let first_line = readme[..start].lines().count();
-    Ok((first_line, &readme[start..end]))
+    let first_line = text[..start].lines().count();
+    Ok((first_line, &text[start..stop]))
 }
 
-/// Every marked example of the cookbook, in README order.
-pub(crate) fn examples(readme: &str) -> Result<Vec<Example>, String> {
-    let (offset, section) = section(readme)?;
+/// Every marked example of the section of `text` (the contents of `doc`), in order.
+pub(crate) fn examples(doc: Doc, text: &str) -> Result<Vec<Example>, String> {
+    let (offset, section) = section(doc, text)?;
+    let path = doc.path;
+    let marker_prefix = format!("<!-- acceptance: {}", doc.tool);
     let lines: Vec<&str> = section.lines().collect();
     let mut examples = Vec::new();
     let mut pending: Option<(usize, Option<Code>)> = None;
@@ -63,14 +94,14 @@ pub(crate) fn examples(readme: &str) -> Result<Vec<Example>, String> {
         if line.starts_with("<!-- acceptance") {
             pending = Some((
                 number,
-                parse_marker(line).map_err(|e| format!("README.md:{number}: {e}"))?,
+                parse_marker(&marker_prefix, line).map_err(|e| format!("{path}:{number}: {e}"))?,
             ));
         } else if let Some(fence) = line.strip_prefix("```") {
             let start = i + 1;
             let len = lines[start..]
                 .iter()
                 .position(|l| l.trim() == "```")
-                .ok_or_else(|| format!("README.md:{number}: unclosed code block"))?;
+                .ok_or_else(|| format!("{path}:{number}: unclosed code block"))?;
             let code = lines[start..start + len].join("\n");
             match pending.take() {
                 Some((_, fails_with)) if fence == "sh" => examples.push(Example {
@@ -80,12 +111,13 @@ pub(crate) fn examples(readme: &str) -> Result<Vec<Example>, String> {
                 }),
                 Some((marker, _)) => {
                     return Err(format!(
-                        "README.md:{marker}: the marked block must be ```sh, not ```{fence}"
+                        "{path}:{marker}: the marked block must be ```sh, not ```{fence}"
                     ));
                 }
-                None if code.contains("grpcurl") => {
+                None if code.contains(doc.tool) => {
                     return Err(format!(
-                        "README.md:{number}: a grpcurl example without a marker; put `{MARKER} -->` on the line before"
+                        "{path}:{number}: a {} example without a marker; put `{marker_prefix} -->` on the line before",
+                        doc.tool
                     ));
                 }
                 None => {}
@@ -93,31 +125,32 @@ pub(crate) fn examples(readme: &str) -> Result<Vec<Example>, String> {
             i = start + len;
         } else if let Some((marker, _)) = pending.filter(|_| !line.is_empty()) {
             return Err(format!(
-                "README.md:{marker}: the marker must be followed by a ```sh block"
+                "{path}:{marker}: the marker must be followed by a ```sh block"
             ));
         }
         i += 1;
     }
     if let Some((marker, _)) = pending {
         return Err(format!(
-            "README.md:{marker}: the marker is not followed by a code block"
+            "{path}:{marker}: the marker is not followed by a code block"
         ));
     }
     Ok(examples)
 }
 
-/// `<!-- acceptance: grpcurl -->` or `<!-- acceptance: grpcurl, fails with NotFound -->`.
-fn parse_marker(line: &str) -> Result<Option<Code>, String> {
+/// `<!-- acceptance: grpcurl -->` or `<!-- acceptance: grpcurl, fails with NotFound -->`
+/// (`marker` is `<!-- acceptance: grpcurl`).
+fn parse_marker(marker: &str, line: &str) -> Result<Option<Code>, String> {
     let inner = line
-        .strip_prefix(MARKER)
+        .strip_prefix(marker)
         .and_then(|rest| rest.strip_suffix("-->"))
         .map(str::trim)
-        .ok_or_else(|| format!("unknown marker {line:?}: expected `{MARKER} -->`"))?;
+        .ok_or_else(|| format!("unknown marker {line:?}: expected `{marker} -->`"))?;
     if inner.is_empty() {
         return Ok(None);
     }
     let name = inner.strip_prefix(", fails with ").ok_or_else(|| {
-        format!("unknown marker {line:?}: expected `{MARKER}, fails with <Code> -->`")
+        format!("unknown marker {line:?}: expected `{marker}, fails with <Code> -->`")
     })?;
     (1..=16)
         .map(Code::from_i32)
@@ -145,7 +178,7 @@ pub(crate) fn rewrite(script: &str, ports: &[(u16, SocketAddr)]) -> Result<Strin
             .iter()
             .find(|(local, _)| *local == port)
             .map(|(_, addr)| addr)
-            .ok_or_else(|| format!("localhost:{port} is no gRPC service of the stack"))?;
+            .ok_or_else(|| format!("localhost:{port} is no service of the stack"))?;
         out.push_str(&addr.to_string());
         rest = &after[digits..];
     }
@@ -158,7 +191,10 @@ mod tests {
     use super::*;
 
     fn readme(cookbook: &str) -> String {
-        format!("# Title\n\n{BEGIN}\n{cookbook}\n{END}\n")
+        format!(
+            "# Title\n\n{}\n{cookbook}\n{}\n",
+            COOKBOOK.begin, COOKBOOK.end
+        )
     }
 
     #[test]
@@ -167,7 +203,7 @@ mod tests {
             "Intro.\n\n<!-- acceptance: grpcurl -->\n```sh\ngrpcurl -plaintext localhost:50052 list\n```\n\n\
              <!-- acceptance: grpcurl, fails with NotFound -->\n```sh\ngrpcurl a\ngrpcurl b\n```\n\n```json\n{}\n```\n",
         );
-        let found = examples(&text).unwrap();
+        let found = examples(COOKBOOK, &text).unwrap();
         assert_eq!(found.len(), 2);
         assert_eq!((found[0].line, found[0].fails_with), (8, None));
         assert_eq!(found[0].script, "grpcurl -plaintext localhost:50052 list");
@@ -182,24 +218,45 @@ mod tests {
     fn unmarked_examples_and_unknown_markers_are_errors() {
         let unmarked = readme("```sh\ngrpcurl -plaintext localhost:50052 list\n```\n");
         assert!(
-            examples(&unmarked)
+            examples(COOKBOOK, &unmarked)
                 .unwrap_err()
                 .contains("without a marker")
         );
         let unknown =
             readme("<!-- acceptance: grpcurl, fails with Nope -->\n```sh\ngrpcurl x\n```\n");
         assert!(
-            examples(&unknown)
+            examples(COOKBOOK, &unknown)
                 .unwrap_err()
                 .contains("unknown status code")
         );
         let dangling = readme("<!-- acceptance: grpcurl -->\nSome text.\n```sh\ngrpcurl x\n```\n");
         assert!(
-            examples(&dangling)
+            examples(COOKBOOK, &dangling)
                 .unwrap_err()
                 .contains("followed by a ```sh block")
         );
-        assert!(examples("no cookbook").unwrap_err().contains("once each"));
+        assert!(
+            examples(COOKBOOK, "no cookbook")
+                .unwrap_err()
+                .contains("once each")
+        );
+    }
+
+    #[test]
+    fn the_quick_start_is_curl_calls_in_the_readme() {
+        let (begin, end) = (QUICK_START.begin, QUICK_START.end);
+        let marked = format!(
+            "# T\n{begin}\n<!-- acceptance: curl -->\n```sh\ncurl -s http://localhost:8080/x\n```\n{end}\n"
+        );
+        let found = examples(QUICK_START, &marked).unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].script, "curl -s http://localhost:8080/x");
+        let unmarked = format!("{begin}\n```sh\ncurl -s http://localhost:8080/x\n```\n{end}\n");
+        let error = examples(QUICK_START, &unmarked).unwrap_err();
+        assert!(
+            error.starts_with("README.md:2: a curl example without a marker"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -6,11 +6,13 @@
 //! - `schema`: services, RPCs and fields, from the descriptor set of `proto/`;
 //! - `specs`: what each service must answer;
 //! - `harness`: the stack on free ports, and running the specs against it;
-//! - `cookbook`: the README's marked grpcurl examples;
+//! - `cookbook`: the docs' marked examples (the grpcurl cookbook, the README's curl calls);
+//! - `docs`: the links and paths that README.md and docs/*.md name;
 //! - `web`: gRPC-Web calls with Connect's client for Node, and CORS preflights.
 
 pub(crate) mod calls;
 pub(crate) mod cookbook;
+pub(crate) mod docs;
 pub(crate) mod harness;
 pub(crate) mod json;
 pub(crate) mod schema;
