@@ -8,9 +8,10 @@
 //!   purpose (tokio task-locals do not follow `tokio::spawn`): orders' saga outlives a
 //!   PlaceOrder whose caller hung up, because stopping it halfway would leave stock
 //!   held or a card charged.
-//! - **Retries** ([`policy`]): only of methods whose proto says
-//!   `option idempotency_level = IDEMPOTENT;` or `NO_SIDE_EFFECTS`
-//!   ([`contracts::RETRY_SAFE_METHODS`]), only when the attempt was not processed
+//! - **Retries** ([`policy`]): only of the methods the caller names retry-safe (the
+//!   services pass `contracts::RETRY_SAFE_METHODS`: those whose proto says
+//!   `option idempotency_level = IDEMPOTENT;` or `NO_SIDE_EFFECTS`, except client
+//!   streams, whose messages are not kept), only when the attempt was not processed
 //!   (UNAVAILABLE, or no connection: [`outcome::classify`] is the one table of what is
 //!   retried and what counts against the downstream; a caller's own fault never
 //!   does), with exponential backoff and full jitter, within
@@ -66,11 +67,21 @@ pub type Channel = ClientRpc<Resilient>;
 /// so a service starts even while its upstreams are still coming up, and reconnects
 /// on its own when they restart. Must be called within a tokio runtime (it spawns the
 /// task that resolves host names).
-pub fn channel(upstream: impl Into<Upstream>, config: &ClientConfig) -> Channel {
+///
+/// `retry_safe` lists the methods (`/package.Service/Method`, in any order) the channel
+/// may send again when an attempt was not processed: `contracts::RETRY_SAFE_METHODS`.
+/// A method not listed is sent once (and its message is not kept in memory); never
+/// list a client-streaming one.
+pub fn channel(
+    upstream: impl Into<Upstream>,
+    config: &ClientConfig,
+    retry_safe: &[&'static str],
+) -> Channel {
     let upstream = upstream.into();
     let first = &upstream.targets[0];
     let (host, port) = (first.host.clone(), first.port);
-    ClientRpc::new(Resilient::new(upstream, config), &host, Some(port))
+    let resilient = Resilient::new(upstream, config, retry_safe);
+    ClientRpc::new(resilient, &host, Some(port))
 }
 
 /// The one place where a connection to one address of a downstream is configured.

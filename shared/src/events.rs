@@ -10,7 +10,8 @@
 //!   retries or dead-letters each event the same way on both buses.
 //! - [`InProcessBus`] publishes to [`Subscription`]s in the same process: what the
 //!   `stack` launcher and the tests use without `NATS_URL`.
-//! - `jetstream`: the streams ([`STREAMS`]: `ORDER_EVENTS`, `DEAD_LETTERS`), durable
+//! - `jetstream`: the streams (a service names its own, [`StreamSpec`]s declared by
+//!   their publishers next to their subjects; `DEAD_LETTERS` is always there), durable
 //!   pull consumers and acknowledged publishing.
 //!
 //! Delivery is at least once (a broker redelivers what was not acknowledged), so a
@@ -33,13 +34,7 @@ pub use consume::{
     DEAD_LETTER_STREAM_SEQUENCE, DEAD_LETTER_SUBJECT, HandleError, Handler, RetryPolicy, Source,
     consume, dead_letter_subject,
 };
-pub use jetstream::{
-    DEAD_LETTERS_STREAM, DUPLICATE_WINDOW, ORDER_EVENTS_STREAM, STREAMS, StreamSpec,
-};
-
-/// The subject of `orders.v1.OrderEvent`s: one per order state change. It carries the
-/// proto package, so an incompatible payload would get a new subject.
-pub const ORDER_EVENTS: &str = "orders.v1.events";
+pub use jetstream::{DEAD_LETTERS_STREAM, DUPLICATE_WINDOW, StreamSpec};
 
 /// One message on the bus.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,7 +42,9 @@ pub struct Event {
     /// Unique per event, and the same when its publication is retried: brokers
     /// de-duplicate on it, and so must consumers.
     pub id: String,
-    /// Where it is published, e.g. [`ORDER_EVENTS`]. Subscribers name it exactly.
+    /// Where it is published, e.g. `orders.v1.events`: the proto package of its
+    /// payload, so an incompatible payload gets a new subject. Subscribers name it
+    /// exactly.
     pub subject: String,
     /// Message headers, e.g. the W3C trace context (`traceparent`, `tracestate`).
     pub headers: Vec<(String, String)>,
@@ -274,12 +271,12 @@ mod tests {
     #[tokio::test]
     async fn payload_and_headers_arrive_unchanged() {
         let bus = InProcessBus::new();
-        let mut subscription = bus.subscribe(ORDER_EVENTS);
-        let mut sent = Event::new(ORDER_EVENTS, "evt_1", vec![0, 1, 2]);
+        let mut subscription = bus.subscribe("s");
+        let mut sent = Event::new("s", "evt_1", vec![0, 1, 2]);
         sent.headers
             .push(("traceparent".into(), "00-abc-def-01".into()));
         bus.publish(sent.clone()).await.unwrap();
-        assert_eq!(subscription.subject(), ORDER_EVENTS);
+        assert_eq!(subscription.subject(), "s");
         assert_eq!(subscription.next().await, Some(sent));
     }
 }

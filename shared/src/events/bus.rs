@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_nats::ServerAddr;
 
 use super::consume::{RetryPolicy, Source, SourceKind};
-use super::jetstream::JetStream;
+use super::jetstream::{JetStream, StreamSpec};
 use super::{EventPublisher, InProcessBus};
 use crate::{ConfigError, Env};
 
@@ -178,15 +178,21 @@ enum Kind {
 }
 
 impl Bus {
-    /// JetStream when `config.nats` is set (connecting and creating the streams),
-    /// otherwise `local`. `app` names the connection in NATS's monitoring.
+    /// JetStream when `config.nats` is set (connecting, and creating or updating
+    /// `streams`, those the service publishes to or consumes from, and the dead
+    /// letters' stream), otherwise `local`. `app` names the connection in NATS's
+    /// monitoring.
     pub async fn connect(
         config: &EventsConfig,
         app: &str,
+        streams: &[StreamSpec],
         local: &InProcessBus,
     ) -> Result<Self, EventsError> {
         let kind = match &config.nats {
-            Some(nats) => Kind::JetStream(Box::new(JetStream::connect(nats, app).await?)),
+            Some(nats) => {
+                let jetstream = JetStream::connect(nats, app, streams).await?;
+                Kind::JetStream(Box::new(jetstream))
+            }
             None => Kind::InProcess(local.clone()),
         };
         Ok(Self {
@@ -203,7 +209,8 @@ impl Bus {
         }
     }
 
-    /// The events of `subject` for consumer `name`, to run [`super::consume`] on. On
+    /// The events of `subject` (held by one of the streams given to
+    /// [`connect`](Self::connect)) for consumer `name`, to run [`super::consume`] on. On
     /// JetStream, a durable consumer: what was published while the service was down
     /// is delivered when it is back, and instances with the same name share the work.
     /// In-process, a subscription from now on.
