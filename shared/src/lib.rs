@@ -59,3 +59,42 @@ pub use money::Money;
 pub use pagination::PageRequest;
 pub use server::Server;
 pub use validation::{FieldViolation, ValidationError, Violations};
+
+#[cfg(test)]
+mod tests {
+    /// The names a manifest's dependency lines give in the sections named `sections`.
+    fn dependencies<'a>(manifest: &'a str, sections: &[&str]) -> Vec<(&'a str, &'a str)> {
+        let mut section = "";
+        let mut found = Vec::new();
+        for line in manifest.lines().map(str::trim) {
+            if line.starts_with('[') {
+                section = line.trim_matches(['[', ']']);
+            } else if sections.contains(&section) && !line.starts_with('#') {
+                if let Some((name, _)) = line.split_once(['.', ' ', '=']) {
+                    found.push((name, line));
+                }
+            }
+        }
+        found
+    }
+
+    /// A runtime knows no service: `shared` depends on no crate of the workspace (the
+    /// contracts, a service), so that a service hands it what it needs (its descriptor
+    /// set, its retry-safe methods, its event streams) and every clone can keep it.
+    #[test]
+    fn shared_depends_on_no_crate_of_the_workspace() {
+        let root = include_str!("../../Cargo.toml");
+        let members: Vec<&str> = dependencies(root, &["workspace.dependencies"])
+            .into_iter()
+            .filter(|(_, line)| line.contains("path = "))
+            .map(|(name, _)| name)
+            .collect();
+        assert!(members.contains(&"contracts"), "{members:?}");
+        let sections = ["dependencies", "dev-dependencies", "build-dependencies"];
+        let ours = dependencies(include_str!("../Cargo.toml"), &sections);
+        assert!(ours.len() > 10, "{ours:?}");
+        for (name, line) in ours {
+            assert!(!members.contains(&name), "shared depends on {name}: {line}");
+        }
+    }
+}
