@@ -35,7 +35,7 @@
 //!   headless Service lists one per ready pod). An address that refuses connections
 //!   is set aside for a while.
 //! - A client span and metrics per call, and W3C trace context propagation
-//!   ([`crate::rpc`]); retries, breaker changes and rejections are counted too
+//!   ([`crate::observe`]); retries, breaker changes and rejections are counted too
 //!   (`rpc_client_*` in [`crate::metrics`]).
 //!
 //! The layers, outermost first: [`ClientRpc`] (one span and one sample per call, what
@@ -49,7 +49,7 @@ use http::Uri;
 use tonic::transport::Endpoint;
 
 use crate::ClientConfig;
-use crate::rpc::ClientRpc;
+use crate::observe::ClientRpc;
 
 mod balance;
 pub mod outcome;

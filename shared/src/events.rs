@@ -82,7 +82,7 @@ pub fn traced(app: &'static str, mut event: Event) -> (tracing::Span, Event) {
         messaging.destination.name = %event.subject,
         messaging.message.id = %event.id,
     );
-    crate::rpc::inject_trace_into_pairs(&span, &mut event.headers);
+    crate::observe::inject_trace_into_pairs(&span, &mut event.headers);
     (span, event)
 }
 
@@ -99,7 +99,7 @@ pub fn consumer_span(app: &'static str, event: &Event) -> tracing::Span {
         messaging.destination.name = %event.subject,
         messaging.message.id = %event.id,
     );
-    crate::rpc::continue_trace_from_pairs(&span, &event.headers);
+    crate::observe::continue_trace_from_pairs(&span, &event.headers);
     span
 }
 

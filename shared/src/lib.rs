@@ -3,13 +3,14 @@
 //!
 //! - [`config`]: typed settings from environment variables ([`Env`], [`ServerConfig`]).
 //! - [`telemetry`]: logs and traces (`RUST_LOG`, `LOG_FORMAT`, `OTEL_*`).
-//! - [`rpc`], [`metrics`], [`admin`]: a span and a metric sample per call, on both
+//! - [`observe`], [`metrics`], [`admin`]: a span and a metric sample per call, on both
 //!   ends, W3C trace context propagation, and `/metrics` on the admin port.
 //! - [`server`]: the gRPC server: health, reflection, limits, deadlines, a span per
-//!   call, and graceful shutdown ([`Server`]); [`protocol`]: the statuses the gRPC
-//!   spec asks for where tonic's differ; [`limit`]: load shedding; [`panic`]: a
-//!   panicking handler costs one call or one delivery, and is logged; [`web`]:
-//!   gRPC-Web for browsers and Node programs, CORS off unless configured.
+//!   call, and graceful shutdown ([`Server`]); [`conformance`]: the statuses the gRPC
+//!   spec asks for where tonic's differ; [`load_shed`]: a server-wide limit on calls
+//!   at once; [`panic`]: a panicking handler costs one call or one delivery, and is
+//!   logged; [`web`]: gRPC-Web for browsers and Node programs, CORS off unless
+//!   configured.
 //! - [`client`]: channels for calling other services: deadline propagation, retries
 //!   under a budget, circuit breaker, bulkhead and load balancing, per downstream.
 //! - [`tls`]: TLS and mutual TLS between services (`GRPC_TLS_*`, `GRPC_CLIENT_TLS_*`).
@@ -26,6 +27,7 @@
 pub mod admin;
 pub mod client;
 pub mod config;
+pub mod conformance;
 pub mod db;
 pub mod deadline;
 mod error;
@@ -34,13 +36,12 @@ pub mod health;
 pub mod id;
 pub mod identity;
 pub mod lifecycle;
-pub mod limit;
+pub mod load_shed;
 pub mod metrics;
 pub mod money;
+pub mod observe;
 pub mod pagination;
 pub mod panic;
-pub mod protocol;
-pub mod rpc;
 pub mod server;
 pub mod shutdown;
 pub mod status;
@@ -69,10 +70,11 @@ mod tests {
         for line in manifest.lines().map(str::trim) {
             if line.starts_with('[') {
                 section = line.trim_matches(['[', ']']);
-            } else if sections.contains(&section) && !line.starts_with('#') {
-                if let Some((name, _)) = line.split_once(['.', ' ', '=']) {
-                    found.push((name, line));
-                }
+            } else if sections.contains(&section)
+                && !line.starts_with('#')
+                && let Some((name, _)) = line.split_once(['.', ' ', '='])
+            {
+                found.push((name, line));
             }
         }
         found

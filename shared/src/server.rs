@@ -14,10 +14,10 @@ use tonic::service::{Routes, RoutesBuilder};
 use tonic::transport::server::TcpIncoming;
 use tower::Service;
 
+use crate::conformance::ConformanceLayer;
 use crate::deadline::DeadlineLayer;
-use crate::limit::LoadShedLayer;
-use crate::protocol::ProtocolLayer;
-use crate::rpc::ServerLayer;
+use crate::load_shed::LoadShedLayer;
+use crate::observe::ServerLayer;
 use crate::tasks::{Signals, Tasks};
 use crate::web::WebLayer;
 use crate::{Error, Health, ServerConfig, health, lifecycle};
@@ -336,7 +336,7 @@ impl Server {
                     // The client's deadline, capped by ours, answered with DEADLINE_EXCEEDED.
                     .layer(DeadlineLayer::new(config.request_timeout))
                     // HTTP 415 for non-gRPC requests, RESOURCE_EXHAUSTED for size limits.
-                    .layer(ProtocolLayer),
+                    .layer(ConformanceLayer),
             )
             .add_routes(routes);
 

@@ -268,7 +268,7 @@ pub fn init(service: &str, env: &Env) -> Result<Telemetry, ConfigError> {
             // parent lookup it then does at span creation), serves instrumentation
             // that reads `opentelemetry::Context::current()`: the spans here are
             // tracing's, parented through tracing and propagated with
-            // `OpenTelemetrySpanExt::context` (`crate::rpc`), so nothing reads it. A
+            // `OpenTelemetrySpanExt::context` (`crate::observe`), so nothing reads it. A
             // service that adds OpenTelemetry-native instrumentation turns it back on.
             .with_context_activation(false)
             .with_threads(false)

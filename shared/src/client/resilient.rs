@@ -104,7 +104,7 @@ impl Resilient {
     }
 }
 
-impl crate::rpc::ClientRpc<Resilient> {
+impl crate::observe::ClientRpc<Resilient> {
     /// See [`Resilient::retry_budget`].
     pub fn retry_budget(&self) -> Arc<RetryBudget> {
         self.inner().retry_budget()

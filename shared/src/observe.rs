@@ -8,7 +8,7 @@
 //! the call's span and trace id too.
 //!
 //! A request that is not gRPC (its `content-type`) is no call: it is passed on
-//! unobserved, and [`crate::protocol`] answers it.
+//! unobserved, and [`crate::conformance`] answers it.
 //!
 //! A handler that panics, before answering or while streaming, ends its call with
 //! INTERNAL ("internal error"; the panic message stays in the logs), not a reset
@@ -354,8 +354,8 @@ where
     }
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
-        if !crate::protocol::is_grpc(request.headers()) {
-            // Not a call (`crate::protocol` answers HTTP 415): no span and no sample,
+        if !crate::conformance::is_grpc(request.headers()) {
+            // Not a call (`crate::conformance` answers HTTP 415): no span and no sample,
             // so that no path a client makes up becomes a metric label.
             return ObservedFuture {
                 inner: self.inner.call(request).instrument(tracing::Span::none()),
