@@ -99,7 +99,9 @@ async fn the_server_certificate_is_checked_against_the_upstream_name_not_the_dia
     // names localhost only.
     let dialled = Endpoint::from_shared(format!("https://{}", server.addr)).unwrap();
     let call = |name: &'static str| {
-        let endpoint = shared::tls::client_endpoint(dialled.clone(), name, &config);
+        let tls = config.tls.as_ref();
+        let endpoint =
+            shared::tls::client_endpoint(dialled.clone(), name, tls, config.connect_timeout);
         async move {
             InventoryServiceClient::new(endpoint.connect_lazy())
                 .list_products(pb::ListProductsRequest::default())

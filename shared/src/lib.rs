@@ -1,7 +1,8 @@
 //! The runtime every service uses, so that a service's `main.rs` stays a few lines
 //! and every service behaves the same way.
 //!
-//! - [`config`]: typed settings from environment variables ([`Env`], [`ServerConfig`]).
+//! - [`env`], [`config`]: typed settings from environment variables ([`Env`],
+//!   [`ServerConfig`], [`ClientConfig`]).
 //! - [`telemetry`]: logs and traces (`RUST_LOG`, `LOG_FORMAT`, `OTEL_*`).
 //! - [`observe`], [`metrics`], [`admin`]: a span and a metric sample per call, on both
 //!   ends, W3C trace context propagation, and `/metrics` on the admin port.
@@ -30,6 +31,7 @@ pub mod config;
 pub mod conformance;
 pub mod db;
 pub mod deadline;
+pub mod env;
 mod error;
 pub mod events;
 pub mod health;
@@ -53,7 +55,8 @@ pub mod tls;
 pub mod validation;
 pub mod web;
 
-pub use config::{ClientConfig, ConfigError, Env, ServerConfig};
+pub use config::{ClientConfig, ServerConfig};
+pub use env::{ConfigError, Env};
 pub use error::Error;
 pub use health::Health;
 pub use money::Money;

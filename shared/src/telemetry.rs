@@ -43,7 +43,7 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer as _};
 
-use crate::{ConfigError, Env};
+use crate::env::{ConfigError, Env};
 
 /// Longest wait for the last spans to be exported at shutdown.
 pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
