@@ -25,14 +25,18 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 mod bus;
+mod config;
 mod consume;
+mod handling;
 mod jetstream;
 
-pub use bus::{Bus, EventsConfig, EventsError, NATS_URL, NatsConfig, NatsUrls};
-pub use consume::{
+pub use bus::Bus;
+pub use config::{EventsConfig, NATS_URL, NatsConfig, NatsUrls};
+pub use consume::{Source, consume};
+pub use handling::{
     DEAD_LETTER_ATTEMPTS, DEAD_LETTER_CONSUMER, DEAD_LETTER_EVENT_ID, DEAD_LETTER_REASON,
-    DEAD_LETTER_STREAM_SEQUENCE, DEAD_LETTER_SUBJECT, HandleError, Handler, RetryPolicy, Source,
-    consume, dead_letter_subject,
+    DEAD_LETTER_STREAM_SEQUENCE, DEAD_LETTER_SUBJECT, HandleError, Handler, RetryPolicy,
+    dead_letter_subject,
 };
 pub use jetstream::{DEAD_LETTERS_STREAM, DUPLICATE_WINDOW, StreamSpec};
 
@@ -112,6 +116,28 @@ pub struct PublishError {
     pub event_id: String,
     #[source]
     pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+/// A bus that could not be set up: NATS unreachable, JetStream disabled or refusing a
+/// stream or consumer.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}")]
+pub struct EventsError {
+    what: String,
+    #[source]
+    source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl EventsError {
+    pub(crate) fn new(
+        what: String,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self {
+            what,
+            source: source.into(),
+        }
+    }
 }
 
 /// Where a service publishes its events.

@@ -17,10 +17,10 @@ use async_nats::jetstream::{self, AckKind, consumer, context, stream};
 use async_trait::async_trait;
 use tokio_stream::StreamExt as _;
 
-use super::consume::{self, Decision, Handler, RetryPolicy};
+use super::handling::{self, Decision, Handler, RetryPolicy};
 use super::{Event, EventPublisher, EventsError, NatsConfig, PublishError};
 
-/// The stream of every dead letter (`dlq.>`, see [`consume::dead_letter_subject`]).
+/// The stream of every dead letter (`dlq.>`, see [`handling::dead_letter_subject`]).
 pub const DEAD_LETTERS_STREAM: &str = "DEAD_LETTERS";
 
 /// The header JetStream de-duplicates on: the event id.
@@ -332,8 +332,8 @@ impl PullSource {
             }
         };
         let event = event_of(&message);
-        let outcome = consume::handle(app, handler, &event, attempt).await;
-        let ack = match consume::decide(&outcome, attempt, policy) {
+        let outcome = handling::handle(app, handler, &event, attempt).await;
+        let ack = match handling::decide(&outcome, attempt, policy) {
             Decision::Ack => AckKind::Ack,
             Decision::Retry(delay) => AckKind::Nak(Some(delay)),
             Decision::DeadLetter(reason) => {
@@ -357,10 +357,10 @@ impl PullSource {
         stream_sequence: &str,
         policy: &RetryPolicy,
     ) -> AckKind {
-        let subject = consume::dead_letter_subject(&self.name, &event.subject);
-        let mut headers = consume::dead_letter_headers(event, &self.name, reason, attempts);
+        let subject = handling::dead_letter_subject(&self.name, &event.subject);
+        let mut headers = handling::dead_letter_headers(event, &self.name, reason, attempts);
         headers.push((
-            consume::DEAD_LETTER_STREAM_SEQUENCE.to_owned(),
+            handling::DEAD_LETTER_STREAM_SEQUENCE.to_owned(),
             stream_sequence.to_owned(),
         ));
         let letter = Event {
