@@ -7,7 +7,8 @@
 //!
 //! It also writes `retry_safe.rs`: the methods whose proto says
 //! `option idempotency_level = IDEMPOTENT;` (or `NO_SIDE_EFFECTS`), which the shared
-//! channel may send again (`contracts::RETRY_SAFE_METHODS`).
+//! channel may send again (`contracts::RETRY_SAFE_METHODS`, which the services hand to
+//! `shared::client::channel`).
 
 use std::path::{Path, PathBuf};
 use std::{env, fs, io};

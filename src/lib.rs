@@ -10,7 +10,8 @@
 include!(concat!(env!("OUT_DIR"), "/packages.rs"));
 
 /// Encoded `FileDescriptorSet` of every proto file, its imports and the
-/// well-known types it uses: what server reflection serves.
+/// well-known types it uses: what server reflection serves (each service hands it to
+/// `shared::ServerBuilder::file_descriptor_set`).
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/file_descriptor_set.bin"));
 
@@ -18,10 +19,5 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 /// process them (`/package.Service/Method`, sorted): those whose proto declares
 /// `option idempotency_level = IDEMPOTENT;` or `NO_SIDE_EFFECTS`, except
 /// client-streaming ones. Derived from the protos at build time: mark a method there,
-/// and the shared channel retries it (see `shared::client`).
+/// and every channel built with this list retries it (`shared::client::channel`).
 pub const RETRY_SAFE_METHODS: &[&str] = include!(concat!(env!("OUT_DIR"), "/retry_safe.rs"));
-
-/// Whether `path` (`/package.Service/Method`) is in [`RETRY_SAFE_METHODS`].
-pub fn is_retry_safe(path: &str) -> bool {
-    RETRY_SAFE_METHODS.binary_search(&path).is_ok()
-}

@@ -80,7 +80,8 @@ async fn a_unary_call_stays_within_its_allocation_budget() {
     let through_server = allocations_per_call(bare).await;
 
     let client_config = shared::ClientConfig::from_env(&env).expect("valid client config");
-    let channel = shared::client::channel(server.addr, &client_config);
+    let channel =
+        shared::client::channel(server.addr, &client_config, contracts::RETRY_SAFE_METHODS);
     let through_channel = allocations_per_call(channel).await;
     let by_channel = through_channel.saturating_sub(through_server);
 

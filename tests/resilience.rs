@@ -39,7 +39,7 @@ async fn metric(process: &Process, name: &str, labels: &[&str]) -> Option<f64> {
 fn channel(addr: impl Into<shared::client::Upstream>, env: &[(&str, &str)]) -> Channel {
     let env: shared::Env = env.iter().copied().collect();
     let config = shared::ClientConfig::from_env(&env).expect("valid client settings");
-    shared::client::channel(addr, &config)
+    shared::client::channel(addr, &config, contracts::RETRY_SAFE_METHODS)
 }
 
 async fn reserved(inventory: &Channel, sku: &str) -> i64 {

@@ -264,7 +264,11 @@ async fn an_old_connection_is_sent_away_without_failing_a_call() {
     // a loaded 2-core machine.)
     let env = shared::testing::env([]);
     let config = shared::ClientConfig::from_env(&env).expect("valid client settings");
-    let client = PaymentServiceClient::new(shared::client::channel(server.addr, &config));
+    let client = PaymentServiceClient::new(shared::client::channel(
+        server.addr,
+        &config,
+        contracts::RETRY_SAFE_METHODS,
+    ));
     let started = Instant::now();
     let mut calls = 0;
     while started.elapsed() < Duration::from_secs(1) {

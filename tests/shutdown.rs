@@ -64,7 +64,11 @@ async fn sigterm_under_load_fails_no_call_and_ends_within_the_grace_period() {
     // sagas keep PlaceOrder calls in flight for as long as the test wants.
     let proxy = InventoryProxy::start().await;
     let client_config = shared::ClientConfig::from_env(&shared::Env::default()).unwrap();
-    proxy.forward_to(shared::client::channel(inventory.addr, &client_config));
+    proxy.forward_to(shared::client::channel(
+        inventory.addr,
+        &client_config,
+        contracts::RETRY_SAFE_METHODS,
+    ));
     let orders = Process::start(
         "orders",
         &[

@@ -99,7 +99,9 @@ async fn the_server_certificate_is_checked_against_the_upstream_name_not_the_dia
     // names localhost only.
     let dialled = Endpoint::from_shared(format!("https://{}", server.addr)).unwrap();
     let call = |name: &'static str| {
-        let endpoint = shared::tls::client_endpoint(dialled.clone(), name, &config);
+        let tls = config.tls.as_ref();
+        let endpoint =
+            shared::tls::client_endpoint(dialled.clone(), name, tls, config.connect_timeout);
         async move {
             InventoryServiceClient::new(endpoint.connect_lazy())
                 .list_products(pb::ListProductsRequest::default())
@@ -302,7 +304,11 @@ async fn the_services_call_each_other_over_mutual_tls() {
 
     // Orders reserve at inventory and charge at payments: both over mutual TLS.
     let orders_uri = Upstream::parse(&format!("https://{}", stack.addr("orders"))).unwrap();
-    let channel = shared::client::channel(orders_uri, &ClientConfig::from_env(&env).unwrap());
+    let channel = shared::client::channel(
+        orders_uri,
+        &ClientConfig::from_env(&env).unwrap(),
+        contracts::RETRY_SAFE_METHODS,
+    );
     let placed = OrderServiceClient::new(channel)
         .place_order(support::place_order("mtls-1", "cus_mtls", "SKU-001"))
         .await
@@ -366,7 +372,11 @@ impl MtlsServer {
     async fn call(&self, env: Env) -> Result<Response<pb::ListProductsResponse>, Status> {
         let uri = format!("https://localhost:{}", self.addr.port());
         let config = ClientConfig::from_env(&env).unwrap();
-        let channel = shared::client::channel(Upstream::parse(&uri).unwrap(), &config);
+        let channel = shared::client::channel(
+            Upstream::parse(&uri).unwrap(),
+            &config,
+            contracts::RETRY_SAFE_METHODS,
+        );
         InventoryServiceClient::new(channel)
             .list_products(pb::ListProductsRequest::default())
             .await

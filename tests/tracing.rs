@@ -363,7 +363,7 @@ async fn spans_name_their_service_and_events_join_the_order_trace(stack_env: &sh
         ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint()),
         (
             "RUST_LOG",
-            "off,shared::rpc=info,shared::events=info,gateway::http=info".to_owned(),
+            "off,shared::observe=info,shared::events=info,gateway::http=info".to_owned(),
         ),
     ]
     .into_iter()

@@ -129,7 +129,11 @@ impl Target {
         let env: shared::Env = std::iter::empty::<(&str, &str)>().collect();
         let config = shared::ClientConfig::from_env(&env).map_err(|e| e.to_string())?;
         Ok(Self::GetProductShared {
-            client: InventoryServiceClient::new(shared::client::channel(uri, &config)),
+            client: InventoryServiceClient::new(shared::client::channel(
+                uri,
+                &config,
+                contracts::RETRY_SAFE_METHODS,
+            )),
             sku: sku.to_owned(),
         })
     }

@@ -5,7 +5,7 @@
 //! touching this file); its second says how the rest is sent: as one gRPC message
 //! (even), or as the raw request body (odd: the fuzzer writes the frames itself,
 //! lengths, compression flags and several messages included). The call goes through
-//! [`shared::protocol`] and the service's router (`shared::Server::routes`: health and
+//! [`shared::conformance`] and the service's router (`shared::Server::routes`: health and
 //! reflection included; the deadline and observability layers aside): tonic's
 //! decoding, the validation and the handlers, on the in-memory stores, with no HTTP/2.
 //!
@@ -20,7 +20,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use prost::Message;
 use shared::Env;
-use shared::protocol::{Protocol, ProtocolLayer};
+use shared::conformance::{Conformance, ConformanceLayer};
 use tonic::Code;
 use tonic::service::Routes;
 use tower::{Layer, Service};
@@ -48,7 +48,7 @@ struct Method {
 #[derive(Debug)]
 pub struct GrpcTarget {
     runtime: tokio::runtime::Runtime,
-    service: Protocol<Routes>,
+    service: Conformance<Routes>,
     methods: Vec<Method>,
 }
 
@@ -61,7 +61,7 @@ impl GrpcTarget {
         let server = runtime.block_on(build(shared::testing::env([])));
         Self {
             runtime,
-            service: ProtocolLayer.layer(server.routes()),
+            service: ConformanceLayer.layer(server.routes()),
             methods: methods(service),
         }
     }

@@ -8,9 +8,10 @@
 //!   purpose (tokio task-locals do not follow `tokio::spawn`): orders' saga outlives a
 //!   PlaceOrder whose caller hung up, because stopping it halfway would leave stock
 //!   held or a card charged.
-//! - **Retries** ([`policy`]): only of methods whose proto says
-//!   `option idempotency_level = IDEMPOTENT;` or `NO_SIDE_EFFECTS`
-//!   ([`contracts::RETRY_SAFE_METHODS`]), only when the attempt was not processed
+//! - **Retries** ([`policy`]): only of the methods the caller names retry-safe (the
+//!   services pass `contracts::RETRY_SAFE_METHODS`: those whose proto says
+//!   `option idempotency_level = IDEMPOTENT;` or `NO_SIDE_EFFECTS`, except client
+//!   streams, whose messages are not kept), only when the attempt was not processed
 //!   (UNAVAILABLE, or no connection: [`outcome::classify`] is the one table of what is
 //!   retried and what counts against the downstream; a caller's own fault never
 //!   does), with exponential backoff and full jitter, within
@@ -34,7 +35,7 @@
 //!   headless Service lists one per ready pod). An address that refuses connections
 //!   is set aside for a while.
 //! - A client span and metrics per call, and W3C trace context propagation
-//!   ([`crate::rpc`]); retries, breaker changes and rejections are counted too
+//!   ([`crate::observe`]); retries, breaker changes and rejections are counted too
 //!   (`rpc_client_*` in [`crate::metrics`]).
 //!
 //! The layers, outermost first: [`ClientRpc`] (one span and one sample per call, what
@@ -47,8 +48,9 @@ use std::net::SocketAddr;
 use http::Uri;
 use tonic::transport::Endpoint;
 
-use crate::ClientConfig;
-use crate::rpc::ClientRpc;
+use crate::config::ClientConfig;
+use crate::env::{ConfigError, Env};
+use crate::observe::ClientRpc;
 
 mod balance;
 pub mod outcome;
@@ -66,11 +68,21 @@ pub type Channel = ClientRpc<Resilient>;
 /// so a service starts even while its upstreams are still coming up, and reconnects
 /// on its own when they restart. Must be called within a tokio runtime (it spawns the
 /// task that resolves host names).
-pub fn channel(upstream: impl Into<Upstream>, config: &ClientConfig) -> Channel {
+///
+/// `retry_safe` lists the methods (`/package.Service/Method`, in any order) the channel
+/// may send again when an attempt was not processed: `contracts::RETRY_SAFE_METHODS`.
+/// A method not listed is sent once (and its message is not kept in memory); never
+/// list a client-streaming one.
+pub fn channel(
+    upstream: impl Into<Upstream>,
+    config: &ClientConfig,
+    retry_safe: &[&'static str],
+) -> Channel {
     let upstream = upstream.into();
     let first = &upstream.targets[0];
     let (host, port) = (first.host.clone(), first.port);
-    ClientRpc::new(Resilient::new(upstream, config), &host, Some(port))
+    let resilient = Resilient::new(upstream, config, retry_safe);
+    ClientRpc::new(resilient, &host, Some(port))
 }
 
 /// The one place where a connection to one address of a downstream is configured.
@@ -94,7 +106,33 @@ pub(crate) fn endpoint(addr: SocketAddr, target: &Target, config: &ClientConfig)
         .keep_alive_timeout(std::time::Duration::from_secs(10));
     // TLS for https:// upstreams (GRPC_CLIENT_TLS_*), verified against the configured
     // host name, not the dialled address; http:// ones stay plaintext.
-    crate::tls::client_endpoint(endpoint, &target.host, config)
+    crate::tls::client_endpoint(
+        endpoint,
+        &target.host,
+        config.tls.as_ref(),
+        config.connect_timeout,
+    )
+}
+
+/// Read here, with the type it parses to, so that [`crate::env`] needs no client.
+impl Env {
+    /// The address of another service, e.g. `http://inventory:50052`, or several
+    /// separated by commas (`http://10.0.0.7:50052,http://10.0.0.8:50052`): the
+    /// channel spreads calls over all of them, and over every address a host name
+    /// resolves to (see `shared::client`). `https://` addresses (TLS) need
+    /// `GRPC_CLIENT_TLS_CA_FILE`, the CA their certificates must come from.
+    pub fn upstream(&self, name: &str, default: &str) -> Result<Upstream, ConfigError> {
+        let https_allowed = self.get("GRPC_CLIENT_TLS_CA_FILE").is_some();
+        let expected = if https_allowed {
+            "an address like http://inventory:50052 or https://inventory:50052, or several separated by commas"
+        } else {
+            "an address like http://inventory:50052, or several separated by commas (https:// needs GRPC_CLIENT_TLS_CA_FILE)"
+        };
+        let default = Upstream::parse(default).expect("default upstream address is valid");
+        self.parse_with(name, default, expected, |v| {
+            Upstream::parse(v).filter(|upstream| https_allowed || !upstream.uses_tls())
+        })
+    }
 }
 
 /// The addresses of one downstream, as configured: one or more `http://host:port`.
@@ -166,5 +204,46 @@ impl fmt::Display for Upstream {
             write!(f, "{}", target.uri)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Env {
+        pairs.iter().copied().collect()
+    }
+
+    #[test]
+    fn upstreams_must_be_http_urls_with_host_and_port() {
+        let e = env(&[
+            ("A", "http://inventory:50052"),
+            ("B", "inventory:50052"),
+            ("C", "http://x"),
+            ("D", "http://10.0.0.7:50052, http://10.0.0.8:50052"),
+            ("E", "http://10.0.0.7:50052,"),
+        ]);
+        assert_eq!(
+            e.upstream("A", "http://127.0.0.1:1").unwrap().to_string(),
+            "http://inventory:50052/"
+        );
+        assert!(e.upstream("B", "http://127.0.0.1:1").is_err());
+        // https:// only with a CA to check the server's certificate against.
+        let https = env(&[("A", "https://inventory:50052")]);
+        let err = https.upstream("A", "http://127.0.0.1:1").unwrap_err();
+        assert!(err.to_string().contains("GRPC_CLIENT_TLS_CA_FILE"), "{err}");
+        assert!(e.upstream("C", "http://127.0.0.1:1").is_err());
+        assert_eq!(
+            e.upstream("D", "http://127.0.0.1:1").unwrap().to_string(),
+            "http://10.0.0.7:50052/,http://10.0.0.8:50052/"
+        );
+        assert!(e.upstream("E", "http://127.0.0.1:1").is_err());
+        assert_eq!(
+            e.upstream("UNSET", "http://127.0.0.1:1")
+                .unwrap()
+                .to_string(),
+            "http://127.0.0.1:1/"
+        );
     }
 }

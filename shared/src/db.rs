@@ -20,7 +20,7 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions as _, Connection as _};
 
-use crate::{ConfigError, Env};
+use crate::env::{ConfigError, Env};
 
 /// The variable that selects PostgreSQL: a `postgres://user:password@host:port/database`
 /// URL (libpq's parameters such as `sslmode` allowed).

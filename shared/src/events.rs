@@ -10,7 +10,8 @@
 //!   retries or dead-letters each event the same way on both buses.
 //! - [`InProcessBus`] publishes to [`Subscription`]s in the same process: what the
 //!   `stack` launcher and the tests use without `NATS_URL`.
-//! - `jetstream`: the streams ([`STREAMS`]: `ORDER_EVENTS`, `DEAD_LETTERS`), durable
+//! - `jetstream`: the streams (a service names its own, [`StreamSpec`]s declared by
+//!   their publishers next to their subjects; `DEAD_LETTERS` is always there), durable
 //!   pull consumers and acknowledged publishing.
 //!
 //! Delivery is at least once (a broker redelivers what was not acknowledged), so a
@@ -24,22 +25,20 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 mod bus;
+mod config;
 mod consume;
+mod handling;
 mod jetstream;
 
-pub use bus::{Bus, EventsConfig, EventsError, NATS_URL, NatsConfig, NatsUrls};
-pub use consume::{
+pub use bus::Bus;
+pub use config::{EventsConfig, NATS_URL, NatsConfig, NatsUrls};
+pub use consume::{Source, consume};
+pub use handling::{
     DEAD_LETTER_ATTEMPTS, DEAD_LETTER_CONSUMER, DEAD_LETTER_EVENT_ID, DEAD_LETTER_REASON,
-    DEAD_LETTER_STREAM_SEQUENCE, DEAD_LETTER_SUBJECT, HandleError, Handler, RetryPolicy, Source,
-    consume, dead_letter_subject,
+    DEAD_LETTER_STREAM_SEQUENCE, DEAD_LETTER_SUBJECT, HandleError, Handler, RetryPolicy,
+    dead_letter_subject,
 };
-pub use jetstream::{
-    DEAD_LETTERS_STREAM, DUPLICATE_WINDOW, ORDER_EVENTS_STREAM, STREAMS, StreamSpec,
-};
-
-/// The subject of `orders.v1.OrderEvent`s: one per order state change. It carries the
-/// proto package, so an incompatible payload would get a new subject.
-pub const ORDER_EVENTS: &str = "orders.v1.events";
+pub use jetstream::{DEAD_LETTERS_STREAM, DUPLICATE_WINDOW, StreamSpec};
 
 /// One message on the bus.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,7 +46,9 @@ pub struct Event {
     /// Unique per event, and the same when its publication is retried: brokers
     /// de-duplicate on it, and so must consumers.
     pub id: String,
-    /// Where it is published, e.g. [`ORDER_EVENTS`]. Subscribers name it exactly.
+    /// Where it is published, e.g. `orders.v1.events`: the proto package of its
+    /// payload, so an incompatible payload gets a new subject. Subscribers name it
+    /// exactly.
     pub subject: String,
     /// Message headers, e.g. the W3C trace context (`traceparent`, `tracestate`).
     pub headers: Vec<(String, String)>,
@@ -85,7 +86,7 @@ pub fn traced(app: &'static str, mut event: Event) -> (tracing::Span, Event) {
         messaging.destination.name = %event.subject,
         messaging.message.id = %event.id,
     );
-    crate::rpc::inject_trace_into_pairs(&span, &mut event.headers);
+    crate::observe::inject_trace_into_pairs(&span, &mut event.headers);
     (span, event)
 }
 
@@ -102,7 +103,7 @@ pub fn consumer_span(app: &'static str, event: &Event) -> tracing::Span {
         messaging.destination.name = %event.subject,
         messaging.message.id = %event.id,
     );
-    crate::rpc::continue_trace_from_pairs(&span, &event.headers);
+    crate::observe::continue_trace_from_pairs(&span, &event.headers);
     span
 }
 
@@ -115,6 +116,28 @@ pub struct PublishError {
     pub event_id: String,
     #[source]
     pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+/// A bus that could not be set up: NATS unreachable, JetStream disabled or refusing a
+/// stream or consumer.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}")]
+pub struct EventsError {
+    what: String,
+    #[source]
+    source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl EventsError {
+    pub(crate) fn new(
+        what: String,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self {
+            what,
+            source: source.into(),
+        }
+    }
 }
 
 /// Where a service publishes its events.
@@ -274,12 +297,12 @@ mod tests {
     #[tokio::test]
     async fn payload_and_headers_arrive_unchanged() {
         let bus = InProcessBus::new();
-        let mut subscription = bus.subscribe(ORDER_EVENTS);
-        let mut sent = Event::new(ORDER_EVENTS, "evt_1", vec![0, 1, 2]);
+        let mut subscription = bus.subscribe("s");
+        let mut sent = Event::new("s", "evt_1", vec![0, 1, 2]);
         sent.headers
             .push(("traceparent".into(), "00-abc-def-01".into()));
         bus.publish(sent.clone()).await.unwrap();
-        assert_eq!(subscription.subject(), ORDER_EVENTS);
+        assert_eq!(subscription.subject(), "s");
         assert_eq!(subscription.next().await, Some(sent));
     }
 }

@@ -32,8 +32,6 @@ use prometheus::{
 
 pub use prometheus::{IntCounterVec, IntGaugeVec};
 
-use crate::client::policy::BreakerState;
-
 /// Which end of a call is measured.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Side {
@@ -252,14 +250,10 @@ pub(crate) fn client_rejected(upstream: &str, reason: &'static str) {
     rejected.with_label_values(&[upstream, reason]).inc();
 }
 
-/// The breaker of `upstream` is in `state`: set at its creation, and on each change.
-pub(crate) fn client_breaker_state(upstream: &str, state: BreakerState, changed: bool) {
+/// The breaker of `upstream` is in the state `value` (the gauge's) named `name`: set at
+/// its creation, and on each change.
+pub(crate) fn client_breaker_state(upstream: &str, value: i64, name: &str, changed: bool) {
     let metrics = metrics();
-    let value = match state {
-        BreakerState::Closed => 0,
-        BreakerState::HalfOpen => 1,
-        BreakerState::Open => 2,
-    };
     metrics
         .breaker_state
         .with_label_values(&[upstream])
@@ -267,7 +261,7 @@ pub(crate) fn client_breaker_state(upstream: &str, state: BreakerState, changed:
     if changed {
         metrics
             .breaker_transitions
-            .with_label_values(&[upstream, state.name()])
+            .with_label_values(&[upstream, name])
             .inc();
     }
 }

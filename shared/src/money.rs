@@ -1,8 +1,10 @@
 //! Money as integer minor units in one currency: sums and refunds stay exact.
+//!
+//! The contracts' `common.v1.Money` carries the same two fields (`currency_code`,
+//! `amount_minor`); the services convert at their edge, so this runtime needs no
+//! generated type.
 
 use std::fmt;
-
-use contracts::common::v1 as pb;
 
 use crate::validation::Violations;
 
@@ -24,31 +26,32 @@ impl Money {
         }
     }
 
-    /// Validates a request's money field named `field`: a currency of three
-    /// upper-case letters and an amount from 1 to [`MAX_MINOR`].
+    /// Validates a request's money field named `field`, given as its
+    /// `(currency_code, amount_minor)` (`None` when the field is absent): a currency of
+    /// three upper-case letters and an amount from 1 to [`MAX_MINOR`].
     pub fn parse(
         field: &str,
-        money: Option<&pb::Money>,
+        money: Option<(&str, i64)>,
         violations: &mut Violations,
     ) -> Option<Self> {
-        let Some(money) = money else {
+        let Some((currency_code, amount_minor)) = money else {
             violations.add(field, "is required");
             return None;
         };
-        let currency_ok = money.currency_code.len() == 3
-            && money.currency_code.bytes().all(|b| b.is_ascii_uppercase());
+        let currency_ok =
+            currency_code.len() == 3 && currency_code.bytes().all(|b| b.is_ascii_uppercase());
         violations.check(
             currency_ok,
             format!("{field}.currency_code"),
             "must be an ISO 4217 code like USD",
         );
-        let amount_ok = (1..=MAX_MINOR).contains(&money.amount_minor);
+        let amount_ok = (1..=MAX_MINOR).contains(&amount_minor);
         violations.check(
             amount_ok,
             format!("{field}.amount_minor"),
             format!("must be from 1 to {MAX_MINOR}"),
         );
-        (currency_ok && amount_ok).then(|| Self::new(&money.currency_code, money.amount_minor))
+        (currency_ok && amount_ok).then(|| Self::new(currency_code, amount_minor))
     }
 
     /// `self × quantity`, `None` on overflow.
@@ -77,26 +80,13 @@ impl fmt::Display for Money {
     }
 }
 
-impl From<Money> for pb::Money {
-    fn from(money: Money) -> Self {
-        Self {
-            currency_code: money.currency,
-            amount_minor: money.minor,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn parse(currency: &str, minor: i64) -> Result<Money, Vec<String>> {
         let mut v = Violations::new();
-        let pb = pb::Money {
-            currency_code: currency.into(),
-            amount_minor: minor,
-        };
-        let money = Money::parse("amount", Some(&pb), &mut v);
+        let money = Money::parse("amount", Some((currency, minor)), &mut v);
         match v.finish() {
             Ok(()) => Ok(money.unwrap()),
             Err(e) => Err(e.violations.into_iter().map(|v| v.field).collect()),

@@ -3,7 +3,7 @@
 //! A bug in one handler must not take down more than the request it was handling.
 //! Unwinding out of a handler would otherwise reset the HTTP/2 stream (the client sees
 //! a bare reset, the metrics a cancelled call) or end an event consumer's task for
-//! good, silently. So the server layer ([`crate::rpc`]) and the consume loop
+//! good, silently. So the server layer ([`crate::observe`]) and the consume loop
 //! ([`crate::events::consume`]) run handlers through [`catch_unwind`], and
 //! [`install_hook`] puts the panic itself in the structured logs, inside the span of
 //! the call or event (so with its trace id), instead of plain text on stderr.

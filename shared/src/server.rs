@@ -14,10 +14,10 @@ use tonic::service::{Routes, RoutesBuilder};
 use tonic::transport::server::TcpIncoming;
 use tower::Service;
 
+use crate::conformance::ConformanceLayer;
 use crate::deadline::DeadlineLayer;
-use crate::limit::LoadShedLayer;
-use crate::protocol::ProtocolLayer;
-use crate::rpc::ServerLayer;
+use crate::load_shed::LoadShedLayer;
+use crate::observe::ServerLayer;
 use crate::tasks::{Signals, Tasks};
 use crate::web::WebLayer;
 use crate::{Error, Health, ServerConfig, health, lifecycle};
@@ -33,11 +33,22 @@ pub struct ServerBuilder {
     config: ServerConfig,
     routes: RoutesBuilder,
     services: Vec<&'static str>,
+    /// Encoded `FileDescriptorSet`s of the services' contracts.
+    descriptors: Vec<&'static [u8]>,
     signals: Signals,
     tasks: Tasks,
 }
 
 impl ServerBuilder {
+    /// Adds an encoded `FileDescriptorSet` declaring the services to add (the
+    /// service's contracts: `contracts::FILE_DESCRIPTOR_SET`). Reflection serves it, so
+    /// `grpcurl describe` knows every method and message, and the per-call metrics name
+    /// the methods it declares. Health's and reflection's own are always there.
+    pub fn file_descriptor_set(mut self, set: &'static [u8]) -> Self {
+        self.descriptors.push(set);
+        self
+    }
+
     /// A token cancelled when the server starts draining (when health `Watch` streams
     /// end) or stops. Long-lived response streams end on it: the drain waits for every
     /// call still open, so a stream that never ends would hold it until the grace period
@@ -87,8 +98,8 @@ impl ServerBuilder {
         self.routes.add_service(health.service());
         let mut served = vec![HEALTH_SERVICE];
         if self.config.reflection {
-            let v1 = reflection(&self.services).build_v1()?;
-            let v1alpha = reflection(&self.services).build_v1alpha()?;
+            let v1 = reflection(&self.services, &self.descriptors).build_v1()?;
+            let v1alpha = reflection(&self.services, &self.descriptors).build_v1alpha()?;
             self.routes.add_service(v1).add_service(v1alpha);
             served.extend([REFLECTION_V1, REFLECTION_V1ALPHA]);
         }
@@ -110,6 +121,7 @@ impl ServerBuilder {
             health_listener,
             routes: self.routes.routes(),
             services: self.services,
+            descriptors: self.descriptors,
             health,
             signals: self.signals,
             tasks: self.tasks,
@@ -127,34 +139,41 @@ async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), Error> {
 /// Reflection in both protocol versions: grpcurl 1.8 speaks only v1alpha, newer tools
 /// (buf curl, grpcurl ≥ 1.9, Postman) prefer v1. Both list exactly the services this
 /// server runs and resolve every file they refer to, well-known types included.
-fn reflection(services: &[&'static str]) -> tonic_reflection::server::Builder<'static> {
+fn reflection(
+    services: &[&'static str],
+    descriptors: &[&'static [u8]],
+) -> tonic_reflection::server::Builder<'static> {
     let names = services
         .iter()
         .copied()
         .chain([HEALTH_SERVICE, REFLECTION_V1, REFLECTION_V1ALPHA]);
     let builder = tonic_reflection::server::Builder::configure()
         .include_reflection_service(false)
-        .register_encoded_file_descriptor_set(contracts::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         // google.rpc error details, so grpcurl can print BadRequest & co. by name.
         .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET);
+    let builder = descriptors.iter().fold(builder, |builder, set| {
+        builder.register_encoded_file_descriptor_set(set)
+    });
     names.fold(builder, |builder, name| builder.with_service_name(name))
 }
 
 /// The methods of each of `services`, from the descriptor sets reflection serves (a
 /// service without a descriptor there has none: all its calls count as `_OTHER`).
-fn methods(services: &[&'static str]) -> Vec<(&'static str, Vec<String>)> {
+fn methods(
+    services: &[&'static str],
+    descriptors: &[&'static [u8]],
+) -> Vec<(&'static str, Vec<String>)> {
     use prost::Message as _;
     let sets = [
-        contracts::FILE_DESCRIPTOR_SET,
         tonic_health::pb::FILE_DESCRIPTOR_SET,
         tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
         tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
     ];
     let mut found: Vec<(String, Vec<String>)> = Vec::new();
-    for set in sets {
+    for &set in sets.iter().chain(descriptors) {
         let set = prost_types::FileDescriptorSet::decode(set).expect("built-in descriptors");
         for file in set.file {
             let package = file.package();
@@ -171,12 +190,16 @@ fn methods(services: &[&'static str]) -> Vec<(&'static str, Vec<String>)> {
     services
         .iter()
         .map(|&service| {
-            let methods = found
-                .iter()
-                .find(|(name, _)| name == service)
-                .map(|(_, methods)| methods.clone())
-                .unwrap_or_default();
-            (service, methods)
+            let methods = found.iter().find(|(name, _)| name == service);
+            let methods = methods.map(|(_, methods)| methods.clone());
+            if methods.is_none() {
+                tracing::warn!(
+                    service,
+                    "no descriptor set declares this service: reflection cannot describe it \
+                     and its calls count as method _OTHER (ServerBuilder::file_descriptor_set)"
+                );
+            }
+            (service, methods.unwrap_or_default())
         })
         .collect()
 }
@@ -195,6 +218,7 @@ pub struct Server {
     routes: Routes,
     /// Every service served (health and reflection included), by full name.
     services: Vec<&'static str>,
+    descriptors: Vec<&'static [u8]>,
     health: Health,
     signals: Signals,
     tasks: Tasks,
@@ -208,6 +232,7 @@ impl Server {
             config: config.clone(),
             routes: RoutesBuilder::default(),
             services: Vec::new(),
+            descriptors: Vec::new(),
             signals: Signals::default(),
             tasks: Tasks::default(),
         }
@@ -260,11 +285,12 @@ impl Server {
             health_listener,
             routes,
             services,
+            descriptors,
             health,
             signals,
             tasks,
         } = self;
-        let served = methods(&services);
+        let served = methods(&services, &descriptors);
         let incoming = TcpIncoming::from(listener)
             .with_nodelay(Some(true))
             .with_keepalive(config.tcp_keepalive);
@@ -310,7 +336,7 @@ impl Server {
                     // The client's deadline, capped by ours, answered with DEADLINE_EXCEEDED.
                     .layer(DeadlineLayer::new(config.request_timeout))
                     // HTTP 415 for non-gRPC requests, RESOURCE_EXHAUSTED for size limits.
-                    .layer(ProtocolLayer),
+                    .layer(ConformanceLayer),
             )
             .add_routes(routes);
 

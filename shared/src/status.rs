@@ -15,13 +15,9 @@
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::ValidationError;
-use crate::validation::FieldViolation;
-pub use crate::validation::MAX_VIOLATIONS;
-
-/// Longest `grpc-message` sent, in bytes (before percent-encoding); a longer message is
-/// cut, on a character boundary, and ends in `…`.
-pub const MAX_MESSAGE_BYTES: usize = 512;
+use crate::validation::{FieldViolation, ValidationError};
+// Defined with the validation errors, whose messages list violations while they fit.
+pub use crate::validation::{MAX_MESSAGE_BYTES, MAX_VIOLATIONS};
 
 /// Longest string in an error detail (a field path, a subject, a description).
 pub const MAX_DETAIL_BYTES: usize = 128;

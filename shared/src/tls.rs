@@ -27,8 +27,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
 
-use crate::config::ConfigFile;
-use crate::{ConfigError, Env};
+use crate::env::{ConfigError, ConfigFile, Env};
 
 /// `GRPC_TLS_HANDSHAKE_TIMEOUT` when unset: a handshake takes a few round trips, so
 /// this only ever ends clients that stall.
@@ -247,7 +246,7 @@ fn invalid(env: &Env, var: &str, expected: impl Into<String>) -> ConfigError {
     }
 }
 
-/// `endpoint` ready for its URL: TLS with `config.tls` for `https://`, checking the
+/// `endpoint` ready for its URL: TLS with `tls` for `https://`, checking the
 /// server's certificate against `server_name` (the upstream's configured host), or
 /// unchanged for `http://`. The handshake is bounded by `GRPC_CLIENT_CONNECT_TIMEOUT`,
 /// like the TCP connect before it. An `https://` endpoint without client TLS (which
@@ -256,16 +255,17 @@ fn invalid(env: &Env, var: &str, expected: impl Into<String>) -> ConfigError {
 pub fn client_endpoint(
     endpoint: Endpoint,
     server_name: &str,
-    config: &crate::ClientConfig,
+    tls: Option<&ClientTls>,
+    connect_timeout: Duration,
 ) -> Endpoint {
     if endpoint.uri().scheme_str() != Some("https") {
         return endpoint;
     }
-    let Some(tls) = &config.tls else {
+    let Some(tls) = tls else {
         tracing::error!(uri = %endpoint.uri(), "https upstream without GRPC_CLIENT_TLS_CA_FILE: calls will fail");
         return endpoint;
     };
-    match tls.apply(endpoint.clone(), server_name, config.connect_timeout) {
+    match tls.apply(endpoint.clone(), server_name, connect_timeout) {
         Ok(endpoint) => endpoint,
         // Checked at start-up (ClientTls::from_env, Env::upstream): this cannot happen
         // with a configuration read from the environment.

@@ -36,13 +36,17 @@ pub struct ValidationError {
     pub more: usize,
 }
 
-/// Lists the violations while they fit in a `grpc-message`
-/// ([`crate::status::MAX_MESSAGE_BYTES`]), then says how many more there are.
+/// Longest `grpc-message` sent, in bytes (before percent-encoding); a longer message is
+/// cut, on a character boundary, and ends in `…` ([`crate::status`]).
+pub const MAX_MESSAGE_BYTES: usize = 512;
+
+/// Lists the violations while they fit in a `grpc-message` ([`MAX_MESSAGE_BYTES`]),
+/// then says how many more there are.
 impl fmt::Display for ValidationError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         const PREFIX: &str = "invalid request: ";
         // Room for "; and 1234567 more".
-        let budget = crate::status::MAX_MESSAGE_BYTES - 24;
+        let budget = MAX_MESSAGE_BYTES - 24;
         f.write_str(PREFIX)?;
         let mut written = PREFIX.len();
         let mut listed = 0;
@@ -187,10 +191,7 @@ mod tests {
         assert_eq!(err.more, 200);
         // The message lists what fits in a grpc-message, and counts the rest.
         let message = err.to_string();
-        assert!(
-            message.len() <= crate::status::MAX_MESSAGE_BYTES,
-            "{message}"
-        );
+        assert!(message.len() <= MAX_MESSAGE_BYTES, "{message}");
         let listed = message.matches("; ").count();
         let more = format!("; and {} more", 220 - listed);
         assert!(message.ends_with(&more), "{message}");

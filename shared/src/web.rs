@@ -28,7 +28,7 @@ use tonic::body::Body;
 use tower::{Layer, Service, ServiceExt as _};
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 
-use crate::{ConfigError, Env};
+use crate::env::{ConfigError, Env};
 
 /// The variable naming the origins allowed to call from a browser.
 pub const CORS_ORIGINS: &str = "GRPC_WEB_CORS_ORIGINS";

@@ -1,24 +1,33 @@
 //! The resilient channel (`shared::client`) against in-process servers whose answers
 //! the tests script: retries, budget, deadlines, breaker, bulkhead, load balancing.
+//!
+//! The scripted downstream is OTLP's `TraceService` (already in the tree, generated
+//! client and server): `shared` knows no contract of this project.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use contracts::inventory::v1::inventory_service_client::InventoryServiceClient;
-use contracts::inventory::v1::inventory_service_server::{
-    InventoryService, InventoryServiceServer,
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
 };
-use contracts::inventory::v1::{self as pb};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use shared::client::policy::BreakerState;
 use shared::client::{Channel, NoRetry};
 use shared::testing::{TestServer, eventually};
 use shared::{ClientConfig, Env, Server, ServerConfig};
 use tokio::sync::watch;
-use tonic::{Code, Request, Response, Status, Streaming};
+use tonic::{Code, Request, Response, Status};
 
-/// An inventory whose `GetProduct` answers as scripted: each call takes the next code
+/// The method the channels of these tests may retry, as a service's contracts would
+/// list it (`contracts::RETRY_SAFE_METHODS`).
+const RETRY_SAFE: &[&str] = &["/opentelemetry.proto.collector.trace.v1.TraceService/Export"];
+
+/// A downstream whose `Export` answers as scripted: each call takes the next code
 /// of `script` (OK when it is empty) and waits while `hang` is set.
 #[derive(Clone, Default)]
 struct Fake {
@@ -53,11 +62,11 @@ impl Fake {
 }
 
 #[tonic::async_trait]
-impl InventoryService for Fake {
-    async fn get_product(
+impl TraceService for Fake {
+    async fn export(
         &self,
-        request: Request<pb::GetProductRequest>,
-    ) -> Result<Response<pb::GetProductResponse>, Status> {
+        request: Request<ExportTraceServiceRequest>,
+    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         let timeout = request.metadata().get("grpc-timeout");
         *self.timeout.lock().unwrap() = timeout.and_then(|t| t.to_str().ok()).map(str::to_owned);
@@ -66,76 +75,44 @@ impl InventoryService for Fake {
         self.in_flight.send_modify(|i| *i -= 1);
         let code = self.script.lock().unwrap().pop_front();
         match code {
-            None | Some(Code::Ok) => Ok(Response::new(pb::GetProductResponse {
-                product: Some(pb::Product {
-                    sku: request.into_inner().sku,
-                    ..Default::default()
-                }),
-            })),
+            None | Some(Code::Ok) => Ok(Response::new(ExportTraceServiceResponse::default())),
             Some(code) if self.huge.load(Ordering::SeqCst) => {
                 Err(Status::new(code, "x".repeat(20_000)))
             }
             Some(code) => Err(Status::new(code, "scripted")),
         }
     }
-
-    async fn list_products(
-        &self,
-        _: Request<pb::ListProductsRequest>,
-    ) -> Result<Response<pb::ListProductsResponse>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-
-    async fn reserve_stock(
-        &self,
-        _: Request<pb::ReserveStockRequest>,
-    ) -> Result<Response<pb::ReserveStockResponse>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-
-    async fn commit_reservation(
-        &self,
-        _: Request<pb::CommitReservationRequest>,
-    ) -> Result<Response<pb::CommitReservationResponse>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-
-    async fn release_reservation(
-        &self,
-        _: Request<pb::ReleaseReservationRequest>,
-    ) -> Result<Response<pb::ReleaseReservationResponse>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-
-    async fn restock_products(
-        &self,
-        _: Request<Streaming<pb::RestockProductsRequest>>,
-    ) -> Result<Response<pb::RestockProductsResponse>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
 }
 
 async fn serve(fake: &Fake) -> TestServer {
     let config = ServerConfig::from_env(&shared::testing::env([]), 0, 0).unwrap();
-    let server = Server::builder("fake-inventory", &config)
-        .add_service(InventoryServiceServer::new(fake.clone()))
+    let server = Server::builder("fake-downstream", &config)
+        .add_service(TraceServiceServer::new(fake.clone()))
         .bind()
         .await
         .unwrap();
     TestServer::start(server)
 }
 
-/// A channel to `addrs` with the defaults and `settings`.
+/// A channel to `addrs` with the defaults and `settings`, which may retry `Export`.
 fn channel(addrs: &str, settings: &[(&str, &str)]) -> Channel {
+    channel_retrying(addrs, settings, RETRY_SAFE)
+}
+
+fn channel_retrying(
+    addrs: &str,
+    settings: &[(&str, &str)],
+    retry_safe: &[&'static str],
+) -> Channel {
     let env: Env = settings.iter().copied().collect();
     let config = ClientConfig::from_env(&env).unwrap();
-    shared::client::channel(shared::client::Upstream::parse(addrs).unwrap(), &config)
+    let upstream = shared::client::Upstream::parse(addrs).unwrap();
+    shared::client::channel(upstream, &config, retry_safe)
 }
 
 async fn get(channel: &Channel) -> Result<(), Status> {
-    let request = pb::GetProductRequest { sku: "SKU".into() };
-    InventoryServiceClient::new(channel.clone())
-        .get_product(request)
+    TraceServiceClient::new(channel.clone())
+        .export(ExportTraceServiceRequest::default())
         .await
         .map(drop)
 }
@@ -163,13 +140,34 @@ async fn unavailable_answers_of_retry_safe_methods_are_retried() {
 
     // A caller that retries on its own turns the channel's retries off.
     fake.script([Code::Unavailable]);
-    let mut request = Request::new(pb::GetProductRequest { sku: "SKU".into() });
+    let mut request = Request::new(ExportTraceServiceRequest::default());
     request.extensions_mut().insert(NoRetry);
-    let answer = InventoryServiceClient::new(channel.clone())
-        .get_product(request)
+    let answer = TraceServiceClient::new(channel.clone())
+        .export(request)
         .await;
     assert_eq!(answer.unwrap_err().code(), Code::Unavailable);
     assert_eq!(fake.calls(), 8);
+    server.stop().await.unwrap();
+}
+
+/// The caller names the methods that may be sent again: one it does not name is sent
+/// once, whatever the answer.
+#[tokio::test]
+async fn methods_the_caller_does_not_name_retry_safe_are_sent_once() {
+    let fake = Fake::default();
+    let server = serve(&fake).await;
+    let addr = format!("http://{}", server.addr);
+    let other = "/opentelemetry.proto.collector.trace.v1.TraceService/Other";
+    let channel = channel_retrying(&addr, &[], &[other]);
+    fake.script([Code::Unavailable]);
+    assert_eq!(get(&channel).await.unwrap_err().code(), Code::Unavailable);
+    assert_eq!(fake.calls(), 1);
+
+    // Listed in any order, it is found.
+    let channel = channel_retrying(&addr, &[], &["/z.Z/Z", RETRY_SAFE[0], "/a.A/A"]);
+    fake.script([Code::Unavailable]);
+    get(&channel).await.expect("the second attempt answers");
+    assert_eq!(fake.calls(), 3);
     server.stop().await.unwrap();
 }
 

@@ -8,11 +8,20 @@ use async_trait::async_trait;
 use shared::Env;
 use shared::events::{
     Bus, DEAD_LETTER_ATTEMPTS, DEAD_LETTER_CONSUMER, DEAD_LETTER_EVENT_ID, DEAD_LETTER_SUBJECT,
-    Event, EventsConfig, HandleError, Handler, InProcessBus, ORDER_EVENTS, STREAMS, consume,
+    Event, EventsConfig, HandleError, Handler, InProcessBus, StreamSpec, consume,
     dead_letter_subject,
 };
 use shared::testing::{NatsServer, eventually};
 use tokio_util::sync::CancellationToken;
+
+/// The events of these tests and their stream, as a publishing service declares them.
+const EVENTS: &str = "test.v1.events";
+const STREAM: StreamSpec = StreamSpec {
+    name: "TEST_EVENTS",
+    subjects: &[EVENTS],
+    max_age: Duration::from_secs(3600),
+    max_bytes: 1 << 20,
+};
 
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
@@ -31,7 +40,7 @@ fn config(server: &NatsServer, pairs: &[(&str, &str)]) -> EventsConfig {
 }
 
 async fn connect(config: &EventsConfig) -> Bus {
-    let bus = Bus::connect(config, "test", &InProcessBus::new())
+    let bus = Bus::connect(config, "test", &[STREAM], &InProcessBus::new())
         .await
         .unwrap();
     assert!(bus.is_jetstream());
@@ -86,28 +95,30 @@ async fn streams_are_created_idempotently_by_every_instance() {
     let first = connect(&config).await;
     let second = connect(&config).await;
     // Two instances of one service: the same durable consumer, created twice.
-    let a = first.consumer("test", ORDER_EVENTS).await.unwrap();
-    let b = second.consumer("test", ORDER_EVENTS).await.unwrap();
+    let a = first.consumer("test", EVENTS).await.unwrap();
+    let b = second.consumer("test", EVENTS).await.unwrap();
     assert_eq!((a.consumer(), b.consumer()), ("test", "test"));
     // Publishing through either lands in the one stream.
     first
         .publisher()
-        .publish(Event::new(ORDER_EVENTS, "evt_1", "1"))
+        .publish(Event::new(EVENTS, "evt_1", "1"))
         .await
         .unwrap();
     second
         .publisher()
-        .publish(Event::new(ORDER_EVENTS, "evt_2", "2"))
+        .publish(Event::new(EVENTS, "evt_2", "2"))
         .await
         .unwrap();
     let stored: Vec<_> = server
-        .stored(ORDER_EVENTS)
+        .stored(EVENTS)
         .await
         .into_iter()
         .map(|e| e.id)
         .collect();
     assert_eq!(stored, ["evt_1", "evt_2"]);
-    assert_eq!(STREAMS.len(), 2, "ORDER_EVENTS and DEAD_LETTERS");
+    // A subject no stream given to `Bus::connect` holds: refused, by name.
+    let error = first.consumer("test", "other.v1.events").await.unwrap_err();
+    assert!(error.to_string().contains("other.v1.events"), "{error}");
 }
 
 #[tokio::test]
@@ -119,26 +130,26 @@ async fn a_failing_event_is_retried_then_dead_lettered_without_blocking_the_next
     let draining = CancellationToken::new();
     let consumer = tokio::spawn(consume(
         "test",
-        bus.consumer("test", ORDER_EVENTS).await.unwrap(),
+        bus.consumer("test", EVENTS).await.unwrap(),
         draining.clone(),
         recorder.clone(),
     ));
-    let mut failing = Event::new(ORDER_EVENTS, "evt_fail", "fail");
+    let mut failing = Event::new(EVENTS, "evt_fail", "fail");
     failing
         .headers
         .push(("traceparent".into(), TRACEPARENT.into()));
     let publisher = bus.publisher();
     publisher.publish(failing).await.unwrap();
     publisher
-        .publish(Event::new(ORDER_EVENTS, "evt_junk", "junk"))
+        .publish(Event::new(EVENTS, "evt_junk", "junk"))
         .await
         .unwrap();
-    let mut good = Event::new(ORDER_EVENTS, "evt_good", "good");
+    let mut good = Event::new(EVENTS, "evt_good", "good");
     good.headers
         .push(("traceparent".into(), TRACEPARENT.into()));
     publisher.publish(good).await.unwrap();
 
-    let subject = dead_letter_subject("test", ORDER_EVENTS);
+    let subject = dead_letter_subject("test", EVENTS);
     eventually("two dead letters", || {
         let (server, subject) = (&server, subject.clone());
         async move { server.stored(&subject).await.len() == 2 }
@@ -172,7 +183,7 @@ async fn a_failing_event_is_retried_then_dead_lettered_without_blocking_the_next
     let (junk, failed) = (&letters[0], &letters[1]);
     assert_eq!(header(failed, DEAD_LETTER_EVENT_ID), Some("evt_fail"));
     assert_eq!(header(failed, DEAD_LETTER_ATTEMPTS), Some("3"));
-    assert_eq!(header(failed, DEAD_LETTER_SUBJECT), Some(ORDER_EVENTS));
+    assert_eq!(header(failed, DEAD_LETTER_SUBJECT), Some(EVENTS));
     assert_eq!(header(failed, DEAD_LETTER_CONSUMER), Some("test"));
     assert_eq!(header(failed, "traceparent"), Some(TRACEPARENT));
     assert_eq!(failed.payload.as_ref(), b"fail");
@@ -186,14 +197,14 @@ async fn publishing_fails_fast_while_nats_is_down_and_works_once_it_is_back() {
     let bus = connect(&config(&server, &[("NATS_PUBLISH_TIMEOUT", "1s")])).await;
     let publisher = bus.publisher();
     publisher
-        .publish(Event::new(ORDER_EVENTS, "evt_before", "1"))
+        .publish(Event::new(EVENTS, "evt_before", "1"))
         .await
         .unwrap();
 
     server.kill();
     let started = Instant::now();
     let error = publisher
-        .publish(Event::new(ORDER_EVENTS, "evt_during", "2"))
+        .publish(Event::new(EVENTS, "evt_during", "2"))
         .await
         .expect_err("no acknowledgement while the server is down");
     assert!(
@@ -209,14 +220,14 @@ async fn publishing_fails_fast_while_nats_is_down_and_works_once_it_is_back() {
         let publisher = publisher.clone();
         async move {
             publisher
-                .publish(Event::new(ORDER_EVENTS, "evt_during", "2"))
+                .publish(Event::new(EVENTS, "evt_during", "2"))
                 .await
                 .is_ok()
         }
     })
     .await;
     let stored: Vec<_> = server
-        .stored(ORDER_EVENTS)
+        .stored(EVENTS)
         .await
         .into_iter()
         .map(|e| e.id)

@@ -67,6 +67,7 @@ impl TestStack {
         client::channel(
             self.addr(name),
             &ClientConfig::from_env(&Env::default()).expect("the defaults are valid"),
+            contracts::RETRY_SAFE_METHODS,
         )
     }
 

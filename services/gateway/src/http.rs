@@ -110,7 +110,7 @@ async fn http_span(State(routes): State<Registered>, request: Request, next: Nex
         otel.name = name,
         otel.kind = "server",
         otel.status_code = tracing::field::Empty,
-        // shared::rpc::APP_SERVICE: which service made the span, in a one-process stack.
+        // shared::observe::APP_SERVICE: which service made the span, in a one-process stack.
         app.service = crate::NAME,
         http.request.method = %method,
         http.route = route.as_deref(),
@@ -119,7 +119,7 @@ async fn http_span(State(routes): State<Registered>, request: Request, next: Nex
         // The token's subject, when the request carries a valid one (auth/admission.rs).
         enduser.id = tracing::field::Empty,
     );
-    shared::rpc::continue_trace(&span, request.headers());
+    shared::observe::continue_trace(&span, request.headers());
     let response = next.run(request).instrument(span.clone()).await;
     span.record("http.response.status_code", response.status().as_u16());
     if response.status().is_server_error() {

@@ -45,7 +45,7 @@ impl Upstreams {
         let all = addrs.services.iter().map(|upstream| Upstream {
             name: upstream.name.as_str().into(),
             service: upstream.service.as_str().into(),
-            channel: channel(upstream.addr.clone(), config),
+            channel: channel(upstream.addr.clone(), config, contracts::RETRY_SAFE_METHODS),
         });
         Self { all: all.collect() }
     }

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use contracts::common::v1 as common;
 use contracts::inventory::v1::inventory_service_server::{
     InventoryService, InventoryServiceServer,
 };
@@ -139,7 +140,10 @@ impl From<Product> for pb::Product {
             sku: p.sku,
             name: p.name,
             description: p.description,
-            price: Some(p.price.into()),
+            price: Some(common::Money {
+                currency_code: p.price.currency,
+                amount_minor: p.price.minor,
+            }),
             available: p.stock.available,
             reserved: p.stock.reserved,
             sold: p.stock.sold,

@@ -32,6 +32,7 @@ pub async fn build(config: Config) -> Result<shared::Server, shared::Error> {
         None => Arc::new(store::MemoryStore::new(domain::demo_catalog())),
     };
     shared::Server::builder(NAME, &config.server)
+        .file_descriptor_set(contracts::FILE_DESCRIPTOR_SET)
         .add_service(grpc::service(store, &config.server))
         .bind()
         .await

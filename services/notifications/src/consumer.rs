@@ -49,9 +49,10 @@ impl Handler for OrderEvents {
 #[cfg(test)]
 mod tests {
     use contracts::orders::v1::{self as pb, order_event::Kind};
+    use orders::events::ORDER_EVENTS;
     use prost::Message;
     use shared::PageRequest;
-    use shared::events::{Bus, EventsConfig, InProcessBus, ORDER_EVENTS, dead_letter_subject};
+    use shared::events::{Bus, EventsConfig, InProcessBus, dead_letter_subject};
     use tokio_util::sync::CancellationToken;
 
     use super::*;
@@ -83,7 +84,7 @@ mod tests {
     async fn every_event_makes_one_notification_and_junk_is_dead_lettered() {
         let local = InProcessBus::new();
         let mut dead = local.subscribe(&dead_letter_subject(crate::NAME, ORDER_EVENTS));
-        let bus = Bus::connect(&EventsConfig::default(), crate::NAME, &local)
+        let bus = Bus::connect(&EventsConfig::default(), crate::NAME, &[], &local)
             .await
             .unwrap();
         let source = bus.consumer(crate::NAME, ORDER_EVENTS).await.unwrap();

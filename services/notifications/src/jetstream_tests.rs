@@ -5,11 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use contracts::orders::v1::{self as pb, order_event::Kind};
+use orders::events::{ORDER_EVENTS, ORDER_EVENTS_STREAM};
 use prost::Message;
 use shared::PageRequest;
 use shared::events::{
     Bus, DEAD_LETTER_ATTEMPTS, DEAD_LETTER_REASON, DEAD_LETTER_STREAM_SEQUENCE, Event,
-    EventsConfig, InProcessBus, ORDER_EVENTS, consume, dead_letter_subject,
+    EventsConfig, InProcessBus, consume, dead_letter_subject,
 };
 use shared::testing::{NatsServer, eventually};
 use tokio::task::JoinHandle;
@@ -30,9 +31,14 @@ async fn bus(server: &NatsServer) -> Bus {
     .into_iter()
     .collect();
     let config = EventsConfig::from_env(&env).unwrap();
-    Bus::connect(&config, crate::NAME, &InProcessBus::new())
-        .await
-        .unwrap()
+    Bus::connect(
+        &config,
+        crate::NAME,
+        &[ORDER_EVENTS_STREAM],
+        &InProcessBus::new(),
+    )
+    .await
+    .unwrap()
 }
 
 /// The consumer `notifications` running on `store` until [`Running::stop`].

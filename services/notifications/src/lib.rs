@@ -22,7 +22,8 @@ mod jetstream_tests;
 
 use std::sync::Arc;
 
-use shared::events::{Bus, InProcessBus, ORDER_EVENTS};
+use orders::events::{ORDER_EVENTS, ORDER_EVENTS_STREAM};
+use shared::events::{Bus, InProcessBus};
 
 pub use config::Config;
 
@@ -40,9 +41,10 @@ pub async fn build(config: Config, local: &InProcessBus) -> Result<shared::Serve
         Some(database) => Arc::new(store::PgStore::connect(database).await?),
         None => Arc::new(store::MemoryStore::default()),
     };
-    let bus = Bus::connect(&config.events, NAME, local).await?;
+    let bus = Bus::connect(&config.events, NAME, &[ORDER_EVENTS_STREAM], local).await?;
     let events = bus.consumer(NAME, ORDER_EVENTS).await?;
-    let server = shared::Server::builder(NAME, &config.server);
+    let server = shared::Server::builder(NAME, &config.server)
+        .file_descriptor_set(contracts::FILE_DESCRIPTOR_SET);
     let draining = server.draining();
     let handler = consumer::OrderEvents {
         store: store.clone(),

@@ -10,8 +10,9 @@ use contracts::notifications::v1::{
 };
 use contracts::orders::v1::order_event::Kind;
 use contracts::orders::v1::{self as orders_pb, OrderEvent};
+use orders::events::ORDER_EVENTS;
 use prost::Message;
-use shared::events::{Event, EventPublisher, InProcessBus, ORDER_EVENTS};
+use shared::events::{Event, EventPublisher, InProcessBus};
 use shared::testing::{TestServer, env, eventually};
 use tonic::transport::Channel;
 use tonic::{Code, Status};

@@ -1,11 +1,28 @@
 //! What orders publishes: an `orders.v1.OrderEvent` on [`ORDER_EVENTS`] for each state
-//! an order reaches: placed, then confirmed, rejected or failed.
+//! an order reaches: placed, then confirmed, rejected or failed. Its subject and stream
+//! are declared here, by their publisher; consumers name them from here.
+
+use std::time::Duration;
 
 use contracts::orders::v1::{self as pb, order_event::Kind};
 use prost::Message;
-use shared::events::{Event, ORDER_EVENTS};
+use shared::events::{Event, StreamSpec};
 
 use crate::domain::{Order, Status};
+
+/// The subject of `orders.v1.OrderEvent`s: one per order state change. It carries the
+/// proto package, so an incompatible payload would get a new subject.
+pub const ORDER_EVENTS: &str = "orders.v1.events";
+
+/// The JetStream stream of [`ORDER_EVENTS`], created by whichever of its publisher and
+/// its consumers connects first: kept 7 days or up to 1 GiB, acknowledged or not, so a
+/// consumer down for less than that misses nothing.
+pub const ORDER_EVENTS_STREAM: StreamSpec = StreamSpec {
+    name: "ORDER_EVENTS",
+    subjects: &[ORDER_EVENTS],
+    max_age: Duration::from_secs(7 * 24 * 3600),
+    max_bytes: 1 << 30,
+};
 
 /// The event of the state `order` is in.
 pub(crate) fn order_event(order: &Order) -> Event {

@@ -9,6 +9,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
+use contracts::common::v1 as common;
 use contracts::orders::v1::order_service_server::{OrderService, OrderServiceServer};
 use contracts::orders::v1::{self as pb};
 use shared::ServerConfig;
@@ -181,10 +182,16 @@ impl From<Order> for pb::Order {
                 .map(|line| pb::OrderItem {
                     sku: line.sku,
                     quantity: line.quantity,
-                    unit_price: Some(line.unit_price.into()),
+                    unit_price: Some(common::Money {
+                        currency_code: line.unit_price.currency,
+                        amount_minor: line.unit_price.minor,
+                    }),
                 })
                 .collect(),
-            total: Some(o.total.into()),
+            total: Some(common::Money {
+                currency_code: o.total.currency,
+                amount_minor: o.total.minor,
+            }),
             status: status.into(),
             status_reason,
             payment_id: o.payment_id.unwrap_or_default(),

@@ -20,7 +20,7 @@
 pub mod config;
 mod domain;
 mod error;
-mod events;
+pub mod events;
 mod grpc;
 mod outbox;
 mod saga;
@@ -39,7 +39,7 @@ pub const NAME: &str = "orders";
 /// set (schema `orders`, migrated at start-up), else in memory. Calls to inventory and
 /// payments connect lazily, so it starts before they do. Every order state change is
 /// recorded with its event, which the outbox relay publishes on
-/// [`shared::events::ORDER_EVENTS`] (starting with whatever an earlier process left
+/// [`events::ORDER_EVENTS`] (starting with whatever an earlier process left
 /// pending): to JetStream when `NATS_URL` is set (connecting first), otherwise to
 /// `local`, the in-process bus. Orders whose saga a dead process left unfinished are
 /// resumed, at start-up and then periodically. The relay and the resumption are the
@@ -50,7 +50,10 @@ pub async fn build(config: Config, local: &InProcessBus) -> Result<shared::Serve
         Some(database) => Arc::new(store::PgStore::connect(database).await?),
         None => Arc::new(store::MemoryStore::default()),
     };
-    let events = Bus::connect(&config.events, NAME, local).await?.publisher();
+    let streams = [events::ORDER_EVENTS_STREAM];
+    let events = Bus::connect(&config.events, NAME, &streams, local)
+        .await?
+        .publisher();
     let inventory = grpc::InventoryClient::new(config.inventory_addr, &config.client);
     let payments = grpc::PaymentsClient::new(config.payments_addr, &config.client);
     let saga = Arc::new(saga::Saga::new(
@@ -59,7 +62,8 @@ pub async fn build(config: Config, local: &InProcessBus) -> Result<shared::Serve
         Arc::new(payments),
         config.saga,
     ));
-    let server = shared::Server::builder(NAME, &config.server);
+    let server = shared::Server::builder(NAME, &config.server)
+        .file_descriptor_set(contracts::FILE_DESCRIPTOR_SET);
     let signals = server.signals();
     let draining = server.draining();
     // The relay's last pass waits until no saga of this process can record more.

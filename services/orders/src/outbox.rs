@@ -188,15 +188,16 @@ pub(crate) async fn publish(
     stored: Event,
 ) -> Result<(), PublishError> {
     let headers = stored.headers.clone();
-    let (span, event) =
-        shared::rpc::in_trace_from_pairs(&headers, || shared::events::traced(crate::NAME, stored));
+    let (span, event) = shared::observe::in_trace_from_pairs(&headers, || {
+        shared::events::traced(crate::NAME, stored)
+    });
     publisher.publish(event).instrument(span).await
 }
 
 /// `event` with the current span's trace context in its headers: written to the outbox
 /// inside the saga's span, it links the later publication to the order's trace.
 pub(crate) fn with_trace(mut event: Event) -> Event {
-    shared::rpc::inject_trace_into_pairs(&tracing::Span::current(), &mut event.headers);
+    shared::observe::inject_trace_into_pairs(&tracing::Span::current(), &mut event.headers);
     event
 }
 

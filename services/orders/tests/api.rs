@@ -19,8 +19,9 @@ use contracts::orders::v1::{
 };
 use contracts::payments::v1::payment_service_client::PaymentServiceClient;
 use contracts::payments::v1::{GetPaymentRequest, ListPaymentsRequest, Payment, PaymentStatus};
+use orders::events::ORDER_EVENTS;
 use prost::Message;
-use shared::events::{InProcessBus, ORDER_EVENTS, Subscription};
+use shared::events::{InProcessBus, Subscription};
 use shared::testing::{TestServer, env, eventually};
 use tokio::sync::Semaphore;
 use tonic::transport::Channel;

@@ -8,7 +8,8 @@ use contracts::inventory::v1::GetProductRequest;
 use contracts::inventory::v1::inventory_service_client::InventoryServiceClient;
 use contracts::orders::v1::order_service_client::OrderServiceClient;
 use contracts::orders::v1::{OrderItem, OrderStatus, PlaceOrderRequest};
-use shared::events::{InProcessBus, ORDER_EVENTS};
+use orders::events::ORDER_EVENTS;
+use shared::events::InProcessBus;
 use shared::testing::{TestServer, env, fresh_database};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

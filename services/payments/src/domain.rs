@@ -98,6 +98,7 @@ impl Charge {
         violations.id("request_id", &request_id);
         violations.id("order_id", &order_id);
         violations.id("customer_id", &customer_id);
+        let amount = amount.map(|m| (m.currency_code.as_str(), m.amount_minor));
         let amount = Money::parse("amount", amount, &mut violations);
         violations.id("card_token", &card_token);
         violations.finish()?;

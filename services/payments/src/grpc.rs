@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use contracts::common::v1 as common;
 use contracts::payments::v1::payment_service_server::{PaymentService, PaymentServiceServer};
 use contracts::payments::v1::{self as pb};
 use shared::{PageRequest, ServerConfig};
@@ -100,7 +101,10 @@ impl From<Payment> for pb::Payment {
             request_id: p.request_id,
             order_id: p.order_id,
             customer_id: p.customer_id,
-            amount: Some(p.amount.into()),
+            amount: Some(common::Money {
+                currency_code: p.amount.currency,
+                amount_minor: p.amount.minor,
+            }),
             status: status.into(),
             status_reason: p.status_reason,
             create_time: Some(p.create_time.into()),

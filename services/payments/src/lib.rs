@@ -47,7 +47,8 @@ pub async fn build_with(
         authorizer,
         config.authorization,
     ));
-    let server = shared::Server::builder(NAME, &config.server);
+    let server = shared::Server::builder(NAME, &config.server)
+        .file_descriptor_set(contracts::FILE_DESCRIPTOR_SET);
     let draining = server.draining();
     server
         .add_service(grpc::service(payments.clone(), &config.server))

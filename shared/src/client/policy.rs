@@ -117,6 +117,20 @@ impl BreakerState {
             Self::HalfOpen => "half_open",
         }
     }
+
+    /// The value of `rpc_client_breaker_state`: 0 closed, 1 half-open, 2 open.
+    fn gauge(self) -> i64 {
+        match self {
+            Self::Closed => 0,
+            Self::HalfOpen => 1,
+            Self::Open => 2,
+        }
+    }
+
+    /// Exports `self` as the state of the breaker of `upstream`.
+    fn export(self, upstream: &str, changed: bool) {
+        metrics::client_breaker_state(upstream, self.gauge(), self.name(), changed);
+    }
 }
 
 #[derive(Debug)]
@@ -157,7 +171,7 @@ pub struct Ticket {
 
 impl Breaker {
     pub fn new(failures: u32, open_for: Duration, upstream: Arc<str>) -> Self {
-        metrics::client_breaker_state(&upstream, BreakerState::Closed, false);
+        BreakerState::Closed.export(&upstream, false);
         Self {
             state: Mutex::new(State::Closed { failures: 0 }),
             failures,
@@ -185,7 +199,7 @@ impl Breaker {
             State::HalfOpen { .. } => BreakerState::HalfOpen,
         };
         tracing::info!(upstream = %self.upstream, state = name.name(), "circuit breaker");
-        metrics::client_breaker_state(&self.upstream, name, true);
+        name.export(&self.upstream, true);
         *state = next;
     }
 

@@ -48,6 +48,8 @@ struct Downstream {
     breaker: Arc<Breaker>,
     bulkhead: Arc<Semaphore>,
     max_concurrency: usize,
+    /// The methods that may be sent again, sorted: a binary search per call.
+    retry_safe: Box<[&'static str]>,
     /// `rpc_client_attempts_total` of this downstream, found once (on the first
     /// attempt, so that the series appears when it counts) rather than by its label
     /// on every attempt.
@@ -55,8 +57,14 @@ struct Downstream {
 }
 
 impl Resilient {
-    pub(crate) fn new(upstream: Upstream, config: &ClientConfig) -> Self {
+    pub(crate) fn new(
+        upstream: Upstream,
+        config: &ClientConfig,
+        retry_safe: &[&'static str],
+    ) -> Self {
         let name: Arc<str> = Arc::from(upstream.to_string());
+        let mut retry_safe: Box<[&'static str]> = retry_safe.into();
+        retry_safe.sort_unstable();
         Self {
             downstream: Arc::new(Downstream {
                 endpoints: Endpoints::new(&upstream, config),
@@ -78,6 +86,7 @@ impl Resilient {
                 )),
                 bulkhead: Arc::new(Semaphore::new(config.max_concurrency)),
                 max_concurrency: config.max_concurrency,
+                retry_safe,
                 attempts: OnceLock::new(),
                 name,
             }),
@@ -95,7 +104,7 @@ impl Resilient {
     }
 }
 
-impl crate::rpc::ClientRpc<Resilient> {
+impl crate::observe::ClientRpc<Resilient> {
     /// See [`Resilient::retry_budget`].
     pub fn retry_budget(&self) -> Arc<RetryBudget> {
         self.inner().retry_budget()
@@ -177,10 +186,10 @@ impl Downstream {
         deadline: Instant,
     ) -> Result<http::Response<Body>, Status> {
         let (parts, body) = request.into_parts();
-        let safe = contracts::is_retry_safe(parts.uri.path());
+        let safe = self.retry_safe.binary_search(&parts.uri.path()).is_ok();
         let retry = safe && parts.extensions.get::<NoRetry>().is_none();
         // A call sent again needs its message again: only retry-safe calls (never
-        // client streams, see `contracts::RETRY_SAFE_METHODS`) are kept in memory.
+        // client streams, see [`super::channel`]) are kept in memory.
         let (mut body, kept) = if safe {
             let bytes = body
                 .collect()

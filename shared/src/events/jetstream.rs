@@ -2,9 +2,11 @@
 //! every consumer has taken them, de-duplicated by event id, and durable pull consumers
 //! with explicit acknowledgements.
 //!
-//! The streams this template uses are declared in [`STREAMS`] and created (or updated
-//! to these settings) at every connect, so that the first service up creates them and
-//! the others find them: there is no separate set-up step to forget.
+//! Each service names the streams it publishes to or consumes from ([`StreamSpec`]s,
+//! declared by the publisher next to its subject) when it connects, and they are
+//! created (or updated to these settings) then, with the dead letters' stream: the
+//! first service up creates them and the others find them, so there is no separate
+//! set-up step to forget.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,20 +17,20 @@ use async_nats::jetstream::{self, AckKind, consumer, context, stream};
 use async_trait::async_trait;
 use tokio_stream::StreamExt as _;
 
-use super::consume::{self, Decision, Handler, RetryPolicy};
-use super::{Event, EventPublisher, EventsError, NatsConfig, ORDER_EVENTS, PublishError};
+use super::handling::{self, Decision, Handler, RetryPolicy};
+use super::{Event, EventPublisher, EventsError, NatsConfig, PublishError};
 
-/// The stream of [`ORDER_EVENTS`].
-pub const ORDER_EVENTS_STREAM: &str = "ORDER_EVENTS";
-
-/// The stream of every dead letter (`dlq.>`, see [`consume::dead_letter_subject`]).
+/// The stream of every dead letter (`dlq.>`, see [`handling::dead_letter_subject`]).
 pub const DEAD_LETTERS_STREAM: &str = "DEAD_LETTERS";
 
 /// The header JetStream de-duplicates on: the event id.
 const MSG_ID: &str = "Nats-Msg-Id";
 
-/// One stream: its name, subjects and how long it keeps messages.
-#[derive(Clone, Copy, Debug)]
+/// One stream: its name, subjects and how long it keeps messages. Events are kept by
+/// limits, not until acknowledged, so a new consumer can replay them and an outage of
+/// a consumer shorter than `max_age` loses nothing. The de-duplication window of every
+/// stream is [`DUPLICATE_WINDOW`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StreamSpec {
     pub name: &'static str,
     pub subjects: &'static [&'static str],
@@ -38,24 +40,13 @@ pub struct StreamSpec {
     pub max_bytes: i64,
 }
 
-/// The streams created at connect. Events are kept by limits, not until acknowledged,
-/// so a new consumer can replay them and an outage of a consumer shorter than
-/// `max_age` loses nothing. The de-duplication window of every stream is
-/// [`DUPLICATE_WINDOW`].
-pub const STREAMS: &[StreamSpec] = &[
-    StreamSpec {
-        name: ORDER_EVENTS_STREAM,
-        subjects: &[ORDER_EVENTS],
-        max_age: Duration::from_secs(7 * 24 * 3600),
-        max_bytes: 1 << 30,
-    },
-    StreamSpec {
-        name: DEAD_LETTERS_STREAM,
-        subjects: &["dlq.>"],
-        max_age: Duration::from_secs(30 * 24 * 3600),
-        max_bytes: 256 << 20,
-    },
-];
+/// The stream of dead letters, created at every connect.
+const DEAD_LETTERS: StreamSpec = StreamSpec {
+    name: DEAD_LETTERS_STREAM,
+    subjects: &["dlq.>"],
+    max_age: Duration::from_secs(30 * 24 * 3600),
+    max_bytes: 256 << 20,
+};
 
 /// How long JetStream remembers an event id: the same event published again within it
 /// (a publisher retrying after a lost acknowledgement) is stored once.
@@ -66,16 +57,24 @@ pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 pub(super) struct JetStream {
     context: jetstream::Context,
     config: NatsConfig,
+    /// The service's streams and the dead letters'.
+    streams: Vec<StreamSpec>,
 }
 
 impl JetStream {
     /// Connects, retrying for up to `NATS_CONNECT_TIMEOUT` (in Kubernetes NATS may
-    /// start after the service), and creates or updates [`STREAMS`].
-    pub(super) async fn connect(config: &NatsConfig, app: &str) -> Result<Self, EventsError> {
+    /// start after the service), and creates or updates `streams` and the dead
+    /// letters' stream.
+    pub(super) async fn connect(
+        config: &NatsConfig,
+        app: &str,
+        streams: &[StreamSpec],
+    ) -> Result<Self, EventsError> {
         let client = connect_within(config, app).await?;
         let mut context = jetstream::new(client);
         context.set_timeout(config.publish_timeout);
-        for spec in STREAMS {
+        let streams: Vec<StreamSpec> = streams.iter().copied().chain([DEAD_LETTERS]).collect();
+        for spec in &streams {
             context
                 .create_or_update_stream(stream_config(spec))
                 .await
@@ -93,6 +92,7 @@ impl JetStream {
         Ok(Self {
             context,
             config: config.clone(),
+            streams,
         })
     }
 
@@ -117,13 +117,13 @@ impl JetStream {
                 e,
             )
         };
-        let stream =
-            self.context
-                .get_stream(stream_of(subject).ok_or_else(|| {
-                    failed(format!("no stream in STREAMS holds {subject}").into())
-                })?)
-                .await
-                .map_err(|e| failed(e.into()))?;
+        let stream = self
+            .context
+            .get_stream(stream_of(&self.streams, subject).ok_or_else(|| {
+                failed(format!("no stream given to Bus::connect holds {subject}").into())
+            })?)
+            .await
+            .map_err(|e| failed(e.into()))?;
         let consumer = stream
             .create_consumer(consumer::pull::Config {
                 durable_name: Some(name.to_owned()),
@@ -192,9 +192,9 @@ fn stream_config(spec: &StreamSpec) -> stream::Config {
     }
 }
 
-/// The stream of [`STREAMS`] that holds `subject` (exactly, or by a `>` wildcard).
-fn stream_of(subject: &str) -> Option<&'static str> {
-    STREAMS
+/// The stream of `streams` that holds `subject` (exactly, or by a `>` wildcard).
+fn stream_of(streams: &[StreamSpec], subject: &str) -> Option<&'static str> {
+    streams
         .iter()
         .find(|spec| {
             spec.subjects
@@ -332,8 +332,8 @@ impl PullSource {
             }
         };
         let event = event_of(&message);
-        let outcome = consume::handle(app, handler, &event, attempt).await;
-        let ack = match consume::decide(&outcome, attempt, policy) {
+        let outcome = handling::handle(app, handler, &event, attempt).await;
+        let ack = match handling::decide(&outcome, attempt, policy) {
             Decision::Ack => AckKind::Ack,
             Decision::Retry(delay) => AckKind::Nak(Some(delay)),
             Decision::DeadLetter(reason) => {
@@ -357,10 +357,10 @@ impl PullSource {
         stream_sequence: &str,
         policy: &RetryPolicy,
     ) -> AckKind {
-        let subject = consume::dead_letter_subject(&self.name, &event.subject);
-        let mut headers = consume::dead_letter_headers(event, &self.name, reason, attempts);
+        let subject = handling::dead_letter_subject(&self.name, &event.subject);
+        let mut headers = handling::dead_letter_headers(event, &self.name, reason, attempts);
         headers.push((
-            consume::DEAD_LETTER_STREAM_SEQUENCE.to_owned(),
+            handling::DEAD_LETTER_STREAM_SEQUENCE.to_owned(),
             stream_sequence.to_owned(),
         ));
         let letter = Event {
@@ -415,12 +415,19 @@ mod tests {
 
     #[test]
     fn subjects_map_to_their_streams() {
-        assert_eq!(stream_of(ORDER_EVENTS), Some(ORDER_EVENTS_STREAM));
+        let events = StreamSpec {
+            name: "SHOP_EVENTS",
+            subjects: &["shop.v1.events"],
+            ..DEAD_LETTERS
+        };
+        let streams = [events, DEAD_LETTERS];
+        assert_eq!(stream_of(&streams, "shop.v1.events"), Some("SHOP_EVENTS"));
         assert_eq!(
-            stream_of("dlq.notifications.orders.v1.events"),
+            stream_of(&streams, "dlq.mailer.shop.v1.events"),
             Some(DEAD_LETTERS_STREAM)
         );
-        assert_eq!(stream_of("dlq."), None);
-        assert_eq!(stream_of("payments.v1.events"), None);
+        assert_eq!(stream_of(&streams, "dlq."), None);
+        assert_eq!(stream_of(&streams, "shop.v1.events.x"), None);
+        assert_eq!(stream_of(&streams, "payments.v1.events"), None);
     }
 }

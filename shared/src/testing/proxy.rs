@@ -6,7 +6,7 @@
 //!
 //! ```ignore
 //! let proxy = FaultProxy::start(server_addr).await;
-//! let channel = shared::client::channel(proxy.addr(), &config);
+//! let channel = shared::client::channel(proxy.addr(), &config, contracts::RETRY_SAFE_METHODS);
 //! proxy.set(Faults::blackhole());   // calls now hang until their deadline
 //! proxy.set(Faults::default());     // and go through again
 //! ```

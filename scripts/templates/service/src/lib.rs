@@ -25,6 +25,7 @@ pub const NAME: &str = "{{name}}";
 pub async fn build(config: Config) -> Result<shared::Server, shared::Error> {
     let store = Arc::new(store::MemoryStore::with_examples());
     shared::Server::builder(NAME, &config.server)
+        .file_descriptor_set(contracts::FILE_DESCRIPTOR_SET)
         .add_service(grpc::service(store, &config.server))
         .bind()
         .await

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use contracts::common::v1 as common;
 use contracts::inventory::v1::{
     self as inventory_pb, inventory_service_client::InventoryServiceClient,
 };
@@ -67,7 +68,7 @@ pub(crate) struct InventoryClient {
 
 impl InventoryClient {
     pub(crate) fn new(addr: Upstream, config: &ClientConfig) -> Self {
-        let channel = shared::client::channel(addr.clone(), config);
+        let channel = shared::client::channel(addr.clone(), config, contracts::RETRY_SAFE_METHODS);
         Self {
             budget: channel.retry_budget(),
             client: InventoryServiceClient::new(channel),
@@ -168,7 +169,7 @@ pub(crate) struct PaymentsClient {
 
 impl PaymentsClient {
     pub(crate) fn new(addr: Upstream, config: &ClientConfig) -> Self {
-        let channel = shared::client::channel(addr.clone(), config);
+        let channel = shared::client::channel(addr.clone(), config, contracts::RETRY_SAFE_METHODS);
         Self {
             budget: channel.retry_budget(),
             client: PaymentServiceClient::new(channel),
@@ -191,7 +192,10 @@ impl Payments for PaymentsClient {
             request_id: charge.request_id.clone(),
             order_id: charge.order_id.clone(),
             customer_id: charge.customer_id.clone(),
-            amount: Some(charge.amount.clone().into()),
+            amount: Some(common::Money {
+                currency_code: charge.amount.currency.clone(),
+                amount_minor: charge.amount.minor,
+            }),
             card_token: charge.card_token.clone(),
         };
         match self.client.clone().charge(saga_call(request)).await {

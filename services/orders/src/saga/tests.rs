@@ -2,10 +2,11 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use shared::events::{InProcessBus, ORDER_EVENTS};
+use shared::events::InProcessBus;
 use tokio_util::sync::CancellationToken;
 
 use super::*;
+use crate::events::ORDER_EVENTS;
 use crate::store::MemoryStore;
 
 /// A scripted call: it fails, or it takes effect and its answer is lost.

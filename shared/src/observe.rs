@@ -8,7 +8,7 @@
 //! the call's span and trace id too.
 //!
 //! A request that is not gRPC (its `content-type`) is no call: it is passed on
-//! unobserved, and [`crate::protocol`] answers it.
+//! unobserved, and [`crate::conformance`] answers it.
 //!
 //! A handler that panics, before answering or while streaming, ends its call with
 //! INTERNAL ("internal error"; the panic message stays in the logs), not a reset
@@ -23,17 +23,21 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 use http_body::{Body, Frame, SizeHint};
-use opentelemetry::propagation::{Extractor, Injector};
 use pin_project_lite::pin_project;
 use tonic::transport::server::TcpConnectInfo;
 use tower::{Layer, Service};
 use tracing::Instrument;
 use tracing::instrument::Instrumented;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::metrics::{self, CallMetrics, Side};
 use crate::panic::{self, Panic};
-use crate::telemetry;
+
+mod context;
+
+pub use context::{
+    HeaderExtractor, HeaderInjector, PairsExtractor, PairsInjector, continue_trace,
+    continue_trace_from_pairs, in_trace_from_pairs, inject_trace, inject_trace_into_pairs,
+};
 
 /// The span attribute naming the service (`orders`, `gateway`, …) that made a server,
 /// producer or consumer span. Each process exports under its own `service.name`
@@ -354,8 +358,8 @@ where
     }
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
-        if !crate::protocol::is_grpc(request.headers()) {
-            // Not a call (`crate::protocol` answers HTTP 415): no span and no sample,
+        if !crate::conformance::is_grpc(request.headers()) {
+            // Not a call (`crate::conformance` answers HTTP 415): no span and no sample,
             // so that no path a client makes up becomes a metric label.
             return ObservedFuture {
                 inner: self.inner.call(request).instrument(tracing::Span::none()),
@@ -461,66 +465,6 @@ where
     }
 }
 
-/// Makes `span` continue the trace whose context (`traceparent`, `tracestate`,
-/// `baggage`) came in `headers`, e.g. from an HTTP client. Call it before the span is
-/// first entered.
-pub fn continue_trace(span: &tracing::Span, headers: &HeaderMap) {
-    continue_trace_from(span, &HeaderExtractor(headers));
-}
-
-/// Writes the trace context of `span` into `headers`, for the next hop to continue it.
-pub fn inject_trace(span: &tracing::Span, headers: &mut HeaderMap) {
-    inject_trace_into(span, &mut HeaderInjector(headers));
-}
-
-/// [`continue_trace`] for message headers as name-value pairs (an event's
-/// [`headers`](crate::events::Event::headers)).
-pub fn continue_trace_from_pairs(span: &tracing::Span, headers: &[(String, String)]) {
-    continue_trace_from(span, &PairsExtractor(headers));
-}
-
-/// Runs `f` with the trace context that `headers` carry as the current OpenTelemetry
-/// context, so that a span `f` creates while no tracing span is current (in a
-/// background task) continues that trace. For work done long after the span that asked
-/// for it ended: orders' outbox relay publishes an event inside the trace its writer
-/// stored in the event's headers.
-pub fn in_trace_from_pairs<T>(headers: &[(String, String)], f: impl FnOnce() -> T) -> T {
-    if !telemetry::tracing_enabled() {
-        return f();
-    }
-    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
-        propagator.extract(&PairsExtractor(headers))
-    });
-    let _attached = parent.attach();
-    f()
-}
-
-/// [`inject_trace`] for message headers as name-value pairs: replaces the trace
-/// context already there, keeps every other header.
-pub fn inject_trace_into_pairs(span: &tracing::Span, headers: &mut Vec<(String, String)>) {
-    inject_trace_into(span, &mut PairsInjector(headers));
-}
-
-/// The one place that reads a trace context, whatever carries it.
-fn continue_trace_from(span: &tracing::Span, carrier: &dyn Extractor) {
-    if telemetry::tracing_enabled() {
-        let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
-            propagator.extract(carrier)
-        });
-        let _ = span.set_parent(parent);
-    }
-}
-
-/// The one place that writes a trace context, whatever carries it.
-fn inject_trace_into(span: &tracing::Span, carrier: &mut dyn Injector) {
-    if telemetry::tracing_enabled() {
-        let context = span.context();
-        opentelemetry::global::get_text_map_propagator(|propagator| {
-            propagator.inject_context(&context, carrier);
-        });
-    }
-}
-
 /// A `'static` copy of a service name, made once per name (the generated clients of a
 /// process call a handful of services).
 fn intern(name: &str) -> &'static str {
@@ -539,235 +483,5 @@ fn intern(name: &str) -> &'static str {
     leaked
 }
 
-/// Reads the trace context from request headers (gRPC metadata or HTTP).
-#[derive(Debug)]
-pub struct HeaderExtractor<'a>(pub &'a HeaderMap);
-
-impl Extractor for HeaderExtractor<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key)?.to_str().ok()
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(http::HeaderName::as_str).collect()
-    }
-}
-
-/// Writes the trace context into request headers.
-#[derive(Debug)]
-pub struct HeaderInjector<'a>(pub &'a mut HeaderMap);
-
-impl Injector for HeaderInjector<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        // The names the propagators write, without copying them per call.
-        const KNOWN: [&str; 3] = ["traceparent", "tracestate", "baggage"];
-        let name = match KNOWN.iter().find(|known| **known == key) {
-            Some(known) => Ok(http::HeaderName::from_static(known)),
-            None => http::HeaderName::from_bytes(key.as_bytes()),
-        };
-        if let (Ok(name), Ok(value)) = (name, http::HeaderValue::try_from(value)) {
-            self.0.insert(name, value);
-        }
-    }
-}
-
-/// Reads the trace context from message headers given as name-value pairs; names
-/// match case-insensitively, as HTTP and NATS header names do.
-#[derive(Debug)]
-pub struct PairsExtractor<'a>(pub &'a [(String, String)]);
-
-impl Extractor for PairsExtractor<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(name, _)| name.eq_ignore_ascii_case(key))
-            .map(|(_, value)| value.as_str())
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0.iter().map(|(name, _)| name.as_str()).collect()
-    }
-}
-
-/// Writes the trace context into message headers given as name-value pairs.
-#[derive(Debug)]
-pub struct PairsInjector<'a>(pub &'a mut Vec<(String, String)>);
-
-impl Injector for PairsInjector<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        self.0.retain(|(name, _)| !name.eq_ignore_ascii_case(key));
-        self.0.push((key.to_owned(), value));
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pairs_carry_headers_case_insensitively_without_duplicates() {
-        let mut headers = vec![
-            ("Traceparent".to_owned(), "old".to_owned()),
-            ("other".to_owned(), "kept".to_owned()),
-        ];
-        PairsInjector(&mut headers).set("traceparent", "new".to_owned());
-        assert_eq!(
-            headers,
-            [
-                ("other".to_owned(), "kept".to_owned()),
-                ("traceparent".to_owned(), "new".to_owned())
-            ]
-        );
-        let extractor = PairsExtractor(&headers);
-        assert_eq!(extractor.get("TRACEPARENT"), Some("new"));
-        assert_eq!(extractor.get("tracestate"), None);
-        assert_eq!(extractor.keys(), ["other", "traceparent"]);
-    }
-
-    #[test]
-    fn trace_context_goes_into_headers_by_any_name() {
-        let mut headers = HeaderMap::new();
-        let mut injector = HeaderInjector(&mut headers);
-        injector.set(
-            "traceparent",
-            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
-        );
-        injector.set("x-other", "kept".into());
-        injector.set("baggage", "bad\nvalue".into());
-        assert_eq!(
-            headers["traceparent"],
-            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-        );
-        assert_eq!(headers["x-other"], "kept");
-        assert!(
-            !headers.contains_key("baggage"),
-            "an invalid value is left out"
-        );
-    }
-
-    #[test]
-    fn paths_split_into_service_and_method() {
-        assert_eq!(
-            split_path("/inventory.v1.InventoryService/GetProduct"),
-            (
-                "inventory.v1.InventoryService/GetProduct",
-                "inventory.v1.InventoryService",
-                "GetProduct"
-            )
-        );
-        assert_eq!(split_path("/"), ("", "", ""));
-        assert_eq!(split_path("/nomethod"), ("nomethod", "nomethod", ""));
-    }
-
-    #[test]
-    fn status_is_read_from_headers_or_trailers() {
-        let mut headers = HeaderMap::new();
-        assert_eq!(grpc_status(&headers), None);
-        headers.insert("grpc-status", "5".parse().unwrap());
-        assert_eq!(grpc_status(&headers), Some(5));
-        headers.insert("grpc-status", "five".parse().unwrap());
-        assert_eq!(grpc_status(&headers), None);
-    }
-
-    /// A response body of one message, then a panic on the next poll.
-    struct PanicsAfterOneFrame(bool);
-
-    impl Body for PanicsAfterOneFrame {
-        type Data = Bytes;
-        type Error = std::convert::Infallible;
-
-        fn poll_frame(
-            mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-            assert!(!self.0, "a bug in the stream");
-            self.0 = true;
-            Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"message")))))
-        }
-    }
-
-    fn status_of(headers: &HeaderMap) -> (Option<i32>, Option<&str>) {
-        let message = headers.get("grpc-message").and_then(|m| m.to_str().ok());
-        (grpc_status(headers), message)
-    }
-
-    fn grpc_request(path: &str) -> http::Request<()> {
-        http::Request::builder()
-            .uri(path)
-            .header(CONTENT_TYPE, "application/grpc")
-            .body(())
-            .unwrap()
-    }
-
-    #[tokio::test]
-    async fn a_panicking_handler_ends_its_call_with_internal() {
-        use http_body_util::BodyExt as _;
-        use tower::ServiceExt as _;
-
-        let before_answering = tower::service_fn(|request: http::Request<()>| async move {
-            tokio::task::yield_now().await;
-            assert_ne!(request.uri().path(), "/x.v1.S/M", "a bug in the handler");
-            Ok::<_, std::convert::Infallible>(http::Response::new(PanicsAfterOneFrame(false)))
-        });
-        let rpc = ServerLayer::new("test", [("x.v1.S", ["M"])]).layer(before_answering);
-        let request = grpc_request("/x.v1.S/M");
-        let response = rpc.oneshot(request).await.expect("an answer, not a panic");
-        assert_eq!(
-            status_of(response.headers()),
-            (Some(INTERNAL), Some("internal error"))
-        );
-        assert_eq!(response.headers()[CONTENT_TYPE], "application/grpc");
-        let body = response.into_body().collect().await.unwrap();
-        assert!(body.to_bytes().is_empty());
-
-        let while_streaming = tower::service_fn(|_: http::Request<()>| async {
-            Ok::<_, std::convert::Infallible>(http::Response::new(PanicsAfterOneFrame(false)))
-        });
-        let rpc = ServerLayer::new("test", [("x.v1.S", ["M"])]).layer(while_streaming);
-        let request = grpc_request("/x.v1.S/M");
-        let mut body = rpc.oneshot(request).await.unwrap().into_body();
-        let first = body.frame().await.unwrap().unwrap();
-        assert_eq!(first.into_data().unwrap(), "message");
-        let last = body.frame().await.unwrap().unwrap();
-        let trailers = last.into_trailers().expect("trailers after the panic");
-        assert_eq!(
-            status_of(&trailers),
-            (Some(INTERNAL), Some("internal error"))
-        );
-        assert!(body.frame().await.is_none() && body.is_end_stream());
-    }
-
-    #[tokio::test]
-    async fn requests_that_are_not_grpc_are_not_calls() {
-        use tower::ServiceExt as _;
-
-        let answer = tower::service_fn(|request: http::Request<()>| async move {
-            let mut response = http::Response::new(http_body_util::Empty::<Bytes>::new());
-            if request.headers().contains_key(CONTENT_TYPE) {
-                response
-                    .headers_mut()
-                    .insert("grpc-status", HeaderValue::from(0));
-            } else {
-                *response.status_mut() = http::StatusCode::UNSUPPORTED_MEDIA_TYPE;
-            }
-            Ok::<_, std::convert::Infallible>(response)
-        });
-        let rpc = ServerLayer::new("test", [("x.v1.S", ["NotGrpc"])]).layer(answer);
-        let path = "/x.v1.S/NotGrpc";
-        let request = http::Request::builder().uri(path).body(()).unwrap();
-        let response = rpc.clone().oneshot(request).await.unwrap();
-        assert_eq!(response.status(), http::StatusCode::UNSUPPORTED_MEDIA_TYPE);
-        drop(response);
-        assert!(!metrics::render().contains("NotGrpc"));
-
-        drop(rpc.oneshot(grpc_request(path)).await.unwrap());
-        assert!(metrics::render().contains("NotGrpc"), "a call");
-    }
-
-    #[test]
-    fn interned_names_are_reused() {
-        let a = intern("x.v1.Service");
-        let b = intern(&String::from("x.v1.Service"));
-        assert!(std::ptr::eq(a, b));
-    }
-}
+mod tests;

@@ -44,32 +44,32 @@ static REWRITES: [(&str, &str, HeaderValue); 3] = [
 const RESOURCE_EXHAUSTED: HeaderValue = HeaderValue::from_static("8");
 const UNIMPLEMENTED: HeaderValue = HeaderValue::from_static("12");
 
-/// Applies [`Protocol`] to a service.
+/// Applies [`Conformance`] to a service.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct ProtocolLayer;
+pub struct ConformanceLayer;
 
-impl<S> Layer<S> for ProtocolLayer {
-    type Service = Protocol<S>;
+impl<S> Layer<S> for ConformanceLayer {
+    type Service = Conformance<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Protocol { inner }
+        Conformance { inner }
     }
 }
 
 /// See the module documentation.
 #[derive(Clone, Debug)]
-pub struct Protocol<S> {
+pub struct Conformance<S> {
     inner: S,
 }
 
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Protocol<S>
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Conformance<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     ResBody: Default,
 {
     type Response = Response<SpecStatus<ResBody>>;
     type Error = S::Error;
-    type Future = ProtocolFuture<S::Future>;
+    type Future = ConformanceFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -77,25 +77,25 @@ where
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         if !is_grpc(request.headers()) {
-            return ProtocolFuture { inner: None };
+            return ConformanceFuture { inner: None };
         }
-        ProtocolFuture {
+        ConformanceFuture {
             inner: Some(self.inner.call(request)),
         }
     }
 }
 
 pin_project! {
-    /// The answer of [`Protocol`]: the inner service's with the spec's status codes, or
+    /// The answer of [`Conformance`]: the inner service's with the spec's status codes, or
     /// HTTP 415 (no inner future).
     #[derive(Debug)]
-    pub struct ProtocolFuture<F> {
+    pub struct ConformanceFuture<F> {
         #[pin]
         inner: Option<F>,
     }
 }
 
-impl<F, B, E> Future for ProtocolFuture<F>
+impl<F, B, E> Future for ConformanceFuture<F>
 where
     F: Future<Output = Result<Response<B>, E>>,
     B: Default,
@@ -260,7 +260,7 @@ mod tests {
             .set_service_status("", tonic_health::ServingStatus::Serving)
             .await;
         use http_body_util::BodyExt as _;
-        let mut service = ProtocolLayer.layer(health.max_encoding_message_size(1));
+        let mut service = ConformanceLayer.layer(health.max_encoding_message_size(1));
         let empty_check = http_body_util::Full::new(Bytes::from_static(&[0; 5]));
         let request = Request::post("/grpc.health.v1.Health/Check")
             .header("content-type", "application/grpc")
