@@ -94,7 +94,7 @@ fn every_proto_service_has_a_spec_that_covers_each_rpc() {
     for service in &schema.services {
         let Some(spec) = specs.iter().find(|s| s.service == service.name) else {
             problems.push(format!(
-                "{} (proto/) has no spec in tests/acceptance/specs.rs: add one with a call of each RPC",
+                "{} (proto/) has no spec in tests/system/acceptance/specs.rs: add one with a call of each RPC",
                 service.name
             ));
             continue;

@@ -1,7 +1,7 @@
 //! `/metrics` of every service, as Prometheus scrapes it from the separate processes:
 //! valid text exposition, and RPC counters that move with the calls, on both ends.
 
-mod processes;
+use crate::processes;
 
 use std::io::Write as _;
 use std::path::Path;

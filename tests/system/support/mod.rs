@@ -1,9 +1,5 @@
 //! What the cross-service tests share: the running system with a client of each
 //! service, and a proxy that puts faults between orders and inventory.
-#![allow(
-    dead_code,
-    reason = "each test file is a crate of its own, using part of it"
-)]
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -60,7 +56,6 @@ pub(crate) enum Backend {
 ///     #[tokio::test] a_confirmed_order_sells_the_stock,
 /// }
 /// ```
-#[allow(unused_macros, reason = "each test file is a crate of its own")]
 macro_rules! on_both_backends {
     ($(#[$attribute:meta] $test:ident),+ $(,)?) => {
         mod embedded {
@@ -81,7 +76,6 @@ macro_rules! on_both_backends {
         }
     };
 }
-#[allow(unused_imports, reason = "each test file is a crate of its own")]
 pub(crate) use on_both_backends;
 
 /// The whole system on free ports, with a client of each service that the order flow
@@ -94,6 +88,7 @@ pub(crate) struct System {
     pub(crate) payments: PaymentServiceClient<Channel>,
     pub(crate) orders: OrderServiceClient<Channel>,
     /// The broker of a [`Backend::Durable`] system, stopped with it.
+    #[allow(dead_code, reason = "held for its drop, which stops the broker")]
     nats: Option<NatsServer>,
 }
 

@@ -565,7 +565,7 @@ fn notifications() -> ServiceSpec {
         uncalled: &[(
             "StreamNotifications",
             "it never ends while the server serves, and a deadline short enough for a test \
-             also cuts reflection short on a busy machine; tests/notifications.rs covers it",
+             also cuts reflection short on a busy machine; tests/system/notifications.rs covers it",
         )],
         scenarios: vec![vec![
             place_order("acceptance-notified", "acceptance-notified", 1),

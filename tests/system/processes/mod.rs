@@ -6,8 +6,6 @@
 //! free ports (`127.0.0.1:0`) and says which in its JSON "serving" log line, so no port
 //! is guessed, and gets SIGTERM at the end, which flushes its spans.
 
-#![allow(dead_code)] // each test file uses a part
-
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

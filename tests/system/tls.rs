@@ -7,7 +7,7 @@
 //!
 //! The certificates are made here, in a temporary folder, by a CA of the test.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -4,9 +4,7 @@
 //! come back by itself. And the system fuzz test (`hostile/`): hostile clients change
 //! nothing for a well-behaved one.
 
-mod hostile;
-mod processes;
-mod support;
+use crate::{processes, support};
 
 use std::time::{Duration, Instant};
 

@@ -2,7 +2,7 @@
 //! through the gateway, outcomes checked through each service's own gRPC API. What
 //! consumers of the order events make of them is tested in a file named after each.
 
-mod support;
+use crate::support;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

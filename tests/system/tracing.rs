@@ -1,7 +1,7 @@
 //! OpenTelemetry end to end: the services as separate processes export their spans over
 //! OTLP/gRPC to a collector in the test, and one order is one trace across every hop.
 
-mod processes;
+use crate::processes;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant}; // remove-service: notifications
@@ -343,6 +343,9 @@ async fn across_processes_events_go_through_jetstream_and_join_the_order_trace()
 /// in-process bus carries the trace from orders to the notifications consumer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_one_process_spans_name_their_service_and_events_join_the_order_trace() {
+    if !alone!() {
+        return;
+    }
     spans_name_their_service_and_events_join_the_order_trace(&shared::Env::default()).await;
 }
 
@@ -350,6 +353,9 @@ async fn in_one_process_spans_name_their_service_and_events_join_the_order_trace
 /// messages' headers, and the consumer span is the producer span's child.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_through_jetstream_join_the_order_trace() {
+    if !alone!() {
+        return;
+    }
     let nats = shared::testing::NatsServer::start().await;
     let stack_env = shared::Env::default().with("NATS_URL", nats.url());
     spans_name_their_service_and_events_join_the_order_trace(&stack_env).await;

@@ -2,7 +2,7 @@
 //! HTTP through the gateway, the notifications read through notifications' own gRPC API
 //! (the REST route: `services/gateway/tests/notifications.rs`).
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -193,7 +193,7 @@ async fn orders_of(orders: Channel, customer: &str) -> Vec<Order> {
 async fn notified(notifications: Channel, customer: &str) -> BTreeMap<String, usize> {
     let client = NotificationServiceClient::new(notifications);
     let mut events = BTreeMap::new();
-    for notification in crate::notifications_of(client, customer).await {
+    for notification in super::notifications_of(client, customer).await {
         *events.entry(notification.event_id).or_default() += 1;
     }
     events

@@ -46,7 +46,7 @@ impl Running {
             let has_spec = specs.iter().any(|s| s.service == service.name);
             assert!(
                 has_spec || stack.addr(name).is_none(),
-                "the stack runs {name} ({}) but tests/acceptance/specs.rs has no spec for it",
+                "the stack runs {name} ({}) but tests/system/acceptance/specs.rs has no spec for it",
                 service.name
             );
         }

@@ -8,10 +8,10 @@
 //! removes them with it.
 
 // remove-service: notifications {
-mod processes;
 #[path = "durable/replicated.rs"]
 mod replicated;
-mod support;
+
+use crate::{processes, support};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

@@ -1,4 +1,4 @@
-//! The machinery of `tests/acceptance.rs`.
+//! The machinery of `tests/system/acceptance.rs`.
 //!
 //! - `tools`: finding the pinned tools (`scripts/tools.sh`) and running them;
 //! - `calls`: one RPC with grpcurl or `buf curl`, and reading its output back;

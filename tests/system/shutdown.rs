@@ -3,9 +3,7 @@
 //! in flight fails, streams are ended, and the process exits within its grace period
 //! even when a client holds a stream open that the server cannot end.
 
-mod processes;
-#[allow(unused_macros, unused_imports)] // `on_both_backends` is for the flow tests
-mod support;
+use crate::{processes, support};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -17,14 +17,15 @@ use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 
-mod support;
+use crate::support;
 
 const GET_PRODUCT: &str = "/inventory.v1.InventoryService/GetProduct";
 const MAX_MESSAGE_SIZE: usize = 1024;
 const MAX_HEADER_LIST_SIZE: usize = 8192;
 const MAX_LOCAL_ERROR_RESETS: usize = 100;
 
-/// Panics anywhere in this test process (each test runs in its own under nextest),
+/// Panics anywhere in this test process (each test that counts them runs alone in
+/// its process: [`crate::alone`]),
 /// counted so that a handler that panicked, which tonic turns into a dropped stream,
 /// cannot pass for a clean close.
 static PANICS: AtomicUsize = AtomicUsize::new(0);
@@ -149,6 +150,9 @@ type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], &'a [u8], Code);
 
 #[tokio::test]
 async fn bad_messages_get_the_status_the_spec_documents() {
+    if !alone!() {
+        return;
+    }
     let server = start().await;
     let addr = server.addr;
     let sku = get_product(b"SKU-001");
@@ -245,6 +249,9 @@ async fn bad_messages_get_the_status_the_spec_documents() {
 
 #[tokio::test]
 async fn requests_that_are_not_grpc_get_http_errors() {
+    if !alone!() {
+        return;
+    }
     let server = start().await;
     let addr = server.addr;
     let body = frame(0, &get_product(b"SKU-001"));
@@ -286,6 +293,9 @@ async fn requests_that_are_not_grpc_get_http_errors() {
 /// as the request was not read to its end).
 #[tokio::test]
 async fn an_http1_request_is_closed() {
+    if !alone!() {
+        return;
+    }
     let server = start().await;
     let mut tcp = TcpStream::connect(server.addr).await.expect("connects");
     let request = format!(
@@ -341,6 +351,9 @@ fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
 /// GOAWAY ENHANCE_YOUR_CALM and closes, instead of resetting streams forever.
 #[tokio::test]
 async fn a_flood_of_malformed_streams_ends_in_goaway() {
+    if !alone!() {
+        return;
+    }
     let server = start().await;
     let tcp = TcpStream::connect(server.addr).await.expect("connects");
     let (mut read, mut write) = tcp.into_split();
