@@ -3,7 +3,7 @@
 
 Writes, from scripts/templates/service/:
   proto/NAME/v1/NAME.proto        package NAME.v1, service <Name>Service, one example RPC
-  services/NAME/                  the standard files and tests/api.rs
+  services/NAME/                  the standard files and its tests (tests/it/)
   k8s/base/NAME.yaml              the same objects as every service, from the template
   fuzz/fuzz_targets/grpc_NAME.rs  its fuzz target, with a seed for GetItem (fuzz/seeds/)
 and registers the service where the anchors `new-service:` say: the root Cargo.toml
@@ -53,7 +53,8 @@ RESERVED = {
     # after a service (the gateway's routes onto it, its cross-service tests).
     "config", "domain", "store", "error", "server", "testing", "mod", "support", "http", "dto",
     "upstream", "events", "saga", "consumer", "acceptance", "processes", "stack", "metrics", "tracing",
-    "system", "durable", "hostile", "resilience", "shutdown", "tls", "web",
+    "system", "durable", "hostile", "resilience", "shutdown", "tls", "web", "it", "api", "auth",
+    "binary", "postgres", "client", "jetstream",
 }
 NAME_RE = re.compile(r"^[a-z][a-z0-9]{1,29}$")
 

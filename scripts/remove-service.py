@@ -4,7 +4,7 @@ scripts/new-service.py:
 
   - proto/NAME/, services/NAME/, k8s/base/NAME.yaml, and the files of other crates
     that exist only for NAME, named after it: services/*/src/NAME.rs (e.g. the gateway's
-    routes onto NAME), services/*/tests/NAME.rs, stack/src/NAME.rs, tests/system/NAME.rs;
+    routes onto NAME), services/*/tests/it/NAME.rs, stack/src/NAME.rs, tests/system/NAME.rs;
   - its entries: root Cargo.toml [workspace.dependencies], stack/Cargo.toml, the stack
     launcher's standard registration (stack/src/lib.rs), the list of acceptance specs
     (tests/system/acceptance/specs.rs), k8s/base/kustomization.yaml, the kind overlay's
@@ -190,7 +190,7 @@ def plan(name: str) -> tuple[dict[Path, str], list[Path]]:
     changes: dict[Path, str] = {}
     delete = [p for p in (ROOT / "proto" / name, ROOT / "services" / name, ROOT / "k8s" / "base" / f"{name}.yaml")
               if p.exists()]
-    for pattern in (f"services/*/src/{name}.rs", f"services/*/tests/{name}.rs", f"stack/src/{name}.rs",
+    for pattern in (f"services/*/src/{name}.rs", f"services/*/tests/it/{name}.rs", f"stack/src/{name}.rs",
                     f"tests/system/{name}.rs", f"fuzz/fuzz_targets/grpc_{name}.rs", f"fuzz/seeds/grpc_{name}"):
         delete.extend(p for p in sorted(ROOT.glob(pattern)) if p.parts[-3:-1] != ("services", name))
     for path in sorted(ROOT.rglob("*")):

@@ -4,8 +4,8 @@
 //!
 //! - `acceptance`: grpcurl, `buf curl`, gRPC-Web and the README's cookbook against
 //!   every service; the OpenAPI document of the gateway;
-//! - `order_flow`, `notifications`, `stack`: the flows through the gateway, on the
-//!   in-process and on the durable backends;
+//! - `order_flow`, `stack` and a module per service with flows of its own: the flows
+//!   through the gateway, on the in-process and on the durable backends;
 //! - `durable`, `resilience`, `shutdown`, `metrics`, `tracing`: the services as
 //!   separate processes (`processes`): restarts and replicas, faults, SIGTERM under
 //!   load, `/metrics`, OpenTelemetry end to end; `hostile` is the system fuzz test;

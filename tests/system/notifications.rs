@@ -1,6 +1,6 @@
 //! What notifications make of the order flow, as its clients see it: orders placed over
 //! HTTP through the gateway, the notifications read through notifications' own gRPC API
-//! (the REST route: `services/gateway/tests/notifications.rs`).
+//! (the REST route: `services/gateway/tests/it/notifications.rs`).
 
 use crate::support;
 

@@ -1,6 +1,6 @@
 //! The notifications route of the REST API, in front of the stack (see `api.rs`).
 
-mod support;
+use crate::support;
 
 use http::StatusCode;
 use shared::testing::eventually;

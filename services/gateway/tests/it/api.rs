@@ -2,7 +2,7 @@
 //! stack on free ports, whose gateway is the one under test; gateways with other
 //! settings run in front of the same services.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

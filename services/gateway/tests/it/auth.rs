@@ -1,7 +1,7 @@
 //! Authentication, scopes and rate limits at the gateway, over real HTTP in front of
 //! the real services, all in-process, with tokens signed by a key made for the test.
 
-mod support;
+use crate::support;
 
 use contracts::orders::v1::order_service_client::OrderServiceClient;
 use contracts::orders::v1::{GetOrderRequest, ListOrdersRequest};

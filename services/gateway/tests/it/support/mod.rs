@@ -1,9 +1,5 @@
 //! What the tests of the REST API share: the stack whose gateway is under test, an
 //! order body, and checks of the JSON error shape.
-#![allow(
-    dead_code,
-    reason = "each test file is a crate of its own, using part of it"
-)]
 
 use gateway::testing::{HttpClient, HttpResponse};
 use http::StatusCode;
