@@ -3,7 +3,7 @@
 
 Writes, from scripts/templates/service/:
   proto/NAME/v1/NAME.proto        package NAME.v1, service <Name>Service, one example RPC
-  services/NAME/                  the standard files and tests/api.rs
+  services/NAME/                  the standard files and its tests (tests/it/)
   k8s/base/NAME.yaml              the same objects as every service, from the template
   fuzz/fuzz_targets/grpc_NAME.rs  its fuzz target, with a seed for GetItem (fuzz/seeds/)
 and registers the service where the anchors `new-service:` say: the root Cargo.toml
@@ -11,7 +11,7 @@ and registers the service where the anchors `new-service:` say: the root Cargo.t
 fuzz/Cargo.toml (its crate and its target), the gateway (its RPCs annotated with
 google.api.http are routes: its local address in services/gateway/src/config.rs, its
 NAME_ADDR in the stack's gateway and in k8s/base/gateway.yaml with the egress to it),
-tests/acceptance/specs.rs (its acceptance spec, appended), plus
+tests/system/acceptance/specs.rs (its acceptance spec, appended), plus
 k8s/base/kustomization.yaml, the kind and production overlays' images, its Secret in
 k8s/components/tls/identities.yaml, and the inline lists of every
 service in k8s/ (`values: [gateway, orders, …]`), the README's services table (a row,
@@ -55,6 +55,8 @@ RESERVED = {
     # after a service (the gateway's routes onto it, its cross-service tests).
     "config", "domain", "store", "error", "server", "testing", "mod", "support", "http", "dto",
     "upstream", "events", "saga", "consumer", "acceptance", "processes", "stack", "metrics", "tracing",
+    "system", "durable", "hostile", "resilience", "shutdown", "tls", "web", "it", "api", "auth",
+    "binary", "postgres", "client", "jetstream",
 }
 NAME_RE = re.compile(r"^[a-z][a-z0-9]{1,29}$")
 
@@ -265,10 +267,10 @@ def plan(name: str) -> tuple[dict[Path, str | bytes], dict[str, str]]:
             files[yaml] = listed
 
     # The acceptance suite runs a spec of every service, and the grpcurl cookbook
-    # (docs/grpcurl.md) an example of each (tests/acceptance.rs): both are marked for
+    # (docs/grpcurl.md) an example of each (tests/system/acceptance.rs): both are marked for
     # `make remove-service`, which also knows the line that lists the spec.
     spec = render((TEMPLATES / "spec.rs").read_text(), values)
-    edit("tests/acceptance/specs.rs", lambda p, t: insert_before_anchor(
+    edit("tests/system/acceptance/specs.rs", lambda p, t: insert_before_anchor(
         p, t, f"        {name}(),\n", f"// {ANCHOR} `make new-service` adds") + spec)
     readme = ROOT / "README.md"
     if readme.exists():
@@ -281,7 +283,7 @@ def plan(name: str) -> tuple[dict[Path, str | bytes], dict[str, str]]:
         if rows:
             end = text.index("\n", rows[-1].end()) + 1
             files[readme] = text[:end] + row + text[end:]
-    # docs/configuration.md lists every variable the code reads (tests/acceptance.rs
+    # docs/configuration.md lists every variable the code reads (tests/system/acceptance.rs
     # checks it): the gateway's NAME_ADDR, beside the other upstreams.
     configuration = ROOT / "docs" / "configuration.md"
     if configuration.exists():

@@ -4,10 +4,10 @@ scripts/new-service.py:
 
   - proto/NAME/, services/NAME/, k8s/base/NAME.yaml, and the files of other crates
     that exist only for NAME, named after it: services/*/src/NAME.rs (e.g. the gateway's
-    routes onto NAME), services/*/tests/NAME.rs, stack/src/NAME.rs, tests/NAME.rs;
+    routes onto NAME), services/*/tests/it/NAME.rs, stack/src/NAME.rs, tests/system/NAME.rs;
   - its entries: root Cargo.toml [workspace.dependencies], stack/Cargo.toml, the stack
     launcher's standard registration (stack/src/lib.rs), the list of acceptance specs
-    (tests/acceptance/specs.rs), k8s/base/kustomization.yaml, the kind overlay's
+    (tests/system/acceptance/specs.rs), k8s/base/kustomization.yaml, the kind overlay's
     images, the README's services table;
   - in other manifests: the `NAME_ADDR` env entries and NetworkPolicy rules naming it,
     NAME in inline label lists (`values: [gateway, NAME]`) and in call-graph comments
@@ -195,8 +195,8 @@ def plan(name: str) -> tuple[dict[Path, str], list[Path]]:
     changes: dict[Path, str] = {}
     delete = [p for p in (ROOT / "proto" / name, ROOT / "services" / name, ROOT / "k8s" / "base" / f"{name}.yaml")
               if p.exists()]
-    for pattern in (f"services/*/src/{name}.rs", f"services/*/tests/{name}.rs", f"stack/src/{name}.rs",
-                    f"tests/{name}.rs", f"fuzz/fuzz_targets/grpc_{name}.rs", f"fuzz/seeds/grpc_{name}"):
+    for pattern in (f"services/*/src/{name}.rs", f"services/*/tests/it/{name}.rs", f"stack/src/{name}.rs",
+                    f"tests/system/{name}.rs", f"fuzz/fuzz_targets/grpc_{name}.rs", f"fuzz/seeds/grpc_{name}"):
         delete.extend(p for p in sorted(ROOT.glob(pattern)) if p.parts[-3:-1] != ("services", name))
     for path in sorted(ROOT.rglob("*")):
         rel = path.relative_to(ROOT)
@@ -214,7 +214,7 @@ def plan(name: str) -> tuple[dict[Path, str], list[Path]]:
             new = re.sub(rf"        let config = {name}::Config::from_env\(&listen\(\n(?:.*\n){{0,3}}?        \)\)\?;\n"
                          rf"        let {name} = {name}::build\(config\)\.await\?;\n", "", new)
             new = re.sub(rf"^ *\({name}::NAME, Bound::Grpc\({name}\)\),\n", "", new, flags=re.M)
-        if r == "tests/acceptance/specs.rs":
+        if r == "tests/system/acceptance/specs.rs":
             new = re.sub(rf"^ *{name}\(\),\n", "", new, flags=re.M)
         if r == "k8s/base/kustomization.yaml":
             new = re.sub(rf"^  - {name}\.yaml\n", "", new, flags=re.M)

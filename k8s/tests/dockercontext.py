@@ -240,7 +240,9 @@ def check(root: Path, dockerignore: str | None = None, dockerfile: str | None = 
         if run.returncode != 0:
             error = "\n    ".join(run.stderr.strip().replace(tmp, "<context>").splitlines())
             return failures + [f"cargo metadata --locked --offline fails in the build context:\n    {error}"]
-        built = targets(json.loads(run.stdout))
+        # A target declared with its path (`[[bin]] path = "src/main.rs"`) stays in the
+        # metadata when its file is left out: only those whose file is there are built.
+        built = {t for t in targets(json.loads(run.stdout)) if (copy / t[3]).is_file()}
     # Against the checkout's own workspace: a file left out can make cargo drop a target
     # it discovers by its path (src/main.rs, build.rs) without an error.
     run = subprocess.run(["cargo", "metadata", "--locked", "--offline", "--no-deps", "--format-version", "1"],

@@ -1,0 +1,8 @@
+//! The inventory service's tests: its API on a real server in-process, and the
+//! `inventory` binary as Kubernetes runs it.
+//!
+//! One integration-test binary per crate, a module per subject: each binary links the
+//! whole stack, so a new test goes into a module here rather than a new file in tests/.
+
+mod api;
+mod binary;

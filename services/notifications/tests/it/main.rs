@@ -1,0 +1,8 @@
+//! The notifications service's tests: its API on a real server in-process, and the
+//! `notifications` binary's start-up.
+//!
+//! One integration-test binary per crate, a module per subject: each binary links the
+//! whole stack, so a new test goes into a module here rather than a new file in tests/.
+
+mod api;
+mod binary;
