@@ -37,7 +37,7 @@ test: lint ## Everything CI checks: lint, every test (grpcurl/buf acceptance inc
 lint: tools ## Check formatting, shell scripts, protos (buf), dependencies (cargo deny), circles of imports and clippy
 	cargo fmt --all -- --check
 	cargo fmt --manifest-path fuzz/Cargo.toml -- --check
-	scripts/module-cycles.py services
+	scripts/module-cycles.py
 	cargo deny check --hide-inclusion-graph licenses bans sources
 	scripts/lint-shell.sh
 	scripts/proto-check.sh

@@ -27,7 +27,7 @@ use tower::{Layer, Service};
 /// The answers of tonic that the spec words otherwise: tonic's code (`grpc-status`)
 /// and the start of its message (`tonic::codec` and `tonic::server::grpc`), the code
 /// the spec gives. A tonic upgrade that rewords them is caught by the tests below
-/// (the encoder's) and `tests/bad_input.rs` (the decoder's).
+/// (the encoder's) and `tests/system/bad_input.rs` (the decoder's).
 static REWRITES: [(&str, &str, HeaderValue); 3] = [
     (
         "11",

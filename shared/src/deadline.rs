@@ -86,7 +86,7 @@ where
         // tonic runs a timer of its own on the client's deadline, outside this layer,
         // and answers CANCELLED. Its timer starts after this call returns, and it polls
         // this layer's future before its timer: so this deadline is never later, and
-        // when both fire at once, the answer is this one (tests/bad_input.rs).
+        // when both fire at once, the answer is this one (tests/system/bad_input.rs).
         let deadline = Instant::now() + timeout;
         let response = DEADLINE.scope(deadline, self.inner.call(request));
         DeadlineFuture {
