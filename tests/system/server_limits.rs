@@ -93,6 +93,7 @@ async fn serve(vars: &[(&str, &str)]) -> Served {
         peers: Arc::clone(&peers),
     };
     let server = shared::Server::builder("limits", &config)
+        .file_descriptor_set(contracts::FILE_DESCRIPTOR_SET)
         .add_service(PaymentServiceServer::new(service))
         .bind()
         .await

@@ -348,6 +348,7 @@ impl MtlsServer {
         assert!(config.tls.as_ref().is_some_and(|tls| tls.is_mutual()));
         let calls = Arc::new(AtomicUsize::new(0));
         let server = shared::Server::builder("mtls-test", &config)
+            .file_descriptor_set(contracts::FILE_DESCRIPTOR_SET)
             .add_service(InventoryServiceServer::new(Counting {
                 calls: calls.clone(),
             }))

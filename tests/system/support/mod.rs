@@ -249,6 +249,7 @@ impl InventoryProxy {
         let config = shared::ServerConfig::from_env(&shared::testing::env([]), 0, 0)
             .expect("valid test config");
         let server = shared::Server::builder("inventory-proxy", &config)
+            .file_descriptor_set(contracts::FILE_DESCRIPTOR_SET)
             .add_service(InventoryServiceServer::new(Proxy {
                 control: control.clone(),
             }))

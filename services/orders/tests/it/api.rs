@@ -684,6 +684,7 @@ async fn proxy(real: InventoryServiceClient<Channel>, commit: Commit) -> TestSer
     let service = InventoryServiceServer::new(InventoryProxy { real, commit });
     TestServer::start(
         shared::Server::builder("inventory-proxy", &config)
+            .file_descriptor_set(contracts::FILE_DESCRIPTOR_SET)
             .add_service(service)
             .bind()
             .await
