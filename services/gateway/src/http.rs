@@ -105,21 +105,22 @@ async fn http_span(State(routes): State<Registered>, request: Request, next: Nex
         Some(route) => format!("{method} {route}"),
         None => method.to_string(),
     };
-    let span = tracing::info_span!(
-        "http",
-        otel.name = name,
-        otel.kind = "server",
-        otel.status_code = tracing::field::Empty,
-        // shared::observe::APP_SERVICE: which service made the span, in a one-process stack.
-        app.service = crate::NAME,
-        http.request.method = %method,
-        http.route = route.as_deref(),
-        url.path = request.uri().path(),
-        http.response.status_code = tracing::field::Empty,
-        // The token's subject, when the request carries a valid one (auth/admission.rs).
-        enduser.id = tracing::field::Empty,
-    );
-    shared::observe::continue_trace(&span, request.headers());
+    let span = shared::observe::in_trace(request.headers(), || {
+        tracing::info_span!(
+            "http",
+            otel.name = name,
+            otel.kind = "server",
+            otel.status_code = tracing::field::Empty,
+            // shared::observe::APP_SERVICE: which service made the span, in a one-process stack.
+            app.service = crate::NAME,
+            http.request.method = %method,
+            http.route = route.as_deref(),
+            url.path = request.uri().path(),
+            http.response.status_code = tracing::field::Empty,
+            // The token's subject, when the request carries a valid one (auth/admission.rs).
+            enduser.id = tracing::field::Empty,
+        )
+    });
     let response = next.run(request).instrument(span.clone()).await;
     span.record("http.response.status_code", response.status().as_u16());
     if response.status().is_server_error() {

@@ -5,7 +5,6 @@
 
 use std::fmt::{self, Write as _};
 
-use opentelemetry::trace::TraceContextExt as _;
 use tracing::Subscriber;
 use tracing::field::{Field, Visit};
 use tracing_subscriber::field::RecordFields;
@@ -379,13 +378,9 @@ where
     ) -> fmt::Result {
         let mut line = String::new();
         self.0.format_event(ctx, Writer::new(&mut line), event)?;
-        let ids = ctx.lookup_current().and_then(|span| {
-            let context = tracing::dispatcher::get_default(|dispatch| {
-                tracing_opentelemetry::get_otel_context(&span.id(), dispatch)
-            })?;
-            let span_context = context.span().span_context().clone();
-            span_context.is_valid().then_some(span_context)
-        });
+        let ids = ctx
+            .lookup_current()
+            .and_then(|span| super::otel::span_context_of(&span));
         match (ids, line.trim_end().strip_suffix('}')) {
             (Some(ids), Some(object)) => writeln!(
                 writer,
