@@ -38,9 +38,8 @@ fn in_trace_from<T>(carrier: &dyn Extractor, f: impl FnOnce() -> T) -> T {
     if !telemetry::tracing_enabled() {
         return f();
     }
-    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
-        propagator.extract(carrier)
-    });
+    let parent =
+        opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(carrier));
     telemetry::continue_trace(parent, f)
 }
 

@@ -89,7 +89,12 @@ pub(crate) fn context_of(span: &tracing::Span) -> Option<Context> {
 /// `span_id`), if it has a valid one.
 pub(crate) fn span_context_of<'a, R: LookupSpan<'a>>(span: &SpanRef<'a, R>) -> Option<SpanContext> {
     let extensions = span.extensions();
-    let context = extensions.get::<OtelSpan>()?.0.span().span_context().clone();
+    let context = extensions
+        .get::<OtelSpan>()?
+        .0
+        .span()
+        .span_context()
+        .clone();
     context.is_valid().then_some(context)
 }
 
@@ -163,7 +168,9 @@ where
             if *metadata.level() == Level::ERROR {
                 span.set_status(Status::error(""));
             }
-            let name = fields.name.map_or(Cow::Borrowed(metadata.name()), Cow::Owned);
+            let name = fields
+                .name
+                .map_or(Cow::Borrowed(metadata.name()), Cow::Owned);
             span.add_event(name, fields.attributes);
         });
     }

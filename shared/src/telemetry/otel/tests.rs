@@ -35,8 +35,7 @@ fn traced<T>(sampler: Sampler, f: impl FnOnce() -> T) -> (T, Vec<SpanData>) {
         .with_sampler(sampler)
         .with_simple_exporter(exported.clone())
         .build();
-    let subscriber =
-        tracing_subscriber::registry().with(OtelLayer::new(provider.tracer("test")));
+    let subscriber = tracing_subscriber::registry().with(OtelLayer::new(provider.tracer("test")));
     let value = tracing::subscriber::with_default(subscriber, f);
     (value, exported.spans())
 }
@@ -87,13 +86,22 @@ fn a_sampled_span_is_exported_with_its_fields_events_and_status() {
 
     assert_eq!(call.name, "inventory.v1.InventoryService/GetProduct");
     assert_eq!(call.span_kind, SpanKind::Server);
-    assert!(matches!(call.status, opentelemetry::trace::Status::Error { .. }));
+    assert!(matches!(
+        call.status,
+        opentelemetry::trace::Status::Error { .. }
+    ));
     assert_eq!(attribute(call, "rpc.system"), Some(&Value::from("grpc")));
     assert_eq!(attribute(call, "server.port"), Some(&Value::I64(50051)));
     assert_eq!(attribute(call, "retries"), Some(&Value::I64(-1)));
     assert_eq!(attribute(call, "cached"), Some(&Value::Bool(false)));
-    assert_eq!(attribute(call, "client.address"), Some(&Value::from("127.0.0.1")));
-    assert_eq!(attribute(call, "rpc.grpc.status_code"), Some(&Value::I64(13)));
+    assert_eq!(
+        attribute(call, "client.address"),
+        Some(&Value::from("127.0.0.1"))
+    );
+    assert_eq!(
+        attribute(call, "rpc.grpc.status_code"),
+        Some(&Value::I64(13))
+    );
     assert!(attribute(call, "otel.kind").is_none() && attribute(call, "otel.name").is_none());
     let events: Vec<_> = call.events.iter().map(|e| e.name.as_ref()).collect();
     assert_eq!(events, ["the store failed"]);
@@ -106,7 +114,10 @@ fn a_sampled_span_is_exported_with_its_fields_events_and_status() {
     assert_eq!(attribute(inner, "sku"), Some(&Value::from("SKU-001")));
     let event = inner.events.iter().next().expect("the inner span's event");
     assert_eq!(event.name, "product read");
-    let found = event.attributes.iter().find(|kv| kv.key.as_str() == "found");
+    let found = event
+        .attributes
+        .iter()
+        .find(|kv| kv.key.as_str() == "found");
     assert_eq!(found.map(|kv| &kv.value), Some(&Value::Bool(true)));
     assert_eq!(inner.status, opentelemetry::trace::Status::Unset);
 }
