@@ -12,6 +12,7 @@
 //! may name the variable of one segment apart); the span names the template.
 
 mod codec;
+mod hidden;
 mod json;
 mod request;
 mod response;
@@ -39,10 +40,11 @@ use crate::upstream::Upstreams;
 use codec::DynamicCodec;
 
 #[doc(hidden)]
+pub(crate) use hidden::Hidden;
+#[doc(hidden)]
 pub(crate) use json::to_vec as write_json;
 #[doc(hidden)]
 pub(crate) use request::decode_json;
-use response::Hidden;
 
 /// A router of every route of `routes`, calling `upstreams`, reading request bodies
 /// of up to `max_body_bytes` (`GATEWAY_MAX_BODY_BYTES`, enforced by the router's
