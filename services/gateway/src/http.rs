@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse as _, Response};
 use axum::routing::get;
@@ -101,11 +101,9 @@ pub(crate) fn router(
         .merge(crate::explorer::router())
         // One span per request, as on the API's routes.
         .layer(middleware::from_fn(public_span));
-    Ok(api
-        .merge(public)
-        // Bodies are read up to this many bytes, never more: beyond it, 413.
-        .layer(DefaultBodyLimit::max(max_body_bytes))
-        .with_state(state))
+    // No body limit layer: the API's routes read their bodies up to
+    // `max_body_bytes` (`transcode/`), the public ones read none.
+    Ok(api.merge(public).with_state(state))
 }
 
 /// The span of a request to a public route: the probes, the OpenAPI document and

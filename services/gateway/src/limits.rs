@@ -69,7 +69,13 @@ impl Limits {
             return ApiError::overloaded().into_response();
         };
         let deadline = Instant::now() + self.timeout;
-        let (request, awaiting_body) = watch_body(request);
+        // A request without a body (most GETs) has none to wait for.
+        let (request, awaiting_body) = if request.body().is_end_stream() {
+            (request, None)
+        } else {
+            let (request, awaiting) = watch_body(request);
+            (request, Some(awaiting))
+        };
         let handled = shared::deadline::scope(
             deadline,
             shared::panic::catch_unwind(async move { handle(request).await }),
@@ -80,7 +86,7 @@ impl Limits {
                 REFUSED.with_label_values(&["panic"]).inc();
                 ApiError::internal(&format!("handler {panic}")).into_response()
             }
-            Err(_) if awaiting_body.load(Ordering::Relaxed) => {
+            Err(_) if awaiting_body.is_some_and(|waiting| waiting.load(Ordering::Relaxed)) => {
                 REFUSED.with_label_values(&["slow_body"]).inc();
                 ApiError::body_timed_out().into_response()
             }

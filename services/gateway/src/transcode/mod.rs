@@ -20,14 +20,13 @@ mod response;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{FromRequest, FromRequestParts, Query, RawPathParams, Request};
+use axum::extract::{FromRequestParts, Query, RawPathParams, Request};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, on};
 use http::header::CONTENT_TYPE;
 use http::uri::PathAndQuery;
-use http::{HeaderMap, Method, StatusCode};
+use http::{HeaderMap, Method};
+use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 use prost_reflect::{DynamicMessage, Value};
 use shared::client::Channel;
 use tonic::Status;
@@ -47,8 +46,7 @@ pub(crate) use json::to_vec as write_json;
 pub(crate) use request::decode_json;
 
 /// A router of every route of `routes`, calling `upstreams`, reading request bodies
-/// of up to `max_body_bytes` (`GATEWAY_MAX_BODY_BYTES`, enforced by the router's
-/// body limit; named in the 413), each behind `edge` (its span, the limits,
+/// of up to `max_body_bytes` (`GATEWAY_MAX_BODY_BYTES`; named in the 413), each behind `edge` (its span, the limits,
 /// admission and its scope). A route whose service has no upstream is an error
 /// naming it.
 pub(crate) fn router<S: Clone + Send + Sync + 'static>(
@@ -194,20 +192,23 @@ impl Endpoint {
             if !is_json(&parts.headers) {
                 return Err(ApiError::not_json());
             }
-            let request = Request::from_parts(parts, body);
-            let bytes =
-                Bytes::from_request(request, &())
-                    .await
-                    .map_err(|rejection: BytesRejection| {
-                        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                            ApiError::body_too_large(max_body_bytes)
-                        } else {
-                            ApiError::invalid(
-                                format!("cannot read the request body: {}", rejection.body_text()),
-                                vec![],
-                            )
-                        }
-                    })?;
+            // Read up to `GATEWAY_MAX_BODY_BYTES`, never more: beyond it, 413.
+            let bytes = Limited::new(body, max_body_bytes)
+                .collect()
+                .await
+                .map_err(|error| {
+                    if error.is::<LengthLimitError>() {
+                        ApiError::body_too_large(max_body_bytes)
+                    } else {
+                        ApiError::invalid(
+                            format!(
+                                "cannot read the request body: Failed to buffer the request body: {error}"
+                            ),
+                            vec![],
+                        )
+                    }
+                })?
+                .to_bytes();
             request::body(route, &mut message, &bytes)?;
         }
 
