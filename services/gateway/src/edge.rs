@@ -107,3 +107,94 @@ pub(crate) fn record_status(span: &Span, response: &Response) {
         span.record("otel.status_code", "ERROR");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::fmt::Debug;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use axum::body::Body;
+    use axum::response::IntoResponse as _;
+    use tracing::field::{Field, Visit};
+    use tracing::span::{Attributes, Id, Record};
+
+    use super::*;
+
+    /// A span made: its target and fields.
+    type Made = (String, BTreeMap<String, String>);
+
+    /// The spans made.
+    #[derive(Clone, Default)]
+    struct Spans(Arc<Mutex<Vec<Made>>>);
+
+    impl tracing::Subscriber for Spans {
+        fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, span: &Attributes<'_>) -> Id {
+            let mut fields = Fields::default();
+            span.record(&mut fields);
+            let mut spans = self.0.lock().unwrap();
+            spans.push((span.metadata().target().to_owned(), fields.0));
+            Id::from_u64(spans.len() as u64)
+        }
+        fn record(&self, _: &Id, _: &Record<'_>) {}
+        fn record_follows_from(&self, _: &Id, _: &Id) {}
+        fn event(&self, _: &tracing::Event<'_>) {}
+        fn enter(&self, _: &Id) {}
+        fn exit(&self, _: &Id) {}
+    }
+
+    #[derive(Default)]
+    struct Fields(BTreeMap<String, String>);
+
+    impl Visit for Fields {
+        fn record_str(&mut self, field: &Field, value: &str) {
+            self.0.insert(field.name().to_owned(), value.to_owned());
+        }
+        fn record_debug(&mut self, field: &Field, value: &dyn Debug) {
+            self.0.insert(field.name().to_owned(), format!("{value:?}"));
+        }
+    }
+
+    /// The span of a request to a route names the route's template, made once at
+    /// start-up; a request that matched no route is named by its method alone. The
+    /// target is `gateway::http`, which log filters name.
+    #[tokio::test]
+    async fn the_span_names_the_route_template() {
+        let spans = Spans::default();
+        let _default = tracing::subscriber::set_default(spans.clone());
+        let edge = Edge::new(
+            Limits::new(10, Duration::from_secs(5)),
+            Admission {
+                authenticator: None,
+                limiter: None,
+            },
+        );
+        let route = SpanNames::new(&Method::GET, "/v1/products/{sku}");
+        let request = || {
+            Request::builder()
+                .uri("/v1/products/SKU-1")
+                .body(Body::empty())
+                .unwrap()
+        };
+        let ok = |_, _| async { http::StatusCode::OK.into_response() };
+        let response = edge.serve(Some(&route), Some("a:b"), request(), ok).await;
+        assert_eq!(response.status(), http::StatusCode::OK);
+        edge.serve(None, None, request(), ok).await;
+
+        let spans = spans.0.lock().unwrap();
+        let [(target, routed), (_, unrouted)] = &spans[..] else {
+            panic!("two spans: {spans:?}");
+        };
+        assert_eq!(target, "gateway::http");
+        assert_eq!(routed["otel.name"], "GET /v1/products/{sku}");
+        assert_eq!(routed["http.route"], "/v1/products/{sku}");
+        assert_eq!(routed["url.path"], "/v1/products/SKU-1");
+        assert_eq!(routed["http.request.method"], "GET");
+        assert_eq!(unrouted["otel.name"], "GET");
+        assert!(!unrouted.contains_key("http.route"), "{unrouted:?}");
+    }
+}
