@@ -80,11 +80,12 @@ fn error_event(error: &ApiError) -> Event {
 /// A 200 with the JSON of the answer's body.
 fn json_response(route: &Route, message: DynamicMessage, hidden: &Hidden) -> Response {
     match json_bytes(route, message, hidden) {
-        Ok(json) => (
-            [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
-            json,
-        )
-            .into_response(),
+        Ok(json) => {
+            let mut response = Response::new(axum::body::Body::from(json));
+            let json_type = HeaderValue::from_static("application/json");
+            response.headers_mut().insert(CONTENT_TYPE, json_type);
+            response
+        }
         Err(error) => {
             ApiError::internal(&format!("cannot write the answer as JSON: {error}")).into_response()
         }
