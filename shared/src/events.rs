@@ -94,17 +94,17 @@ pub fn traced(app: &'static str, mut event: Event) -> (tracing::Span, Event) {
 /// the trace its headers carry (the publisher's span is its parent). Handle the
 /// event inside it.
 pub fn consumer_span(app: &'static str, event: &Event) -> tracing::Span {
-    let span = tracing::info_span!(
-        "event.process",
-        otel.name = format!("process {}", event.subject),
-        otel.kind = "consumer",
-        app.service = app,
-        messaging.operation.type = "process",
-        messaging.destination.name = %event.subject,
-        messaging.message.id = %event.id,
-    );
-    crate::observe::continue_trace_from_pairs(&span, &event.headers);
-    span
+    crate::observe::in_trace_from_pairs(&event.headers, || {
+        tracing::info_span!(
+            "event.process",
+            otel.name = format!("process {}", event.subject),
+            otel.kind = "consumer",
+            app.service = app,
+            messaging.operation.type = "process",
+            messaging.destination.name = %event.subject,
+            messaging.message.id = %event.id,
+        )
+    })
 }
 
 /// An event the bus did not take. (The in-process bus always takes them; a broker

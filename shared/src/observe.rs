@@ -35,8 +35,8 @@ use crate::panic::{self, Panic};
 mod context;
 
 pub use context::{
-    HeaderExtractor, HeaderInjector, PairsExtractor, PairsInjector, continue_trace,
-    continue_trace_from_pairs, in_trace_from_pairs, inject_trace, inject_trace_into_pairs,
+    HeaderExtractor, HeaderInjector, PairsExtractor, PairsInjector, in_trace, in_trace_from_pairs,
+    inject_trace, inject_trace_into_pairs,
 };
 
 /// The span attribute naming the service (`orders`, `gateway`, …) that made a server,
@@ -370,22 +370,23 @@ where
         let (name, service, method) = split_path(request.uri().path());
         let (service, metrics) = self.methods.find(service, method);
         let peer = request.extensions().get::<TcpConnectInfo>();
-        let span = tracing::info_span!(
-            "rpc",
-            otel.name = name,
-            otel.kind = "server",
-            otel.status_code = tracing::field::Empty,
-            app.service = self.app,
-            rpc.system = "grpc",
-            rpc.service = service,
-            rpc.method = method,
-            rpc.grpc.status_code = tracing::field::Empty,
-            server.port = peer.and_then(|p| p.local_addr()).map(|a| a.port()),
-            client.address = peer
-                .and_then(|p| p.remote_addr())
-                .map(|a| tracing::field::display(a.ip())),
-        );
-        continue_trace(&span, request.headers());
+        let span = in_trace(request.headers(), || {
+            tracing::info_span!(
+                "rpc",
+                otel.name = name,
+                otel.kind = "server",
+                otel.status_code = tracing::field::Empty,
+                app.service = self.app,
+                rpc.system = "grpc",
+                rpc.service = service,
+                rpc.method = method,
+                rpc.grpc.status_code = tracing::field::Empty,
+                server.port = peer.and_then(|p| p.local_addr()).map(|a| a.port()),
+                client.address = peer
+                    .and_then(|p| p.remote_addr())
+                    .map(|a| tracing::field::display(a.ip())),
+            )
+        });
         let call = Call {
             span: span.clone(),
             metrics,

@@ -38,6 +38,9 @@ use tracing_subscriber::{EnvFilter, Layer as _};
 use crate::env::{ConfigError, Env};
 
 mod format;
+mod otel;
+
+pub(crate) use otel::{context_of, continue_trace};
 
 use format::{JsonSpanFields, JsonWithTraceIds, TextFields};
 
@@ -254,23 +257,9 @@ pub fn init(service: &str, env: &Env) -> Result<Telemetry, ConfigError> {
         .parse(&config.log_filter)
         .expect("validated by TelemetryConfig");
     let provider = config.tracing.as_ref().map(tracer_provider);
-    let otel = provider.as_ref().map(|provider| {
-        tracing_opentelemetry::layer()
-            .with_tracer(provider.tracer("shared"))
-            // Per-span bookkeeping nobody reads: skip it on the hot path.
-            .with_tracked_inactivity(false)
-            // Making each entered span's context OpenTelemetry's current one, on every
-            // enter and exit (about 3% of a GetProduct's instructions, net of the
-            // parent lookup it then does at span creation), serves instrumentation
-            // that reads `opentelemetry::Context::current()`: the spans here are
-            // tracing's, parented through tracing and propagated with
-            // `OpenTelemetrySpanExt::context` (`crate::observe`), so nothing reads it. A
-            // service that adds OpenTelemetry-native instrumentation turns it back on.
-            .with_context_activation(false)
-            .with_threads(false)
-            .with_location(false)
-            .with_target(false)
-    });
+    let otel = provider
+        .as_ref()
+        .map(|provider| otel::OtelLayer::new(provider.tracer("shared")));
     let fmt = match config.log_format {
         // Colours for a terminal only: styling every field name (and escape codes in
         // a file or a pod's log) is work and bytes for no reader.

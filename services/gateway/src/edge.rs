@@ -81,23 +81,23 @@ impl Edge {
 pub(crate) fn http_span(name: &str, route: Option<&str>, request: &Request) -> Span {
     // The target is the router's module, as it was when this was one of its layers:
     // log filters name it (`RUST_LOG=gateway::http=info`).
-    let span = tracing::info_span!(
-        target: "gateway::http",
-        "http",
-        otel.name = name,
-        otel.kind = "server",
-        otel.status_code = tracing::field::Empty,
-        // shared::observe::APP_SERVICE: which service made the span, in a one-process stack.
-        app.service = crate::NAME,
-        http.request.method = request.method().as_str(),
-        http.route = route,
-        url.path = request.uri().path(),
-        http.response.status_code = tracing::field::Empty,
-        // The token's subject, when the request carries a valid one (auth/admission.rs).
-        enduser.id = tracing::field::Empty,
-    );
-    shared::observe::continue_trace(&span, request.headers());
-    span
+    shared::observe::in_trace(request.headers(), || {
+        tracing::info_span!(
+            target: "gateway::http",
+            "http",
+            otel.name = name,
+            otel.kind = "server",
+            otel.status_code = tracing::field::Empty,
+            // shared::observe::APP_SERVICE: which service made the span, in a one-process stack.
+            app.service = crate::NAME,
+            http.request.method = request.method().as_str(),
+            http.route = route,
+            url.path = request.uri().path(),
+            http.response.status_code = tracing::field::Empty,
+            // The token's subject, when the request carries a valid one (auth/admission.rs).
+            enduser.id = tracing::field::Empty,
+        )
+    })
 }
 
 /// The answer's status on its request's span.

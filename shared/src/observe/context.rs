@@ -4,15 +4,14 @@
 
 use http::header::HeaderMap;
 use opentelemetry::propagation::{Extractor, Injector};
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::telemetry;
 
-/// Makes `span` continue the trace whose context (`traceparent`, `tracestate`,
-/// `baggage`) came in `headers`, e.g. from an HTTP client. Call it before the span is
-/// first entered.
-pub fn continue_trace(span: &tracing::Span, headers: &HeaderMap) {
-    continue_trace_from(span, &HeaderExtractor(headers));
+/// Runs `f`, in which the first span created continues the trace whose context
+/// (`traceparent`, `tracestate`, `baggage`) came in `headers`, e.g. from an HTTP
+/// client, instead of the span `f` runs in: a server span.
+pub fn in_trace<T>(headers: &HeaderMap, f: impl FnOnce() -> T) -> T {
+    in_trace_from(&HeaderExtractor(headers), f)
 }
 
 /// Writes the trace context of `span` into `headers`, for the next hop to continue it.
@@ -20,26 +19,12 @@ pub fn inject_trace(span: &tracing::Span, headers: &mut HeaderMap) {
     inject_trace_into(span, &mut HeaderInjector(headers));
 }
 
-/// [`continue_trace`] for message headers as name-value pairs (an event's
-/// [`headers`](crate::events::Event::headers)).
-pub fn continue_trace_from_pairs(span: &tracing::Span, headers: &[(String, String)]) {
-    continue_trace_from(span, &PairsExtractor(headers));
-}
-
-/// Runs `f` with the trace context that `headers` carry as the current OpenTelemetry
-/// context, so that a span `f` creates while no tracing span is current (in a
-/// background task) continues that trace. For work done long after the span that asked
-/// for it ended: orders' outbox relay publishes an event inside the trace its writer
-/// stored in the event's headers.
+/// [`in_trace`] for message headers as name-value pairs (an event's
+/// [`headers`](crate::events::Event::headers)): a consumer's span, or work done long
+/// after the span that asked for it ended (orders' outbox relay publishes an event
+/// inside the trace its writer stored in the event's headers).
 pub fn in_trace_from_pairs<T>(headers: &[(String, String)], f: impl FnOnce() -> T) -> T {
-    if !telemetry::tracing_enabled() {
-        return f();
-    }
-    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
-        propagator.extract(&PairsExtractor(headers))
-    });
-    let _attached = parent.attach();
-    f()
+    in_trace_from(&PairsExtractor(headers), f)
 }
 
 /// [`inject_trace`] for message headers as name-value pairs: replaces the trace
@@ -49,19 +34,22 @@ pub fn inject_trace_into_pairs(span: &tracing::Span, headers: &mut Vec<(String, 
 }
 
 /// The one place that reads a trace context, whatever carries it.
-fn continue_trace_from(span: &tracing::Span, carrier: &dyn Extractor) {
-    if telemetry::tracing_enabled() {
-        let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
-            propagator.extract(carrier)
-        });
-        let _ = span.set_parent(parent);
+fn in_trace_from<T>(carrier: &dyn Extractor, f: impl FnOnce() -> T) -> T {
+    if !telemetry::tracing_enabled() {
+        return f();
     }
+    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.extract(carrier)
+    });
+    telemetry::continue_trace(parent, f)
 }
 
 /// The one place that writes a trace context, whatever carries it.
 fn inject_trace_into(span: &tracing::Span, carrier: &mut dyn Injector) {
-    if telemetry::tracing_enabled() {
-        let context = span.context();
+    if !telemetry::tracing_enabled() {
+        return;
+    }
+    if let Some(context) = telemetry::context_of(span) {
         opentelemetry::global::get_text_map_propagator(|propagator| {
             propagator.inject_context(&context, carrier);
         });

@@ -5,7 +5,6 @@
 
 use std::fmt::{self, Write as _};
 
-use opentelemetry::trace::TraceContextExt as _;
 use tracing::Subscriber;
 use tracing::field::{Field, Visit};
 use tracing_subscriber::field::RecordFields;
@@ -339,24 +338,34 @@ struct JsonEscaped<'a>(&'a mut dyn fmt::Write);
 
 impl fmt::Write for JsonEscaped<'_> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        let mut plain = 0;
-        for (i, byte) in s.bytes().enumerate() {
-            let escape = match byte {
-                b'"' => "\\\"",
-                b'\\' => "\\\\",
-                b'\n' => "\\n",
-                b'\r' => "\\r",
-                b'\t' => "\\t",
-                0..0x20 => "",
-                _ => continue,
-            };
-            self.0.write_str(&s[plain..i])?;
-            if escape.is_empty() {
-                write!(self.0, "\\u{byte:04x}")?;
-            } else {
-                self.0.write_str(escape)?;
+        /// The bytes JSON escapes: control characters, quote and backslash.
+        const ESCAPED: [bool; 256] = {
+            let mut escaped = [false; 256];
+            let mut byte = 0;
+            while byte < 0x20 {
+                escaped[byte] = true;
+                byte += 1;
             }
-            plain = i + 1;
+            escaped[b'"' as usize] = true;
+            escaped[b'\\' as usize] = true;
+            escaped
+        };
+        let bytes = s.as_bytes();
+        let mut plain = 0;
+        // A table lookup per byte, and plain runs written whole: most values (names,
+        // paths, addresses) have nothing to escape.
+        while let Some(offset) = bytes[plain..].iter().position(|&b| ESCAPED[usize::from(b)]) {
+            let at = plain + offset;
+            self.0.write_str(&s[plain..at])?;
+            match bytes[at] {
+                b'"' => self.0.write_str("\\\"")?,
+                b'\\' => self.0.write_str("\\\\")?,
+                b'\n' => self.0.write_str("\\n")?,
+                b'\r' => self.0.write_str("\\r")?,
+                b'\t' => self.0.write_str("\\t")?,
+                control => write!(self.0, "\\u{control:04x}")?,
+            }
+            plain = at + 1;
         }
         self.0.write_str(&s[plain..])
     }
@@ -379,13 +388,9 @@ where
     ) -> fmt::Result {
         let mut line = String::new();
         self.0.format_event(ctx, Writer::new(&mut line), event)?;
-        let ids = ctx.lookup_current().and_then(|span| {
-            let context = tracing::dispatcher::get_default(|dispatch| {
-                tracing_opentelemetry::get_otel_context(&span.id(), dispatch)
-            })?;
-            let span_context = context.span().span_context().clone();
-            span_context.is_valid().then_some(span_context)
-        });
+        let ids = ctx
+            .lookup_current()
+            .and_then(|span| super::otel::span_context_of(&span));
         match (ids, line.trim_end().strip_suffix('}')) {
             (Some(ids), Some(object)) => writeln!(
                 writer,
