@@ -15,7 +15,7 @@
 //!
 //! Its `scope` claim (space-separated, RFC 8693) then says which routes it opens: each
 //! route declares its scope in its proto (`option (gateway.v1.route).scope`), and is
-//! registered behind it ([`scoped`]).
+//! checked by admission ([`Admission::run`]).
 //!
 //! jsonwebtoken parses and validates the tokens; the signatures are checked by `ring`
 //! (the crypto of rustls, already in the build) through jsonwebtoken's
@@ -35,7 +35,7 @@ mod jwt;
 mod rejection;
 mod ring;
 
-pub(crate) use admission::{Admission, scoped};
+pub(crate) use admission::Admission;
 pub(crate) use caller::OnBehalf;
 pub use jwks::LEEWAY_SECONDS;
 pub use jwt::Authenticator;

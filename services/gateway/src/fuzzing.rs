@@ -36,7 +36,7 @@ pub fn place_order_body(body: &[u8]) -> Result<orders::PlaceOrderRequest, http::
 fn json(name: &str, message: &impl prost::Message) -> serde_json::Result<Vec<u8>> {
     let message = DynamicMessage::decode(descriptor(name), message.encode_to_vec().as_slice())
         .expect("a message decodes as its own type");
-    crate::transcode::write_json(&message)
+    crate::transcode::write_json(&message, &crate::transcode::Hidden::default())
 }
 
 /// An order as orders answers it, in the JSON of `GET /v1/orders/{order_id}`.

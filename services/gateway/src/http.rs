@@ -28,20 +28,21 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse as _, Response};
 use axum::routing::get;
-use http::{Method, StatusCode, Uri};
+use http::StatusCode;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use crate::auth::{self, Admission};
+use crate::auth::Admission;
+use crate::edge::{Edge, http_span, record_status};
 use crate::error::ApiError;
 use crate::limits::Limits;
 use crate::routes::Routes;
-use crate::transcode::{self, Registered};
+use crate::transcode;
 use crate::upstream::{Readiness, Upstreams};
 
 /// What the probes reach.
@@ -67,65 +68,58 @@ pub(crate) fn router(
         readiness,
         draining,
     };
-    let (api, registered) = transcode::router(routes, upstreams, max_body_bytes)?;
+    let edge = Arc::new(Edge::new(limits, admission));
+    let api = transcode::router(routes, upstreams, max_body_bytes, &edge)?;
+    let no_route = {
+        let edge = Arc::clone(&edge);
+        move |request: Request| async move {
+            edge.serve(None, None, request, |_, request| async move {
+                ApiError::no_route(request.uri().path()).into_response()
+            })
+            .await
+        }
+    };
+    let method_not_allowed = move |request: Request| async move {
+        edge.serve(None, None, request, |_, request| async move {
+            ApiError::method_not_allowed(request.method(), request.uri().path()).into_response()
+        })
+        .await
+    };
     let api = api
         // Unknown paths and methods get the JSON error shape too (axum keeps the
         // `Allow` header on 405); behind admission, so that no route can be probed
         // for without a token.
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed);
-    // The limits, then authentication, rate and scope on every route above; none on
-    // the probes.
-    let api = limits.layer(auth::Admission::layer(admission, api));
-    Ok(api
+    // The probes, the API's description and its explorer: no limits, no admission.
+    let public = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         // The API's description and its explorer, public like the probes: they say
         // what a token may do, not what is behind it.
         .merge(crate::openapi::router())
         .merge(crate::explorer::router())
-        // Bodies are read up to this many bytes, never more: beyond it, 413.
-        .layer(DefaultBodyLimit::max(max_body_bytes))
-        // One span per request; every line logged while handling it carries its fields.
-        .layer(middleware::from_fn_with_state(registered, http_span))
-        .with_state(state))
+        // One span per request, as on the API's routes.
+        .layer(middleware::from_fn(public_span));
+    // No body limit layer: the API's routes read their bodies up to
+    // `max_body_bytes` (`transcode/`), the public ones read none.
+    Ok(api.merge(public).with_state(state))
 }
 
-/// A server span per request, after the OpenTelemetry HTTP conventions, continuing
-/// the caller's trace (W3C `traceparent` header); the gRPC calls the handler makes
-/// become its children.
-async fn http_span(State(routes): State<Registered>, request: Request, next: Next) -> Response {
-    // The template as the proto writes it (`/v1/orders/{order_id}`).
+/// The span of a request to a public route: the probes, the OpenAPI document and
+/// the explorer.
+async fn public_span(request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
-        .map(|path| routes.template(path.as_str()).to_owned());
-    let method = request.method().clone();
+        .map(|path| path.as_str().to_owned());
     let name = match &route {
-        Some(route) => format!("{method} {route}"),
-        None => method.to_string(),
+        Some(route) => format!("{} {route}", request.method()),
+        None => request.method().to_string(),
     };
-    let span = shared::observe::in_trace(request.headers(), || {
-        tracing::info_span!(
-            "http",
-            otel.name = name,
-            otel.kind = "server",
-            otel.status_code = tracing::field::Empty,
-            // shared::observe::APP_SERVICE: which service made the span, in a one-process stack.
-            app.service = crate::NAME,
-            http.request.method = %method,
-            http.route = route.as_deref(),
-            url.path = request.uri().path(),
-            http.response.status_code = tracing::field::Empty,
-            // The token's subject, when the request carries a valid one (auth/admission.rs).
-            enduser.id = tracing::field::Empty,
-        )
-    });
+    let span = http_span(&name, route.as_deref(), &request);
     let response = next.run(request).instrument(span.clone()).await;
-    span.record("http.response.status_code", response.status().as_u16());
-    if response.status().is_server_error() {
-        span.record("otel.status_code", "ERROR");
-    }
+    record_status(&span, &response);
     response
 }
 
@@ -182,12 +176,4 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Probe>) {
         upstreams,
     };
     (code, Json(probe))
-}
-
-async fn no_route(uri: Uri) -> ApiError {
-    ApiError::no_route(uri.path())
-}
-
-async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
-    ApiError::method_not_allowed(&method, uri.path())
 }

@@ -5,6 +5,7 @@
 //!
 //! - `config.rs`: settings from the environment.
 //! - `http.rs`: the router: the API's routes, the probes, and the layers around them.
+//! - `edge.rs`: what every API request goes through: span, limits, admission.
 //! - `auth/`: bearer JWTs, scopes per route, and the admission of each request.
 //! - `rate_limit.rs`: the rate limit per client (GCRA).
 //! - `routes.rs`: the HTTP routes, read from the protos' `google.api.http` and
@@ -23,6 +24,7 @@
 pub mod auth;
 pub mod config;
 mod connections;
+mod edge;
 mod error;
 mod explorer;
 #[doc(hidden)]

@@ -21,10 +21,10 @@ use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::Router;
+use std::future::Future;
+
 use axum::body::{Body, Bytes, HttpBody};
-use axum::extract::{Request, State};
-use axum::middleware::{self, Next};
+use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use shared::metrics::IntCounterVec;
 use tokio::sync::Semaphore;
@@ -57,34 +57,44 @@ impl Limits {
         }
     }
 
-    /// The layer of every route but the health probes.
-    pub(crate) fn layer<S: Clone + Send + Sync + 'static>(self, router: Router<S>) -> Router<S> {
-        router.layer(middleware::from_fn_with_state(self, limit))
-    }
-}
-
-async fn limit(State(limits): State<Limits>, request: Request, next: Next) -> Response {
-    let Ok(_in_flight) = limits.in_flight.try_acquire() else {
-        REFUSED.with_label_values(&["overloaded"]).inc();
-        return ApiError::overloaded().into_response();
-    };
-    let deadline = Instant::now() + limits.timeout;
-    let (request, awaiting_body) = watch_body(request);
-    let handled = shared::deadline::scope(deadline, shared::panic::catch_unwind(next.run(request)));
-    match tokio::time::timeout_at(deadline, handled).await {
-        Ok(Ok(response)) => response,
-        Ok(Err(panic)) => {
-            REFUSED.with_label_values(&["panic"]).inc();
-            ApiError::internal(&format!("handler {panic}")).into_response()
-        }
-        Err(_) if awaiting_body.load(Ordering::Relaxed) => {
-            REFUSED.with_label_values(&["slow_body"]).inc();
-            ApiError::body_timed_out().into_response()
-        }
-        Err(_) => {
-            REFUSED.with_label_values(&["timeout"]).inc();
-            tracing::warn!(timeout = ?limits.timeout, "request over GATEWAY_REQUEST_TIMEOUT");
-            ApiError::timed_out().into_response()
+    /// `handle(request)` within the limits, on every route but the health probes
+    /// (`http.rs`).
+    pub(crate) async fn run<F, Fut>(&self, request: Request, handle: F) -> Response
+    where
+        F: FnOnce(Request) -> Fut,
+        Fut: Future<Output = Response>,
+    {
+        let Ok(_in_flight) = self.in_flight.try_acquire() else {
+            REFUSED.with_label_values(&["overloaded"]).inc();
+            return ApiError::overloaded().into_response();
+        };
+        let deadline = Instant::now() + self.timeout;
+        // A request without a body (most GETs) has none to wait for.
+        let (request, awaiting_body) = if request.body().is_end_stream() {
+            (request, None)
+        } else {
+            let (request, awaiting) = watch_body(request);
+            (request, Some(awaiting))
+        };
+        let handled = shared::deadline::scope(
+            deadline,
+            shared::panic::catch_unwind(async move { handle(request).await }),
+        );
+        match tokio::time::timeout_at(deadline, handled).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(panic)) => {
+                REFUSED.with_label_values(&["panic"]).inc();
+                ApiError::internal(&format!("handler {panic}")).into_response()
+            }
+            Err(_) if awaiting_body.is_some_and(|waiting| waiting.load(Ordering::Relaxed)) => {
+                REFUSED.with_label_values(&["slow_body"]).inc();
+                ApiError::body_timed_out().into_response()
+            }
+            Err(_) => {
+                REFUSED.with_label_values(&["timeout"]).inc();
+                tracing::warn!(timeout = ?self.timeout, "request over GATEWAY_REQUEST_TIMEOUT");
+                ApiError::timed_out().into_response()
+            }
         }
     }
 }

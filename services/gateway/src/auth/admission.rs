@@ -4,13 +4,13 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, LazyLock};
 
-use axum::extract::{ConnectInfo, Request, State};
-use axum::middleware::{self, Next};
+use std::future::Future;
+
+use axum::extract::{ConnectInfo, Request};
 use axum::response::{IntoResponse, Response};
-use axum::routing::MethodRouter;
 use shared::metrics::IntCounterVec;
 
-use super::caller::Identity;
+use super::caller::{Identity, OnBehalf};
 use super::jwt::Authenticator;
 use crate::error::ApiError;
 use crate::rate_limit::{Client, RateLimiter};
@@ -43,84 +43,68 @@ pub(crate) struct Admission {
 }
 
 impl Admission {
-    /// The layer of every route but the health probes.
-    pub(crate) fn layer<S: Clone + Send + Sync + 'static>(
-        self,
-        router: axum::Router<S>,
-    ) -> axum::Router<S> {
-        router.layer(middleware::from_fn_with_state(self, admit))
-    }
-}
-
-/// Admits a request or answers for it, in this order:
-/// 1. the caller: the token's subject, or anyone when authentication is off; an
-///    invalid or missing token is remembered, not answered yet;
-/// 2. the rate: each request is charged to the subject when the token is valid, else
-///    to the peer's IP address (so a flood of bad tokens is limited too) — 429 when
-///    over it;
-/// 3. the token: 401 when it was missing or invalid.
-///
-/// The route's own scope comes after, in [`scoped`].
-async fn admit(State(admission): State<Admission>, mut request: Request, next: Next) -> Response {
-    let identity = match &admission.authenticator {
-        None => Ok(Identity::Anyone),
-        Some(authenticator) => authenticator
-            .authenticate(request.headers())
-            .map(Identity::Caller),
-    };
-    if let Some(limiter) = &admission.limiter {
-        let client = match &identity {
-            Ok(Identity::Caller(caller)) => Client::Subject(caller.subject.clone()),
-            _ => Client::peer(
-                request
-                    .extensions()
-                    .get::<ConnectInfo<SocketAddr>>()
-                    .map(|info| info.0.ip()),
-            ),
+    /// Admits `request` to a route that requires `scope` (`None`: no route matched;
+    /// its 404 or 405 is answered after admission all the same, so that no route can
+    /// be probed for without a token) and hands it to `handle` with who it is for; or
+    /// answers for it, in this order:
+    /// 1. the caller: the token's subject, or anyone when authentication is off; an
+    ///    invalid or missing token is remembered, not answered yet;
+    /// 2. the rate: each request is charged to the subject when the token is valid,
+    ///    else to the peer's IP address (so a flood of bad tokens is limited too) —
+    ///    429 when over it;
+    /// 3. the token: 401 when it was missing or invalid;
+    /// 4. the route's scope: 403 when the token does not grant it.
+    pub(crate) async fn run<F, Fut>(
+        &self,
+        scope: Option<&str>,
+        request: Request,
+        handle: F,
+    ) -> Response
+    where
+        F: FnOnce(OnBehalf, Request) -> Fut,
+        Fut: Future<Output = Response>,
+    {
+        let identity = match &self.authenticator {
+            None => Ok(Identity::Anyone),
+            Some(authenticator) => authenticator
+                .authenticate(request.headers())
+                .map(Identity::Caller),
         };
-        if let Err(retry_after) = limiter.check(&client) {
-            RATE_LIMITED.with_label_values(&[client.kind()]).inc();
-            return ApiError::rate_limited(retry_after).into_response();
-        }
-    }
-    match identity {
-        Err(rejection) => {
-            AUTH_FAILURES.with_label_values(&[rejection.reason()]).inc();
-            tracing::debug!(reason = rejection.reason(), "bearer token refused");
-            ApiError::unauthenticated(rejection.problem()).into_response()
-        }
-        Ok(identity) => {
-            if let Identity::Caller(caller) = &identity {
-                // The OpenTelemetry attribute of the authenticated user.
-                tracing::Span::current().record("enduser.id", caller.subject.as_str());
+        if let Some(limiter) = &self.limiter {
+            let client = match &identity {
+                Ok(Identity::Caller(caller)) => Client::Subject(caller.subject.clone()),
+                _ => Client::peer(
+                    request
+                        .extensions()
+                        .get::<ConnectInfo<SocketAddr>>()
+                        .map(|info| info.0.ip()),
+                ),
+            };
+            if let Err(retry_after) = limiter.check(&client) {
+                RATE_LIMITED.with_label_values(&[client.kind()]).inc();
+                return ApiError::rate_limited(retry_after).into_response();
             }
-            request.extensions_mut().insert(identity);
-            next.run(request).await
         }
-    }
-}
-
-/// `route`, open only to tokens that grant `scope` (to anyone when authentication is
-/// off): 403 otherwise.
-pub(crate) fn scoped<S: Clone + Send + Sync + 'static>(
-    scope: String,
-    route: MethodRouter<S>,
-) -> MethodRouter<S> {
-    let scope: Arc<str> = scope.into();
-    route.route_layer(middleware::from_fn_with_state(scope, require_scope))
-}
-
-async fn require_scope(State(scope): State<Arc<str>>, request: Request, next: Next) -> Response {
-    match request.extensions().get::<Identity>() {
-        Some(Identity::Anyone) => next.run(request).await,
-        Some(Identity::Caller(caller)) if caller.grants(&scope) => next.run(request).await,
-        Some(Identity::Caller(_)) => {
-            AUTH_FAILURES
-                .with_label_values(&["insufficient_scope"])
-                .inc();
-            ApiError::insufficient_scope(&scope).into_response()
+        let identity = match identity {
+            Ok(identity) => identity,
+            Err(rejection) => {
+                AUTH_FAILURES.with_label_values(&[rejection.reason()]).inc();
+                tracing::debug!(reason = rejection.reason(), "bearer token refused");
+                return ApiError::unauthenticated(rejection.problem()).into_response();
+            }
+        };
+        if let Identity::Caller(caller) = &identity {
+            // The OpenTelemetry attribute of the authenticated user.
+            tracing::Span::current().record("enduser.id", caller.subject.as_str());
+            if let Some(scope) = scope
+                && !caller.grants(scope)
+            {
+                AUTH_FAILURES
+                    .with_label_values(&["insufficient_scope"])
+                    .inc();
+                return ApiError::insufficient_scope(scope).into_response();
+            }
         }
-        // A scoped route registered outside admission: closed rather than open.
-        None => ApiError::internal("a scoped route without admission").into_response(),
+        handle(OnBehalf::of(identity), request).await
     }
 }

@@ -5,7 +5,6 @@ use std::collections::HashSet;
 use serde::Deserialize;
 
 use super::rejection::Rejection;
-use crate::error::ApiError;
 
 /// The claims the gateway reads; the others are checked by jsonwebtoken's validation.
 #[derive(Debug, Deserialize)]
@@ -58,6 +57,14 @@ impl Caller {
 pub(crate) struct OnBehalf(Option<shared::identity::Caller>);
 
 impl OnBehalf {
+    /// Who admission found the request to be for.
+    pub(super) fn of(identity: Identity) -> Self {
+        match identity {
+            Identity::Anyone => Self(None),
+            Identity::Caller(caller) => Self(Some(caller.identity)),
+        }
+    }
+
     /// `message` as a gRPC request that names the caller in its metadata.
     pub(crate) fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
@@ -68,23 +75,7 @@ impl OnBehalf {
     }
 }
 
-impl<S: Send + Sync> axum::extract::FromRequestParts<S> for OnBehalf {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut http::request::Parts,
-        _state: &S,
-    ) -> Result<Self, ApiError> {
-        match parts.extensions.get::<Identity>() {
-            Some(Identity::Anyone) => Ok(Self(None)),
-            Some(Identity::Caller(caller)) => Ok(Self(Some(caller.identity.clone()))),
-            // A handler outside admission: refused rather than served as nobody.
-            None => Err(ApiError::internal("a route without admission")),
-        }
-    }
-}
-
-/// Who a request comes from, as admission left it in the request's extensions.
+/// Who a request comes from, as admission found it.
 #[derive(Clone, Debug)]
 pub(super) enum Identity {
     /// Authentication is off (no `GATEWAY_JWT_KEYS_FILE`): every route is open.

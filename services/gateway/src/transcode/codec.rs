@@ -2,6 +2,7 @@
 //! (`prost_reflect::DynamicMessage`), encoded and decoded as any generated client
 //! would, through the same `shared::client` channels.
 
+use bytes::Buf as _;
 use prost::Message as _;
 use prost_reflect::{DynamicMessage, MessageDescriptor};
 use tonic::Status;
@@ -56,7 +57,11 @@ impl Decoder for DynamicDecoder {
     type Error = Status;
 
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<DynamicMessage>, Status> {
-        DynamicMessage::decode(self.0.clone(), src)
+        // The message's bytes as one `Bytes` (split off, not copied): read through the
+        // `DecodeBuf` wrapper, each varint and tag cost a bounds check and an advance
+        // of the buffer beneath.
+        let bytes = src.copy_to_bytes(src.remaining());
+        DynamicMessage::decode(self.0.clone(), bytes)
             .map(Some)
             .map_err(|e| Status::internal(format!("decoding the response: {e}")))
     }

@@ -7,39 +7,56 @@
 //! field. The other well-known types (`Struct`, `Any`, wrappers, …) are left to
 //! prost-reflect. A unit test holds the two to the same output.
 
+use std::io::Write as _;
+
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MapKey, ReflectMessage as _, Value};
 
-/// `message` as proto3 JSON.
-pub(crate) fn to_vec(message: &DynamicMessage) -> serde_json::Result<Vec<u8>> {
+use super::hidden::Hidden;
+
+/// `message` as proto3 JSON, without the fields `hidden` names.
+pub(crate) fn to_vec(message: &DynamicMessage, hidden: &Hidden) -> serde_json::Result<Vec<u8>> {
     let mut out = Vec::with_capacity(256);
-    write_message(&mut out, message)?;
+    let hidden = (!hidden.is_empty()).then_some(hidden);
+    write_message(&mut out, message, hidden)?;
     Ok(out)
 }
 
-fn write_message(out: &mut Vec<u8>, message: &DynamicMessage) -> serde_json::Result<()> {
+/// `hidden`: `None` when no message within `message` has a hidden field.
+fn write_message(
+    out: &mut Vec<u8>,
+    message: &DynamicMessage,
+    hidden: Option<&Hidden>,
+) -> serde_json::Result<()> {
     let descriptor = message.descriptor();
     match descriptor.full_name() {
         "google.protobuf.Timestamp" => {
             let (seconds, nanos) = seconds_nanos(message);
             let time = prost_types::Timestamp { seconds, nanos };
-            return serde_json::to_writer(out, &time.to_string());
+            // RFC 3339: nothing in it to escape.
+            return write!(out, "\"{time}\"").map_err(serde_json::Error::io);
         }
         "google.protobuf.Duration" => {
             let (seconds, nanos) = seconds_nanos(message);
             let duration = prost_types::Duration { seconds, nanos };
-            return serde_json::to_writer(out, &duration.to_string());
+            // `1.5s`: nothing in it to escape.
+            return write!(out, "\"{duration}\"").map_err(serde_json::Error::io);
         }
         name if name.starts_with("google.protobuf.") => {
             return serde_json::to_writer(out, message);
         }
         _ => {}
     }
+    // Its own hidden fields; and `None` below when nothing within hides.
+    let (own, hidden) = match hidden.and_then(|h| Some((h.in_message(&descriptor)?, h))) {
+        Some((own, hidden)) => (own, Some(hidden)),
+        None => (&[][..], None),
+    };
     out.push(b'{');
     let mut first = true;
     for (field, value) in message.fields() {
-        if !field.supports_presence() && is_default(value) {
+        if (!field.supports_presence() && is_default(value)) || own.contains(&field.number()) {
             continue;
         }
         if !first {
@@ -48,7 +65,7 @@ fn write_message(out: &mut Vec<u8>, message: &DynamicMessage) -> serde_json::Res
         first = false;
         serde_json::to_writer(&mut *out, field.json_name())?;
         out.push(b':');
-        write_field(out, &field, value)?;
+        write_field(out, &field, value, hidden)?;
     }
     out.push(b'}');
     Ok(())
@@ -85,6 +102,7 @@ fn write_field(
     out: &mut Vec<u8>,
     field: &FieldDescriptor,
     value: &Value,
+    hidden: Option<&Hidden>,
 ) -> serde_json::Result<()> {
     match value {
         Value::List(items) => {
@@ -93,15 +111,15 @@ fn write_field(
                 if i > 0 {
                     out.push(b',');
                 }
-                write_value(out, &field.kind(), item)?;
+                write_value(out, field, item, hidden)?;
             }
             out.push(b']');
             Ok(())
         }
         Value::Map(entries) => {
-            let value_kind = match field.kind() {
-                Kind::Message(entry) => entry.map_entry_value_field().kind(),
-                kind => kind,
+            let value_field = match field.kind() {
+                Kind::Message(entry) => entry.map_entry_value_field(),
+                _ => field.clone(),
             };
             out.push(b'{');
             for (i, (key, value)) in entries.iter().enumerate() {
@@ -118,29 +136,35 @@ fn write_field(
                 };
                 serde_json::to_writer(&mut *out, &key)?;
                 out.push(b':');
-                write_value(out, &value_kind, value)?;
+                write_value(out, &value_field, value, hidden)?;
             }
             out.push(b'}');
             Ok(())
         }
-        value => write_value(out, &field.kind(), value),
+        value => write_value(out, field, value, hidden),
     }
 }
 
-fn write_value(out: &mut Vec<u8>, kind: &Kind, value: &Value) -> serde_json::Result<()> {
+/// One value of `field` (an item, for a list; the value, for a map).
+fn write_value(
+    out: &mut Vec<u8>,
+    field: &FieldDescriptor,
+    value: &Value,
+    hidden: Option<&Hidden>,
+) -> serde_json::Result<()> {
     match value {
         Value::Bool(b) => serde_json::to_writer(out, b),
         Value::I32(n) => serde_json::to_writer(out, n),
         Value::U32(n) => serde_json::to_writer(out, n),
-        Value::I64(n) => serde_json::to_writer(out, &n.to_string()),
-        Value::U64(n) => serde_json::to_writer(out, &n.to_string()),
+        Value::I64(n) => quoted(out, n),
+        Value::U64(n) => quoted(out, n),
         Value::F32(n) if n.is_finite() => serde_json::to_writer(out, n),
         Value::F64(n) if n.is_finite() => serde_json::to_writer(out, n),
         Value::F32(n) => serde_json::to_writer(out, non_finite(f64::from(*n))),
         Value::F64(n) => serde_json::to_writer(out, non_finite(*n)),
         Value::String(s) => serde_json::to_writer(out, s),
         Value::Bytes(b) => serde_json::to_writer(out, &BASE64.encode(b)),
-        Value::EnumNumber(number) => match kind {
+        Value::EnumNumber(number) => match &field.kind() {
             Kind::Enum(descriptor) if descriptor.full_name() == "google.protobuf.NullValue" => {
                 out.extend_from_slice(b"null");
                 Ok(())
@@ -151,13 +175,21 @@ fn write_value(out: &mut Vec<u8>, kind: &Kind, value: &Value) -> serde_json::Res
             },
             _ => serde_json::to_writer(out, number),
         },
-        Value::Message(message) => write_message(out, message),
+        Value::Message(message) => write_message(out, message, hidden),
         // A list or map is only ever a field's whole value (write_field).
         Value::List(_) | Value::Map(_) => {
             out.extend_from_slice(b"null");
             Ok(())
         }
     }
+}
+
+/// A 64-bit integer as a JSON string, as the mapping writes them.
+fn quoted<N: serde::Serialize>(out: &mut Vec<u8>, n: &N) -> serde_json::Result<()> {
+    out.push(b'"');
+    serde_json::to_writer(&mut *out, n)?;
+    out.push(b'"');
+    Ok(())
 }
 
 fn non_finite(n: f64) -> &'static str {
@@ -180,6 +212,42 @@ mod tests {
         let pool = DescriptorPool::decode(contracts::FILE_DESCRIPTOR_SET).unwrap();
         let descriptor = pool.get_message_by_name(name).unwrap();
         DynamicMessage::decode(descriptor, message.encode_to_vec().as_slice()).unwrap()
+    }
+
+    /// The fields the protos keep off HTTP are left out as the message is written,
+    /// in a message within a list too; the others are all there.
+    #[test]
+    fn leaves_the_hidden_fields_out() {
+        use contracts::inventory::v1 as inventory;
+        let product = inventory::Product {
+            sku: "SKU-1".into(),
+            available: 5,
+            reserved: 2,
+            sold: 3,
+            update_time: Some(prost_types::Timestamp {
+                seconds: 1,
+                nanos: 0,
+            }),
+            ..Default::default()
+        };
+        let list = dynamic(
+            "inventory.v1.ListProductsResponse",
+            &inventory::ListProductsResponse {
+                products: vec![product.clone(), product],
+                next_page_token: "p".into(),
+            },
+        );
+        let hidden = Hidden::of(&list.descriptor());
+        let json: serde_json::Value =
+            serde_json::from_slice(&to_vec(&list, &hidden).unwrap()).unwrap();
+        let shown = serde_json::json!({"sku": "SKU-1", "available": "5"});
+        assert_eq!(
+            json,
+            serde_json::json!({"products": [shown, shown], "nextPageToken": "p"})
+        );
+        // Without them named, they are written.
+        let all = String::from_utf8(to_vec(&list, &Hidden::default()).unwrap()).unwrap();
+        assert!(all.contains(r#""reserved":"2""#), "{all}");
     }
 
     /// The same JSON as prost-reflect's serde support, on messages with every kind of
@@ -240,7 +308,7 @@ mod tests {
         ];
         for message in messages {
             let ours: serde_json::Value =
-                serde_json::from_slice(&to_vec(&message).unwrap()).unwrap();
+                serde_json::from_slice(&to_vec(&message, &Hidden::default()).unwrap()).unwrap();
             let theirs = serde_json::to_value(&message).unwrap();
             assert_eq!(ours, theirs);
         }

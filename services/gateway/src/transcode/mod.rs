@@ -5,71 +5,58 @@
 //! into JSON or Server-Sent Events (`response.rs`). No route has code of its own: a
 //! method annotated with `google.api.http` is on HTTP after a rebuild.
 //!
-//! Each route is registered with axum by its verb and path, behind its scope
-//! (`auth::scoped`), so that routing, 405 with `Allow`, limits and admission work as
-//! for any axum route. The path is registered with its variables named by position
-//! (`/v1/orders/{0}`: two templates may name the variable of one segment apart);
-//! [`Registered::template`] gives back the template for spans.
+//! Each route is registered with axum by its verb and path, so that routing and 405
+//! with `Allow` work as for any axum route; its handler runs the request through the
+//! edge (`edge.rs`: span, limits, admission, the route's scope). The path is
+//! registered with its variables named by position (`/v1/orders/{0}`: two templates
+//! may name the variable of one segment apart); the span names the template.
 
 mod codec;
+mod hidden;
 mod json;
 mod request;
 mod response;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{FromRequest, FromRequestParts, Query, RawPathParams, Request};
+use axum::extract::{FromRequestParts, Query, RawPathParams, Request};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, on};
 use http::header::CONTENT_TYPE;
 use http::uri::PathAndQuery;
-use http::{HeaderMap, Method, StatusCode};
+use http::{HeaderMap, Method};
+use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 use prost_reflect::{DynamicMessage, Value};
 use shared::client::Channel;
 use tonic::Status;
 
-use crate::auth::{OnBehalf, scoped};
+use crate::auth::OnBehalf;
+use crate::edge::{Edge, SpanNames};
 use crate::error::ApiError;
 use crate::routes::{Body, Route, Routes, Segment};
 use crate::upstream::Upstreams;
 use codec::DynamicCodec;
-use response::Hidden;
 
+#[doc(hidden)]
+pub(crate) use hidden::Hidden;
 #[doc(hidden)]
 pub(crate) use json::to_vec as write_json;
 #[doc(hidden)]
 pub(crate) use request::decode_json;
 
-/// The routes as registered: each path as given to axum, with its template.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct Registered {
-    templates: Arc<HashMap<String, String>>,
-}
-
-impl Registered {
-    /// The template of the route axum matched as `matched` (`/v1/orders/{0}` →
-    /// `/v1/orders/{order_id}`).
-    pub(crate) fn template<'a>(&'a self, matched: &'a str) -> &'a str {
-        self.templates.get(matched).map_or(matched, String::as_str)
-    }
-}
-
 /// A router of every route of `routes`, calling `upstreams`, reading request bodies
-/// of up to `max_body_bytes` (`GATEWAY_MAX_BODY_BYTES`, enforced by the router's
-/// body limit; named in the 413). A route whose service has no upstream is an error
+/// of up to `max_body_bytes` (`GATEWAY_MAX_BODY_BYTES`; named in the 413), each behind `edge` (its span, the limits,
+/// admission and its scope). A route whose service has no upstream is an error
 /// naming it.
 pub(crate) fn router<S: Clone + Send + Sync + 'static>(
     routes: &Routes,
     upstreams: &Upstreams,
     max_body_bytes: usize,
-) -> Result<(Router<S>, Registered), String> {
+    edge: &Arc<Edge>,
+) -> Result<Router<S>, String> {
     let mut router = Router::new();
     let mut by_path: Vec<(String, Vec<Arc<Endpoint>>)> = Vec::new();
-    let mut templates = HashMap::new();
     for route in routes {
         let service = route.method.parent_service().full_name().to_owned();
         let channel = upstreams.channel_of(&service).ok_or_else(|| {
@@ -78,38 +65,26 @@ pub(crate) fn router<S: Clone + Send + Sync + 'static>(
                 route.verb, route.path.template
             )
         })?;
-        let endpoint = Arc::new(Endpoint::new(route.clone(), channel));
+        let endpoint = Endpoint::new(route.clone(), channel, Arc::clone(edge), max_body_bytes);
         let path = axum_path(route);
-        templates.insert(path.clone(), route.path.template.clone());
         match by_path.iter_mut().find(|(p, _)| *p == path) {
-            Some((_, endpoints)) => endpoints.push(endpoint),
-            None => by_path.push((path, vec![endpoint])),
+            Some((_, endpoints)) => endpoints.push(Arc::new(endpoint)),
+            None => by_path.push((path, vec![Arc::new(endpoint)])),
         }
     }
     for (path, endpoints) in by_path {
         let mut methods = axum::routing::MethodRouter::new();
         for endpoint in endpoints {
             let filter = method_filter(&endpoint.route.verb)?;
-            let scope = endpoint.route.scope.clone();
-            let handler = move |caller: OnBehalf, request: Request| {
+            let handler = move |request: Request| {
                 let endpoint = Arc::clone(&endpoint);
-                async move {
-                    match endpoint.serve(max_body_bytes, caller, request).await {
-                        Ok(response) => response,
-                        Err(error) => error.into_response(),
-                    }
-                }
+                async move { endpoint.answer(request).await }
             };
-            methods = methods.merge(scoped(scope, on(filter, handler)));
+            methods = methods.merge(on(filter, handler));
         }
         router = router.route(&path, methods);
     }
-    Ok((
-        router,
-        Registered {
-            templates: Arc::new(templates),
-        },
-    ))
+    Ok(router)
 }
 
 /// The route's path for axum, its variables named by position: `/v1/orders/{0}`.
@@ -137,32 +112,54 @@ fn method_filter(verb: &Method) -> Result<MethodFilter, String> {
 #[derive(Debug)]
 struct Endpoint {
     route: Arc<Route>,
+    /// Its span's name and route, made once.
+    span: SpanNames,
     /// `/package.Service/Method`.
     grpc_path: PathAndQuery,
     channel: Channel,
     /// The fields its answers leave out.
     hidden: Arc<Hidden>,
+    /// What the request goes through before it is served.
+    edge: Arc<Edge>,
+    /// `GATEWAY_MAX_BODY_BYTES`, for the 413.
+    max_body_bytes: usize,
 }
 
 impl Endpoint {
-    fn new(route: Route, channel: Channel) -> Self {
+    fn new(route: Route, channel: Channel, edge: Arc<Edge>, max_body_bytes: usize) -> Self {
         let grpc_path = PathAndQuery::try_from(route.grpc_path())
             .expect("a method's full name is a valid path");
         Self {
+            span: SpanNames::new(&route.verb, &route.path.template),
             hidden: Arc::new(Hidden::of(&route.output())),
             route: Arc::new(route),
             grpc_path,
             channel,
+            edge,
+            max_body_bytes,
         }
     }
 
+    /// The answer to `request`, behind the edge and the route's scope.
+    async fn answer(&self, request: Request) -> Response {
+        // On the heap: the call's future is large, and the edge's futures around it
+        // would otherwise be moved, with it inside, at each step.
+        let serve = |caller, request| {
+            Box::pin(async move {
+                match self.serve(caller, request).await {
+                    Ok(response) => response,
+                    Err(error) => error.into_response(),
+                }
+            })
+        };
+        self.edge
+            .serve(Some(&self.span), Some(&self.route.scope), request, serve)
+            .await
+    }
+
     /// The request as the RPC's message, the call, and its answer.
-    async fn serve(
-        &self,
-        max_body_bytes: usize,
-        caller: OnBehalf,
-        request: Request,
-    ) -> Result<Response, ApiError> {
+    async fn serve(&self, caller: OnBehalf, request: Request) -> Result<Response, ApiError> {
+        let max_body_bytes = self.max_body_bytes;
         let route = &self.route;
         let (mut parts, body) = request.into_parts();
         let mut message = DynamicMessage::new(route.input());
@@ -195,20 +192,23 @@ impl Endpoint {
             if !is_json(&parts.headers) {
                 return Err(ApiError::not_json());
             }
-            let request = Request::from_parts(parts, body);
-            let bytes =
-                Bytes::from_request(request, &())
-                    .await
-                    .map_err(|rejection: BytesRejection| {
-                        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                            ApiError::body_too_large(max_body_bytes)
-                        } else {
-                            ApiError::invalid(
-                                format!("cannot read the request body: {}", rejection.body_text()),
-                                vec![],
-                            )
-                        }
-                    })?;
+            // Read up to `GATEWAY_MAX_BODY_BYTES`, never more: beyond it, 413.
+            let bytes = Limited::new(body, max_body_bytes)
+                .collect()
+                .await
+                .map_err(|error| {
+                    if error.is::<LengthLimitError>() {
+                        ApiError::body_too_large(max_body_bytes)
+                    } else {
+                        ApiError::invalid(
+                            format!(
+                                "cannot read the request body: Failed to buffer the request body: {error}"
+                            ),
+                            vec![],
+                        )
+                    }
+                })?
+                .to_bytes();
             request::body(route, &mut message, &bytes)?;
         }
 

@@ -6,7 +6,6 @@
 //! as the client sent them.
 
 use std::borrow::Cow;
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -14,16 +13,16 @@ use axum::response::{IntoResponse, Response};
 use http::HeaderValue;
 use http::header::{CONTENT_TYPE, LOCATION};
 use prost_reflect::{
-    DynamicMessage, FieldDescriptor, MessageDescriptor, ReflectMessage as _, SerializeOptions,
-    Value,
+    DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, SerializeOptions, Value,
 };
 use tokio_stream::StreamExt as _;
 use tonic::codec::Streaming;
 use tonic::{Code, Status};
 
+use super::hidden::Hidden;
 use super::json;
 use crate::error::ApiError;
-use crate::routes::{Body, Route, Segment, is_internal};
+use crate::routes::{Body, Route, Segment};
 
 /// The answer of a unary call.
 pub(crate) fn unary(route: &Route, message: DynamicMessage, hidden: &Hidden) -> Response {
@@ -81,11 +80,12 @@ fn error_event(error: &ApiError) -> Event {
 /// A 200 with the JSON of the answer's body.
 fn json_response(route: &Route, message: DynamicMessage, hidden: &Hidden) -> Response {
     match json_bytes(route, message, hidden) {
-        Ok(json) => (
-            [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
-            json,
-        )
-            .into_response(),
+        Ok(json) => {
+            let mut response = Response::new(axum::body::Body::from(json));
+            let json_type = HeaderValue::from_static("application/json");
+            response.headers_mut().insert(CONTENT_TYPE, json_type);
+            response
+        }
         Err(error) => {
             ApiError::internal(&format!("cannot write the answer as JSON: {error}")).into_response()
         }
@@ -93,20 +93,35 @@ fn json_response(route: &Route, message: DynamicMessage, hidden: &Hidden) -> Res
 }
 
 /// The JSON of the answer's body: the `response_body` field, or the whole message,
-/// written straight from the message (no intermediate JSON value).
+/// written straight from the message (no intermediate JSON value), without its
+/// hidden fields.
 fn json_bytes(
     route: &Route,
     mut message: DynamicMessage,
     hidden: &Hidden,
 ) -> serde_json::Result<Vec<u8>> {
-    hidden.strip(&mut message);
     let Some(field) = &route.response_body else {
-        return json::to_vec(&message);
+        return json::to_vec(&message, hidden);
     };
     let (last, parents) = field
         .fields()
         .split_last()
         .expect("a field path is never empty");
+    if let Kind::Message(kind) = last.kind()
+        && !last.is_list()
+        && !last.is_map()
+    {
+        // Set or not, a message field's answer is that message (`{}` when unset); a
+        // field on the way that the protos hide reads as unset.
+        let shown = !field.fields().iter().any(|field| hidden.hides(field));
+        return match value_ref(&message, field.fields()).filter(|_| shown) {
+            Some(Value::Message(inner)) => json::to_vec(inner, hidden),
+            _ => json::to_vec(&DynamicMessage::new(kind), hidden),
+        };
+    }
+    // A list or a scalar: the mapping of the field's value, as in its message, as
+    // prost-reflect writes it.
+    hidden.strip(&mut message);
     let mut current = message;
     for parent in parents {
         current = match current.take_field(parent) {
@@ -114,20 +129,13 @@ fn json_bytes(
             _ => DynamicMessage::new(last.parent_message().clone()),
         };
     }
-    match current.get_field(last).as_message() {
-        // Set or not, a message field's answer is that message (`{}` when unset).
-        Some(inner) => json::to_vec(inner),
-        // A list or a scalar: the mapping of the field's value, as in its message.
-        None => {
-            let mut holder = DynamicMessage::new(last.parent_message().clone());
-            if let Some(value) = current.take_field(last) {
-                holder.set_field(last, value);
-            }
-            let options = SerializeOptions::new().skip_default_fields(false);
-            let json = holder.serialize_with_options(serde_json::value::Serializer, &options)?;
-            serde_json::to_vec(&json.get(last.json_name()))
-        }
+    let mut holder = DynamicMessage::new(last.parent_message().clone());
+    if let Some(value) = current.take_field(last) {
+        holder.set_field(last, value);
     }
+    let options = SerializeOptions::new().skip_default_fields(false);
+    let json = holder.serialize_with_options(serde_json::value::Serializer, &options)?;
+    serde_json::to_vec(&json.get(last.json_name()))
 }
 
 /// The value at `path` in `message`; `None` when unset.
@@ -170,79 +178,6 @@ fn percent_encode(text: &str, out: &mut String) {
             out.push(char::from(byte));
         } else {
             out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-}
-
-/// The fields the protos keep off HTTP (`google.api.field_visibility`) in the
-/// answers of one route, found once at start-up so that an answer without any costs
-/// nothing.
-#[derive(Debug, Default)]
-pub(crate) struct Hidden {
-    /// Full names of the hidden fields.
-    fields: HashSet<String>,
-    /// Full names of the messages that have one, in them or in a message within.
-    messages: HashSet<String>,
-}
-
-impl Hidden {
-    /// The hidden fields of messages of `output` and every message within.
-    pub(crate) fn of(output: &MessageDescriptor) -> Self {
-        let mut hidden = Self::default();
-        hidden.walk(output, &mut HashSet::new());
-        hidden
-    }
-
-    fn walk(&mut self, message: &MessageDescriptor, seen: &mut HashSet<String>) -> bool {
-        if !seen.insert(message.full_name().to_owned()) {
-            return self.messages.contains(message.full_name());
-        }
-        let mut any = false;
-        for field in message.fields() {
-            if is_internal(&field) {
-                self.fields.insert(field.full_name().to_owned());
-                any = true;
-            } else if let Some(inner) = field.kind().as_message() {
-                any |= self.walk(inner, seen);
-            }
-        }
-        if any {
-            self.messages.insert(message.full_name().to_owned());
-        }
-        any
-    }
-
-    /// Clears the hidden fields of `message` and of the messages in it.
-    fn strip(&self, message: &mut DynamicMessage) {
-        if !self.messages.contains(message.descriptor().full_name()) {
-            return;
-        }
-        for field in message.descriptor().fields() {
-            if self.fields.contains(field.full_name()) {
-                message.clear_field(&field);
-                continue;
-            }
-            if !message.has_field(&field) {
-                continue;
-            }
-            match message.get_field_mut(&field) {
-                Value::Message(inner) => self.strip(inner),
-                Value::List(items) => {
-                    for item in items {
-                        if let Value::Message(inner) = item {
-                            self.strip(inner);
-                        }
-                    }
-                }
-                Value::Map(entries) => {
-                    for value in entries.values_mut() {
-                        if let Value::Message(inner) = value {
-                            self.strip(inner);
-                        }
-                    }
-                }
-                _ => {}
-            }
         }
     }
 }
