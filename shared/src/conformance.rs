@@ -24,6 +24,8 @@ use http_body::Frame;
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
+use crate::headers::GRPC_STATUS;
+
 /// The answers of tonic that the spec words otherwise: tonic's code (`grpc-status`)
 /// and the start of its message (`tonic::codec` and `tonic::server::grpc`), the code
 /// the spec gives. A tonic upgrade that rewords them is caught by the tests below
@@ -170,14 +172,14 @@ fn trailers_spec_status(frame: Frame<Bytes>) -> Frame<Bytes> {
 /// Applies [`REWRITES`]; the message stays.
 fn spec_status(headers: &mut HeaderMap) {
     if let Some(code) = spec_code(headers) {
-        headers.insert("grpc-status", code.clone());
+        headers.insert(GRPC_STATUS, code.clone());
     }
 }
 
 /// The spec's code where it differs from tonic's. The same code with another message
 /// (an OUT_OF_RANGE that a handler returns) is left alone.
 fn spec_code(headers: &HeaderMap) -> Option<&'static HeaderValue> {
-    let code = headers.get("grpc-status")?;
+    let code = headers.get(GRPC_STATUS)?;
     // Most calls end with OK: decode the message only when a rewrite may apply.
     if !REWRITES.iter().any(|(from, ..)| code == from) {
         return None;

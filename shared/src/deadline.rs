@@ -17,6 +17,8 @@ use tokio::time::{Instant, Timeout};
 use tonic::Status;
 use tower::{Layer, Service};
 
+use crate::headers::GRPC_TIMEOUT;
+
 tokio::task_local! {
     static DEADLINE: Instant;
 }
@@ -122,7 +124,7 @@ where
 }
 
 pub(crate) fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
-    let value = headers.get("grpc-timeout")?.to_str().ok()?;
+    let value = headers.get(GRPC_TIMEOUT)?.to_str().ok()?;
     let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
     if digits.is_empty() || digits.len() > 8 {
         return None;

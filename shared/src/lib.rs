@@ -34,6 +34,7 @@ pub mod deadline;
 pub mod env;
 mod error;
 pub mod events;
+mod headers;
 pub mod health;
 pub mod id;
 pub mod identity;

@@ -29,6 +29,7 @@ use tower::{Layer, Service};
 use tracing::Instrument;
 use tracing::instrument::Instrumented;
 
+use crate::headers::{GRPC_MESSAGE, GRPC_STATUS};
 use crate::metrics::{self, CallMetrics, Side};
 use crate::panic::{self, Panic};
 
@@ -111,13 +112,13 @@ impl Call {
 /// The status of a call whose handler panicked: INTERNAL, with no detail for the client.
 fn internal_status() -> HeaderMap {
     let mut status = HeaderMap::with_capacity(2);
-    status.insert("grpc-status", HeaderValue::from(INTERNAL));
-    status.insert("grpc-message", HeaderValue::from_static("internal error"));
+    status.insert(GRPC_STATUS, HeaderValue::from(INTERNAL));
+    status.insert(GRPC_MESSAGE, HeaderValue::from_static("internal error"));
     status
 }
 
 fn grpc_status(headers: &HeaderMap) -> Option<i32> {
-    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
+    headers.get(GRPC_STATUS)?.to_str().ok()?.parse().ok()
 }
 
 /// `/package.Service/Method` → (`package.Service/Method`, `package.Service`, `Method`).

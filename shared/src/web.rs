@@ -29,17 +29,14 @@ use tower::{Layer, Service, ServiceExt as _};
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 
 use crate::env::{ConfigError, Env};
+use crate::headers::{GRPC_MESSAGE, GRPC_STATUS, GRPC_STATUS_DETAILS};
 
 /// The variable naming the origins allowed to call from a browser.
 pub const CORS_ORIGINS: &str = "GRPC_WEB_CORS_ORIGINS";
 
 /// What browsers may read of an answer: the status travels in these headers when it
 /// comes without messages (a "trailers-only" answer).
-const EXPOSED: [HeaderName; 3] = [
-    HeaderName::from_static("grpc-status"),
-    HeaderName::from_static("grpc-message"),
-    HeaderName::from_static("grpc-status-details-bin"),
-];
+const EXPOSED: [HeaderName; 3] = [GRPC_STATUS, GRPC_MESSAGE, GRPC_STATUS_DETAILS];
 
 /// `GRPC_WEB_CORS_ORIGINS`: the origins whose pages may call this server.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -19,6 +19,7 @@ use super::Upstream;
 use super::balance::Endpoints;
 use super::outcome::{self, Health, Outcome};
 use super::policy::{Backoff, Breaker, RetryBudget};
+use crate::headers::{GRPC_STATUS, GRPC_TIMEOUT};
 use crate::{ClientConfig, metrics};
 
 /// Put in a request's extensions (`tonic::Request::extensions_mut`) by a caller that
@@ -382,14 +383,14 @@ fn set_grpc_timeout(headers: &mut http::HeaderMap, deadline: Instant) {
         _ => format!("{}m", left.as_millis().min(99_999_999)),
     };
     headers.insert(
-        "grpc-timeout",
+        GRPC_TIMEOUT,
         http::HeaderValue::from_str(&value).expect("digits and a unit"),
     );
 }
 
 /// The status of a trailers-only response (how errors come back), if this is one.
 fn grpc_status(headers: &http::HeaderMap) -> Option<Code> {
-    let code: i32 = headers.get("grpc-status")?.to_str().ok()?.parse().ok()?;
+    let code: i32 = headers.get(GRPC_STATUS)?.to_str().ok()?.parse().ok()?;
     Some(Code::from(code))
 }
 

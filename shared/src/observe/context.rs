@@ -5,6 +5,7 @@
 use http::header::HeaderMap;
 use opentelemetry::propagation::{Extractor, Injector};
 
+use crate::headers::TRACE_CONTEXT;
 use crate::telemetry;
 
 /// Runs `f`, in which the first span created continues the trace whose context
@@ -61,7 +62,11 @@ pub struct HeaderExtractor<'a>(pub &'a HeaderMap);
 
 impl Extractor for HeaderExtractor<'_> {
     fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key)?.to_str().ok()
+        let value = match TRACE_CONTEXT.iter().find(|known| known.as_str() == key) {
+            Some(known) => self.0.get(known),
+            None => self.0.get(key),
+        };
+        value?.to_str().ok()
     }
 
     fn keys(&self) -> Vec<&str> {
@@ -75,10 +80,9 @@ pub struct HeaderInjector<'a>(pub &'a mut HeaderMap);
 
 impl Injector for HeaderInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
-        // The names the propagators write, without copying them per call.
-        const KNOWN: [&str; 3] = ["traceparent", "tracestate", "baggage"];
-        let name = match KNOWN.iter().find(|known| **known == key) {
-            Some(known) => Ok(http::HeaderName::from_static(known)),
+        // The names the propagators write, without parsing them per call.
+        let name = match TRACE_CONTEXT.iter().find(|known| known.as_str() == key) {
+            Some(known) => Ok(known.clone()),
             None => http::HeaderName::from_bytes(key.as_bytes()),
         };
         if let (Ok(name), Ok(value)) = (name, http::HeaderValue::try_from(value)) {
