@@ -45,6 +45,7 @@ pub mod money;
 pub mod observe;
 pub mod pagination;
 pub mod panic;
+pub mod runtime;
 pub mod server;
 pub mod shutdown;
 pub mod status;

@@ -341,7 +341,13 @@ impl Server {
             .add_routes(routes);
 
         health.serving();
-        tracing::info!(service = name, %addr, %admin_addr, "serving gRPC");
+        tracing::info!(
+            service = name,
+            %addr,
+            %admin_addr,
+            runtime = crate::runtime::flavor(),
+            "serving gRPC"
+        );
         // However serving ends, what waits for the drain is told.
         let _draining = signals.draining().clone().drop_guard();
         let _drained = signals.drained().clone().drop_guard();

@@ -5,16 +5,17 @@ use std::net::SocketAddr;
 
 use bench::baseline::{BaselineInventory, InventoryServiceServer};
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let addr: SocketAddr = std::env::args()
-        .nth(1)
-        .as_deref()
-        .unwrap_or("127.0.0.1:50060")
-        .parse()?;
-    tonic::transport::Server::builder()
-        .add_service(InventoryServiceServer::new(BaselineInventory))
-        .serve(addr)
-        .await?;
-    Ok(())
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    shared::runtime::block_on(async {
+        let addr: SocketAddr = std::env::args()
+            .nth(1)
+            .as_deref()
+            .unwrap_or("127.0.0.1:50060")
+            .parse()?;
+        tonic::transport::Server::builder()
+            .add_service(InventoryServiceServer::new(BaselineInventory))
+            .serve(addr)
+            .await?;
+        Ok(())
+    })
 }

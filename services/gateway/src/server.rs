@@ -100,7 +100,13 @@ impl Server {
             readiness,
             draining,
         } = self;
-        tracing::info!(service = name, %addr, %admin_addr, "serving HTTP");
+        tracing::info!(
+            service = name,
+            %addr,
+            %admin_addr,
+            runtime = shared::runtime::flavor(),
+            "serving HTTP"
+        );
         let hooks = shared::lifecycle::Hooks {
             // `/readyz` turns 503.
             not_ready: || draining.cancel(),

@@ -4,14 +4,15 @@
 //! Without it, it consumes an in-process bus that nothing in this process publishes
 //! to; the `stack` launcher runs orders and notifications in one process, on one bus.
 
-#[tokio::main]
-async fn main() -> Result<(), shared::Error> {
-    let env = shared::Env::from_process();
-    let telemetry = shared::telemetry::init(notifications::NAME, &env)?;
-    let config = notifications::Config::from_env(&env)?;
-    let local = shared::events::InProcessBus::new();
-    let server = notifications::build(config, &local).await?;
-    server.serve(shared::shutdown::signal()).await?;
-    telemetry.shutdown().await;
-    Ok(())
+fn main() -> Result<(), shared::Error> {
+    shared::runtime::block_on(async {
+        let env = shared::Env::from_process();
+        let telemetry = shared::telemetry::init(notifications::NAME, &env)?;
+        let config = notifications::Config::from_env(&env)?;
+        let local = shared::events::InProcessBus::new();
+        let server = notifications::build(config, &local).await?;
+        server.serve(shared::shutdown::signal()).await?;
+        telemetry.shutdown().await;
+        Ok(())
+    })
 }

@@ -4,14 +4,15 @@
 //! process consumes them. Without it, they go to an in-process bus that nothing in this
 //! process consumes; the `stack` launcher runs both in one process, on one bus.
 
-#[tokio::main]
-async fn main() -> Result<(), shared::Error> {
-    let env = shared::Env::from_process();
-    let telemetry = shared::telemetry::init(orders::NAME, &env)?;
-    let config = orders::Config::from_env(&env)?;
-    let local = shared::events::InProcessBus::new();
-    let server = orders::build(config, &local).await?;
-    server.serve(shared::shutdown::signal()).await?;
-    telemetry.shutdown().await;
-    Ok(())
+fn main() -> Result<(), shared::Error> {
+    shared::runtime::block_on(async {
+        let env = shared::Env::from_process();
+        let telemetry = shared::telemetry::init(orders::NAME, &env)?;
+        let config = orders::Config::from_env(&env)?;
+        let local = shared::events::InProcessBus::new();
+        let server = orders::build(config, &local).await?;
+        server.serve(shared::shutdown::signal()).await?;
+        telemetry.shutdown().await;
+        Ok(())
+    })
 }

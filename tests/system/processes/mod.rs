@@ -11,6 +11,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
@@ -187,12 +188,32 @@ pub(crate) struct Process {
     lines: Arc<Mutex<Vec<String>>>,
 }
 
+/// `binary` on one CPU, as the pods of `k8s/` are limited to one, so that it runs on
+/// the runtime it has there (`shared::runtime`): through `taskset` where there is one
+/// (Linux), the processes taking the CPUs in turn.
+fn on_one_cpu(binary: &Path) -> Command {
+    static NEXT_CPU: AtomicUsize = AtomicUsize::new(0);
+    let taskset = std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join("taskset"))
+        .find(|path| path.is_file());
+    let Some(taskset) = taskset else {
+        return Command::new(binary);
+    };
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpu = NEXT_CPU.fetch_add(1, Ordering::Relaxed) % cpus;
+    let mut command = Command::new(taskset);
+    command.arg("--cpu-list").arg(cpu.to_string()).arg(binary);
+    command
+}
+
 impl Process {
     /// Starts binary `name` with exactly `env` plus free listen ports and JSON logs, and
     /// waits (bounded) for its "serving" line.
     pub(crate) async fn start(name: &'static str, env: &[(&str, String)]) -> Self {
         let binary = bin_dir().join(bin_name(name));
-        let mut child = Command::new(&binary)
+        let mut child = on_one_cpu(&binary)
             .env_clear()
             .env("LISTEN_ADDR", "127.0.0.1:0")
             .env("ADMIN_LISTEN_ADDR", "127.0.0.1:0")
@@ -210,10 +231,11 @@ impl Process {
         // Reads every line for the test to search later; the "serving" one is also sent.
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                // Kept before it is sent: the test may look for it once started.
+                kept.lock().unwrap().push(line.clone());
                 if line.contains("\"serving ") {
-                    let _ = serving_tx.send(line.clone());
+                    let _ = serving_tx.send(line);
                 }
-                kept.lock().unwrap().push(line);
             }
         });
         let line = tokio::task::spawn_blocking(move || serving_rx.recv_timeout(PATIENCE))
@@ -243,6 +265,15 @@ impl Process {
             child,
             lines,
         }
+    }
+
+    /// The runtime the process serves on, from its "serving" log line.
+    pub(crate) fn runtime(&self) -> Option<String> {
+        self.log_lines().iter().find_map(|line| {
+            let log: serde_json::Value = serde_json::from_str(line).ok()?;
+            let serving = log["message"].as_str()?.starts_with("serving ");
+            serving.then(|| log["runtime"].as_str().map(str::to_owned))?
+        })
     }
 
     /// `http://addr`, for the upstream variables of other services.
