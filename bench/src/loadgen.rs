@@ -84,7 +84,14 @@ impl Target {
                 .await
                 .map_err(|e| format!("cannot connect to {uri}: {e}"))?;
             tcp.set_nodelay(true).map_err(|e| e.to_string())?;
-            let (send, connection) = h2::client::handshake(tcp)
+            // Each answer comes in small DATA frames ahead of its trailers, and with up to
+            // [`MAX_IN_FLIGHT`] calls waiting to be read, h2's guard against floods of
+            // small frames (a budget of half the connection window) took the server
+            // for an attacker once it answered 47k calls a second: unbounded here, as
+            // this client is the load, not the target.
+            let (send, connection) = h2::client::Builder::new()
+                .data_frame_budget(usize::MAX)
+                .handshake(tcp)
                 .await
                 .map_err(|e| format!("HTTP/2 handshake with {uri}: {e}"))?;
             tokio::spawn(async move {
