@@ -124,12 +124,13 @@ where
         let mut kind = KindField(SpanKind::Internal);
         attrs.record(&mut kind);
         let builder = SpanBuilder::from_name(attrs.metadata().name()).with_kind(kind.0);
-        let mut started = self.tracer.build_with_context(builder, &parent);
+        let started = self.tracer.build_with_context(builder, &parent);
         let context = if started.is_recording() {
+            let context = parent.with_span(started);
             let mut fields = Fields::default();
             attrs.record(&mut fields);
-            fields.apply(&mut started);
-            parent.with_span(started)
+            fields.apply(&context.span());
+            context
         } else {
             parent.with_remote_span_context(started.span_context().clone())
         };
@@ -140,14 +141,7 @@ where
         with_recording(ctx.span(id), |context| {
             let mut fields = Fields::default();
             values.record(&mut fields);
-            let span = context.span();
-            if let Some(status) = fields.status() {
-                span.set_status(status);
-            }
-            if let Some(name) = fields.name {
-                span.update_name(name);
-            }
-            span.set_attributes(fields.attributes);
+            fields.apply(&context.span());
         });
     }
 
@@ -161,7 +155,7 @@ where
             let metadata = event.metadata();
             let mut fields = Fields::of_event(vec![
                 KeyValue::new("level", metadata.level().as_str()),
-                KeyValue::new("target", metadata.target().to_owned()),
+                KeyValue::new("target", metadata.target()),
             ]);
             event.record(&mut fields);
             let span = context.span();
@@ -246,7 +240,7 @@ impl Fields {
         }
     }
 
-    fn apply(mut self, span: &mut impl opentelemetry::trace::Span) {
+    fn apply(mut self, span: &opentelemetry::trace::SpanRef<'_>) {
         if let Some(status) = self.status() {
             span.set_status(status);
         }
