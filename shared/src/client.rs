@@ -53,6 +53,7 @@ use crate::env::{ConfigError, Env};
 use crate::observe::ClientRpc;
 
 mod balance;
+mod coalesce;
 pub mod outcome;
 pub mod policy;
 mod resilient;
@@ -85,10 +86,19 @@ pub fn channel(
     ClientRpc::new(resilient, &host, Some(port))
 }
 
-/// The one place where a connection to one address of a downstream is configured.
-/// `addr` is what is dialled; `target` is the address as configured, whose host name
-/// stays the request's `:authority` (and is the name to verify for TLS).
-pub(crate) fn endpoint(addr: SocketAddr, target: &Target, config: &ClientConfig) -> Endpoint {
+/// The one place where a connection to one address of a downstream is configured: a
+/// channel that connects on its first call. `addr` is what is dialled; `target` is the
+/// address as configured, whose host name stays the request's `:authority` (and is
+/// the name to verify for TLS).
+pub(crate) fn connect_lazy(
+    addr: SocketAddr,
+    target: &Target,
+    config: &ClientConfig,
+) -> tonic::transport::Channel {
+    endpoint(addr, target, config).connect_with_connector_lazy(coalesce::Connector::new())
+}
+
+fn endpoint(addr: SocketAddr, target: &Target, config: &ClientConfig) -> Endpoint {
     let uri = Uri::builder()
         .scheme(target.uri.scheme_str().unwrap_or("http"))
         .authority(addr.to_string())
@@ -98,7 +108,6 @@ pub(crate) fn endpoint(addr: SocketAddr, target: &Target, config: &ClientConfig)
     let endpoint = Endpoint::from(uri)
         .origin(target.uri.clone())
         .connect_timeout(config.connect_timeout)
-        .tcp_nodelay(true)
         // The servers' limit (one variable): every answer a server may send is taken.
         .http2_max_header_list_size(config.max_header_list_size)
         // Detect dead peers (a node gone without a FIN) instead of waiting for TCP.

@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::{Target, Upstream, endpoint};
+use super::{Target, Upstream, connect_lazy};
 use crate::ClientConfig;
 
 /// How long an address whose connection failed is skipped, unless every address is.
@@ -44,7 +44,7 @@ impl Backend {
     fn new(addr: SocketAddr, target: &Target, config: &ClientConfig) -> Arc<Self> {
         Arc::new(Self {
             addr,
-            channel: endpoint(addr, target, config).connect_lazy(),
+            channel: connect_lazy(addr, target, config),
             ejected_until: Mutex::new(None),
         })
     }
