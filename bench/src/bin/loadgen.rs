@@ -15,7 +15,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let uri = args.next().ok_or(usage)?;
     let rate: f64 = args.next().ok_or(usage)?.parse()?;
     let seconds: u64 = args.next().map_or(Ok(10), |s| s.parse())?;
-    let target = Target::get_product(&uri, SKU).await?;
+    let target = Target::grpc_get_product(&uri, SKU).await?;
     let outcome = open_loop(
         &target,
         rate,
