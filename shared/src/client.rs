@@ -95,7 +95,8 @@ pub(crate) fn connect_lazy(
     target: &Target,
     config: &ClientConfig,
 ) -> tonic::transport::Channel {
-    endpoint(addr, target, config).connect_with_connector_lazy(coalesce::Connector::new())
+    let connector = coalesce::Connector::new(config.connect_timeout);
+    endpoint(addr, target, config).connect_with_connector_lazy(connector)
 }
 
 fn endpoint(addr: SocketAddr, target: &Target, config: &ClientConfig) -> Endpoint {
@@ -107,7 +108,9 @@ fn endpoint(addr: SocketAddr, target: &Target, config: &ClientConfig) -> Endpoin
         .expect("a socket address makes a valid authority");
     let endpoint = Endpoint::from(uri)
         .origin(target.uri.clone())
-        .connect_timeout(config.connect_timeout)
+        // No `connect_timeout` here: the connector bounds the TCP connect itself
+        // (`coalesce::Connector`), so that a connection not made in time is told apart
+        // from a broken one (`outcome::classify`); the TLS handshake has its own bound.
         // The servers' limit (one variable): every answer a server may send is taken.
         .http2_max_header_list_size(config.max_header_list_size)
         // Detect dead peers (a node gone without a FIN) instead of waiting for TCP.

@@ -1,19 +1,26 @@
 //! A call's request in one write to the socket instead of two.
 //!
-//! hyper's HTTP/2 client queues a request's HEADERS frame when the call is made and
-//! its DATA frame from the body, and the connection task, woken by the first, writes
-//! the HEADERS alone before the DATA is queued: two `writev`s per call (seen with
-//! `strace` on the gateway, and the same with a bare tonic `Channel`). The server then
-//! wakes twice for one call, reads a request it cannot serve yet, and sleeps again; on
-//! a virtual machine each wake-up costs more than the call's own work.
+//! hyper's HTTP/2 client queues a request's HEADERS frame when the call is made, but
+//! its body cannot be queued yet: h2 gives a new stream no room to send until the
+//! connection's task opens it, so hyper leaves the body to a task of its own that waits
+//! for that room. The connection's task opens the stream, which wakes the body's task,
+//! and writes the HEADERS alone; the DATA follows in a second write once the body's
+//! task has run: two `writev`s per call (seen with `strace` on the gateway, and the same
+//! with a bare tonic `Channel`). The server then wakes twice for one call, reads a
+//! request it cannot serve yet, and sleeps again; on a virtual machine each wake-up
+//! costs more than the call's own work.
 //!
 //! [`Coalescing`] lets the first write of each batch wait one turn of the scheduler:
-//! the connection's task is woken again at once, the tasks already due (the one that
-//! queues the body) run, and the next attempt writes everything queued by then, the
-//! HEADERS and DATA of the call (and of the other calls made in that turn) together.
-//! The wait is a turn of the scheduler, not a timer: nothing is held back past work
-//! that is already due. It measured no cost in instructions (callgrind, gateway
-//! GetProduct under load: 170.4k per request with two writes, 169.8k–170.2k with one).
+//! the connection's task wakes itself, which puts it behind the tasks already due (on
+//! both of tokio's schedulers: a task that wakes itself while it runs is queued as one
+//! that yields), the body's task queues the DATA, and the next attempt writes everything
+//! queued by then, the HEADERS and DATA of the call (and of the other calls made in
+//! that turn) together. The wait is a turn of the scheduler, not a timer: nothing is
+//! held back past work that is already due. It measured no cost in instructions
+//! (callgrind, gateway GetProduct under load: 170.4k per request with two writes,
+//! 169.8k–170.2k with one). On the multi-threaded scheduler another worker may take one
+//! of the two tasks meanwhile, and the two writes can still happen: gathering is
+//! certain on one thread (one CPU, as in the pods of `k8s/`) and likely on more.
 //!
 //! Over TLS the writes reach the connection from rustls' own flush, after the wait, so
 //! there is nothing to gather: `https://` connections are left as they are.
@@ -22,6 +29,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http::Uri;
 use hyper::rt::{Read, ReadBufCursor, Write};
@@ -119,18 +127,23 @@ impl<Io: Write + Unpin> Write for Coalescing<Io> {
     }
 }
 
-/// Dials TCP (no Nagle: each write leaves at once) and wraps the connection in
-/// [`Coalescing`]. TLS, when configured, goes on top (tonic adds it), and the connect
-/// timeout around it.
+/// Dials TCP within `connect_timeout` (no Nagle: each write leaves at once) and wraps
+/// the connection in [`Coalescing`]; TLS, when configured, goes on top (tonic adds
+/// it). The settings are those of tonic's own connector for our endpoints. The timeout
+/// is the connector's own, as in tonic's, so that a connection not made in time
+/// fails as one that could not be made (`tonic::ConnectError`): the channel then sends
+/// the call at once to another address (`outcome::classify`), where a timeout around
+/// the connector would make it a broken connection.
 #[derive(Clone, Debug)]
 pub(crate) struct Connector(HttpConnector);
 
 impl Connector {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(connect_timeout: Duration) -> Self {
         let mut http = HttpConnector::new();
-        // tonic's own connector does the same: an `https://` address is TLS over TCP.
+        // An `https://` address is TLS over TCP.
         http.enforce_http(false);
         http.set_nodelay(true);
+        http.set_connect_timeout(Some(connect_timeout));
         Self(http)
     }
 }

@@ -371,6 +371,39 @@ async fn calls_spread_over_every_address_and_go_on_when_one_dies() {
 }
 
 #[tokio::test]
+async fn a_connection_not_made_in_time_sends_the_call_at_once_to_another_address() {
+    // A listener that never accepts, its queue full: the kernel drops the SYNs of any
+    // further connection, which then waits for the connect timeout, as towards a
+    // node that is gone.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let silent = socket.listen(0).unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let _queued = tokio::net::TcpStream::connect(silent_addr).await.unwrap();
+    let fake = Fake::default();
+    let server = serve(&fake).await;
+    let upstream = format!("http://{silent_addr},http://{}", server.addr);
+    let channel = channel(&upstream, &[("GRPC_CLIENT_CONNECT_TIMEOUT", "200ms")]);
+    // Round robin: one of the two calls tries the silent address first.
+    for _ in 0..2 {
+        get(&channel)
+            .await
+            .expect("sent again to the address that answers");
+    }
+    assert_eq!(fake.calls(), 2);
+    // Sent again at once as never sent, not after a back-off as a broken call.
+    let transparent = shared::metrics::render()
+        .lines()
+        .find(|line| {
+            line.starts_with("rpc_client_transparent_retries_total{")
+                && line.contains(&silent_addr.to_string())
+        })
+        .map(|line| line.rsplit(' ').next().unwrap().to_owned());
+    assert_eq!(transparent.as_deref(), Some("1"));
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn an_address_whose_connections_are_reset_is_set_aside() {
     let (a, b) = (Fake::default(), Fake::default());
     let (server_a, server_b) = (serve(&a).await, serve(&b).await);
