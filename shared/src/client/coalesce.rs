@@ -238,6 +238,22 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn only_plaintext_connections_gather_their_writes() {
+        use tower::Service as _;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut connector = Connector::new(Duration::from_secs(5));
+        for (scheme, gathers) in [("http", true), ("https", false)] {
+            let uri: Uri = format!("{scheme}://{addr}").parse().unwrap();
+            std::future::poll_fn(|cx| connector.poll_ready(cx))
+                .await
+                .unwrap();
+            let connection = connector.call(uri).await.unwrap();
+            assert_eq!(connection.gather, gathers, "{scheme}");
+        }
+    }
+
+    #[tokio::test]
     async fn a_unary_call_is_written_to_the_connection_at_once() {
         // A tonic server and a tonic channel over an in-memory pipe, the channel's end
         // wrapped as the connector wraps a TCP connection, its writes counted.
