@@ -40,7 +40,8 @@
 //!
 //! The layers, outermost first: [`ClientRpc`] (one span and one sample per call, what
 //! the caller sees) → [`Resilient`] (deadline, bulkhead, retries, breaker, balancing)
-//! → one lazily connected tonic channel per address.
+//! → one lazily connected tonic channel per address, over connections that send each
+//! call's HEADERS and DATA frames in one write (`client/coalesce.rs`).
 
 use std::fmt;
 use std::net::SocketAddr;
