@@ -112,6 +112,8 @@ fn endpoint(addr: SocketAddr, target: &Target, config: &ClientConfig) -> Endpoin
         // No `connect_timeout` here: the connector bounds the TCP connect itself
         // (`coalesce::Connector`), so that a connection not made in time is told apart
         // from a broken one (`outcome::classify`); the TLS handshake has its own bound.
+        // TCP options go there too: tonic applies `Endpoint::tcp_*` only to the
+        // connector of its own.
         // The servers' limit (one variable): every answer a server may send is taken.
         .http2_max_header_list_size(config.max_header_list_size)
         // Detect dead peers (a node gone without a FIN) instead of waiting for TCP.
