@@ -64,12 +64,14 @@ port_forward() {
   forward_pid=$!
   local_port=""
   for ((i = 0; i < 100; i++)); do
-    local_port="$(sed -n 's/^Forwarding from 127\.0\.0\.1:\([0-9]*\) .*/\1/p' "$out" | head -n1)"
+    # The background job creates "$out" when it gets to run, which on a busy machine
+    # can be after the first look here: a missing file is "not yet", not a failure.
+    local_port="$(sed -n 's/^Forwarding from 127\.0\.0\.1:\([0-9]*\) .*/\1/p' "$out" 2>/dev/null | head -n1 || true)"
     [[ -z $local_port ]] || return 0
     kill -0 "$forward_pid" 2>/dev/null || break
     sleep 0.1
   done
-  cat "$out" >&2
+  cat "$out" >&2 2>/dev/null || true
   die "kubectl port-forward svc/$service :$port did not start (above)"
 }
 
