@@ -43,10 +43,12 @@ class PortForwardTest(unittest.TestCase):
         kubectl = bindir / "kubectl"
         kubectl.write_text(FAKE_KUBECTL)
         kubectl.chmod(0o755)
-        # A port that was free a moment ago: connections to it are refused.
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        # A port bound but not listening: connections to it are refused, and no
+        # parallel test's server can take it meanwhile.
+        closed = socket.socket()
+        self.addCleanup(closed.close)
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
         done = subprocess.run(
             ["bash", str(ROOT / "scripts" / "kind-smoke.sh")],
             env={"PATH": f"{bindir}:/usr/bin:/bin", "HOME": str(work), "TMPDIR": str(work),

@@ -94,6 +94,46 @@ pub fn env<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Env {
     .collect()
 }
 
+/// An address on 127.0.0.1 where nothing listens, for as long as this lives:
+/// a connection to it is refused.
+///
+/// The port stays bound (but not listening) meanwhile. A port that was merely
+/// free a moment ago can be handed by the kernel to another test's server,
+/// in this process or a parallel one, and a call meant to be refused then
+/// reaches that server and fails some other way.
+#[derive(Debug)]
+pub struct ClosedPort {
+    /// The address.
+    pub addr: SocketAddr,
+    _bound: tokio::net::TcpSocket,
+}
+
+impl ClosedPort {
+    /// Binds a free port on 127.0.0.1, without listening on it.
+    pub fn new() -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().expect("a TCP socket");
+        socket
+            .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .expect("a free port on 127.0.0.1");
+        let addr = socket.local_addr().expect("the bound address");
+        Self {
+            addr,
+            _bound: socket,
+        }
+    }
+
+    /// `http://127.0.0.1:<port>`, for an `*_ADDR` variable.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Default for ClosedPort {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Polls `condition` every 10 ms until it holds; panics naming `what` after 10 s.
 pub async fn eventually<F, Fut>(what: &str, mut condition: F)
 where
@@ -360,7 +400,23 @@ pub async fn fresh_db_config() -> crate::db::DbConfig {
 
 #[cfg(test)]
 mod tests {
-    use super::with_database;
+    use super::{ClosedPort, with_database};
+
+    #[tokio::test]
+    async fn a_closed_port_refuses_connections_and_no_server_can_take_it() {
+        let closed = ClosedPort::new();
+        let err = tokio::net::TcpStream::connect(closed.addr)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+        // tokio binds with SO_REUSEADDR, as the servers under test do.
+        let err = tokio::net::TcpListener::bind(closed.addr)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
+        let err = std::net::TcpListener::bind(closed.addr).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
+    }
 
     #[test]
     fn the_database_of_a_url_is_replaced() {

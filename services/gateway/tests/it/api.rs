@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use gateway::testing::HttpClient;
 use http::{Method, StatusCode};
 use serde_json::json;
-use shared::testing::eventually;
+use shared::testing::{ClosedPort, eventually};
 use stack::testing::TestStack;
 use support::{error, fields, order, place, start};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -63,12 +63,6 @@ impl TestGateway {
 
 fn url(addr: SocketAddr) -> String {
     format!("http://{addr}")
-}
-
-/// An address where nothing listens: the port was free a moment ago.
-async fn closed_port() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    url(listener.local_addr().unwrap())
 }
 
 #[tokio::test]
@@ -417,8 +411,8 @@ async fn readyz_is_200_once_every_upstream_serves() {
 #[tokio::test]
 async fn an_upstream_down_makes_readyz_503_naming_it_and_its_calls_503() {
     let stack = start().await;
-    let orders = closed_port().await;
-    let gateway = TestGateway::in_front_of(&stack, &[("ORDERS_ADDR", &orders)]).await;
+    let orders = ClosedPort::new();
+    let gateway = TestGateway::in_front_of(&stack, &[("ORDERS_ADDR", &orders.url())]).await;
     let readyz = || async {
         let response = gateway.http.get("/readyz").await;
         assert_eq!(response.status, StatusCode::SERVICE_UNAVAILABLE);
@@ -441,9 +435,9 @@ async fn an_upstream_down_makes_readyz_503_naming_it_and_its_calls_503() {
     let response = gateway.http.get("/v1/orders/ord_1").await;
     let error = error(&response, StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE");
     let message = error["message"].as_str().unwrap();
-    let port = orders.rsplit(':').next().unwrap();
+    let port = orders.addr.port().to_string();
     assert!(
-        !message.contains(port) && !message.contains("127.0.0.1"),
+        !message.contains(&port) && !message.contains("127.0.0.1"),
         "leaks the address: {message}"
     );
 }

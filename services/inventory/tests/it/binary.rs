@@ -72,20 +72,15 @@ fn a_bad_variable_stops_start_up_with_its_name() {
 
 #[test]
 fn an_unreachable_database_stops_start_up_with_the_cause() {
-    // A port nobody listens on: bound, then released.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let url = format!("postgres://app:s3cret@127.0.0.1:{port}/shop");
+    let closed = shared::testing::ClosedPort::new();
+    let url = format!("postgres://app:s3cret@{}/shop", closed.addr);
     let output = start(&[("DATABASE_URL", &url), ("DATABASE_CONNECT_TIMEOUT", "1s")])
         .output()
         .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains(&format!("cannot connect to PostgreSQL at 127.0.0.1:{port}")),
+        stderr.contains(&format!("cannot connect to PostgreSQL at {}", closed.addr)),
         "{stderr}"
     );
     assert!(

@@ -36,13 +36,8 @@ fn a_bad_nats_url_stops_start_up_with_its_name_and_no_password() {
 
 #[test]
 fn an_unreachable_nats_stops_start_up_after_the_connect_timeout() {
-    // A port nothing listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let url = format!("nats://events:hunter2@127.0.0.1:{port}");
+    let closed = shared::testing::ClosedPort::new();
+    let url = format!("nats://events:hunter2@{}", closed.addr);
     let stderr = failed_start_up(&[
         ("LISTEN_ADDR", "127.0.0.1:0"),
         ("ADMIN_LISTEN_ADDR", "127.0.0.1:0"),
@@ -51,7 +46,8 @@ fn an_unreachable_nats_stops_start_up_after_the_connect_timeout() {
     ]);
     assert!(
         stderr.contains(&format!(
-            "cannot connect to NATS at nats://***@127.0.0.1:{port} within 1s"
+            "cannot connect to NATS at nats://***@{} within 1s",
+            closed.addr
         )),
         "{stderr}"
     );

@@ -22,7 +22,7 @@ use contracts::payments::v1::{GetPaymentRequest, ListPaymentsRequest, Payment, P
 use orders::events::ORDER_EVENTS;
 use prost::Message;
 use shared::events::{InProcessBus, Subscription};
-use shared::testing::{TestServer, env, eventually};
+use shared::testing::{ClosedPort, TestServer, env, eventually};
 use tokio::sync::Semaphore;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status, Streaming};
@@ -232,12 +232,6 @@ fn status(order: &Order) -> OrderStatus {
     order.status()
 }
 
-/// An address where nothing listens.
-fn closed_port() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    format!("http://{}", listener.local_addr().unwrap())
-}
-
 #[tokio::test]
 async fn an_order_is_confirmed_its_stock_sold_and_its_card_charged() {
     let mut stack = Stack::start().await;
@@ -351,8 +345,8 @@ async fn a_failure_after_the_charge_refunds_releases_and_fails_the_order() {
 
 #[tokio::test]
 async fn an_unreachable_payments_fails_the_order_and_restores_the_stock() {
-    let payments = closed_port();
-    let stack = Stack::start_with(None, &[("PAYMENTS_ADDR", &payments)]).await;
+    let payments = ClosedPort::new();
+    let stack = Stack::start_with(None, &[("PAYMENTS_ADDR", &payments.url())]).await;
     let order = stack
         .place(order_request(
             "req-1",
@@ -370,8 +364,8 @@ async fn an_unreachable_payments_fails_the_order_and_restores_the_stock() {
 
 #[tokio::test]
 async fn an_unreachable_inventory_is_unavailable_and_places_nothing() {
-    let inventory = closed_port();
-    let stack = Stack::start_with(None, &[("INVENTORY_ADDR", &inventory)]).await;
+    let inventory = ClosedPort::new();
+    let stack = Stack::start_with(None, &[("INVENTORY_ADDR", &inventory.url())]).await;
     let err = stack
         .place(order_request(
             "req-1",
