@@ -17,17 +17,16 @@ pub struct NatsServer {
 
 impl NatsServer {
     /// Starts the server and returns once it answers JetStream requests.
+    ///
+    /// The server picks its own port (`-p -1`) and reports it in a ports file: a port
+    /// picked here and released could be taken by a parallel test's server first.
     pub async fn start() -> Self {
         init_logs();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free port on 127.0.0.1")
-            .port();
         let store_dir =
             std::env::temp_dir().join(format!("nats-test-{}", uuid::Uuid::new_v4().simple()));
         let mut server = Self {
             binary: nats_server_binary(),
-            port,
+            port: 0,
             store_dir,
             child: None,
         };
@@ -100,22 +99,34 @@ impl NatsServer {
         events
     }
 
+    /// Starts `nats-server` on `self.port`, or on a port of its choosing while that is 0.
     async fn spawn(&mut self) {
+        let port = if self.port == 0 {
+            "-1".to_owned()
+        } else {
+            self.port.to_string()
+        };
         let child = std::process::Command::new(&self.binary)
-            .args([
-                "-js",
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-sd",
-            ])
+            .args(["-js", "-a", "127.0.0.1", "-p", &port, "-sd"])
+            .arg(&self.store_dir)
+            .arg("--ports_file_dir")
             .arg(&self.store_dir)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.binary.display()));
+        let ports_file = format!("_{}.ports", child.id());
         self.child = Some(child);
+        if self.port == 0 {
+            let store_dir = self.store_dir.clone();
+            let mut reported = None;
+            eventually("nats-server to report its port", || {
+                reported = reported_port(&store_dir, &ports_file);
+                std::future::ready(reported.is_some())
+            })
+            .await;
+            self.port = reported.expect("a reported port");
+        }
         let url = self.url();
         eventually("nats-server to accept JetStream requests", || {
             let url = url.clone();
@@ -138,6 +149,18 @@ impl Drop for NatsServer {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.store_dir);
     }
+}
+
+/// The client port in the ports file `nats-server` wrote into `dir`
+/// (`<executable>_<pid>.ports`: `{"nats":["nats://127.0.0.1:<port>"]}`), once it has.
+fn reported_port(dir: &std::path::Path, suffix: &str) -> Option<u16> {
+    let file = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(Result::ok)
+        .find(|entry| entry.file_name().to_string_lossy().ends_with(suffix))?;
+    let ports = std::fs::read_to_string(file.path()).ok()?;
+    let url = ports.split("\"nats://").nth(1)?.split('"').next()?;
+    url.rsplit(':').next()?.parse().ok()
 }
 
 /// Where `nats-server` is; panics saying how to install it.
