@@ -4,9 +4,10 @@
 #
 # Stages:
 #   chef     the Rust toolchain plus cargo-chef
-#   planner  reduces the workspace to a recipe: its manifests and Cargo.lock
-#   builder  compiles the dependencies from the recipe (one layer, cached until a
-#            manifest or Cargo.lock changes), then every binary of the workspace
+#   planner  reduces the workspace to a recipe: its manifests and Cargo.lock; and
+#            lists the packages the images ship: every service, and `stack`
+#   builder  compiles their dependencies from the recipe (one layer, cached until a
+#            manifest or Cargo.lock changes), then their binaries
 #   binary   picks the binary of SERVICE
 #   runtime  distroless, non-root: the binary and nothing else (no shell, no package
 #            manager)
@@ -18,7 +19,12 @@
 #
 # Why `builder` builds every service and does not depend on SERVICE: building the five
 # images (scripts/kind-up.sh) compiles the workspace once; the four other builds reuse
-# the cached `builder` stage and only differ from `binary` on.
+# the cached `builder` stage and only differ from `binary` on. It leaves out the bench
+# harness, whose three binaries no image runs: each would be one more fat-LTO link.
+#
+# How many compilers run at once (`cargo-jobs`, scripts/cargo-jobs.sh): one per CPU,
+# but at most one per 1.5 GiB of available memory, since a fat-LTO link alone takes
+# up to 1.2 GB. `--build-arg CARGO_BUILD_JOBS=N` sets it.
 
 ARG RUST_VERSION=1.95
 # The runtime base must ship the glibc the builder links against: both Debian 12.
@@ -33,20 +39,28 @@ ENV CARGO_PROFILE_RELEASE_STRIP=symbols \
     CARGO_INCREMENTAL=0 \
     CARGO_TERM_COLOR=never
 RUN cargo install cargo-chef --locked --version "${CARGO_CHEF_VERSION}"
+COPY scripts/cargo-jobs.sh /usr/local/bin/cargo-jobs
 WORKDIR /build
 
 FROM chef AS planner
 COPY . .
-RUN cargo chef prepare --recipe-path recipe.json
+# `packages`: one `--package` argument a line, for both cargo steps of `builder`.
+RUN cargo chef prepare --recipe-path recipe.json \
+ && for dir in services/*/; do echo "--package $(basename "$dir")"; done >packages \
+ && echo "--package stack" >>packages
 
 FROM chef AS builder
-COPY --from=planner /build/recipe.json recipe.json
-RUN cargo chef cook --release --locked --workspace --bins --recipe-path recipe.json
+# Unset unless given with --build-arg: then it is the number of jobs (cargo-jobs).
+ARG CARGO_BUILD_JOBS
+COPY --from=planner /build/recipe.json /build/packages ./
+RUN jobs="$(cargo-jobs)" \
+ && xargs cargo chef cook --release --locked --jobs "$jobs" --bins --recipe-path recipe.json <packages
 COPY . .
-# Every binary of the workspace: the services, and the `stack` launcher (the same
-# packages as the cook step, so that dependencies resolve the same features and are
-# not rebuilt; `SERVICE=stack` makes an all-in-one image).
-RUN cargo build --release --locked --workspace --bins
+# The binaries of the services, and of the `stack` launcher (`SERVICE=stack` makes an
+# all-in-one image): the same packages as the cook step, so that dependencies resolve
+# the same features and are not rebuilt.
+RUN jobs="$(cargo-jobs)" \
+ && xargs cargo build --release --locked --jobs "$jobs" --bins <packages
 
 FROM builder AS binary
 ARG SERVICE

@@ -2,7 +2,9 @@
 # Checks the image and the Kubernetes manifests without a cluster (`make test` runs it):
 #   1. hadolint on the Dockerfile, and its build context (k8s/tests/dockercontext.py):
 #      the files .dockerignore lets through, by Docker's rules, hold the whole cargo
-#      workspace (`cargo metadata --locked --offline`, every binary) and every COPY source;
+#      workspace (`cargo metadata --locked --offline`, every binary) and every COPY source,
+#      and the Dockerfile's RUN steps, replayed with a recording `cargo`, cook and build
+#      the services and `stack` with a number of jobs (scripts/cargo-jobs.sh);
 #   2. the scripts users run on their own machines (kind-up, kind-smoke, kind-down,
 #      dev-jwt, tls-certs) use nothing macOS's bash 3.2 and BSD tools lack
 #      (k8s/tests/bash32.py);

@@ -26,6 +26,12 @@ target that `cargo build --workspace --bins` compiles (binaries, libraries, buil
 scripts) has its source file there; every service (a folder of services/) and the
 `stack` launcher has its binary; and every local source of a `COPY`/`ADD` of the
 Dockerfile exists in the context.
+
+Then the Dockerfile's `RUN` steps are replayed there with `/bin/sh -c`, as Docker runs
+them, in order, with a `cargo` that only records its arguments (and every
+`COPY <file> /usr/local/bin/<name>` of the Dockerfile as the command <name>): its
+`cargo chef cook` and `cargo build` must both build, in release with `--locked` and a
+`--jobs` number, the binaries of exactly the services and `stack`.
 """
 
 from __future__ import annotations
@@ -204,6 +210,78 @@ def source_exists(context: list[str], source: str) -> bool:
         regex.match("/".join(p.split("/")[:i])) for p in context for i in range(1, p.count("/") + 1))
 
 
+def dockerfile_lines(dockerfile: str) -> list[tuple[str, str]]:
+    """(instruction, the rest) of every instruction of a Dockerfile: continuation lines
+    joined, comments dropped."""
+    text = re.sub(r"\\\n", " ", "\n".join(ln for ln in dockerfile.splitlines() if not ln.lstrip().startswith("#")))
+    lines = []
+    for line in text.splitlines():
+        words = line.strip().split(None, 1)
+        if len(words) == 2:
+            lines.append((words[0].upper(), words[1].strip()))
+    return lines
+
+
+def replay_cargo_steps(context: Path, dockerfile: str) -> list[list[str]]:
+    """Runs the Dockerfile's shell-form `RUN` steps in `context` (a copy of the build
+    context, standing for the image's working directory) with /bin/sh -c, in order,
+    with a `cargo` that records its arguments and does nothing else; every
+    `COPY <file> /usr/local/bin/<name>` is the command <name>. Returns cargo's calls."""
+    bindir = context / ".replay-bin"
+    bindir.mkdir()
+    log = context / ".replay-cargo"
+    (bindir / "cargo").write_text('#!/bin/sh\nprintf \'%s \' "$@" >>"$REPLAY_CARGO_LOG"\necho >>"$REPLAY_CARGO_LOG"\n')
+    (bindir / "cargo").chmod(0o755)
+    env = {"PATH": f"{bindir}:/usr/bin:/bin", "HOME": str(context), "REPLAY_CARGO_LOG": str(log)}
+    lines = dockerfile_lines(dockerfile)
+    # Up to the end of the stage that builds: the later ones pick and package a binary.
+    builds = [i for i, (instruction, rest) in enumerate(lines) if instruction == "RUN" and "cargo build" in rest]
+    if builds:
+        later = [i for i, (instruction, _) in enumerate(lines) if instruction == "FROM" and i > builds[-1]]
+        lines = lines[:later[0]] if later else lines
+    for instruction, rest in lines:
+        if instruction == "COPY" and not rest.startswith(("[", "--")):
+            args = shlex.split(rest)
+            if len(args) == 2 and args[1].startswith("/usr/local/bin/") and (context / args[0]).is_file():
+                (bindir / args[1].rsplit("/", 1)[1]).symlink_to(context / args[0])
+        elif instruction == "RUN" and not rest.startswith(("[", "--")):
+            run = subprocess.run(["/bin/sh", "-c", rest], cwd=context, env=env, capture_output=True, text=True)
+            if run.returncode != 0:
+                raise RuntimeError(f"RUN {rest}\n    exits with {run.returncode}: {run.stderr.strip()}")
+    calls = log.read_text().splitlines() if log.exists() else []
+    return [call.split() for call in calls]
+
+
+def cargo_step_failures(context: Path, dockerfile: str, wanted: set[str]) -> list[str]:
+    """What is wrong with the cargo steps of the Dockerfile (replay_cargo_steps): the
+    cook and the build must build the binaries of exactly `wanted`, the same packages
+    in both, in release, --locked, with a number of jobs."""
+    try:
+        calls = replay_cargo_steps(context, dockerfile)
+    except RuntimeError as e:
+        return [f"Dockerfile: {e}"]
+    failures = []
+    for name, prefix in (("cargo chef cook", ["chef", "cook"]), ("cargo build", ["build"])):
+        found = [c for c in calls if c[:len(prefix)] == prefix]
+        if len(found) != 1:
+            failures.append(f"Dockerfile: {len(found)} `{name}` steps, not one")
+            continue
+        args = found[0]
+        packages = {args[i + 1] for i, a in enumerate(args[:-1]) if a in ("--package", "-p")}
+        if "--workspace" in args:
+            packages = {"the whole workspace"}
+        if packages != wanted:
+            failures.append(f"Dockerfile: `{name}` builds the packages {sorted(packages)}, "
+                            f"not the services and stack {sorted(wanted)}")
+        jobs = args[args.index("--jobs") + 1] if "--jobs" in args[:-1] else ""
+        if not jobs.isdigit() or int(jobs) < 1:
+            failures.append(f"Dockerfile: `{name}` has no --jobs number (cargo-jobs): {' '.join(args)}")
+        for flag in ("--release", "--locked", "--bins"):
+            if flag not in args:
+                failures.append(f"Dockerfile: `{name}` lacks {flag}: {' '.join(args)}")
+    return failures
+
+
 def targets(metadata: dict) -> set[tuple[str, str, str, str]]:
     """(package, kind, name, source relative to the workspace) of every target of the
     workspace's members that `cargo build --workspace --bins` compiles: binaries,
@@ -243,6 +321,8 @@ def check(root: Path, dockerignore: str | None = None, dockerfile: str | None = 
         # A target declared with its path (`[[bin]] path = "src/main.rs"`) stays in the
         # metadata when its file is left out: only those whose file is there are built.
         built = {t for t in targets(json.loads(run.stdout)) if (copy / t[3]).is_file()}
+        wanted = {d.name for d in (root / "services").iterdir() if (d / "Cargo.toml").is_file()} | {"stack"}
+        failures += cargo_step_failures(copy, dockerfile, wanted)
     # Against the checkout's own workspace: a file left out can make cargo drop a target
     # it discovers by its path (src/main.rs, build.rs) without an error.
     run = subprocess.run(["cargo", "metadata", "--locked", "--offline", "--no-deps", "--format-version", "1"],
@@ -250,7 +330,6 @@ def check(root: Path, dockerignore: str | None = None, dockerfile: str | None = 
     for package, kind, name, source in sorted(targets(json.loads(run.stdout)) - built):
         failures.append(f"{package}: its {kind} target {name} ({source}) is not in the build context")
     bins = {name for _, kind, name, _ in built if kind == "bin"}
-    wanted = {d.name for d in (root / "services").iterdir() if (d / "Cargo.toml").is_file()} | {"stack"}
     for name in sorted(wanted - bins):
         failures.append(f"no binary {name} in the build context's workspace: docker build --build-arg SERVICE={name} fails")
     return failures
@@ -267,7 +346,8 @@ def main(args: list[str]) -> int:
     files = context_files(root)
     print(f"k8s-check: build context: {len(files)} files "
           f"({sum((root / p).stat().st_size for p in files) / 1e6:.1f} MB); cargo metadata --locked --offline "
-          f"loads the workspace; every service's binary and every COPY source is there")
+          f"loads the workspace; every service's binary and every COPY source is there; its cargo steps "
+          f"build the services and stack")
     return 0
 
 

@@ -100,7 +100,29 @@ class RepositoryTest(unittest.TestCase):
 
     def test_a_copy_source_left_out_fails(self):
         failures = dockercontext.check(ROOT, dockerfile="FROM x\nCOPY . .\nCOPY docs/ /docs/\n")
-        self.assertEqual(failures, ["Dockerfile: COPY/ADD source 'docs/' is not in the build context (.dockerignore)"])
+        self.assertIn("Dockerfile: COPY/ADD source 'docs/' is not in the build context (.dockerignore)", failures)
+
+    def test_the_cargo_steps_build_the_services_and_stack_with_a_number_of_jobs(self):
+        dockerfile = (ROOT / "Dockerfile").read_text()
+        self.assertEqual(dockercontext.check(ROOT, dockerfile=dockerfile), [])
+        # The whole workspace: the bench harness's binaries too, three more fat-LTO links.
+        whole = dockerfile.replace("<packages", "--workspace")
+        self.assertNotEqual(whole, dockerfile)
+        failures = dockercontext.check(ROOT, dockerfile=whole)
+        self.assertEqual(len([f for f in failures if "the whole workspace" in f]), 2, failures)
+        # One job per CPU whatever the memory.
+        unbounded = dockerfile.replace('--jobs "$jobs" ', "")
+        failures = dockercontext.check(ROOT, dockerfile=unbounded)
+        self.assertEqual(len([f for f in failures if "no --jobs number" in f]), 2, failures)
+        # A cook of other packages than the build's rebuilds the dependencies.
+        cook = dockerfile.replace("--recipe-path recipe.json <packages", "--recipe-path recipe.json -p gateway")
+        failures = dockercontext.check(ROOT, dockerfile=cook)
+        self.assertTrue(any("`cargo chef cook` builds the packages ['gateway']" in f for f in failures), failures)
+        # A step that fails is reported with its output.
+        failing = dockerfile.replace('jobs="$(cargo-jobs)"', 'jobs="$(CARGO_BUILD_JOBS=none cargo-jobs)"')
+        failures = dockercontext.check(ROOT, dockerfile=failing)
+        self.assertTrue(any(f.startswith("Dockerfile: RUN ") and "CARGO_BUILD_JOBS is a positive number" in f
+                            for f in failures), failures)
 
 
 if __name__ == "__main__":
