@@ -4,10 +4,12 @@
 # else (no Rust toolchain, no `make tools`), and runs with macOS's bash 3.2
 # (k8s/tests/bash32.py checks it):
 #   1. checks for docker (with a running daemon), kind, kubectl, curl and openssl;
-#   2. creates the cluster from k8s/kind-config.yaml unless it exists;
-#   3. builds one image per service from the Dockerfile and loads it into the node
-#      (without a provenance attestation, which would give every build a new image ID:
-#      an unchanged image keeps its ID, so a re-run loads and rolls nothing);
+#   2. builds one image per service from the Dockerfile (without a provenance
+#      attestation, which would give every build a new image ID: an unchanged image
+#      keeps its ID, so a re-run loads and rolls nothing), before the cluster exists:
+#      the release build's compilers get the memory the kind node would take;
+#   3. creates the cluster from k8s/kind-config.yaml unless it exists, and loads the
+#      images into its node;
 #   4. creates the Secret of the database's passwords unless it exists (random values,
 #      kept by later runs: the database has them) and the gateway's token keys unless
 #      they exist (a generated Ed25519 key pair: the public JWKS the gateway mounts,
@@ -157,8 +159,8 @@ create_cluster() {
   log "Kubernetes 1.$minor, context $context"
 }
 
-# Builds and loads every image; fills `tags` (service=tag lines) for the deployment.
-build_and_load() {
+# Builds every image; fills `tags` (service=tag lines) for the deployment.
+build_images() {
   tags=() # bash32: empty-array — one entry per service, and there is at least one
   local i=0 service id tag
   log "the first build compiles the workspace in release mode (several minutes); later ones reuse it"
@@ -171,15 +173,24 @@ build_and_load() {
     tag="${id#sha256:}"
     tag="${tag:0:12}"
     docker tag "$service:dev" "$service:$tag"
-    log "($i/${#services[@]}) kind load docker-image $service:$tag ($(docker image inspect --format '{{.Size}}' "$service:dev" |
-      awk '{ printf "%.1f MB", $1 / 1000000 }'))"
-    kind load docker-image --name "$cluster" "$service:$tag" >/dev/null ||
-      die "kind load docker-image $service:$tag failed"
     tags+=("$service=$tag")
   done
 }
 
-# Applies the kind overlay with the tags of build_and_load, through a kustomization in
+# Loads the images of build_images into the cluster's node.
+load_images() {
+  local i=0 entry image
+  for entry in "${tags[@]}"; do
+    i=$((i + 1))
+    image="${entry%%=*}:${entry#*=}"
+    log "($i/${#tags[@]}) kind load docker-image $image ($(docker image inspect --format '{{.Size}}' "$image" |
+      awk '{ printf "%.1f MB", $1 / 1000000 }'))"
+    kind load docker-image --name "$cluster" "$image" >/dev/null ||
+      die "kind load docker-image $image failed"
+  done
+}
+
+# Applies the kind overlay with the tags of build_images, through a kustomization in
 # the git-ignored target/ (kustomize resolves only relative paths).
 deploy() {
   local dir="target/k8s/kind-up" entry
@@ -333,10 +344,11 @@ wait_for_rollouts() {
 progress "tools"
 require_tools
 list_services
-progress "cluster"
-create_cluster
 progress "images: ${services[*]}"
-build_and_load
+build_images
+progress "cluster, and the images loaded into it"
+create_cluster
+load_images
 progress "apply $overlay (namespace $namespace)"
 restart_gateway=0
 create_secrets

@@ -1,6 +1,6 @@
 """scripts/kind-up.sh's whole flow, with docker, kind and kubectl faked (fake_cluster.py)
 and the smoke test stubbed: in a copy of the repository's scripts and manifests, a
-first run creates, builds, loads, makes its Secrets and deploys; a second run after no
+first run builds, creates, loads, makes its Secrets and deploys; a second run after no
 change deploys the very same images (nothing to roll); a third adds a password the
 Secret lacks; no password is ever on a command line; a failing run leaves no
 temporary file behind; without curl, nothing starts."""
@@ -68,6 +68,10 @@ class KindUpTest(unittest.TestCase):
         self.assertEqual(first["clusters"], ["grpc-template"])
         builds = [c for c in calls if c[:2] == ["docker", "build"] and "--help" not in c]
         self.assertEqual(len(builds), len(SERVICES))
+        # Every image is built before the kind node starts, which would take memory
+        # from the release build's compilers.
+        create = calls.index(next(c for c in calls if c[:3] == ["kind", "create", "cluster"]))
+        self.assertLess(max(i for i, c in enumerate(calls) if c in builds), create)
         self.assertTrue(all("--provenance=false" in c and "--load" in c for c in builds), builds)
         self.assertEqual(sorted(first["loaded"]), sorted(f"{s}:{first['images'][f'{s}:dev'][:12]}" for s in SERVICES))
         self.assertEqual(sorted(first["secrets"]), ["gateway-jwt-keys", "gateway-jwt-signer", "postgres-credentials"])
