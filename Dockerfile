@@ -24,7 +24,7 @@
 #
 # How many compilers run at once (`cargo-jobs`, scripts/cargo-jobs.sh): one per CPU,
 # but at most one per 1.5 GiB of available memory, since a fat-LTO link alone takes
-# up to 1.2 GB. `--build-arg CARGO_BUILD_JOBS=N` sets it.
+# up to 1.5 GB. `--build-arg CARGO_BUILD_JOBS=N` sets it.
 
 ARG RUST_VERSION=1.95
 # The runtime base must ship the glibc the builder links against: both Debian 12.

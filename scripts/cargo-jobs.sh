@@ -4,7 +4,7 @@
 # available memory.
 #
 # Why: release builds link with fat LTO (Cargo.toml), and each binary's link is one
-# compiler process of up to 1.2 GB (docs/benchmarks.md#the-release-profile). One job
+# compiler process of up to 1.5 GB (docs/benchmarks.md#the-release-profile). One job
 # per CPU would link up to eight binaries at once on an 8-CPU laptop, and a Docker
 # with 4 GiB of memory (Docker Desktop's VM, say) would kill the build (exit 137).
 #
@@ -42,5 +42,5 @@ jobs=$((available_mib / per_job_mib))
 [ "$jobs" -ge 1 ] || jobs=1
 [ "$jobs" -le "$cpus" ] || jobs="$cpus"
 echo "cargo-jobs: $jobs jobs ($cpus CPUs, $available_mib MiB of memory available," \
-  "at most one job per $per_job_mib MiB: a fat-LTO link takes up to 1.2 GB)" >&2
+  "at most one job per $per_job_mib MiB: a fat-LTO link takes up to 1.5 GB)" >&2
 echo "$jobs"
