@@ -178,20 +178,30 @@ def context_files(root: Path, dockerignore: str | None = None) -> list[str]:
     return [p for p in checkout_files(root) if not excluded(patterns, p)]
 
 
+def dockerfile_lines(dockerfile: str) -> list[tuple[str, str]]:
+    """(instruction, the rest) of every instruction of a Dockerfile: continuation lines
+    joined, comments dropped."""
+    text = re.sub(r"\\\n", " ", "\n".join(ln for ln in dockerfile.splitlines() if not ln.lstrip().startswith("#")))
+    lines = []
+    for line in text.splitlines():
+        words = line.strip().split(None, 1)
+        if len(words) == 2:
+            lines.append((words[0].upper(), words[1].strip()))
+    return lines
+
+
+def copy_args(rest: str) -> list[str]:
+    """The arguments of a COPY or ADD: its JSON (exec) form or its shell-like words."""
+    return json.loads(rest) if rest.startswith("[") else shlex.split(rest)
+
+
 def copy_sources(dockerfile: str) -> list[str]:
     """The local sources of every COPY and ADD (not `--from=`, not URLs), in order."""
     sources = []
-    # Continuation lines joined; comments dropped.
-    text = re.sub(r"\\\n", " ", "\n".join(ln for ln in dockerfile.splitlines() if not ln.lstrip().startswith("#")))
-    for line in text.splitlines():
-        words = line.strip().split(None, 1)
-        if len(words) < 2 or words[0].upper() not in ("COPY", "ADD"):
+    for instruction, rest in dockerfile_lines(dockerfile):
+        if instruction not in ("COPY", "ADD"):
             continue
-        rest = words[1].strip()
-        if rest.startswith("["):
-            args = json.loads(rest)
-        else:
-            args = shlex.split(rest)
+        args = copy_args(rest)
         flags = [a for a in args if a.startswith("--")]
         if any(f.startswith("--from=") for f in flags):
             continue
@@ -208,18 +218,6 @@ def source_exists(context: list[str], source: str) -> bool:
     regex = compile_pattern(source)
     return any(regex.match(p) or p.startswith(source + "/") for p in context) or any(
         regex.match("/".join(p.split("/")[:i])) for p in context for i in range(1, p.count("/") + 1))
-
-
-def dockerfile_lines(dockerfile: str) -> list[tuple[str, str]]:
-    """(instruction, the rest) of every instruction of a Dockerfile: continuation lines
-    joined, comments dropped."""
-    text = re.sub(r"\\\n", " ", "\n".join(ln for ln in dockerfile.splitlines() if not ln.lstrip().startswith("#")))
-    lines = []
-    for line in text.splitlines():
-        words = line.strip().split(None, 1)
-        if len(words) == 2:
-            lines.append((words[0].upper(), words[1].strip()))
-    return lines
 
 
 def replay_cargo_steps(context: Path, dockerfile: str) -> list[list[str]]:
@@ -240,8 +238,8 @@ def replay_cargo_steps(context: Path, dockerfile: str) -> list[list[str]]:
         later = [i for i, (instruction, _) in enumerate(lines) if instruction == "FROM" and i > builds[-1]]
         lines = lines[:later[0]] if later else lines
     for instruction, rest in lines:
-        if instruction == "COPY" and not rest.startswith(("[", "--")):
-            args = shlex.split(rest)
+        if instruction == "COPY":
+            args = copy_args(rest)
             if len(args) == 2 and args[1].startswith("/usr/local/bin/") and (context / args[0]).is_file():
                 (bindir / args[1].rsplit("/", 1)[1]).symlink_to(context / args[0])
         elif instruction == "RUN" and not rest.startswith(("[", "--")):
